@@ -1,0 +1,172 @@
+"""Training and packaging a byte-level BPE tokenizer with our special tokens and chat template.
+
+The tokenizer is a standard `tokenizers` BPE model wrapped in `PreTrainedTokenizerFast`, saved with
+`tokenizer_class: "PreTrainedTokenizerFast"` so transformers 4.x, 5.x and vLLM all load it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import yaml
+
+# GPT-4's (cl100k) split pattern with digits split one by one: "2024" -> "2","0","2","4", which keeps
+# numbers out of the merges and makes arithmetic tokens uniform (nanochat, Llama 3 split 1-3 digits).
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+BYTE_ALPHABET_SIZE = 256
+DEFAULT_DEFINITION_DIR = Path(__file__).resolve().parent.parent / "tokenizer"
+
+
+def resolve_definition_dir(path: str | os.PathLike | None) -> Path:
+    """The folder holding special_tokens.yaml and chat_template.jinja (default: the repo's `tokenizer/`)."""
+    if path is None:
+        return DEFAULT_DEFINITION_DIR
+    candidate = Path(path)
+    if not candidate.is_dir() and not candidate.is_absolute() and (DEFAULT_DEFINITION_DIR.parent / candidate).is_dir():
+        candidate = DEFAULT_DEFINITION_DIR.parent / candidate
+    if not (candidate / "special_tokens.yaml").is_file():
+        raise FileNotFoundError(
+            f"tokenizer definition folder {str(path)!r} must contain special_tokens.yaml and chat_template.jinja"
+        )
+    return candidate
+
+
+def load_definition(path: str | os.PathLike | None = None) -> tuple[dict, str]:
+    """Returns (special tokens mapping, chat template text) from a tokenizer definition folder."""
+    folder = resolve_definition_dir(path)
+    specials = yaml.safe_load((folder / "special_tokens.yaml").read_text(encoding="utf-8"))
+    for key in ("bos_token", "eos_token", "pad_token"):
+        if not isinstance(specials.get(key), str):
+            raise ValueError(f"{folder / 'special_tokens.yaml'}: missing {key!r}")
+    template_path = folder / "chat_template.jinja"
+    template = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
+    return specials, template
+
+
+def special_token_list(specials: dict) -> list[str]:
+    """Special tokens in id order: bos, eos, pad, then the additional ones."""
+    tokens = [specials["bos_token"], specials["eos_token"], specials["pad_token"]]
+    tokens += [t for t in specials.get("additional_special_tokens", []) if t not in tokens]
+    return tokens
+
+
+def round_vocab_size(vocab_size: int, multiple: int = 64) -> int:
+    """Rounds up to a multiple of 64: embedding and output matmuls run faster on aligned sizes."""
+    return ((int(vocab_size) + multiple - 1) // multiple) * multiple
+
+
+def train_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    definition_dir: str | os.PathLike | None = None,
+    model_max_length: int = 2048,
+    min_frequency: int = 2,
+    max_document_chars: int | None = None,
+    show_progress: bool = False,
+):
+    """Trains a byte-level BPE tokenizer from a stream of texts.
+
+    Args:
+        texts: documents; consumed once, as a stream.
+        vocab_size: target size including special tokens, rounded up to a multiple of 64.
+        definition_dir: folder with special_tokens.yaml and chat_template.jinja.
+        model_max_length: context length written into tokenizer_config.json.
+        min_frequency: a pair must occur this often to be merged.
+        max_document_chars: documents are cut to this many characters (a few huge documents otherwise
+            dominate the pair counts and the training memory).
+
+    Returns:
+        A `PreTrainedTokenizerFast` with bos/eos/pad tokens and the chat template set.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials, chat_template = load_definition(definition_dir)
+    special_tokens = special_token_list(specials)
+    vocab_size = round_vocab_size(vocab_size)
+    minimum = BYTE_ALPHABET_SIZE + len(special_tokens)
+    if vocab_size < minimum:
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small: a byte-level BPE needs at least {BYTE_ALPHABET_SIZE} byte tokens "
+            f"plus {len(special_tokens)} special tokens = {minimum}"
+        )
+
+    tokenizer = Tokenizer(models.BPE(byte_fallback=False))
+    # split with the GPT-4 regex, then map bytes to printable characters (no unknown tokens possible)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+
+    seen = 0
+
+    def stream() -> Iterator[str]:
+        nonlocal seen
+        for text in texts:
+            if not isinstance(text, str) or not text:
+                continue
+            seen += 1
+            yield text[:max_document_chars] if max_document_chars else text
+
+    tokenizer.train_from_iterator(stream(), trainer=trainer)
+    if seen == 0:
+        raise ValueError("cannot train a tokenizer on an empty dataset: no non-empty text was given")
+
+    # `tokenizer(text)` starts with BOS, like every pretraining document, so plain transformers usage
+    # (pipeline, lm-eval) scores text the way the model saw it; chat templates add BOS themselves and are
+    # tokenized without special tokens.
+    bos = specials["bos_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=specials["bos_token"],
+        eos_token=specials["eos_token"],
+        pad_token=specials["pad_token"],
+        additional_special_tokens=[t for t in special_tokens[3:]],
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def save_tokenizer(tokenizer, output_dir: str | os.PathLike) -> Path:
+    """save_pretrained, then pin `tokenizer_class` to PreTrainedTokenizerFast (transformers 5 writes
+    "TokenizersBackend", which transformers 4.x and vLLM cannot load)."""
+    output_dir = Path(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    config_path = output_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_max_length"] = tokenizer.model_max_length
+    if tokenizer.chat_template and "chat_template" not in config and not (output_dir / "chat_template.jinja").exists():
+        config["chat_template"] = tokenizer.chat_template
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return output_dir
+
+
+def end_of_turn_token_ids(tokenizer) -> list[int]:
+    """Token ids that end generation: end of text and end of a chat turn."""
+    ids = [tokenizer.eos_token_id]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in ids:
+        ids.append(im_end)
+    return ids

@@ -1,0 +1,82 @@
+"""The command-line contract: dispatch, config parsing, unknown keys, resolved config."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from llm_recipes import cli
+from llm_recipes.config import ConfigError, parse_config, save_resolved_config
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    output_dir: str = dataclasses.field(metadata={"help": "where to write"})
+    learning_rate: float = dataclasses.field(default=1e-3, metadata={"help": "peak learning rate"})
+    max_steps: int = dataclasses.field(default=10, metadata={"help": "optimizer steps"})
+    use_thing: bool = dataclasses.field(default=True, metadata={"help": "a switch"})
+
+
+def test_yaml_then_cli_override(tmp_path):
+    recipe = tmp_path / "demo" / "stage.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text("output_dir: ${run_dir}/stage\nlearning_rate: 0.01\nmax_steps: 5\n")
+    (cfg,) = parse_config([DemoConfig], ["--config", str(recipe), "--max_steps", "7"], stage="demo")
+    assert cfg.learning_rate == 0.01 and cfg.max_steps == 7
+    assert cfg.output_dir == "runs/demo/stage"  # ${run_dir} = runs/<recipe folder>
+
+
+def test_unknown_yaml_key_is_named(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("output_dir: x\nlerning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'lerning_rate'.*did you mean 'learning_rate'"):
+        parse_config([DemoConfig], ["--config", str(recipe)], stage="demo")
+
+
+def test_unknown_cli_flag_is_named():
+    with pytest.raises(ConfigError, match=r"unknown key 'max_stepz'"):
+        parse_config([DemoConfig], ["--output_dir", "x", "--max_stepz", "3"], stage="demo")
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_config([DemoConfig], ["--config", str(tmp_path / "nope.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a mapping\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        parse_config([DemoConfig], ["--config", str(bad)])
+
+
+def test_positional_argument():
+    (cfg,) = parse_config([DemoConfig], ["some/dir", "--max_steps", "2"], positional="output_dir")
+    assert cfg.output_dir == "some/dir" and cfg.max_steps == 2
+
+
+def test_resolved_config_round_trips(tmp_path):
+    (cfg,) = parse_config([DemoConfig], ["--output_dir", str(tmp_path), "--no_use_thing"])
+    path = save_resolved_config(tmp_path, cfg, stage="demo")
+    saved = yaml.safe_load(path.read_text())
+    assert saved == dataclasses.asdict(cfg)
+    (again,) = parse_config([DemoConfig], ["--config", str(path)])
+    assert again == cfg
+    assert (tmp_path / "run_info.json").is_file()
+
+
+def test_cli_lists_every_stage(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for stage in ["gather", "clean", "train-tokenizer", "pretrain", "sft", "dpo", "kto", "evaluate", "push",
+                  "serve", "export", "run"]:
+        assert stage in out
+
+
+def test_cli_unknown_stage(capsys):
+    assert cli.main(["pretrian"]) == 2
+    assert "unknown stage 'pretrian'" in capsys.readouterr().err
+
+
+def test_console_script_installed():
+    out = subprocess.run([sys.executable, "-m", "llm_recipes", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train-tokenizer" in out.stdout
