@@ -1,0 +1,144 @@
+"""Running a recipe folder: every stage YAML in pipeline order, each in its own process.
+
+Each stage runs as `python -m llm_recipes.<stage> --config <recipe>/<stage>.yaml` (training stages
+under `accelerate launch` when asked), with `LLM_RECIPES_RUN_DIR` set so `${run_dir}` in the recipes
+points at this run. A separate process per stage keeps Accelerate/TRL global state and memory from
+leaking between stages, and is exactly what a user would type by hand.
+
+A stage whose output folder holds `stage_complete.json` is skipped (`force` redoes it); a stage that
+was interrupted has no marker and runs again, resuming from its own checkpoints where it has them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import RUN_DIR_ENV, load_yaml_config
+from .fileio import atomic_write_json, clear_complete, is_complete
+
+# (recipe file stem, module); the order is the pipeline's
+STAGE_ORDER: list[tuple[str, str]] = [
+    ("gather", "gather"),
+    ("clean", "clean"),
+    ("train_tokenizer", "train_tokenizer"),
+    ("pretrain", "pretrain"),
+    ("sft", "sft"),
+    ("dpo", "dpo"),
+    ("kto", "kto"),
+    ("evaluate", "evaluate"),
+    ("push", "push"),
+    ("export", "export"),
+]
+TRAINING_STAGES = {"pretrain", "sft", "dpo", "kto"}
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    module: str
+    recipe: Path
+    output_dir: Path
+
+
+def plan(recipe_dir: str | os.PathLike, run_dir: str | os.PathLike, stages: list[str] | None = None) -> list[PlannedStage]:
+    """The stages a recipe folder defines, in pipeline order, optionally narrowed to `stages`."""
+    recipe_dir = Path(recipe_dir)
+    if not recipe_dir.is_dir():
+        raise PipelineError(f"recipe folder {str(recipe_dir)!r} does not exist (expected e.g. recipes/quickstart)")
+    known = [name for name, _ in STAGE_ORDER]
+    if stages:
+        unknown = [s for s in stages if s.replace("-", "_") not in known]
+        if unknown:
+            raise PipelineError(f"unknown stage(s) {', '.join(unknown)}; expected some of: {', '.join(known)}")
+        stages = [s.replace("-", "_") for s in stages]
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        planned = []
+        for name, module in STAGE_ORDER:
+            recipe = recipe_dir / f"{name}.yaml"
+            if not recipe.is_file() or (stages and name not in stages):
+                continue
+            values = load_yaml_config(recipe)
+            output_dir = values.get("output_dir") or str(Path(run_dir) / name)
+            planned.append(PlannedStage(name, module, recipe, Path(output_dir)))
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
+    if stages:
+        missing = [s for s in stages if s not in {p.name for p in planned}]
+        if missing:
+            raise PipelineError(f"recipe folder {str(recipe_dir)!r} has no YAML for stage(s): {', '.join(missing)}")
+    if not planned:
+        raise PipelineError(f"recipe folder {str(recipe_dir)!r} holds no stage YAML (expected gather.yaml, clean.yaml, ...)")
+    return planned
+
+
+def stage_command(stage: PlannedStage, launcher: str, accelerate_config: str | None) -> list[str]:
+    if launcher == "accelerate" and stage.name in TRAINING_STAGES:
+        command = [sys.executable, "-m", "accelerate.commands.launch"]
+        if accelerate_config:
+            command += ["--config_file", accelerate_config]
+        return command + ["-m", f"llm_recipes.{stage.module}", "--config", str(stage.recipe)]
+    return [sys.executable, "-m", f"llm_recipes.{stage.module}", "--config", str(stage.recipe)]
+
+
+def run_stage(stage: PlannedStage, command: list[str], run_dir: Path, log_path: Path) -> float:
+    """Runs one stage, streaming its output to the console and to its log file; returns seconds taken."""
+    env = {**os.environ, RUN_DIR_ENV: str(run_dir), "PYTHONUNBUFFERED": "1"}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(log_path, "ab") as log:
+        log.write(f"\n$ {' '.join(command)}\n".encode())
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        assert process.stdout is not None
+        for chunk in iter(lambda: process.stdout.read1(4096), b""):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            log.write(chunk)
+        returncode = process.wait()
+    if returncode != 0:
+        raise PipelineError(f"stage {stage.name!r} failed (exit {returncode}); its log is {log_path}. "
+                            f"Fix the cause and re-run: finished stages are skipped, this one resumes.")
+    if not is_complete(stage.output_dir):
+        raise PipelineError(f"stage {stage.name!r} exited 0 but did not mark {stage.output_dir} complete")
+    return time.time() - start
+
+
+def run_recipe(recipe_dir, run_dir, stages=None, force=False, launcher="python", accelerate_config=None) -> dict:
+    """Runs (or skips) every planned stage; returns and saves `run_summary.json` in run_dir."""
+    run_dir = Path(run_dir)
+    planned = plan(recipe_dir, run_dir, stages)
+    summary_path = run_dir / "run_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"stages": {}}
+    summary.update(recipe=str(recipe_dir), run_dir=str(run_dir))
+    print(f"[run] recipe {recipe_dir} -> {run_dir}: {', '.join(p.name for p in planned)}", flush=True)
+    for stage in planned:
+        if is_complete(stage.output_dir) and not force:
+            print(f"[run] {stage.name}: complete in {stage.output_dir}, skipped (--force redoes it)", flush=True)
+            summary["stages"].setdefault(stage.name, {})["skipped_last_run"] = True
+            continue
+        if force:
+            clear_complete(stage.output_dir)
+        command = stage_command(stage, launcher, accelerate_config)
+        print(f"[run] {stage.name}: {' '.join(command)}", flush=True)
+        seconds = run_stage(stage, command, run_dir, run_dir / "logs" / f"{stage.name}.log")
+        info = json.loads((stage.output_dir / "stage_complete.json").read_text())
+        summary["stages"][stage.name] = {"seconds": round(seconds, 1), "output_dir": str(stage.output_dir),
+                                         "skipped_last_run": False, **{k: v for k, v in info.items() if k != "finished_at"}}
+        atomic_write_json(summary_path, summary)
+        print(f"[run] {stage.name}: done in {seconds:.0f} s -> {stage.output_dir}", flush=True)
+    atomic_write_json(summary_path, summary)
+    return summary

@@ -1,0 +1,190 @@
+"""The report card of a run: `runs/<name>/report.md` with PNG plots.
+
+It only reads what the stages wrote (run_summary.json, each stage's reports, metrics.jsonl,
+eval_results.json) plus a few greedy sample generations from the trained models, so it can be
+rebuilt at any time: `python -m llm_recipes.report_card runs/quickstart`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .fileio import atomic_write_text
+
+SAMPLE_PROMPTS = [
+    "The os.path module",
+    "Return a new list",
+    "This function raises ValueError if",
+]
+CHAT_PROMPTS = ["What does json.dumps do?", "Explain the for statement."]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def plot_loss_curves(metrics: list[dict], path: Path) -> Path | None:
+    """Train and validation loss against step (and tokens) from pretrain's metrics.jsonl."""
+    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m and "step" in m]
+    val = [(m["step"], m[k]) for m in metrics for k in ("val_loss", "eval_loss") if k in m and "step" in m]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title("Pretraining loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sample_generations(model_dir: Path, chat: bool, max_new_tokens: int = 40) -> list[tuple[str, str]]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import llm_recipes  # noqa: F401
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    samples = []
+    for prompt in CHAT_PROMPTS if chat else SAMPLE_PROMPTS:
+        if chat:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                return_tensors="pt", return_dict=True)["input_ids"]
+        else:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.2,
+                                 pad_token_id=tokenizer.pad_token_id)
+        samples.append((prompt, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()))
+    return samples
+
+
+def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, samples: bool = True) -> Path:
+    run_dir = Path(run_dir)
+    summary = _read_json(run_dir / "run_summary.json") or {"stages": {}}
+    lines = [f"# Report card: `{run_dir}`", ""]
+    if recipe_dir or summary.get("recipe"):
+        lines += [f"Recipe: `{recipe_dir or summary.get('recipe')}`", ""]
+
+    # -- stages: wall time and what each produced
+    lines += ["## Stages", "", "| stage | wall time (s) | output | details |", "|---|---|---|---|"]
+    total = 0.0
+    for name, info in summary.get("stages", {}).items():
+        seconds = info.get("seconds")
+        total += seconds or 0
+        details = ", ".join(f"{k}={_fmt(v)}" for k, v in info.items()
+                            if k not in ("seconds", "output_dir", "skipped_last_run") and not isinstance(v, (dict, list)))
+        lines.append(f"| {name} | {_fmt(seconds) if seconds is not None else '-'} | `{info.get('output_dir', '')}` | {details} |")
+    lines += ["", f"Total wall time of the stages run: {total:.0f} s.", ""]
+
+    # -- cleaning summary
+    clean_report = run_dir / "clean" / "report.md"
+    if clean_report.is_file():
+        lines += ["## Cleaning", "", f"Full report: [`clean/report.md`](clean/report.md)", ""]
+        clean_json = _read_json(run_dir / "clean" / "report.json")
+        if isinstance(clean_json, dict):
+            keep = {k: v for k, v in clean_json.items() if not isinstance(v, (dict, list))}
+            if keep:
+                lines += ["| key | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in keep.items()] + [""]
+        if (run_dir / "clean" / "report.png").is_file():
+            lines += ["![cleaning](clean/report.png)", ""]
+
+    # -- tokenizer compression
+    tok_json = _read_json(run_dir / "train_tokenizer" / "tokenizer_report.json") or _read_json(
+        run_dir / "tokenizer" / "tokenizer_report.json")
+    if isinstance(tok_json, dict):
+        lines += ["## Tokenizer", "", "| key | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in tok_json.items() if not isinstance(v, (dict, list))] + [""]
+
+    # -- loss curves
+    metrics = _read_jsonl(run_dir / "pretrain" / "metrics.jsonl")
+    if metrics:
+        plot = plot_loss_curves(metrics, run_dir / "report_loss.png")
+        last_val = next((m for m in reversed(metrics) if "val_loss" in m or "eval_loss" in m), None)
+        lines += ["## Pretraining", ""]
+        if last_val:
+            lines += ["Last validation: " + ", ".join(f"{k}={_fmt(v)}" for k, v in last_val.items()
+                                                      if isinstance(v, (int, float))), ""]
+        if plot:
+            lines += ["![loss curves](report_loss.png)", ""]
+
+    # -- evaluation across stages
+    comparison = run_dir / "evaluate" / "comparison.md"
+    if comparison.is_file():
+        lines += ["## Evaluation", "", comparison.read_text(encoding="utf-8").strip(), ""]
+        if (run_dir / "evaluate" / "comparison.png").is_file():
+            lines += ["![evaluation](evaluate/comparison.png)", ""]
+    for stage in ("sft", "dpo"):
+        heldout = _read_json(run_dir / stage / "eval_heldout.json")
+        if isinstance(heldout, dict):
+            lines += [f"Held-out measurement of `{stage}`:", "", "```json", json.dumps(heldout, indent=2), "```", ""]
+
+    # -- sample generations
+    if samples:
+        lines += ["## Sample generations (greedy)", ""]
+        for stage, chat in (("pretrain", False), ("sft", True), ("dpo", True)):
+            model_dir = run_dir / stage / "final"
+            if not (model_dir / "config.json").is_file():
+                continue
+            try:
+                pairs = sample_generations(model_dir, chat)
+            except Exception as e:  # a report must not fail the run it reports on
+                lines += [f"- `{stage}`: could not generate ({type(e).__name__}: {e})", ""]
+                continue
+            lines += [f"### `{stage}/final`", ""]
+            for prompt, completion in pairs:
+                lines += [f"- **{prompt}** {completion}"]
+            lines += [""]
+
+    # -- versions and configs
+    info = next((i for i in (_read_json(p) for p in sorted(run_dir.glob("*/run_info.json"))) if i), None)
+    if info:
+        lines += ["## Versions", "", "| package | version |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in info.get("versions", {}).items()]
+        lines += ["", f"Python {info.get('python')} on {info.get('platform')}", ""]
+    configs = sorted(run_dir.glob("*/resolved_config.yaml"))
+    if configs:
+        lines += ["## Configs", ""] + [f"- [`{p.relative_to(run_dir)}`]({p.relative_to(run_dir)})" for p in configs] + [""]
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+if __name__ == "__main__":
+    print(write_report_card(sys.argv[1]))

@@ -1,0 +1,40 @@
+"""The `run` stage's planning and bad input (the end-to-end run is in test_debug_recipe.py)."""
+
+import pytest
+
+from llm_recipes import cli
+from llm_recipes.pipeline import PipelineError, plan
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_plan_orders_stages_and_expands_run_dir(tmp_path):
+    recipe = tmp_path / "myrun"
+    write(recipe / "pretrain.yaml", "output_dir: ${run_dir}/pretrain\n")
+    write(recipe / "gather.yaml", "output_dir: ${run_dir}/gather\n")
+    write(recipe / "README.md", "not a stage\n")
+    planned = plan(recipe, tmp_path / "out")
+    assert [p.name for p in planned] == ["gather", "pretrain"]
+    assert planned[1].output_dir == tmp_path / "out" / "pretrain"
+    assert [p.name for p in plan(recipe, tmp_path / "out", ["pretrain"])] == ["pretrain"]
+
+
+def test_plan_bad_input(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        plan(tmp_path / "nope", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match="holds no stage YAML"):
+        plan(tmp_path / "empty", tmp_path / "out")
+    write(tmp_path / "r" / "gather.yaml", "output_dir: x\n")
+    with pytest.raises(PipelineError, match="unknown stage"):
+        plan(tmp_path / "r", tmp_path / "out", ["pretrian"])
+    with pytest.raises(PipelineError, match="has no YAML for stage"):
+        plan(tmp_path / "r", tmp_path / "out", ["sft"])
+
+
+def test_run_cli_reports_missing_recipe(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path / "missing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
