@@ -1,0 +1,114 @@
+"""Documents on disk: the column schema shared by gather and clean, and a crash-safe parquet shard writer.
+
+Every document is a row `text, id, source, location, title, license` (all strings; empty where
+unknown). A shard is written to a temporary name and renamed into place, so a shard that exists is
+complete: a killed run keeps every finished shard and never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+COLUMNS = ("text", "id", "source", "location", "title", "license")
+
+
+def schema():
+    import pyarrow as pa
+
+    return pa.schema([(name, pa.string()) for name in COLUMNS])
+
+
+@dataclass
+class Skipped:
+    """An input that was not turned into a document, and why (reported, never silently dropped)."""
+
+    reason: str
+    location: str
+    detail: str = ""
+
+
+def write_parquet_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Writes rows (dicts with the COLUMNS keys) as one parquet file, atomically. Returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = list(rows)
+    table = pa.Table.from_pydict({name: [str(r.get(name) or "") for r in rows] for name in COLUMNS}, schema=schema())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(rows)
+
+
+@dataclass
+class ShardWriter:
+    """Buffers documents and writes `<prefix>-NNNNN.parquet` shards of about `shard_bytes` of text.
+
+    Args:
+        folder: where shards go.
+        prefix: file name prefix (one per source in gather, one per task in clean).
+        shard_bytes: UTF-8 bytes of text per shard; small shards spread clean's work over all cores.
+        first_index: number of the next shard (a resumed run continues the numbering).
+    """
+
+    folder: Path
+    prefix: str
+    shard_bytes: int = 4 << 20
+    first_index: int = 0
+    written: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.folder = Path(self.folder)
+        self._rows: list[dict] = []
+        self._bytes = 0
+        self._index = self.first_index
+
+    def add(self, row: dict) -> bool:
+        """Adds a document; returns True when that filled a shard and it was written."""
+        self._rows.append(row)
+        self._bytes += len(row["text"].encode("utf-8"))
+        if self._bytes >= self.shard_bytes:
+            self.flush()
+            return True
+        return False
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        path = self.folder / f"{self.prefix}-{self._index:05d}.parquet"
+        write_parquet_atomic(path, self._rows)
+        self.written.append(path.name)
+        self._index += 1
+        self._rows, self._bytes = [], 0
+
+    @property
+    def next_index(self) -> int:
+        return self._index
+
+
+def iter_parquet_rows(path: str | os.PathLike, batch_size: int = 512):
+    """Streams rows of a parquet file as dicts with the COLUMNS keys (missing columns read as '')."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    names = set(pf.schema_arrow.names)
+    if "text" not in names:
+        raise ValueError(f"{path}: parquet file has no 'text' column (columns: {sorted(names)})")
+    columns = [c for c in COLUMNS if c in names]
+    for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+        data = batch.to_pydict()
+        for i in range(batch.num_rows):
+            yield {c: (data[c][i] if c in data and data[c][i] is not None else "") for c in COLUMNS}
