@@ -1,0 +1,151 @@
+"""The pretraining stage's configuration: HF Trainer key names where one exists, our own keys otherwise."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+SCHEDULES = ("cosine", "wsd", "linear", "constant")
+DATA_MODES = ("stream", "shards")
+
+
+@dataclass
+class PretrainConfig:
+    # -- where things are --------------------------------------------------------------------------
+    output_dir: str = field(metadata={"help": "Folder for checkpoints/, final/, metrics.jsonl and logs."})
+    dataset_path: Optional[str] = field(default=None, metadata={
+        "help": "Clean dataset folder with train/*.parquet and validation/*.parquet (output of `clean`)."})
+    tokenizer_path: Optional[str] = field(default=None, metadata={
+        "help": "Tokenizer folder (output of `train-tokenizer`); defaults to init_from when that is set."})
+    text_column: str = field(default="text", metadata={"help": "Column of the parquet files that holds the text."})
+    data_mode: str = field(default="stream", metadata={
+        "help": "'stream': tokenize and pack on the fly (no preparation, any size); 'shards': tokenize once into "
+                "memory-mapped uint16/uint32 token shards under tokenized_path (fastest steps, exact resume)."})
+    tokenized_path: Optional[str] = field(default=None, metadata={
+        "help": "Where data_mode 'shards' writes and reuses token shards (default: <output_dir>/tokens)."})
+    tokenize_num_proc: Optional[int] = field(default=None, metadata={
+        "help": "Processes for pre-tokenizing in data_mode 'shards' (default: all cores)."})
+    shuffle_buffer: int = field(default=10_000, metadata={
+        "help": "Packed rows held in the stream shuffle buffer (data_mode 'stream'); 0 keeps file order."})
+
+    # -- the model ---------------------------------------------------------------------------------
+    model_preset: str = field(default="micro", metadata={
+        "help": "Size preset of a new RecipeGPT: test, nano, micro, gpt2-small, gpt2-medium, 1b."})
+    init_from: Optional[str] = field(default=None, metadata={
+        "help": "HF model folder to continue pretraining from (domain-adaptive pretraining); replaces model_preset."})
+    model_overrides: Optional[Union[dict, str]] = field(default=None, metadata={
+        "help": "Per-key overrides of the preset config, a mapping (YAML) or JSON string, e.g. "
+                "{\"num_hidden_layers\": 4, \"hidden_size\": 128}."})
+    seq_len: int = field(default=256, metadata={"help": "Tokens per packed training row (context length)."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2, ..."})
+    document_masking: bool = field(default=True, metadata={
+        "help": "Keep packed documents from attending to each other (position_ids restart per document). "
+                "False lets attention cross document boundaries (GPT-2 style), which allows the fastest "
+                "causal kernels on GPU."})
+
+    # -- optimisation ------------------------------------------------------------------------------
+    learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate of AdamW."})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "Final learning rate as a fraction of the peak."})
+    lr_scheduler_type: str = field(default="cosine", metadata={
+        "help": "Schedule after linear warmup: cosine, wsd (warmup-stable-decay), linear, constant."})
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warmup steps from 0 to the peak learning rate."})
+    decay_ratio: float = field(default=0.2, metadata={
+        "help": "wsd only: fraction of training spent in the final (linear) decay."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices (not norms)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables clipping)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Packed rows per micro-batch per process."})
+    per_device_eval_batch_size: Optional[int] = field(default=None, metadata={
+        "help": "Rows per evaluation batch per process (default: the train batch size)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={
+        "help": "Micro-batches per optimizer step; the loss is normalised by the token count of all of them."})
+    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps to train (an upper bound with max_train_seconds)."})
+    max_train_seconds: Optional[float] = field(default=None, metadata={
+        "help": "Wall-clock training budget in seconds; the learning-rate schedule then runs on elapsed time, "
+                "so the decay completes within the budget (CPU benchmarks). Not exactly reproducible."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation and data order."})
+
+    # -- numerics and speed ------------------------------------------------------------------------
+    bf16: Optional[bool] = field(default=None, metadata={
+        "help": "bf16 autocast (default: on where the GPU supports it, off on CPU)."})
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute activations in the backward pass (less memory, ~30% slower)."})
+    dataloader_num_workers: int = field(default=0, metadata={
+        "help": "Data loader worker processes for data_mode 'shards' (stream mode tokenizes in the main process)."})
+
+    # -- faults ------------------------------------------------------------------------------------
+    skip_nonfinite: bool = field(default=True, metadata={
+        "help": "Skip the optimizer update (and log it) when the loss or gradient norm is NaN/inf."})
+    outlier_zscore: float = field(default=6.0, metadata={
+        "help": "Skip the update when the gradient norm is this many standard deviations above the mean of "
+                "the last outlier_window steps (llm.c); 0 disables."})
+    outlier_window: int = field(default=128, metadata={"help": "Steps of gradient-norm history for outlier_zscore."})
+
+    # -- evaluation, samples, logging, checkpoints -------------------------------------------------
+    logging_steps: int = field(default=10, metadata={"help": "Write a metrics.jsonl line every this many steps."})
+    eval_steps: int = field(default=200, metadata={"help": "Evaluate (val loss, perplexity, bits per byte) every this many steps; 0: only at the end."})
+    eval_max_batches: int = field(default=20, metadata={
+        "help": "Validation batches per evaluation and process (-1: the whole validation split)."})
+    sample_prompts: list[str] = field(default_factory=lambda: ["The", "def "], metadata={
+        "help": "Prompts continued at every evaluation (written to samples.jsonl and the log)."})
+    sample_max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample prompt."})
+    sample_temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the samples (0: greedy)."})
+    save_steps: int = field(default=500, metadata={"help": "Write a checkpoint every this many steps (0: none)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Complete checkpoints kept (older ones are deleted)."})
+    resume_from_checkpoint: Optional[str] = field(default=None, metadata={
+        "help": "Checkpoint folder to continue from, or 'latest' (the newest complete checkpoint in "
+                "output_dir/checkpoints; starts fresh when there is none)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start from scratch even though output_dir already holds checkpoints (they are deleted)."})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
+        "help": "Accelerate trackers: tensorboard, wandb, mlflow, ... or none."})
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ConfigError naming the key for values that cannot work."""
+        from ..config import ConfigError
+
+        if self.max_steps < 1:
+            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
+        for key in ("seq_len", "per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.seq_len < 2:
+            raise ConfigError(f"seq_len must be at least 2 (one input and one target token), got {self.seq_len}")
+        if self.data_mode not in DATA_MODES:
+            raise ConfigError(f"data_mode must be one of {', '.join(DATA_MODES)}, got {self.data_mode!r}")
+        if self.lr_scheduler_type not in SCHEDULES:
+            raise ConfigError(f"lr_scheduler_type must be one of {', '.join(SCHEDULES)}, got {self.lr_scheduler_type!r}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 < self.decay_ratio <= 1:
+            raise ConfigError(f"decay_ratio must be in (0, 1], got {self.decay_ratio}")
+        if self.warmup_steps < 0 or self.save_steps < 0 or self.eval_steps < 0 or self.logging_steps < 0:
+            raise ConfigError("warmup_steps, save_steps, eval_steps and logging_steps must not be negative")
+        if self.save_total_limit < 1:
+            raise ConfigError(f"save_total_limit must be at least 1, got {self.save_total_limit}")
+        if self.max_train_seconds is not None and self.max_train_seconds <= 0:
+            raise ConfigError(f"max_train_seconds must be positive, got {self.max_train_seconds}")
+        if isinstance(self.model_overrides, str):
+            try:
+                self.model_overrides = json.loads(self.model_overrides)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"model_overrides must be a mapping or a JSON object string: {e}") from e
+        if self.model_overrides is not None and not isinstance(self.model_overrides, dict):
+            raise ConfigError(f"model_overrides must be a mapping, got {type(self.model_overrides).__name__}")
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        if isinstance(self.sample_prompts, str):
+            self.sample_prompts = [self.sample_prompts]
+
+    @property
+    def trackers(self) -> list[str]:
+        return [t for t in self.report_to if t and t not in ("none", "None")]

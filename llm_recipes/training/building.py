@@ -1,0 +1,88 @@
+"""What the loop trains: tokenizer, model (new from a preset or continued from a folder), optimizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError
+
+
+def load_tokenizer(cfg):
+    from transformers import AutoTokenizer
+
+    path = cfg.tokenizer_path or cfg.init_from
+    if path is None:
+        raise ConfigError("tokenizer_path is required (the folder written by `llm-recipes train-tokenizer`)")
+    if not (Path(path) / "tokenizer.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
+        raise ConfigError(f"tokenizer_path {str(path)!r} is not a tokenizer folder (no tokenizer.json or "
+                          f"tokenizer_config.json); expected the output of `llm-recipes train-tokenizer`")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    for name in ("bos_token_id", "eos_token_id"):
+        if getattr(tokenizer, name) is None:
+            raise ConfigError(f"tokenizer {str(path)!r} has no {name.replace('_id', '')}: packing needs BOS and EOS")
+    return tokenizer
+
+
+def build_model(cfg, tokenizer):
+    """A new RecipeGPT from `model_preset` (+ `model_overrides`), or the model in `init_from`."""
+    import llm_recipes  # noqa: F401  (registers RecipeGPT with the Auto classes)
+    from transformers import AutoModelForCausalLM
+
+    from ..model import config_from_preset
+    from ..tokenization import round_vocab_size
+
+    if cfg.init_from:
+        if not (Path(cfg.init_from) / "config.json").is_file():
+            raise ConfigError(f"init_from {cfg.init_from!r} is not a model folder (no config.json); expected a "
+                              f"folder written by save_pretrained, e.g. <run>/pretrain/final")
+        if cfg.model_overrides:
+            raise ConfigError("model_overrides cannot change a model loaded with init_from (its weights fix its shape)")
+        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32,
+                                                     attn_implementation=cfg.attn_implementation,
+                                                     trust_remote_code=True)
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit is not None and cfg.seq_len > limit:
+            raise ConfigError(f"seq_len {cfg.seq_len} is longer than the context of init_from {cfg.init_from!r} "
+                              f"(max_position_embeddings {limit})")
+    else:
+        overrides = dict(cfg.model_overrides or {})
+        overrides.setdefault("vocab_size", round_vocab_size(len(tokenizer)))
+        overrides.setdefault("max_position_embeddings", cfg.seq_len)
+        try:
+            config = config_from_preset(cfg.model_preset, bos_token_id=tokenizer.bos_token_id,
+                                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                        **overrides)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model_preset {cfg.model_preset!r} with model_overrides {cfg.model_overrides}: {e}") from e
+        config._attn_implementation = cfg.attn_implementation
+        torch.manual_seed(cfg.seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+    check_vocab(model, tokenizer, cfg.tokenizer_path or cfg.init_from)
+    model.config.use_cache = False  # training: no KV cache, and packed rows need no attention mask
+    return model
+
+
+def check_vocab(model, tokenizer, tokenizer_path) -> None:
+    """Every token id the tokenizer can produce must have an embedding row."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise ConfigError(
+            f"tokenizer {str(tokenizer_path)!r} has {len(tokenizer)} tokens but the model's embedding has only "
+            f"{vocab} rows: use the tokenizer the model was trained with, or a larger vocab_size")
+
+
+def make_optimizer(model, cfg) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (norm weights are not decayed), fused where supported."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        kwargs["fused"] = True  # one kernel for all parameters instead of a loop over them
+    return torch.optim.AdamW(groups, **kwargs)
+

@@ -1,0 +1,343 @@
+"""The pretraining loop: one function on Accelerate primitives, read top to bottom.
+
+Per optimizer step: set the learning rate, fetch `gradient_accumulation_steps` micro-batches, count
+their target tokens over all processes, backpropagate each micro-batch's summed loss divided by that
+global count (so 8 x 1 and 1 x 8 give the same update), clip, skip the update on a NaN/inf or outlier
+gradient norm, step. Once in a while: log, evaluate (+ samples), checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class PretrainResult:
+    """What a pretraining run did (returned by `pretrain`, also in stage_complete.json)."""
+
+    step: int = 0
+    tokens: int = 0
+    skipped_steps: int = 0
+    final_dir: Path | None = None
+    last_checkpoint: Path | None = None
+    eval_metrics: dict[str, Any] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+
+
+def _make_accelerator(cfg):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
+
+    bf16 = cfg.bf16 if cfg.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    out = Path(cfg.output_dir)
+    return Accelerator(
+        mixed_precision="bf16" if bf16 else "no",
+        log_with=cfg.trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor") if cfg.torch_compile else None,
+    )
+
+
+def _prepare_output_dir(cfg, accelerator, checkpoints: Path) -> None:
+    """Refuses to silently restart over existing checkpoints; clears stale results of a fresh start."""
+    from ..config import ConfigError
+    from ..fileio import clear_complete
+    from .checkpoint import list_checkpoints
+
+    existing = list_checkpoints(checkpoints)
+    if existing and not cfg.resume_from_checkpoint and not cfg.overwrite_output_dir:
+        raise ConfigError(
+            f"output_dir {cfg.output_dir!r} already holds checkpoints ({existing[-1].name}); set "
+            f"resume_from_checkpoint: latest to continue that run, or overwrite_output_dir: true to start over")
+    if accelerator.is_main_process:
+        clear_complete(cfg.output_dir)
+        if cfg.overwrite_output_dir:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _tracker_config(cfg) -> dict[str, Any]:
+    from ..config import config_to_dict
+
+    # TensorBoard's hparams accept only scalars
+    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config_to_dict(cfg).items()}
+
+
+def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None = None) -> PretrainResult:
+    """Trains a causal LM on the packed text of `cfg.dataset_path`; see `PretrainConfig` for the knobs.
+
+    Args:
+        cfg: a `PretrainConfig`.
+        model: an already built model to train instead of `model_preset` / `init_from` (tests use it to
+            inject faults); the tokenizer still comes from cfg.
+        on_batch: called with (step, micro-batches) on every process before each step (tests record
+            which rows each process saw).
+
+    Returns:
+        A `PretrainResult`. The model is saved in `output_dir/final` (loads with plain transformers).
+    """
+    from accelerate.utils import broadcast, set_seed
+    from tqdm.auto import tqdm
+
+    from ..fileio import atomic_write_json, mark_complete
+    from .building import build_model, check_vocab, load_tokenizer, make_optimizer
+    from .checkpoint import CheckpointError, load_checkpoint, resolve_resume, save_checkpoint
+    from .data import build_eval_batches, build_train_batches
+    from .evaluation import evaluate, generate_samples, shifted_targets, token_byte_lengths, token_loss_sum
+    from .monitor import MetricsLog, OutlierGuard, model_flops_utilization, peak_flops
+    from .schedule import learning_rate_at
+
+    accelerator = _make_accelerator(cfg)
+    out = Path(cfg.output_dir)
+    checkpoints = out / "checkpoints"
+    say = accelerator.print
+    _prepare_output_dir(cfg, accelerator, checkpoints)
+    set_seed(cfg.seed)
+
+    # ---- model, data, optimizer -------------------------------------------------------------------
+    tokenizer = load_tokenizer(cfg)
+    if model is None:
+        model = build_model(cfg, tokenizer)
+    else:
+        check_vocab(model, tokenizer, cfg.tokenizer_path)
+        model.config.use_cache = False
+    if cfg.dataset_path is None:
+        from ..config import ConfigError
+
+        raise ConfigError("dataset_path is required (the folder written by `llm-recipes clean`)")
+    train_batches = build_train_batches(cfg, tokenizer, accelerator)
+    eval_batches = build_eval_batches(cfg, tokenizer, accelerator)
+    byte_lengths = token_byte_lengths(tokenizer, model.config.vocab_size)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(accelerator.device)
+    optimizer = make_optimizer(model, cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+    flops_per_token = (raw_model.flops_per_token(cfg.seq_len) if hasattr(raw_model, "flops_per_token")
+                       else 6 * sum(p.numel() for p in raw_model.parameters()))
+    peak = peak_flops(accelerator.device)
+    world = accelerator.num_processes
+    tokens_per_step = cfg.per_device_train_batch_size * cfg.seq_len * cfg.gradient_accumulation_steps * world
+    guard = OutlierGuard(cfg.outlier_zscore, cfg.outlier_window, skip_nonfinite=cfg.skip_nonfinite)
+    metrics = MetricsLog(out / "metrics.jsonl")
+    result = PretrainResult()
+
+    # ---- resume ------------------------------------------------------------------------------------
+    step, tokens, elapsed_before, skipped = 0, 0, 0.0, 0
+    resume = resolve_resume(cfg.resume_from_checkpoint, checkpoints,
+                            warn=lambda m: say(f"pretrain: {m}"))
+    if resume is not None:
+        state, data_state = load_checkpoint(accelerator, resume)
+        for key in ("seq_len", "data_mode", "per_device_train_batch_size"):
+            if key in state.get("config", {}) and state["config"][key] != getattr(cfg, key):
+                raise CheckpointError(f"checkpoint {str(resume)!r} was trained with {key}={state['config'][key]!r}, "
+                                   f"this run has {getattr(cfg, key)!r}: the data position would not carry over")
+        step, tokens, elapsed_before, skipped = state["step"], state["tokens"], state["elapsed"], state["skipped"]
+        guard.load_state_dict(state["guard"])
+        if data_state is not None:
+            train_batches.load_state_dict(data_state)
+        result.last_checkpoint = resume
+        say(f"pretrain: resumed from {resume} at step {step} ({tokens:,} tokens)")
+    elif cfg.resume_from_checkpoint == "latest":
+        say(f"pretrain: no complete checkpoint in {checkpoints}, starting fresh")
+    if accelerator.is_main_process:
+        if resume is not None:
+            metrics.truncate_after(step)
+        elif metrics.path.exists():
+            metrics.path.unlink()
+    if cfg.trackers:
+        accelerator.init_trackers("pretrain", config=_tracker_config(cfg))
+    if step >= cfg.max_steps:
+        say(f"pretrain: checkpoint step {step} already reaches max_steps {cfg.max_steps}; nothing to train")
+
+    def trainer_state() -> dict[str, Any]:
+        return {"step": step, "tokens": tokens, "elapsed": elapsed_before + (time.time() - start), "skipped": skipped,
+                "guard": guard.state_dict(), "world_size": world,
+                "config": {k: getattr(cfg, k) for k in ("seq_len", "data_mode", "per_device_train_batch_size",
+                                                        "gradient_accumulation_steps", "max_steps", "learning_rate")}}
+
+    def run_eval() -> dict[str, Any]:
+        scores = evaluate(model, eval_batches, accelerator, byte_lengths, cfg.document_masking)
+        record = {"step": step, "tokens": tokens, **scores}
+        if accelerator.is_main_process:
+            metrics.write(record)
+            if cfg.sample_prompts and cfg.sample_max_new_tokens > 0:
+                samples = generate_samples(raw_model, tokenizer, cfg.sample_prompts, cfg.sample_max_new_tokens,
+                                           cfg.sample_temperature, cfg.seed, _eos_ids(tokenizer))
+                with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
+                    for s in samples:
+                        f.write(json.dumps({"step": step, **s}, ensure_ascii=False) + "\n")
+                for s in samples:
+                    tqdm.write(f"  sample | {s['prompt']}{s['completion']!r}"[:300])
+        accelerator.log(dict(scores), step=step)
+        if accelerator.is_main_process:
+            tqdm.write(f"step {step}: val loss {scores['val_loss']:.4f}, perplexity {scores['val_perplexity']:.2f}, "
+                       f"bits/byte {scores['val_bits_per_byte']:.4f}")
+        return scores
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    model.train()
+    start = time.time()
+    budget = cfg.max_train_seconds
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True,
+               disable=not accelerator.is_local_main_process)
+    window_tokens, window_time = 0, 0.0
+    last_eval_step = -1
+    while step < cfg.max_steps:
+        progress = None
+        if budget is not None:
+            elapsed = torch.tensor([elapsed_before + time.time() - start], dtype=torch.float64, device=accelerator.device)
+            elapsed = float(broadcast(elapsed)[0]) if world > 1 else float(elapsed[0])  # every process decides alike
+            if elapsed >= budget:
+                say(f"pretrain: wall-clock budget of {budget:g}s reached at step {step}")
+                break
+            progress = elapsed / budget
+        t0 = time.perf_counter()
+        lr = learning_rate_at(step, cfg.max_steps, cfg.learning_rate, cfg.warmup_steps, cfg.lr_scheduler_type,
+                              cfg.min_lr_ratio, cfg.decay_ratio, progress)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        micro_batches = [next(train_batches) for _ in range(cfg.gradient_accumulation_steps)]
+        if on_batch is not None:
+            on_batch(step, micro_batches)
+        # normalise by the target tokens of the whole step on all processes, not per micro-batch
+        count = sum((shifted_targets(b["labels"]) != -100).sum() for b in micro_batches)
+        global_count = accelerator.reduce(torch.as_tensor(count, device=accelerator.device), reduction="sum")
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for i, batch in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            # DDP all-reduces gradients only on the last micro-batch
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                input_ids = batch["input_ids"].to(accelerator.device, non_blocking=True)
+                labels = batch["labels"].to(accelerator.device, non_blocking=True)
+                kwargs = {"position_ids": batch["position_ids"].to(accelerator.device)} if cfg.document_masking else {}
+                with accelerator.autocast():
+                    logits = model(input_ids=input_ids, use_cache=False, **kwargs).logits
+                micro_loss, _ = token_loss_sum(logits, labels)
+                # DDP averages gradients over processes, so scale by world: the result is sum / global count
+                accelerator.backward(micro_loss * world / global_count.clamp(min=1))
+            loss_sum += micro_loss.detach()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(),
+                                                cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        loss = float(accelerator.reduce(loss_sum, reduction="sum") / global_count.clamp(min=1))
+        grad_norm = float(grad_norm)
+        reason = guard.check(loss, grad_norm)
+        if reason is None:
+            optimizer.step()
+        else:
+            skipped += 1
+            say(f"pretrain: step {step + 1}: skipped the update: {reason} (loss {loss:.4g})")
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens += tokens_per_step
+        result.losses.append(loss)
+
+        # ---- once in a while: log, evaluate, save ------------------------------------------------
+        dt = time.perf_counter() - t0
+        window_tokens, window_time = window_tokens + tokens_per_step, window_time + dt
+        tokens_per_sec = window_tokens / max(window_time, 1e-9)
+        mfu = model_flops_utilization(flops_per_token, tokens_per_sec / world, peak)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}",
+                        mfu=f"{mfu:.1%}" if mfu is not None else "n/a", lr=f"{lr:.2e}", refresh=False)
+        if reason is not None or (cfg.logging_steps and step % cfg.logging_steps == 0) or step == cfg.max_steps:
+            record = {"step": step, "tokens": tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                      "tokens_per_sec": round(tokens_per_sec, 1), "mfu": mfu,
+                      "elapsed": round(elapsed_before + time.time() - start, 2)}
+            if reason is not None:
+                record["skipped"] = reason
+            if accelerator.is_main_process:
+                metrics.write(record)
+            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}, step=step)
+            window_tokens, window_time = 0, 0.0
+        if cfg.eval_steps and step % cfg.eval_steps == 0:
+            result.eval_metrics = run_eval()
+            last_eval_step = step
+        if cfg.save_steps and step % cfg.save_steps == 0:
+            result.last_checkpoint = save_checkpoint(accelerator, checkpoints, step, trainer_state(),
+                                                     train_batches.state_dict(), cfg.save_total_limit)
+    bar.close()
+
+    # ---- the end: final evaluation, checkpoint, model folder ---------------------------------------
+    if last_eval_step != step:
+        result.eval_metrics = run_eval()
+    if cfg.save_steps and (result.last_checkpoint is None or not result.last_checkpoint.name.endswith(f"{step:08d}")):
+        result.last_checkpoint = save_checkpoint(accelerator, checkpoints, step, trainer_state(),
+                                                 train_batches.state_dict(), cfg.save_total_limit)
+    result.step, result.tokens, result.skipped_steps = step, tokens, skipped
+    result.final_dir = save_final_model(accelerator, model, tokenizer, out / "final", cfg, result)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        summary = {"steps": step, "tokens": tokens, "skipped_steps": skipped,
+                   "eval": result.eval_metrics, "final_dir": str(result.final_dir)}
+        atomic_write_json(out / "train_summary.json", summary)
+        mark_complete(out, **summary)
+        say(f"pretrain: {step} steps, {tokens:,} tokens, {skipped} skipped updates; "
+            f"val loss {result.eval_metrics.get('val_loss', float('nan')):.4f}, "
+            f"bits/byte {result.eval_metrics.get('val_bits_per_byte', float('nan')):.4f}\n"
+            f"pretrain: wrote the model to {result.final_dir}, metrics to {metrics.path}, "
+            f"checkpoints to {checkpoints}")
+    return result
+
+
+def _eos_ids(tokenizer) -> list[int]:
+    from ..tokenization import end_of_turn_token_ids
+
+    return end_of_turn_token_ids(tokenizer)
+
+
+def save_final_model(accelerator, model, tokenizer, final_dir: Path, cfg, result: PretrainResult) -> Path:
+    """`save_pretrained` of model + tokenizer + generation config, written atomically; every process
+    must call this (gathering a sharded state dict is collective)."""
+    from transformers import GenerationConfig
+
+    from ..fileio import atomic_directory
+    from ..tokenization import save_tokenizer
+
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        raw = accelerator.unwrap_model(model)
+        raw.config.use_cache = True  # training turned it off; generation wants it back
+        raw.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=_eos_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id, max_new_tokens=256, do_sample=True, temperature=0.8, top_k=50)
+        with atomic_directory(final_dir) as tmp:
+            raw.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            save_tokenizer(tokenizer, tmp)
+            (tmp / "README.md").write_text(_model_card(cfg, result, raw), encoding="utf-8")
+        raw.config.use_cache = False
+    accelerator.wait_for_everyone()
+    return final_dir
+
+
+def _model_card(cfg, result: PretrainResult, model) -> str:
+    m = result.eval_metrics
+    n_params = sum(p.numel() for p in model.parameters())
+    source = f"continued from `{cfg.init_from}`" if cfg.init_from else f"preset `{cfg.model_preset}`"
+    lines = [
+        "---", "library_name: transformers", "tags:", "- llm-recipes", "- text-generation", "---", "",
+        "# Pretrained with llm_recipes", "",
+        f"A {n_params / 1e6:.1f}M-parameter {model.config.model_type} ({source}) pretrained with "
+        f"`llm-recipes pretrain` on `{cfg.dataset_path}`.", "",
+        f"- steps: {result.step}, tokens: {result.tokens:,}, context: {cfg.seq_len}",
+        f"- peak learning rate {cfg.learning_rate}, schedule {cfg.lr_scheduler_type}, "
+        f"global batch {cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps} rows per process",
+    ]
+    if m:
+        lines.append(f"- validation: loss {m.get('val_loss', float('nan')):.4f}, perplexity "
+                     f"{m.get('val_perplexity', float('nan')):.2f}, bits per byte {m.get('val_bits_per_byte', float('nan')):.4f}")
+    lines += ["", "```python", "import llm_recipes  # or pass trust_remote_code=True",
+              "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              "model = AutoModelForCausalLM.from_pretrained(PATH)", "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+              "```", ""]
+    return "\n".join(lines)

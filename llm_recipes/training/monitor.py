@@ -1,0 +1,131 @@
+"""What the loop reports and guards: MFU, gradient-norm outliers, metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+# Dense bf16 tensor-core peak per GPU in FLOP/s (vendor data sheets, without sparsity). Matched by
+# substring of torch.cuda.get_device_name(), most specific first.
+PEAK_BF16_FLOPS: list[tuple[str, float]] = [
+    ("GH200", 989e12),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM
+    ("H800", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("A6000", 155e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),  # fp16: V100 has no bf16
+    ("T4", 65e12),
+]
+
+
+def peak_flops(device) -> float | None:
+    """Peak bf16 FLOP/s of one accelerator, or None where unknown (CPU, unlisted GPUs): MFU is then n/a."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_BF16_FLOPS:
+        if key in name:
+            return flops
+    return None
+
+
+def model_flops_utilization(flops_per_token: float, tokens_per_second_per_device: float,
+                            peak: float | None) -> float | None:
+    """Achieved model FLOP/s over the peak (PaLM's MFU: recomputation does not count)."""
+    if peak is None or tokens_per_second_per_device <= 0:
+        return None
+    return flops_per_token * tokens_per_second_per_device / peak
+
+
+class OutlierGuard:
+    """Decides whether an update is skipped: non-finite loss or gradient norm, or a gradient norm more
+    than `zscore` standard deviations above the mean of the recent window (llm.c's rule).
+
+    Args:
+        zscore: threshold; 0 disables the outlier test (non-finite values are still caught).
+        window: how many recent gradient norms form the reference.
+        min_history: no outlier test before this many norms are known (early steps vary wildly).
+        skip_nonfinite: skip NaN/inf updates (False lets them through, for debugging).
+    """
+
+    def __init__(self, zscore: float = 6.0, window: int = 128, min_history: int = 32, skip_nonfinite: bool = True):
+        self.zscore = zscore
+        self.min_history = min_history
+        self.skip_nonfinite = skip_nonfinite
+        self.history: deque[float] = deque(maxlen=max(2, window))
+
+    def check(self, loss: float, grad_norm: float) -> str | None:
+        """Returns the reason to skip this update, or None to take it (and remember its norm)."""
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return "non-finite loss or gradient norm" if self.skip_nonfinite else None
+        if self.zscore > 0 and len(self.history) >= self.min_history:
+            mean = sum(self.history) / len(self.history)
+            std = math.sqrt(sum((x - mean) ** 2 for x in self.history) / len(self.history))
+            z = (grad_norm - mean) / std if std > 0 else 0.0
+            if z > self.zscore:
+                return f"gradient norm {grad_norm:.3g} is an outlier (z-score {z:.1f} > {self.zscore:g})"
+        self.history.append(grad_norm)
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.clear()
+        self.history.extend(state.get("history", []))
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per logged step or evaluation, appended and flushed at once."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop lines of steps after the checkpoint, so the file tells one consistent run."""
+        if not self.path.is_file():
+            return
+        from ..fileio import atomic_write_text
+
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_finite(record), default=str) + "\n")
+            f.flush()
+
+
+def _finite(record: dict[str, Any]) -> dict[str, Any]:
+    # NaN/inf are not JSON: write null (the record's `skipped` field says why)
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
