@@ -1,0 +1,24 @@
+"""`llm-recipes dpo --config recipe.yaml`: direct preference optimization with TRL's DPOTrainer from `prompt`/`chosen`/`rejected` pairs,
+full or LoRA (the reference is the input model; with LoRA, the model with the adapter disabled).
+
+Also `accelerate launch -m llm_recipes.dpo --config recipe.yaml`. Keys: ours (model, data, LoRA; see
+`llm_recipes.finetuning.training.FinetuneArguments`) plus TRL's `DPOConfig`. Writes into output_dir:
+`final/` (merged HF model folder), `adapter/` (with LoRA), `data/` (train + held-out rows used),
+`metrics.jsonl`, `eval_heldout.json`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trl import DPOConfig
+
+    from .finetuning.training import stage_main
+
+    return stage_main("dpo", DPOConfig, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

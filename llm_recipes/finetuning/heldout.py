@@ -1,0 +1,169 @@
+"""Held-out measurements that show whether fine-tuning helped, written to `output_dir/eval_heldout.json`.
+
+- SFT: answer loss, the mean negative log-likelihood (nats per token) of the answer tokens given the
+  prompt (assistant turns of a conversation, the completion of a prompt/completion row, every token of
+  a text row), for the base model and the fine-tuned one. Lower is better.
+- DPO: on held-out preference pairs, how often the model gives the chosen answer a higher log-probability
+  than the rejected one (preference accuracy, base vs trained), and the DPO reward accuracy: how often
+  the implicit reward log pi(chosen)/ref(chosen) - log pi(rejected)/ref(rejected) is positive, the
+  reference being the input model.
+- KTO: the gap between the mean per-token log-probability of desirable and undesirable completions
+  (base vs trained), and how often the implicit reward's sign matches the thumbs up/down label.
+
+Log-probabilities are summed over completion tokens (what DPO optimises), with tokenization following
+TRL: the chat template for conversations, BOS + text + EOS for plain strings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _chat_ids(tokenizer, messages, **kwargs) -> dict[str, list[int]]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+    return {k: list(v) for k, v in out.items()}
+
+
+def encode_prompt_completion(tokenizer, prompt, completion) -> tuple[list[int], list[int]]:
+    """(input ids, completion mask) of a prompt and its completion, strings or conversations."""
+    if isinstance(prompt, str):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        text = completion if completion.endswith(tokenizer.eos_token) else completion + tokenizer.eos_token
+        full = tokenizer(prompt + text)["input_ids"]
+    else:
+        prompt_ids = _chat_ids(tokenizer, list(prompt), add_generation_prompt=True)["input_ids"]
+        full = _chat_ids(tokenizer, list(prompt) + list(completion))["input_ids"]
+    start = _common_prefix(prompt_ids, full)
+    return full, [0] * start + [1] * (len(full) - start)
+
+
+def encode_row(tokenizer, row: dict[str, Any], fmt: str) -> tuple[list[int], list[int]]:
+    """(input ids, loss mask) of one SFT row: assistant tokens, completion tokens, or all text tokens."""
+    if fmt == "messages":
+        out = _chat_ids(tokenizer, row["messages"], return_assistant_tokens_mask=True)
+        mask = out.get("assistant_masks") or []
+        if 1 in mask:
+            return out["input_ids"], mask
+        # a template without {% generation %} markers: score the last assistant turn given the rest
+        messages = row["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        return encode_prompt_completion(tokenizer, messages[:last], [messages[last]])
+    if fmt == "prompt_completion":
+        return encode_prompt_completion(tokenizer, row["prompt"], row["completion"])
+    if fmt == "text":
+        ids = tokenizer(row["text"] + tokenizer.eos_token)["input_ids"]
+        return ids, [1] * len(ids)
+    raise ValueError(f"answer loss needs a messages, prompt_completion or text row, got format {fmt!r}")
+
+
+def sequence_logps(model, encoded: list[tuple[list[int], list[int]]], batch_size: int = 8,
+                   max_length: int | None = None) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of the masked tokens of each sequence, in input order."""
+    import torch
+
+    device = next(model.parameters()).device
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    max_length = max_length or getattr(model.config, "max_position_embeddings", None)
+    was_training = model.training
+    model.eval()
+    results: list[tuple[float, int]] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(encoded), batch_size):
+                chunk = [(ids[:max_length], mask[:max_length]) if max_length else (ids, mask)
+                         for ids, mask in encoded[start:start + batch_size]]
+                width = max(len(ids) for ids, _ in chunk)
+                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                attention = torch.zeros((len(chunk), width), dtype=torch.long)
+                loss_mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+                for i, (ids, mask) in enumerate(chunk):
+                    input_ids[i, : len(ids)] = torch.tensor(ids)
+                    attention[i, : len(ids)] = 1
+                    loss_mask[i, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                               use_cache=False).logits.float()
+                # the logits at t predict token t+1
+                logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None].to(device))[..., 0]
+                target_mask = loss_mask[:, 1:].to(device)
+                sums = (logps * target_mask).sum(-1)
+                counts = target_mask.sum(-1)
+                results += [(float(s), int(c)) for s, c in zip(sums.cpu(), counts.cpu())]
+    finally:
+        model.train(was_training)
+    return results
+
+
+def answer_loss(model, tokenizer, rows: Sequence[dict[str, Any]], fmt: str, batch_size: int = 8,
+                max_length: int | None = None) -> dict[str, float]:
+    """Mean NLL (nats per answer token) over held-out rows, token-weighted, with its perplexity."""
+    scored = sequence_logps(model, [encode_row(tokenizer, r, fmt) for r in rows], batch_size, max_length)
+    tokens = sum(c for _, c in scored)
+    if tokens == 0:
+        raise ValueError("the held-out rows have no answer tokens to score")
+    loss = -sum(s for s, _ in scored) / tokens
+    per_example = [-s / c for s, c in scored if c > 0]
+    return {"answer_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "answer_tokens": tokens,
+            "examples": len(rows), "answer_loss_mean_per_example": sum(per_example) / len(per_example)}
+
+
+def preference_logps(model, tokenizer, rows, batch_size: int = 8, max_length: int | None = None):
+    """Summed log-probabilities of chosen and rejected completions: two lists of (logp, tokens)."""
+    chosen = [encode_prompt_completion(tokenizer, r["prompt"], r["chosen"]) for r in rows]
+    rejected = [encode_prompt_completion(tokenizer, r["prompt"], r["rejected"]) for r in rows]
+    return (sequence_logps(model, chosen, batch_size, max_length),
+            sequence_logps(model, rejected, batch_size, max_length))
+
+
+def preference_metrics(chosen, rejected, ref_chosen=None, ref_rejected=None) -> dict[str, float]:
+    """Preference accuracy and mean log-prob margin; with reference log-probs also DPO's reward accuracy
+    and reward margin (rewards without the beta factor, which only scales them)."""
+    n = len(chosen)
+    margins = [c[0] - r[0] for c, r in zip(chosen, rejected)]
+    out = {"pairs": n, "preference_accuracy": sum(m > 0 for m in margins) / n,
+           "mean_logp_margin": sum(margins) / n,
+           "preference_accuracy_per_token": sum(c[0] / max(c[1], 1) > r[0] / max(r[1], 1)
+                                                for c, r in zip(chosen, rejected)) / n}
+    if ref_chosen is not None:
+        rewards = [(c[0] - rc[0]) - (r[0] - rr[0]) for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)]
+        out["reward_accuracy"] = sum(x > 0 for x in rewards) / n
+        out["mean_reward_margin"] = sum(rewards) / n
+    return out
+
+
+def unpaired_logps(model, tokenizer, rows, batch_size: int = 8, max_length: int | None = None):
+    return sequence_logps(model, [encode_prompt_completion(tokenizer, r["prompt"], r["completion"]) for r in rows],
+                          batch_size, max_length)
+
+
+def unpaired_metrics(rows, logps, ref_logps=None) -> dict[str, float]:
+    """Mean per-token log-probability of desirable and undesirable completions and their gap; with
+    reference log-probs, how often the implicit reward's sign matches the label."""
+    good = [s / max(c, 1) for (s, c), r in zip(logps, rows) if r["label"]]
+    bad = [s / max(c, 1) for (s, c), r in zip(logps, rows) if not r["label"]]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    out = {"examples": len(rows), "desirable": len(good), "undesirable": len(bad),
+           "desirable_logp_per_token": mean(good), "undesirable_logp_per_token": mean(bad),
+           "desirable_logp_gap": mean(good) - mean(bad)}
+    if ref_logps is not None:
+        rewards = [s - rs for (s, _), (rs, _) in zip(logps, ref_logps)]
+        out["reward_label_accuracy"] = sum((x > 0) == bool(r["label"]) and x != 0
+                                           for x, r in zip(rewards, rows)) / len(rows)
+    return out
+
+
+def summarize(stage: str, metric: str, higher_is_better: bool, base: dict, trained: dict, **info) -> dict[str, Any]:
+    """The eval_heldout.json record: both models' metrics and whether the headline metric improved."""
+    b, t = base[metric], trained[metric]
+    improved = (t > b) if higher_is_better else (t < b)
+    return {"stage": stage, "metric": metric, "higher_is_better": higher_is_better, "base_value": b,
+            "trained_value": t, "improved": bool(improved), "base": base, "trained": trained, **info}

@@ -1,0 +1,323 @@
+"""The fine-tuning stages (sft, dpo, kto) share one flow around TRL's trainers:
+
+    load data -> convert + check -> split held-out -> write data/ -> load model -> measure the base
+    -> train (full or LoRA) -> save adapter/ + merged final/ -> measure the trained model
+    -> eval_heldout.json, metrics.jsonl -> mark complete
+
+Our own options (model, data, LoRA) live in `FinetuneArguments`; everything about training is TRL's
+own config class (`SFTConfig`, `DPOConfig`, `KTOConfig`), parsed together from one recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from ..fileio import atomic_directory, atomic_write_json, atomic_write_text
+from .data import BUILTIN_DATASETS, DatasetFormatError
+
+STAGE_BUILTIN_KIND = {"python-docs-qa": "qa", "python-docs-preferences": "preferences", "python-docs-kto": "kto"}
+
+
+@dataclass
+class FinetuneArguments:
+    """Model, data and LoRA options of the sft / dpo / kto stages (training options are TRL's)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Model to fine-tune: an HF model folder (e.g. ${run_dir}/pretrain/final) or "
+                                        "a Hub id. Other models than RecipeGPT may need trust_remote_code: true."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or Hub id; defaults to model_name_or_path."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Training data: a local .json/.jsonl/.parquet/.csv file, a folder (data files "
+                                        "or save_to_disk), a Hub dataset id, or a built-in set made from corpus_path: "
+                                        f"{', '.join(BUILTIN_DATASETS)}."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    data_files: list[str] | None = field(
+        default=None, metadata={"help": "Explicit data files (json/jsonl/parquet/csv) instead of dataset_name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(
+        default=None, metadata={"help": "Split used as held-out data; default: 'test' or 'validation' when the dataset "
+                                        "has one, else a deterministic heldout_fraction of the training rows."})
+    corpus_path: str | None = field(
+        default=None, metadata={"help": "For the built-in python-docs datasets: the clean stage's output folder "
+                                        "(columns text, title), e.g. ${run_dir}/clean."})
+    heldout_fraction: float = field(
+        default=0.1, metadata={"help": "Share of rows (built-in data: of documents) held out for measuring the result."})
+    max_heldout_samples: int | None = field(
+        default=200, metadata={"help": "Cap on held-out rows that are scored (scoring costs a forward pass each)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Cap on training rows (a seeded sample); for quick runs."})
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System message put before the user turn of converted Alpaca records."})
+    questions_per_document: int = field(
+        default=2, metadata={"help": "Built-in data: differently phrased questions per documentation item."})
+    max_answer_chars: int = field(
+        default=400, metadata={"help": "Built-in data: answers are the documentation's start, cut near this length."})
+    max_documents: int | None = field(
+        default=None, metadata={"help": "Built-in data: use at most this many documents (a seeded sample)."})
+    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (updates are scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "Modules that get adapters, e.g. q_proj v_proj; 'all-linear' = every Linear but the head."})
+    lora_modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained in full next to the adapter (e.g. embed_tokens)."})
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA scaling (alpha / sqrt(r))."})
+    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+    evaluate_heldout: bool = field(
+        default=True, metadata={"help": "Score base and trained model on the held-out data (eval_heldout.json)."})
+
+
+# -- data --------------------------------------------------------------------------------------------
+
+
+def prepare_data(stage: str, args: FinetuneArguments, seed: int = 42):
+    """Loads, converts, checks and splits the stage's data.
+
+    Returns:
+        (train Dataset, held-out Dataset or None, format name).
+    """
+    from datasets import Dataset
+
+    from .data import convert_for_stage, load_raw_dataset, split_heldout
+    from .python_docs import build_python_docs_data, load_corpus
+
+    name = args.dataset_name or (args.data_files[0] if args.data_files else None)
+    if name is None:
+        raise ConfigError(f"stage {stage!r} needs dataset_name (a file, folder, Hub id or one of "
+                          f"{', '.join(BUILTIN_DATASETS)}) or data_files")
+    if args.dataset_name in BUILTIN_DATASETS:
+        if not args.corpus_path:
+            raise ConfigError(f"dataset_name {args.dataset_name!r} is made from the python-docs corpus: set "
+                              "corpus_path to the clean stage's output folder (e.g. ${run_dir}/clean)")
+        rows_train, rows_held = build_python_docs_data(
+            load_corpus(args.corpus_path), kind=STAGE_BUILTIN_KIND[args.dataset_name],
+            heldout_fraction=args.heldout_fraction, questions_per_document=args.questions_per_document,
+            max_answer_chars=args.max_answer_chars, max_documents=args.max_documents, seed=seed)
+        if not rows_train:
+            raise DatasetFormatError(f"{args.dataset_name}: no training rows could be made from {args.corpus_path!r}")
+        train = Dataset.from_list(rows_train)
+        held = Dataset.from_list(rows_held) if rows_held else None
+    else:
+        loaded = load_raw_dataset(name, args.dataset_config, args.data_files)
+        if args.dataset_train_split not in loaded:
+            raise DatasetFormatError(f"dataset {name!r} has no split {args.dataset_train_split!r} "
+                                     f"(splits: {list(loaded)}); set dataset_train_split")
+        train = loaded[args.dataset_train_split]
+        held_split = args.dataset_test_split
+        if held_split is None:
+            held_split = next((s for s in ("test", "validation") if s in loaded and s != args.dataset_train_split), None)
+        elif held_split not in loaded:
+            raise DatasetFormatError(f"dataset {name!r} has no split {held_split!r} (splits: {list(loaded)})")
+        held = loaded[held_split] if held_split else None
+    train, fmt = convert_for_stage(train, stage, name=f"{name} [{args.dataset_train_split}]",
+                                   system_prompt=args.system_prompt)
+    if held is not None:
+        held, _ = convert_for_stage(held, stage, name=f"{name} [held-out]", system_prompt=args.system_prompt)
+    elif args.heldout_fraction > 0:
+        train, held = split_heldout(train, args.heldout_fraction)
+    if held is not None and args.max_heldout_samples is not None and len(held) > args.max_heldout_samples:
+        held = held.shuffle(seed=seed).select(range(args.max_heldout_samples))
+    if args.max_train_samples is not None and len(train) > args.max_train_samples:
+        train = train.shuffle(seed=seed).select(range(args.max_train_samples))
+    return train, held, fmt
+
+
+# -- model -------------------------------------------------------------------------------------------
+
+
+def load_model_and_tokenizer(args: FinetuneArguments, trust_remote_code: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not args.model_name_or_path:
+        raise ConfigError("model_name_or_path is required: an HF model folder such as ${run_dir}/pretrain/final")
+    path = args.model_name_or_path
+    if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+        raise ConfigError(f"model_name_or_path {path!r} does not exist (expected an HF model folder, e.g. the "
+                          "pretrain stage's final/)")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path or path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    return model, tokenizer
+
+
+def _is_conversational(dataset) -> bool:
+    from trl.data_utils import is_conversational
+
+    return is_conversational(dataset[0])
+
+
+# -- measuring -----------------------------------------------------------------------------------------
+
+
+class HeldoutScorer:
+    """Scores models on the held-out rows with the stage's measure; keeps the base model's scores as reference."""
+
+    def __init__(self, stage: str, rows: list[dict[str, Any]], fmt: str, tokenizer, batch_size: int, max_length):
+        self.stage, self.rows, self.fmt, self.tokenizer = stage, rows, fmt, tokenizer
+        self.batch_size, self.max_length = batch_size, max_length
+        self.reference = None
+
+    def score(self, model, is_base: bool) -> dict[str, Any]:
+        from . import heldout
+
+        kw = dict(batch_size=self.batch_size, max_length=self.max_length)
+        if self.stage == "sft":
+            return heldout.answer_loss(model, self.tokenizer, self.rows, self.fmt, **kw)
+        if self.stage == "dpo":
+            chosen, rejected = heldout.preference_logps(model, self.tokenizer, self.rows, **kw)
+            if is_base:
+                self.reference = (chosen, rejected)
+                return heldout.preference_metrics(chosen, rejected)
+            return heldout.preference_metrics(chosen, rejected, *self.reference)
+        logps = heldout.unpaired_logps(model, self.tokenizer, self.rows, **kw)
+        if is_base:
+            self.reference = logps
+            return heldout.unpaired_metrics(self.rows, logps)
+        return heldout.unpaired_metrics(self.rows, logps, self.reference)
+
+    def summary(self, base: dict, trained: dict, **info) -> dict[str, Any]:
+        from .heldout import summarize
+
+        metric, higher = {"sft": ("answer_loss", False), "dpo": ("preference_accuracy", True),
+                          "kto": ("desirable_logp_gap", True)}[self.stage]
+        return summarize(self.stage, metric, higher, base, trained, **info)
+
+
+# -- the stage ---------------------------------------------------------------------------------------------
+
+
+def build_trainer(stage: str, model, tokenizer, train_cfg, train, held, peft_config):
+    from trl import DPOTrainer, KTOTrainer, SFTTrainer
+
+    eval_dataset = held if held is not None and str(train_cfg.eval_strategy) not in ("no", "IntervalStrategy.NO") else None
+    cls = {"sft": SFTTrainer, "dpo": DPOTrainer, "kto": KTOTrainer}[stage]
+    return cls(model=model, args=train_cfg, train_dataset=train, eval_dataset=eval_dataset,
+               processing_class=tokenizer, peft_config=peft_config)
+
+
+def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
+    """Runs one fine-tuning stage end to end; returns the eval_heldout record (or {} without held-out data)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..config import save_resolved_config
+    from ..fileio import mark_complete
+    from .data import write_jsonl
+    from .lora import build_lora_config, merge_adapter, save_model_folder
+
+    output_dir = Path(train_cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(output_dir, args, train_cfg, stage=stage)
+
+    # Load datasets
+    train, held, fmt = prepare_data(stage, args, seed=train_cfg.seed)
+    data_dir = output_dir / "data"
+    write_jsonl(train, data_dir / "train.jsonl")
+    if held is not None:
+        write_jsonl(held, data_dir / "heldout.jsonl")
+    print(f"[{stage}] data: {len(train)} training rows ({fmt}), {len(held) if held is not None else 0} held-out rows "
+          f"-> {data_dir}")
+
+    # Load model
+    model, tokenizer = load_model_and_tokenizer(args, train_cfg.trust_remote_code)
+    conversational = _is_conversational(train)
+    if conversational and not tokenizer.chat_template and not getattr(train_cfg, "chat_template_path", None):
+        raise ConfigError(f"the training data is conversational but tokenizer {args.tokenizer_name_or_path or args.model_name_or_path!r} "
+                          "has no chat template; set chat_template_path (sft) or use a tokenizer with one")
+    if stage == "sft" and train_cfg.assistant_only_loss and not conversational:
+        raise ConfigError(f"assistant_only_loss: true needs conversational data (messages), but the data is {fmt!r}; "
+                          "set assistant_only_loss: false (prompt/completion data gets completion-only loss by default)")
+
+    scorer, base_scores = None, None
+    if held is not None and args.evaluate_heldout:
+        scorer = HeldoutScorer(stage, list(held), fmt, tokenizer, train_cfg.per_device_eval_batch_size,
+                               train_cfg.max_length)
+        base_scores = scorer.score(model, is_base=True)
+        print(f"[{stage}] base model on held-out: {json.dumps(_short(base_scores))}")
+
+    # Training loop (TRL)
+    peft_config = None
+    if args.use_peft:
+        peft_config = build_lora_config(model, args.lora_r, args.lora_alpha, args.lora_dropout,
+                                        args.lora_target_modules, args.lora_modules_to_save,
+                                        args.use_rslora, args.use_dora)
+    trainer = build_trainer(stage, model, tokenizer, train_cfg, train, held, peft_config)
+    resume = train_cfg.resume_from_checkpoint
+    if resume is None and get_last_checkpoint(str(output_dir)):
+        resume = get_last_checkpoint(str(output_dir))
+        print(f"[{stage}] resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+
+    # Save adapter, merged model, data and metrics
+    trained = trainer.model
+    if args.use_peft:
+        with atomic_directory(output_dir / "adapter") as tmp:
+            trained.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        trained = merge_adapter(trained)
+    save_model_folder(trained, tokenizer, output_dir / "final")
+    write_metrics(trainer.state.log_history, output_dir / "metrics.jsonl")
+
+    record: dict[str, Any] = {}
+    if scorer is not None:
+        trained_scores = scorer.score(trained, is_base=False)
+        record = scorer.summary(base_scores, trained_scores, base_model=args.model_name_or_path,
+                                model=str(output_dir / "final"), heldout_file="data/heldout.jsonl",
+                                dataset=args.dataset_name, format=fmt)
+        atomic_write_json(output_dir / "eval_heldout.json", record)
+        print(f"[{stage}] held-out {record['metric']}: base {record['base_value']:.4f} -> trained "
+              f"{record['trained_value']:.4f} ({'better' if record['improved'] else 'NOT better'})")
+    write_model_card(output_dir / "final", stage, args, fmt, len(train), record)
+    mark_complete(output_dir, stage=stage, train_rows=len(train), heldout=record.get("trained_value"))
+    wrote = ["final/", "data/", "metrics.jsonl"] + (["adapter/"] if args.use_peft else []) + \
+        (["eval_heldout.json"] if record else [])
+    print(f"[{stage}] wrote {', '.join(wrote)} in {output_dir}")
+    return record
+
+
+def _short(scores: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
+
+
+def write_metrics(log_history: list[dict], path: Path) -> None:
+    atomic_write_text(path, "".join(json.dumps(entry) + "\n" for entry in log_history))
+
+
+def write_model_card(folder: Path, stage: str, args: FinetuneArguments, fmt: str, rows: int, record: dict) -> None:
+    """A short README.md model card; the evaluate stage adds its model-index later."""
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- llm-recipes",
+             f"- {stage}"]
+    if args.model_name_or_path and not os.path.isdir(args.model_name_or_path):
+        lines.append(f"base_model: {args.model_name_or_path}")
+    lines += ["---", "", f"# {folder.parent.name}: {stage.upper()} fine-tune", "",
+              f"Fine-tuned by `llm-recipes {stage}` from `{args.model_name_or_path}` on `{args.dataset_name}` "
+              f"({rows} rows, format `{fmt}`{', LoRA merged' if args.use_peft else ', full fine-tuning'}).", ""]
+    if record:
+        lines += [f"Held-out {record['metric']}: base {record['base_value']:.4f}, this model "
+                  f"{record['trained_value']:.4f} ({'better' if record['improved'] else 'not better'}).", ""]
+    lines += ["Load with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`.", ""]
+    atomic_write_text(folder / "README.md", "\n".join(lines))
+
+
+def stage_main(stage: str, config_class, argv=None) -> int:
+    """Parses the recipe for a fine-tuning stage and runs it; data and LoRA errors exit with status 2."""
+    from ..config import parse_config
+    from .lora import LoraTargetError
+
+    args, train_cfg = parse_config([FinetuneArguments, config_class], argv, stage=stage)
+    try:
+        run_stage(stage, args, train_cfg)
+    except (DatasetFormatError, LoraTargetError) as e:
+        print(f"llm-recipes {stage}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
