@@ -1,0 +1,284 @@
+"""Batched text generation for many concurrent requests on one model.
+
+One worker thread owns the model. Requests wait in a bounded queue; at every decoding step the worker
+admits waiting requests into free batch slots (their prompts are prefilled together and their KV
+cache is merged into the running batch), advances every running sequence by one token, and drops
+the ones that finished. So a short request never waits for a long one to end, and 32 clients share
+one forward pass per step instead of taking turns (iteration-level batching, as in Orca / vLLM, with
+a plain `DynamicCache` left-padded to a common length instead of paged memory).
+
+Sampling is per request (temperature, top_p, seed), tokens go back through a callback as soon as they
+are chosen, and a request can be cancelled (client gone, time limit) at any step.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """The engine's waiting queue is full: the server is overloaded, the client should retry later."""
+
+
+@dataclass
+class GenerationRequest:
+    """One sequence to generate.
+
+    Args:
+        prompt_ids: token ids of the prompt (already templated; BOS included when the model expects it).
+        max_new_tokens: most tokens to generate.
+        emit: called from the worker thread with `("token", id)`, then once `("done", finish_reason)`
+            (`"stop"` at an end token, `"length"` at max_new_tokens, `"cancelled"`) or `("error", message)`.
+        temperature: 0 means greedy.
+        top_p: nucleus sampling mass (1.0 = off).
+        stop_ids: token ids that end the sequence (not emitted).
+        seed: makes sampling reproducible for this request.
+    """
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    emit: Callable[[tuple], None]
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_ids: frozenset[int] = frozenset()
+    seed: int | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class _Row:
+    """A running sequence: its request, how many tokens it made, its random generator."""
+
+    def __init__(self, request: GenerationRequest, generator):
+        self.request = request
+        self.generated = 0
+        self.generator = generator
+
+
+class GenerationEngine:
+    """Owns a causal LM and generates for queued requests in batches on a worker thread.
+
+    Args:
+        model: a transformers causal LM (eval mode is set here).
+        pad_token_id: id used for left padding (any id works: padded positions are masked out).
+        max_batch_size: most sequences decoded together.
+        max_queue: most requests waiting for a slot; `submit` raises QueueFullError beyond it.
+    """
+
+    def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64):
+        import torch
+
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.pad_token_id = int(pad_token_id)
+        self.max_batch_size = int(max_batch_size)
+        self._queue: queue.Queue[GenerationRequest] = queue.Queue(maxsize=int(max_queue))
+        self._stop = threading.Event()
+        self._torch = torch
+        self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
+        self.running = 0  # sequences in the current batch
+        self.peak_batch = 0  # largest batch decoded so far (shows that concurrent requests share steps)
+        self.steps = 0
+        self._thread.start()
+
+    # -- public ----------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> None:
+        if self._stop.is_set():
+            raise RuntimeError("the generation engine is shut down")
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise QueueFullError(f"{self._queue.maxsize} requests are already waiting") from None
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    # -- worker ----------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        torch = self._torch
+        rows: list[_Row] = []
+        state = None  # (cache, attention_mask (B, S), next position (B,), last token (B,))
+        while not self._stop.is_set():
+            try:
+                if not rows:
+                    try:
+                        first = self._queue.get(timeout=0.05)
+                    except queue.Empty:
+                        continue
+                    newcomers = [first] + self._take(self.max_batch_size - 1)
+                else:
+                    newcomers = self._take(self.max_batch_size - len(rows))
+                newcomers = [r for r in newcomers if not self._drop_if_cancelled(r)]
+                with torch.inference_mode():
+                    if newcomers:
+                        # prefill, then their first token; survivors join the running batch
+                        new_rows, new_state = self._sample_and_emit(*self._prefill(newcomers))
+                        if new_rows:
+                            rows, state = self._merge(rows, state, new_rows, new_state)
+                    if rows:
+                        rows, state = self._decode_step(rows, state)
+                self.running = len(rows)
+                self.peak_batch = max(self.peak_batch, len(rows))
+            except Exception as e:  # a bug or OOM must not kill the server: fail the running requests
+                logger.exception("generation failed")
+                for row in rows:
+                    row.request.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
+                rows, state = [], None
+                self.running = 0
+        for row in rows:
+            row.request.emit(("error", "server shutting down"))
+
+    def _take(self, n: int) -> list[GenerationRequest]:
+        taken = []
+        while len(taken) < n:
+            try:
+                taken.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return taken
+
+    @staticmethod
+    def _drop_if_cancelled(request: GenerationRequest) -> bool:
+        if request.cancelled.is_set():
+            request.emit(("done", "cancelled"))
+            return True
+        return False
+
+    def _prefill(self, requests: list[GenerationRequest]):
+        """Runs the prompts of new requests as one left-padded batch; returns their rows and state."""
+        from transformers import DynamicCache
+
+        torch = self._torch
+        width = max(len(r.prompt_ids) for r in requests)
+        ids = torch.full((len(requests), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, r in enumerate(requests):
+            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            mask[i, width - len(r.prompt_ids):] = 1
+        # positions count real tokens only, so a left-padded prompt sees the same positions as alone
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
+        rows = []
+        for r in requests:
+            generator = None
+            if r.seed is not None:
+                generator = torch.Generator(device=self.device).manual_seed(int(r.seed))
+            rows.append(_Row(r, generator))
+        next_pos = mask.sum(-1)
+        return rows, (out.cache, mask.to(self.device), next_pos.to(self.device), out.logits[:, -1, :])
+
+    def _merge(self, rows, state, new_rows, new_state):
+        """Appends newcomers (state: cache, mask, next position, token to feed next) to the running batch: caches and masks are left-padded to a common length."""
+        torch = self._torch
+        if not rows:
+            return new_rows, new_state
+        cache, mask, pos, tokens = state
+        new_cache, new_mask, new_pos, new_tokens = new_state
+        length = max(mask.shape[1], new_mask.shape[1])
+
+        def left_pad(t, dim_len, total):  # pad dim -2 (sequence) of a (B, H, S, D) tensor
+            if dim_len == total:
+                return t
+            pad = t.new_zeros((*t.shape[:-2], total - dim_len, t.shape[-1]))
+            return torch.cat([pad, t], dim=-2)
+
+        for old_layer, new_layer in zip(cache.layers, new_cache.layers):
+            old_len, add_len = old_layer.keys.shape[-2], new_layer.keys.shape[-2]
+            old_layer.keys = torch.cat([left_pad(old_layer.keys, old_len, length),
+                                        left_pad(new_layer.keys, add_len, length)], dim=0)
+            old_layer.values = torch.cat([left_pad(old_layer.values, old_len, length),
+                                          left_pad(new_layer.values, add_len, length)], dim=0)
+
+        def pad_mask(m):
+            return torch.cat([m.new_zeros((m.shape[0], length - m.shape[1])), m], dim=1)
+
+        merged_mask = torch.cat([pad_mask(mask), pad_mask(new_mask)], dim=0)
+        merged_tokens = torch.cat([tokens, new_tokens], dim=0)
+        return rows + new_rows, (cache, merged_mask, torch.cat([pos, new_pos]), merged_tokens)
+
+    def _decode_step(self, rows, state):
+        """Feeds every running row its last token and samples the next."""
+        torch = self._torch
+        cache, mask, pos, last_tokens = state
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        out = self.model(input_ids=last_tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        self.steps += 1
+        return self._sample_and_emit(rows, (cache, mask, pos + 1, out.logits[:, -1, :]))
+
+    def _sample_and_emit(self, rows, state):
+        """Chooses a token for each row from its logits, emits it, and prunes finished rows."""
+        torch = self._torch
+        cache, mask, pos, logits = state
+        tokens = torch.empty(len(rows), dtype=torch.long, device=self.device)
+        keep = []
+        for i, row in enumerate(rows):
+            token = self._sample(logits[i], row)
+            tokens[i] = token
+            request = row.request
+            if request.cancelled.is_set():
+                request.emit(("done", "cancelled"))
+                continue
+            if token in request.stop_ids:
+                request.emit(("done", "stop"))
+                continue
+            request.emit(("token", token))
+            row.generated += 1
+            if row.generated >= request.max_new_tokens:
+                request.emit(("done", "length"))
+                continue
+            keep.append(i)
+        if len(keep) == len(rows):
+            return rows, (cache, mask, pos, tokens)
+        if not keep:
+            return [], None
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        cache.batch_select_indices(index)
+        rows = [rows[i] for i in keep]
+        state = (cache, mask.index_select(0, index), pos.index_select(0, index), tokens.index_select(0, index))
+        return rows, self._trim_padding(state)
+
+    def _trim_padding(self, state):
+        """Drops left columns that no remaining row uses (after long rows finish, short ones stay cheap)."""
+        cache, mask, pos, tokens = state
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if used.numel() else 0
+        if start == 0:
+            return state
+        for layer in cache.layers:
+            layer.keys = layer.keys[..., start:, :]
+            layer.values = layer.values[..., start:, :]
+        return cache, mask[:, start:], pos, tokens
+
+    def _sample(self, logits, row: _Row) -> int:
+        torch = self._torch
+        request = row.request
+        if request.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / request.temperature, dim=-1)
+        if request.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+            outside = sorted_probs.cumsum(-1) - sorted_probs > request.top_p
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=row.generator))

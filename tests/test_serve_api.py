@@ -1,0 +1,197 @@
+"""The OpenAI-compatible server, end to end over real HTTP: the official `openai` client, bad input,
+API keys, concurrency and the feedback store."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+
+from serve_helpers import running_server
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("serve") / "feedback.sqlite"
+    with running_server(tiny_model_dir, path, max_tokens_cap=64, default_max_tokens=16,
+                        max_body_bytes=20_000) as handle:
+        yield handle
+
+
+def test_openai_client_chat_and_completions(server):
+    from openai import OpenAI
+
+    url, *_ = server
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+    messages = [{"role": "system", "content": "You answer questions about Python."},
+                {"role": "user", "content": "What does os.path.join do?"}]
+    chat = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+    answer = chat.choices[0].message.content
+    assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    assert chat.usage.completion_tokens <= 12 and chat.usage.prompt_tokens > 10
+
+    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == answer  # greedy: streaming and not give the same text
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2  # really incremental
+    assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == chat.choices[0].finish_reason
+
+    completion = client.completions.create(model="tiny", prompt="The os module", max_tokens=10, temperature=0)
+    text = completion.choices[0].text
+    assert completion.object == "text_completion" and completion.usage.completion_tokens <= 10
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny", prompt="The os module", max_tokens=10, temperature=0, stream=True))
+    assert streamed == text
+
+
+def test_bad_input_gets_clear_4xx_and_server_stays_up(server):
+    import openai
+    from openai import OpenAI
+
+    url, *_ = server
+    with httpx.Client(base_url=url, timeout=30) as http:
+        def post(path, payload=None, content=None):
+            if content is None:
+                return http.post(path, json=payload)
+            return http.post(path, content=content, headers={"content-type": "application/json"})
+
+        cases = {
+            "malformed JSON": (post("/v1/chat/completions", content=b'{"model": "tiny", "messages": [}'),
+                               400, "malformed JSON"),
+            "unknown model": (post("/v1/completions", {"model": "gpt-9", "prompt": "hi"}), 404, "gpt-9"),
+            "max_tokens over cap": (post("/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 65}),
+                                    400, "cap of 64"),
+            "prompt past context": (post("/v1/completions", {"model": "tiny", "prompt": "word " * 400}),
+                                    400, "context window"),
+            "prompt + max_tokens past context": (
+                post("/v1/completions", {"model": "tiny", "prompt": "word " * 230, "max_tokens": 60}),
+                400, "context window"),
+            "oversized body": (post("/v1/completions", content=json.dumps(
+                {"model": "tiny", "prompt": "x" * 30_000}).encode()), 413, "20000 bytes"),
+            "missing field": (post("/v1/chat/completions", {"model": "tiny"}), 400, "messages"),
+            "n > 1": (post("/v1/completions", {"model": "tiny", "prompt": "a", "n": 2}), 400, "n"),
+            "bad role": (post("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "wizard",
+                                                                                      "content": "x"}]}), 400, "role"),
+            "empty feedback": (post("/v1/feedback", {"messages": [{"role": "user", "content": "q"}],
+                                                     "completion": "a"}), 400, "rating"),
+            "unknown route": (http.get("/v1/nothing"), 404, "/v1/nothing"),
+        }
+        for name, (response, status, fragment) in cases.items():
+            assert response.status_code == status, (name, response.text)
+            error = response.json()["error"]
+            assert fragment in error["message"], (name, error)
+            assert error["type"]
+        assert cases["unknown model"][0].json()["error"]["code"] == "model_not_found"
+        assert cases["prompt past context"][0].json()["error"]["code"] == "context_length_exceeded"
+        assert http.get("/health").json()["status"] == "ok"
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="cap of 64"):
+        client.completions.create(model="tiny", prompt="hi", max_tokens=1000)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    # still serving after all of that
+    assert client.completions.create(model="tiny", prompt="hi", max_tokens=3).usage.completion_tokens <= 3
+
+
+def test_concurrent_requests_share_batches(server):
+    from openai import OpenAI
+
+    url, app, engine, store = server
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    prompts = [f"Question {i}: what is a list comprehension?" for i in range(6)]
+    alone = [client.completions.create(model="tiny", prompt=p, max_tokens=24, temperature=0).choices[0].text
+             for p in prompts]
+    together, errors = [None] * len(prompts), []
+
+    def ask(i):
+        try:
+            together[i] = client.completions.create(model="tiny", prompt=prompts[i], max_tokens=24,
+                                                    temperature=0).choices[0].text
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert together == alone  # batching changes nothing in the answers
+    assert engine.peak_batch >= 2
+
+
+def test_feedback_rows_are_stored_and_survive_restart(tiny_model_dir, tmp_path):
+    from llm_recipes.serving.feedback_store import FeedbackStore
+
+    path = tmp_path / "feedback.sqlite"
+    conversation = [{"role": "user", "content": "How do I join paths?"}]
+    with running_server(tiny_model_dir, path) as (url, *_):
+        with httpx.Client(base_url=url, timeout=30) as http:
+            up = http.post("/v1/feedback", json={"messages": conversation, "completion": "Use os.path.join.",
+                                                 "rating": "up"})
+            better = http.post("/v1/feedback", json={"messages": conversation, "completion": "No idea.",
+                                                     "rating": "down", "suggestion": "Use os.path.join(a, b)."})
+            assert up.status_code == 200 and better.status_code == 200
+            assert http.get("/v1/feedback/stats").json() == {"rows": 2}
+    # a new server process on the same file sees both rows
+    with running_server(tiny_model_dir, path) as (url, *_):
+        assert httpx.get(f"{url}/v1/feedback/stats").json() == {"rows": 2}
+    rows = list(FeedbackStore(path).rows())
+    assert [(r["rating"], r["suggestion"]) for r in rows] == [(1, None), (-1, "Use os.path.join(a, b).")]
+    assert rows[1]["messages"] == conversation and rows[1]["completion"] == "No idea."
+
+
+def test_api_key_and_timeout(tiny_model_dir, tmp_path):
+    import openai
+    from openai import OpenAI
+
+    with running_server(tiny_model_dir, tmp_path / "f.sqlite", api_key="s3cret", request_timeout_s=1e-6) as (url, *_):
+        wrong = OpenAI(base_url=f"{url}/v1", api_key="guess", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            wrong.models.list()
+        response = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "hi"})
+        assert response.status_code == 401 and "API key" in response.json()["error"]["message"]
+        assert httpx.get(f"{url}/health").json()["auth_required"] is True  # health needs no key
+        right = OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+        assert right.models.list().data[0].id == "tiny"
+        # the 1 microsecond limit passes before any token: a 408, and the server carries on
+        with pytest.raises(openai.APIStatusError) as info:
+            right.completions.create(model="tiny", prompt="hi", max_tokens=5)
+        assert info.value.status_code == 408
+        assert right.models.list().data[0].id == "tiny"
+
+
+def test_remote_code_needs_explicit_trust(tiny_model_dir, tmp_path):
+    import shutil
+
+    from llm_recipes.serving.loading import ModelLoadError, load_for_serving
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tiny_model_dir, foreign)
+    config = json.loads((foreign / "config.json").read_text())
+    config["model_type"] = "someone_elses_gpt"
+    (foreign / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+        load_for_serving(foreign)
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_for_serving(tmp_path / "missing")
+    # our own type loads without remote code although config.json carries an auto_map
+    model, _ = load_for_serving(tiny_model_dir)
+    assert type(model).__module__.startswith("llm_recipes.")
+
+
+def test_serve_cli_reports_bad_model_path(tmp_path, capsys):
+    from llm_recipes.cli import main
+
+    assert main(["serve", str(tmp_path / "nothing"), "--output_dir", str(tmp_path / "out")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--max_batch_sise", "3"]) == 2

@@ -1,0 +1,130 @@
+"""The batching engine generates exactly what one-at-a-time greedy `generate` does, while sharing steps."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model_dir):
+    from llm_recipes.serving.loading import load_for_serving
+
+    return load_for_serving(tiny_model_dir)
+
+
+def _collector(n):
+    results = {i: [] for i in range(n)}
+    finish = {}
+    done = threading.Event()
+
+    def make(i):
+        def emit(event):
+            if event[0] == "token":
+                results[i].append(event[1])
+            else:
+                finish[i] = event
+                if len(finish) == n:
+                    done.set()
+        return emit
+
+    return results, finish, done, make
+
+
+def test_batched_equals_one_at_a_time(model_and_tokenizer):
+    import torch
+
+    from llm_recipes.serving.engine import GenerationEngine, GenerationRequest
+
+    model, tok = model_and_tokenizer
+    prompts = ["The os module", "for", "A long prompt about the import system and how modules are found " * 2,
+               "x", "class definitions", "yield"]
+    budgets = [12, 5, 12, 9, 12, 3]
+    expected = []
+    for p, n in zip(prompts, budgets):
+        ids = tok(p)["input_ids"]
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=tok.pad_token_id)
+        expected.append(out[0, len(ids):].tolist())
+    engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=3)
+    results, finish, done, make = _collector(len(prompts))
+    try:
+        for i, (p, n) in enumerate(zip(prompts, budgets)):
+            engine.submit(GenerationRequest(tok(p)["input_ids"], n, make(i), temperature=0))
+            time.sleep(0.005 * i)  # staggered arrivals: later requests join a running batch
+        assert done.wait(60)
+    finally:
+        engine.shutdown()
+    for i in range(len(prompts)):
+        assert results[i] == expected[i], f"prompt {i} differs from unbatched greedy generation"
+        assert finish[i] == ("done", "length")
+    assert engine.peak_batch >= 2  # requests really shared forward passes
+    assert engine.peak_batch <= 3
+
+
+def test_stop_token_ends_row_and_cancel(model_and_tokenizer):
+    from llm_recipes.serving.engine import GenerationEngine, GenerationRequest, QueueFullError
+
+    model, tok = model_and_tokenizer
+    engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=2, max_queue=1)
+    try:
+        ids = tok("The os module")["input_ids"]
+        results, finish, done, make = _collector(1)
+        first = GenerationRequest(ids, 10, make(0), temperature=0)
+        engine.submit(first)
+        assert done.wait(30)
+        # the greedy first token as a stop id: the row ends at once with "stop", nothing emitted
+        stop_results, stop_finish, stop_done, make2 = _collector(1)
+        engine.submit(GenerationRequest(ids, 10, make2(0), temperature=0, stop_ids=frozenset({results[0][0]})))
+        assert stop_done.wait(30)
+        assert stop_results[0] == [] and stop_finish[0] == ("done", "stop")
+        # a cancelled request is dropped without generating
+        c_results, c_finish, c_done, make3 = _collector(1)
+        cancelled = GenerationRequest(ids, 10, make3(0), temperature=0)
+        cancelled.cancel()
+        engine.submit(cancelled)
+        assert c_done.wait(30) and c_finish[0] == ("done", "cancelled")
+    finally:
+        engine.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.submit(GenerationRequest(ids, 1, lambda e: None))
+    assert issubclass(QueueFullError, RuntimeError)
+
+
+def test_seeded_sampling_is_reproducible(model_and_tokenizer):
+    from llm_recipes.serving.engine import GenerationEngine, GenerationRequest
+
+    model, tok = model_and_tokenizer
+    engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=4)
+    try:
+        results, finish, done, make = _collector(3)
+        ids = tok("The os module")["input_ids"]
+        for i, seed in enumerate([7, 7, 8]):
+            engine.submit(GenerationRequest(ids, 16, make(i), temperature=1.0, top_p=0.9, seed=seed))
+        assert done.wait(30)
+    finally:
+        engine.shutdown()
+    assert results[0] == results[1]
+    assert results[0] != results[2]
+
+
+def test_streaming_detokenizer(tiny_tokenizer):
+    from llm_recipes.serving.text import StreamingDetokenizer
+
+    text = "Café naïve — the os.path module joins paths"
+    ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    detok = StreamingDetokenizer(tiny_tokenizer)
+    pieces = [detok.add(i)[0] for i in ids] + [detok.flush()]
+    assert "".join(pieces) == tiny_tokenizer.decode(ids)
+    assert all("\ufffd" not in p for p in pieces)  # split UTF-8 characters are held back, never sent broken
+
+    detok = StreamingDetokenizer(tiny_tokenizer, stop=["os.path"])
+    sent, stopped = "", False
+    for i in ids:
+        delta, stopped = detok.add(i)
+        sent += delta
+        if stopped:
+            break
+    assert stopped and sent == "Café naïve — the "
