@@ -1,0 +1,91 @@
+"""The chat page in a real headless Chromium: a streamed answer, feedback buttons, rows in the store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serve_helpers import running_server
+
+CHROMIUM = "/usr/bin/chromium"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def browser_page(tmp_path):
+    if not os.path.exists(CHROMIUM) and not shutil.which("chromium"):
+        pytest.skip("Debian chromium is not installed (apt-get install chromium chromium-driver)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            user_data_dir=str(tmp_path / "chromium-profile"),  # fresh profile: no state from other runs
+            executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+            viewport={"width": 1000, "height": 760},
+        )
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def test_chat_page_streams_and_stores_feedback(browser_page, tiny_model_dir, tmp_path):
+    page = browser_page
+    store_path = tmp_path / "feedback.sqlite"
+    with running_server(tiny_model_dir, store_path) as (url, app, engine, store):
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('model-name').textContent.includes('tiny')")
+        # record every text the answer shows while it streams
+        page.evaluate("""() => {
+            window.seenLengths = [];
+            new MutationObserver(() => {
+                const t = document.querySelector('.msg.assistant.streaming .text');
+                if (t) window.seenLengths.push(t.textContent.length);
+            }).observe(document.getElementById('conversation'), {subtree: true, childList: true, characterData: true});
+        }""")
+        page.fill("#max-tokens", "40")
+        page.fill("#temperature", "0.8")
+        page.fill("#prompt", "How do I join two paths in Python?")
+        page.click("#send")
+        first = page.locator(".msg.assistant").nth(0)
+        first.locator(".actions").wait_for(timeout=30_000)  # controls appear when the stream has ended
+        answer = first.locator(".text").inner_text()
+        seen = page.evaluate("window.seenLengths")
+        assert len({n for n in seen if n > 0}) >= 2, f"the answer did not arrive in pieces: {seen}"
+
+        first.locator("button.up").click()
+        page.wait_for_function("document.querySelector('.msg.assistant .status').textContent.includes('saved')")
+        rows = list(store.rows())
+        assert len(rows) == 1 and rows[0]["rating"] == 1
+        assert rows[0]["messages"] == [{"role": "user", "content": "How do I join two paths in Python?"}]
+        assert rows[0]["completion"].strip() == answer.strip()
+
+        # a second turn keeps the conversation; thumbs down plus a suggested better answer
+        page.fill("#prompt", "And how do I split one?")
+        page.click("#send")
+        second = page.locator(".msg.assistant").nth(1)
+        second.locator(".actions").wait_for(timeout=30_000)
+        second.locator("button.down").click()
+        page.wait_for_function("document.querySelectorAll('.msg.assistant .status')[1].textContent.includes('saved')")
+        second.locator("button.suggest-toggle").click()
+        second.locator(".suggest textarea").fill("Use os.path.split(path).")
+        second.locator("button.suggest-send").click()
+        for _ in range(100):  # the status already said "saved" once: wait for the row itself
+            if store.count() == 3:
+                break
+            page.wait_for_timeout(100)
+        rows = list(store.rows())
+        assert [(r["rating"], r["suggestion"]) for r in rows] == [(1, None), (-1, None), (-1, "Use os.path.split(path).")]
+        assert [m["role"] for m in rows[-1]["messages"]] == ["user", "assistant", "user"]
+
+        shot = tmp_path / "chat_page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        from llm_recipes.fileio import atomic_write_bytes
+
+        atomic_write_bytes(REPO_ROOT / "docs" / "chat_page.png", shot.read_bytes())  # for the docs, for humans
