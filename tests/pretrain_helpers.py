@@ -25,7 +25,7 @@ def tiny_config(output_dir, dataset_path, tokenizer_path, **overrides):
     """A PretrainConfig of the tiny conftest model size that trains in well under a second per step."""
     from llm_recipes.training import PretrainConfig
 
-    kwargs = dict(output_dir=str(output_dir), dataset_path=str(dataset_path), tokenizer_path=str(tokenizer_path),
+    kwargs = dict(output_dir=str(output_dir), dataset_path=str(dataset_path), tokenizer_path=str(tokenizer_path) if tokenizer_path else None,
                   model_preset="test", seq_len=64, per_device_train_batch_size=4, max_steps=8, warmup_steps=2,
                   learning_rate=3e-3, logging_steps=1, eval_steps=0, eval_max_batches=2, save_steps=0,
                   report_to=["none"], sample_prompts=["The"], sample_max_new_tokens=4, data_mode="shards",
