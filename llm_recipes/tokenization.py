@@ -170,3 +170,82 @@ def end_of_turn_token_ids(tokenizer) -> list[int]:
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in ids:
         ids.append(im_end)
     return ids
+
+
+# --- encoding documents for pretraining -----------------------------------------------------------
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """Returns `text` as valid Unicode: lone surrogates (U+D800-U+DFFF, which no UTF-8 encoder accepts)
+    become U+FFFD; surrogate pairs written as two code points become the character they encode.
+
+    Python strings can hold lone surrogates (from `surrogateescape` file reads or broken JSON), but
+    `tokenizers` rejects them with a bare "TextInputSequence must be str" TypeError, so every encoding
+    path of ours replaces them instead of failing a long job on one bad document.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        # utf-16 with surrogatepass joins valid pairs; decoding with "replace" turns lone halves into U+FFFD
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+class DocumentEncoder:
+    """Encodes document texts to token ids for pretraining: no special tokens added, and special-token
+    strings that occur in the text (a docstring quoting "<|im_end|>") are encoded as plain text, so the
+    only BOS/EOS/chat-marker ids in the training data are the ones the packer puts there.
+
+    Args:
+        tokenizer: a `PreTrainedTokenizerFast` (or anything with `backend_tokenizer`) or a `tokenizers.Tokenizer`.
+
+    Calling the encoder with a list of texts returns a list of id lists (batched in Rust, on all cores
+    unless TOKENIZERS_PARALLELISM=false). It pickles, so it can be sent to worker processes.
+    """
+
+    def __init__(self, tokenizer):
+        from tokenizers import Tokenizer
+
+        backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        if not isinstance(backend, Tokenizer):
+            raise TypeError(f"expected a fast tokenizer (tokenizers.Tokenizer backend), got {type(tokenizer).__name__}")
+        self._json = backend.to_str()
+        self._build()
+
+    def _build(self) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_str(self._json)
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self._tok.encode_special_tokens = True
+
+    def __getstate__(self):
+        return {"_json": self._json}
+
+    def __setstate__(self, state):
+        self._json = state["_json"]
+        self._build()
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        try:
+            encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
+        except TypeError:
+            # only reached for a batch holding a lone surrogate (or a non-string): fix what can be fixed,
+            # name what cannot
+            fixed = []
+            for i, text in enumerate(texts):
+                if not isinstance(text, str):
+                    raise TypeError(f"document {i} of the batch is {type(text).__name__}, expected str") from None
+                fixed.append(replace_lone_surrogates(text))
+            encodings = self._tok.encode_batch_fast(fixed, add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """A fingerprint of the tokenizer (its full tokenizer.json): token shards record it so that shards made
+    with another tokenizer are never mixed in."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    return hashlib.sha256(backend.to_str().encode("utf-8")).hexdigest()
