@@ -58,3 +58,29 @@ def preference_rows(n: int = 12) -> list[dict]:
     return [{"prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
              "chosen": [{"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}],
              "rejected": [{"role": "assistant", "content": "I do not know."}]} for i in range(n)]
+
+
+def stage_argv(model_dir, output_dir, **overrides) -> list[str]:
+    """Command-line flags for a two-step CPU run of a fine-tuning stage on a tiny model."""
+    values = {"model_name_or_path": str(model_dir), "output_dir": str(output_dir), "max_steps": 2,
+              "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4, "use_cpu": "true", "bf16": "false",
+              "max_length": 256, "logging_steps": 1, "save_strategy": "no", "learning_rate": 1e-3,
+              "gradient_checkpointing": "false", "seed": 0}
+    values.update(overrides)
+    argv = []
+    for key, value in values.items():
+        argv += [f"--{key}", *([str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)])]
+    return argv
+
+
+def read_tensors(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def logged_losses(output_dir) -> list[float]:
+    import json
+
+    lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines if '"loss"' in line]
