@@ -1,0 +1,53 @@
+"""`llm-recipes export DIR --to llama`: a standard Llama checkpoint (no custom code) with identical logits,
+for serving at scale with vLLM, TGI or llama.cpp.
+
+    llm-recipes export runs/quickstart/sft/final --to llama --output_dir runs/quickstart/export
+    vllm serve runs/quickstart/export          # or: python convert_hf_to_gguf.py runs/quickstart/export
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from .config import parse_config, save_resolved_config
+
+FORMATS = ("llama",)
+
+
+@dataclass
+class ExportConfig:
+    model_path: str = field(metadata={"help": "RecipeGPT model folder to export; also accepted as the first bare "
+                                              "argument"})
+    output_dir: str = field(default="runs/default/export", metadata={
+        "help": "where the exported model folder is written (replaced atomically)"})
+    to: str = field(default="llama", metadata={"help": f"target format; one of: {', '.join(FORMATS)}"})
+    dtype: str | None = field(default=None, metadata={
+        "help": "weights dtype of the export: float32, bfloat16 or float16; default: the checkpoint's"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    (cfg,) = parse_config([ExportConfig], argv, stage="export", positional="model_path")
+    from .config import ConfigError
+
+    if cfg.to not in FORMATS:
+        raise ConfigError(f"--to {cfg.to!r} is not a supported export format; expected one of: {', '.join(FORMATS)}")
+    if cfg.dtype not in (None, "float32", "bfloat16", "float16"):
+        raise ConfigError(f"--dtype {cfg.dtype!r} is not supported; expected float32, bfloat16 or float16")
+    from . import fileio
+    from .llama_export import ExportError, export_to_llama
+
+    try:
+        summary = export_to_llama(cfg.model_path, cfg.output_dir, dtype=cfg.dtype)
+    except ExportError as e:
+        print(f"llm-recipes export: error: {e}", file=sys.stderr)
+        return 2
+    save_resolved_config(cfg.output_dir, cfg, stage="export")
+    fileio.mark_complete(cfg.output_dir, format=cfg.to, **summary)
+    print(f"wrote a LlamaForCausalLM checkpoint ({summary['parameters']:,} parameters, max logit difference "
+          f"{summary['max_abs_logit_diff']:.2g}) to {cfg.output_dir}: {', '.join(summary['files'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
