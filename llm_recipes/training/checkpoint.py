@@ -163,13 +163,25 @@ def save_checkpoint(accelerator, root: str | os.PathLike, step: int, trainer_sta
     return final
 
 
-def load_checkpoint(accelerator, folder: str | os.PathLike) -> tuple[dict[str, Any], Any]:
+def load_checkpoint(accelerator, folder: str | os.PathLike, expect: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, Any], Any]:
     """Restores model, optimizer and RNG states from a verified checkpoint; returns (trainer_state,
-    this process's data state). Every process must call this."""
+    this process's data state). Every process must call this.
+
+    Args:
+        expect: trainer-state values this run must share with the checkpoint (model shape, seq_len, ...);
+            a difference is a CheckpointError naming it, before anything is loaded.
+    """
     import torch
 
     folder = Path(folder)
     trainer_state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+    for key, value in (expect or {}).items():
+        if key in trainer_state and trainer_state[key] != value:
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} was written with {key}={trainer_state[key]!r}, this run has {value!r}: "
+                f"resume with the same settings (model_preset / model_overrides / init_from, seq_len, data_mode, "
+                f"batch size) or start a new output_dir")
     saved_world = trainer_state.get("world_size", 1)
     if saved_world != accelerator.num_processes:
         raise CheckpointError(

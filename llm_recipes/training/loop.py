@@ -136,11 +136,9 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     resume = resolve_resume(cfg.resume_from_checkpoint, checkpoints,
                             warn=lambda m: say(f"pretrain: {m}"))
     if resume is not None:
-        state, data_state = load_checkpoint(accelerator, resume)
-        for key in ("seq_len", "data_mode", "per_device_train_batch_size"):
-            if key in state.get("config", {}) and state["config"][key] != getattr(cfg, key):
-                raise CheckpointError(f"checkpoint {str(resume)!r} was trained with {key}={state['config'][key]!r}, "
-                                   f"this run has {getattr(cfg, key)!r}: the data position would not carry over")
+        expect = {"model_shape": _model_shape(raw_model),
+                  **{k: getattr(cfg, k) for k in ("seq_len", "data_mode", "per_device_train_batch_size")}}
+        state, data_state = load_checkpoint(accelerator, resume, expect)
         step, tokens, elapsed_before, skipped = state["step"], state["tokens"], state["elapsed"], state["skipped"]
         guard.load_state_dict(state["guard"])
         if data_state is not None:
@@ -161,9 +159,9 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
 
     def trainer_state() -> dict[str, Any]:
         return {"step": step, "tokens": tokens, "elapsed": elapsed_before + (time.time() - start), "skipped": skipped,
-                "guard": guard.state_dict(), "world_size": world,
-                "config": {k: getattr(cfg, k) for k in ("seq_len", "data_mode", "per_device_train_batch_size",
-                                                        "gradient_accumulation_steps", "max_steps", "learning_rate")}}
+                "guard": guard.state_dict(), "world_size": world, "model_shape": _model_shape(raw_model),
+                **{k: getattr(cfg, k) for k in ("seq_len", "data_mode", "per_device_train_batch_size",
+                                                "gradient_accumulation_steps", "max_steps", "learning_rate")}}
 
     def run_eval() -> dict[str, Any]:
         scores = evaluate(model, eval_batches, accelerator, byte_lengths, cfg.document_masking)
@@ -288,6 +286,12 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
             f"pretrain: wrote the model to {result.final_dir}, metrics to {metrics.path}, "
             f"checkpoints to {checkpoints}")
     return result
+
+
+def _model_shape(model) -> dict[str, Any]:
+    keys = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads")
+    return {k: getattr(model.config, k, None) for k in keys}
 
 
 def _eos_ids(tokenizer) -> list[int]:
