@@ -8,6 +8,7 @@ The loop itself is `llm_recipes.training.loop.pretrain`.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -16,9 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     from .training.arguments import PretrainConfig
 
     (cfg,) = parse_config([PretrainConfig], argv, stage="pretrain")
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    # RANK, not accelerate's PartialState: creating the state here would fix it before the loop's
+    # Accelerator picks its settings (under debug_launcher it would even come out single-process)
+    if int(os.environ.get("RANK", "0")) == 0:
         save_resolved_config(cfg.output_dir, cfg, stage="pretrain")
     from .training.checkpoint import CheckpointError
     from .training.data import DataError
