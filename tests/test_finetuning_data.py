@@ -155,3 +155,24 @@ def test_assistant_only_loss_masks_exactly_the_non_assistant_tokens(tiny_model_d
     assert row["input_ids"] == ids
     assert row["labels"] == [t if keep else -100 for t, keep in zip(ids, trained)]
     assert sum(trained) == len(piece(conversation[2]["content"])) + len(piece(conversation[4]["content"])) + 2
+
+
+def test_conversational_prompt_with_string_answers_becomes_chat_pairs():
+    rows = [{"prompt": [{"role": "user", "content": "Say hi"}], "chosen": "hi", "rejected": "no"}] * 2
+    converted, fmt = convert_for_stage(_ds(rows), "dpo")
+    assert fmt == "preference"
+    assert converted[0]["chosen"] == [{"role": "assistant", "content": "hi"}]
+    assert converted[0]["prompt"] == [{"role": "user", "content": "Say hi"}]
+
+
+def test_resume_latest_finds_the_newest_checkpoint(tmp_path):
+    from llm_recipes.config import ConfigError
+    from llm_recipes.finetuning.training import resolve_resume
+
+    assert resolve_resume(None, tmp_path) is None and resolve_resume("latest", tmp_path) is None
+    for step in (5, 20, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert resolve_resume("latest", tmp_path).endswith("checkpoint-20")
+    assert resolve_resume(str(tmp_path / "checkpoint-5"), tmp_path).endswith("checkpoint-5")
+    with pytest.raises(ConfigError, match="not a checkpoint folder"):
+        resolve_resume(str(tmp_path / "missing"), tmp_path)

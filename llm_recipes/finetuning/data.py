@@ -177,10 +177,19 @@ def convert_for_stage(dataset, stage: str, name: str = "dataset", system_prompt:
             f"{expected}" + (" (or Alpaca-style instruction/input/output)" if stage == "sft" else "")
             + (" (or Alpaca-style instruction/input/chosen/rejected)" if stage in ("dpo", "kto") else ""))
     dataset = dataset.select_columns(list(FORMAT_COLUMNS[fmt]))
+    if fmt in ("preference", "unpaired", "prompt_completion") and not isinstance(dataset[0]["prompt"], str):
+        dataset = dataset.map(_completions_as_turns, desc="Wrapping completions as assistant turns")
     validate(dataset, fmt, name)
     if fmt == "unpaired":
         dataset = dataset.map(lambda r: {"label": parse_label(r["label"])})
     return dataset, fmt
+
+
+def _completions_as_turns(row: dict[str, Any]) -> dict[str, Any]:
+    """A conversational prompt with plain-string answers (how a chat feedback store may export them): the
+    answers become assistant turns, so the chat template renders prompt and answer together."""
+    return {k: [{"role": "assistant", "content": v}] if isinstance(v, str) else v
+            for k, v in row.items() if k in ("chosen", "rejected", "completion")}
 
 
 def unpair_preferences(dataset):

@@ -208,8 +208,6 @@ def build_trainer(stage: str, model, tokenizer, train_cfg, train, held, peft_con
 
 def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     """Runs one fine-tuning stage end to end; returns the eval_heldout record (or {} without held-out data)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     from ..config import save_resolved_config
     from ..fileio import mark_complete
     from .data import write_jsonl
@@ -238,6 +236,11 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
         raise ConfigError(f"assistant_only_loss: true needs conversational data (messages), but the data is {fmt!r}; "
                           "set assistant_only_loss: false (prompt/completion data gets completion-only loss by default)")
 
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and train_cfg.max_length and train_cfg.max_length > limit:
+        print(f"[{stage}] max_length {train_cfg.max_length} exceeds the model's max_position_embeddings {limit}; "
+              f"using {limit}")
+        train_cfg.max_length = limit
     scorer, base_scores = None, None
     if held is not None and args.evaluate_heldout:
         scorer = HeldoutScorer(stage, list(held), fmt, tokenizer, train_cfg.per_device_eval_batch_size,
@@ -252,9 +255,8 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
                                         args.lora_target_modules, args.lora_modules_to_save,
                                         args.use_rslora, args.use_dora)
     trainer = build_trainer(stage, model, tokenizer, train_cfg, train, held, peft_config)
-    resume = train_cfg.resume_from_checkpoint
-    if resume is None and get_last_checkpoint(str(output_dir)):
-        resume = get_last_checkpoint(str(output_dir))
+    resume = resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
+    if resume:
         print(f"[{stage}] resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
 
@@ -283,6 +285,20 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
         (["eval_heldout.json"] if record else [])
     print(f"[{stage}] wrote {', '.join(wrote)} in {output_dir}")
     return record
+
+
+def resolve_resume(value: str | None, output_dir: Path) -> str | None:
+    """The checkpoint to resume from: an explicit path; "latest" (or "true") = the newest checkpoint-N in
+    output_dir when there is one, so a killed stage continues where it stopped; unset = start fresh."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if value is None or str(value).lower() in ("false", "none", "no"):
+        return None
+    if str(value).lower() in ("latest", "true", "last", "auto"):
+        return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if not Path(value).is_dir():
+        raise ConfigError(f"resume_from_checkpoint {value!r} is not a checkpoint folder")
+    return str(value)
 
 
 def _short(scores: dict) -> dict:
