@@ -31,11 +31,12 @@ class ServerThread:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the HTTP server did not start")
             time.sleep(0.02)
+        self._port = self.server.servers[0].sockets[0].getsockname()[1]
         return self
 
     @property
     def port(self) -> int:
-        return self.server.servers[0].sockets[0].getsockname()[1]
+        return self._port
 
     @property
     def url(self) -> str:
