@@ -1,0 +1,219 @@
+"""The evaluate stage's work: every model on every task, results cached per (model, task) so a killed run
+resumes where it stopped, then eval_results.json, the comparison and the model cards."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..fileio import atomic_write_json, atomic_write_text
+from .data import ChoiceTask, load_choice_task, load_heldout_texts, load_preferences, load_qa
+from .models import EvalInputError, count_parameters, load_model_and_tokenizer
+
+PARTIAL = "partial_results.json"
+
+
+def parse_models(specs: list[str]) -> dict[str, str]:
+    """`name=path` (or a bare path, named after its folder) -> {name: path}, in order."""
+    if not specs:
+        raise EvalInputError("models is empty: give at least one model as name=path (e.g. base=runs/x/pretrain/final)")
+    models: dict[str, str] = {}
+    for spec in specs:
+        name, path = spec.split("=", 1) if "=" in spec else (None, spec)
+        path = path.strip()
+        if not path:
+            raise EvalInputError(f"models entry {spec!r} has no path; expected name=path")
+        if not name:
+            parts = Path(path).parts
+            name = parts[-2] if len(parts) > 1 and parts[-1] in ("final", "model") else (parts[-1] if parts else path)
+        if name in models:
+            raise EvalInputError(f"models: the name {name!r} is used twice; give each model its own name=path")
+        models[name] = path
+    return models
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+
+
+def model_fingerprint(path: str) -> str:
+    """Changes when the weights change: file names, sizes and modification times of a local folder."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
+    return _digest([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    kind: str  # perplexity | choice | qa | preferences
+    source: str
+    payload: Any
+    info: dict[str, Any]
+    signature: str
+
+
+def load_tasks(cfg) -> list[Task]:
+    """Reads and checks every task before any model is loaded, so a bad file fails in seconds."""
+    tasks: list[Task] = []
+    if cfg.heldout_data:
+        texts = load_heldout_texts(cfg.heldout_data, cfg.text_field, cfg.max_documents, cfg.max_heldout_bytes)
+        info = {"kind": "perplexity", "source": cfg.heldout_data, "n": len(texts),
+                "bytes": sum(len(t.encode("utf-8")) for t in texts)}
+        tasks.append(Task("heldout", "perplexity", cfg.heldout_data, texts, info,
+                          _digest([texts, cfg.stride, cfg.max_length])))
+    for spec in cfg.choice_tasks:
+        task: ChoiceTask = load_choice_task(spec, cfg.max_items_per_task)
+        chance = sum(1 / len(i.choices) for i in task.items) / len(task.items)
+        info = {"kind": "choice", "source": task.source, "layout": task.layout, "n": len(task.items), "chance": chance}
+        tasks.append(Task(task.name, "choice", task.source, task, info,
+                          _digest([dataclasses.asdict(i) for i in task.items] + [cfg.max_length])))
+    if cfg.qa_data:
+        items = load_qa(cfg.qa_data, cfg.qa_max_items)
+        info = {"kind": "qa", "source": cfg.qa_data, "n": len(items)}
+        tasks.append(Task("qa", "qa", cfg.qa_data, items, info,
+                          _digest([dataclasses.asdict(i) for i in items] + [cfg.max_new_tokens, cfg.qa_prompt_format])))
+    if cfg.preference_data:
+        pairs = load_preferences(cfg.preference_data, cfg.preference_max_items)
+        info = {"kind": "preferences", "source": cfg.preference_data, "n": len(pairs), "chance": 0.5}
+        tasks.append(Task("preferences", "preferences", cfg.preference_data, pairs, info,
+                          _digest([dataclasses.asdict(p) for p in pairs] + [cfg.max_length])))
+    names = [t.name for t in tasks]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise EvalInputError(f"two tasks are named {duplicate!r}; rename one with name=spec in choice_tasks")
+    if not tasks:
+        raise EvalInputError("nothing to evaluate: set heldout_data, choice_tasks, qa_data or preference_data")
+    return tasks
+
+
+def run_task(scorer, task: Task, cfg) -> dict[str, Any]:
+    from .tasks import evaluate_choice_task, evaluate_perplexity, evaluate_preferences, evaluate_qa
+
+    if task.kind == "perplexity":
+        return evaluate_perplexity(scorer, task.payload, stride=cfg.stride)
+    if task.kind == "choice":
+        return evaluate_choice_task(scorer, task.payload)
+    if task.kind == "qa":
+        return evaluate_qa(scorer, task.payload, cfg.max_new_tokens, cfg.qa_prompt_format)
+    return evaluate_preferences(scorer, task.payload)
+
+
+def model_index_entries(task: Task, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """EvalResult fields for the model card, one per headline metric."""
+    from .report import HEADLINE
+
+    entries = []
+    for metric, _ in HEADLINE[task.kind]:
+        if isinstance(result.get(metric), (int, float)):
+            entries.append(dict(task_type="text-generation", dataset_type=task.source, dataset_name=task.name,
+                                dataset_split="validation" if task.kind == "perplexity" else None,
+                                metric_type=metric, metric_value=round(float(result[metric]), 6)))
+    return entries
+
+
+def write_lm_eval_heldout_task(output_dir: Path, cfg) -> Path | None:
+    """A task YAML for lm-evaluation-harness's rolling log-likelihood on the same held-out files."""
+    if not cfg.heldout_data:
+        return None
+    from .data import heldout_files
+
+    files = [str(Path(f).resolve()) for f in heldout_files(cfg.heldout_data)]
+    kind = "parquet" if files[0].endswith(".parquet") else ("text" if files[0].endswith(".txt") else "json")
+    folder = output_dir / "lm_eval_tasks"
+    text = (f"# written by llm-recipes evaluate: lm_eval's perplexity on our held-out text\n"
+            f"task: heldout_text\ndataset_path: {kind}\ndataset_kwargs:\n  data_files:\n    test:\n"
+            + "".join(f"      - {json.dumps(f)}\n" for f in files)
+            + "output_type: loglikelihood_rolling\ntest_split: test\ndoc_to_text: \"\"\n"
+            f"doc_to_target: \"{{{{{cfg.text_field}}}}}\"\nmetric_list:\n  - metric: word_perplexity\n"
+            "  - metric: byte_perplexity\n  - metric: bits_per_byte\nmetadata:\n  version: 1.0\n")
+    atomic_write_text(folder / "heldout_text.yaml", text)
+    return folder
+
+
+def run_evaluation(cfg) -> dict[str, Any]:
+    """Scores every model of `cfg.models` on every task; returns what eval_results.json holds."""
+    import torch
+
+    from ..model_card import update_model_index
+    from .report import comparison_markdown, comparison_plot, read_metrics_file
+    from .scoring import LMScorer
+
+    started = time.time()
+    torch.manual_seed(cfg.seed)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    models = parse_models(cfg.models)
+    curves = {}
+    for spec in cfg.metrics_files:
+        name, path = spec.split("=", 1) if "=" in spec else (Path(spec).parent.name, spec)
+        curves[name] = read_metrics_file(path)
+    tasks = load_tasks(cfg)
+
+    partial_path = output_dir / PARTIAL
+    partial = json.loads(partial_path.read_text(encoding="utf-8")) if partial_path.is_file() else {}
+    results: dict[str, Any] = {"models": {}, "tasks": {t.name: t.info for t in tasks}}
+    for name, path in models.items():
+        fingerprint = model_fingerprint(path)
+        cached = partial.get(name, {})
+        if cached.get("path") != path or cached.get("fingerprint") != fingerprint:
+            cached = {"path": path, "fingerprint": fingerprint, "tasks": {}}
+        todo = [t for t in tasks if cached["tasks"].get(t.name, {}).get("signature") != t.signature]
+        entry = {"path": path, "parameters": cached.get("parameters"), "results": {}}
+        if todo:
+            print(f"[evaluate] {name}: loading {path}")
+            model, tokenizer, device = load_model_and_tokenizer(path, cfg.tokenizer_name_or_path, cfg.device,
+                                                                cfg.torch_dtype, cfg.trust_remote_code)
+            entry["parameters"] = cached["parameters"] = count_parameters(model)
+            scorer = LMScorer(model, tokenizer, cfg.per_device_eval_batch_size, cfg.max_length, device)
+            for task in todo:
+                t0 = time.time()
+                result = run_task(scorer, task, cfg)
+                result["seconds"] = round(time.time() - t0, 2)
+                cached["tasks"][task.name] = {"signature": task.signature, "result": result}
+                partial[name] = cached
+                atomic_write_json(partial_path, partial)  # a killed run keeps every finished (model, task)
+            del model, scorer
+        else:
+            print(f"[evaluate] {name}: every task already scored (from {partial_path})")
+        for task in tasks:
+            entry["results"][task.name] = cached["tasks"][task.name]["result"]
+        results["models"][name] = entry
+
+    atomic_write_json(output_dir / "eval_results.json", results)
+    atomic_write_text(output_dir / "comparison.md", comparison_markdown(results, curves))
+    comparison_plot(results, output_dir / "comparison.png", curves)
+    lm_eval_dir = write_lm_eval_heldout_task(output_dir, cfg)
+
+    cards = []
+    if cfg.update_model_card:
+        for name, path in models.items():
+            if Path(path).is_dir():
+                entries = [e for t in tasks for e in model_index_entries(t, results["models"][name]["results"][t.name])]
+                cards.append(update_model_index(path, entries))
+    print_summary(results, output_dir, cards, lm_eval_dir, time.time() - started)
+    return results
+
+
+def print_summary(results, output_dir: Path, cards, lm_eval_dir, seconds: float) -> None:
+    from .report import headline_columns
+
+    print(f"[evaluate] {len(results['models'])} model(s) x {len(results['tasks'])} task(s) in {seconds:.1f}s")
+    for name, model in results["models"].items():
+        parts = [f"{task} {metric}={model['results'][task][metric]:.4g}" for task, metric, _ in
+                 headline_columns(results) if metric in model["results"][task]]
+        print(f"  {name}: " + ", ".join(parts))
+    print(f"[evaluate] wrote {output_dir / 'eval_results.json'}, {output_dir / 'comparison.md'}, "
+          f"{output_dir / 'comparison.png'}")
+    for card in cards:
+        print(f"[evaluate] updated model-index in {card}")
+    if lm_eval_dir:
+        print(f"[evaluate] lm-evaluation-harness task for the same held-out text: lm_eval --model hf --model_args "
+              f"pretrained=MODEL_DIR,trust_remote_code=True,add_bos_token=False --tasks heldout_text "
+              f"--include_path {lm_eval_dir}")
