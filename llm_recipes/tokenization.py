@@ -68,6 +68,8 @@ def train_bpe(
     min_frequency: int = 2,
     max_document_chars: int | None = None,
     show_progress: bool = False,
+    length: int | None = None,
+    stats: dict | None = None,
 ):
     """Trains a byte-level BPE tokenizer from a stream of texts.
 
@@ -79,6 +81,12 @@ def train_bpe(
         min_frequency: a pair must occur this often to be merged.
         max_document_chars: documents are cut to this many characters (a few huge documents otherwise
             dominate the pair counts and the training memory).
+        show_progress: show the `tokenizers` trainer's progress bars.
+        length: number of documents, when known, for the progress bar's ETA.
+        stats: a dict to fill with what was read: `documents`, `characters`, `bytes`.
+
+    Lone surrogates in a text are replaced with U+FFFD (see `replace_lone_surrogates`); empty and
+    non-string items are skipped.
 
     Returns:
         A `PreTrainedTokenizerFast` with bos/eos/pad tokens and the chat template set.
@@ -90,7 +98,7 @@ def train_bpe(
     special_tokens = special_token_list(specials)
     vocab_size = round_vocab_size(vocab_size)
     minimum = BYTE_ALPHABET_SIZE + len(special_tokens)
-    if vocab_size < minimum:
+    if int(vocab_size) <= 0 or vocab_size < minimum:
         raise ValueError(
             f"vocab_size {vocab_size} is too small: a byte-level BPE needs at least {BYTE_ALPHABET_SIZE} byte tokens "
             f"plus {len(special_tokens)} special tokens = {minimum}"
@@ -113,17 +121,28 @@ def train_bpe(
         show_progress=show_progress,
     )
 
-    seen = 0
+    seen = chars = num_bytes = 0
 
     def stream() -> Iterator[str]:
-        nonlocal seen
+        nonlocal seen, chars, num_bytes
         for text in texts:
             if not isinstance(text, str) or not text:
                 continue
+            if max_document_chars:
+                text = text[:max_document_chars]
+            try:
+                size = len(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                text = replace_lone_surrogates(text)
+                size = len(text.encode("utf-8"))
             seen += 1
-            yield text[:max_document_chars] if max_document_chars else text
+            chars += len(text)
+            num_bytes += size
+            yield text
 
-    tokenizer.train_from_iterator(stream(), trainer=trainer)
+    tokenizer.train_from_iterator(stream(), trainer=trainer, length=length)
+    if stats is not None:
+        stats.update(documents=seen, characters=chars, bytes=num_bytes)
     if seen == 0:
         raise ValueError("cannot train a tokenizer on an empty dataset: no non-empty text was given")
 
@@ -249,3 +268,68 @@ def tokenizer_sha256(tokenizer) -> str:
 
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     return hashlib.sha256(backend.to_str().encode("utf-8")).hexdigest()
+
+
+def save_tokenizer_atomically(tokenizer, output_dir: str | os.PathLike) -> Path:
+    """`save_tokenizer` into a temporary folder, then each file renamed into `output_dir`: a crash never
+    leaves a half-written tokenizer.json behind (other files in output_dir are kept)."""
+    import shutil
+    import tempfile
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=output_dir))
+    try:
+        save_tokenizer(tokenizer, tmp)
+        # tokenizer.json last: it is the file loaders look for first
+        for path in sorted(tmp.iterdir(), key=lambda p: p.name == "tokenizer.json"):
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(path, output_dir / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return output_dir
+
+
+def text_stream(files: list[str], text_column: str = "text", max_chars: int = 0, seed: int = 0,
+                batch_size: int = 1000) -> tuple[Iterator[str], int]:
+    """Streams the texts of parquet files with `datasets` (never loading them whole).
+
+    Args:
+        files: parquet files.
+        text_column: the column to read; checked in every file's schema up front.
+        max_chars: stop after this many characters (0: read everything). With a cap, the stream is
+            shuffled (`seed`, buffer of 10,000 documents) so the sample is not just the first files.
+        seed: shuffle seed.
+        batch_size: rows read per Arrow batch.
+
+    Returns:
+        (iterator over texts, number of rows in the files).
+    """
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    num_rows = 0
+    for file in files:
+        schema = pq.read_schema(file)
+        if text_column not in schema.names:
+            raise ValueError(f"text column {text_column!r} not found in {file}; its columns are {schema.names}")
+        num_rows += pq.ParquetFile(file).metadata.num_rows
+    if num_rows == 0:
+        raise ValueError(f"the dataset is empty: {len(files)} parquet file(s) with 0 rows ({files[0]} ...)")
+    dataset = load_dataset("parquet", data_files={"train": list(files)}, split="train", streaming=True)
+    dataset = dataset.select_columns([text_column])
+    if max_chars:
+        dataset = dataset.shuffle(seed=seed, buffer_size=10_000)
+
+    def texts() -> Iterator[str]:
+        total = 0
+        for batch in dataset.iter(batch_size=batch_size):
+            for text in batch[text_column]:
+                if text:
+                    yield text
+                    total += len(text)
+                    if max_chars and total >= max_chars:
+                        return
+
+    return texts(), num_rows
