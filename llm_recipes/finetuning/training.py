@@ -213,16 +213,23 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     from .data import write_jsonl
     from .lora import build_lora_config, merge_adapter, save_model_folder
 
+    from accelerate import PartialState
+
+    # under `accelerate launch` every process runs this function; only the main process writes files
+    state = PartialState()
+    main = state.is_main_process
     output_dir = Path(train_cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(output_dir, args, train_cfg, stage=stage)
+    if main:
+        save_resolved_config(output_dir, args, train_cfg, stage=stage)
 
     # Load datasets
     train, held, fmt = prepare_data(stage, args, seed=train_cfg.seed)
     data_dir = output_dir / "data"
-    write_jsonl(train, data_dir / "train.jsonl")
-    if held is not None:
-        write_jsonl(held, data_dir / "heldout.jsonl")
+    if main:
+        write_jsonl(train, data_dir / "train.jsonl")
+        if held is not None:
+            write_jsonl(held, data_dir / "heldout.jsonl")
     print(f"[{stage}] data: {len(train)} training rows ({fmt}), {len(held) if held is not None else 0} held-out rows "
           f"-> {data_dir}")
 
@@ -245,7 +252,7 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     if held is not None and args.evaluate_heldout:
         scorer = HeldoutScorer(stage, list(held), fmt, tokenizer, train_cfg.per_device_eval_batch_size,
                                train_cfg.max_length)
-        base_scores = scorer.score(model, is_base=True)
+        base_scores = scorer.score(model.to(state.device), is_base=True)
         print(f"[{stage}] base model on held-out: {json.dumps(_short(base_scores))}")
 
     # Training loop (TRL)
@@ -261,6 +268,9 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     trainer.train(resume_from_checkpoint=resume)
 
     # Save adapter, merged model, data and metrics
+    state.wait_for_everyone()
+    if not main:
+        return {}
     trained = trainer.model
     if args.use_peft:
         with atomic_directory(output_dir / "adapter") as tmp:
