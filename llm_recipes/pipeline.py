@@ -36,6 +36,8 @@ STAGE_ORDER: list[tuple[str, str]] = [
     ("export", "export"),
 ]
 TRAINING_STAGES = {"pretrain", "sft", "dpo", "kto"}
+# run only when named with --stages (a recipe may carry them as ready-made examples)
+OPTIONAL_STAGES = {"kto", "push", "export"}
 
 
 class PipelineError(RuntimeError):
@@ -68,6 +70,8 @@ def plan(recipe_dir: str | os.PathLike, run_dir: str | os.PathLike, stages: list
         for name, module in STAGE_ORDER:
             recipe = recipe_dir / f"{name}.yaml"
             if not recipe.is_file() or (stages and name not in stages):
+                continue
+            if not stages and name in OPTIONAL_STAGES:
                 continue
             values = load_yaml_config(recipe)
             output_dir = values.get("output_dir") or str(Path(run_dir) / name)

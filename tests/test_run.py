@@ -38,3 +38,11 @@ def test_plan_bad_input(tmp_path):
 def test_run_cli_reports_missing_recipe(tmp_path, capsys):
     assert cli.main(["run", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_optional_stages_run_only_when_named(tmp_path):
+    recipe = tmp_path / "r"
+    write(recipe / "dpo.yaml", "output_dir: ${run_dir}/dpo\n")
+    write(recipe / "kto.yaml", "output_dir: ${run_dir}/kto\n")
+    assert [p.name for p in plan(recipe, tmp_path / "out")] == ["dpo"]
+    assert [p.name for p in plan(recipe, tmp_path / "out", ["kto"])] == ["kto"]
