@@ -446,12 +446,23 @@ class TokenShardDataset(torch.utils.data.Dataset):
         self.seq_len = int(seq_len)
         self.bos_id, self.eos_id = self.meta["bos_token_id"], self.meta["eos_token_id"]
         _Packer(self.seq_len, self.bos_id, self.eos_id)
-        self.shards = [np.load(self.path / s["file"], mmap_mode="r") for s in self.meta["shards"]]
+        self._open()
         for array, s in zip(self.shards, self.meta["shards"]):
             if array.dtype.name != self.meta["dtype"] or len(array) != s["num_tokens"]:
                 raise ValueError(f"{self.path / s['file']} does not match meta.json (dtype or length differ)")
         self.offsets = np.concatenate([[0], np.cumsum([len(a) for a in self.shards])]).astype(np.int64)
         self.starts, self.continued = self._index()
+
+    def _open(self) -> None:
+        self.shards = [np.load(self.path / s["file"], mmap_mode="r") for s in self.meta["shards"]]
+
+    def __getstate__(self):
+        # DataLoader workers started with spawn get the file names, not a copy of the mapped tokens
+        return {k: v for k, v in self.__dict__.items() if k != "shards"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
 
     def _doc_starts(self) -> np.ndarray:
         starts = [np.flatnonzero(np.asarray(a) == self.bos_id) + off for a, off in zip(self.shards, self.offsets)]

@@ -106,6 +106,12 @@ def test_stream_and_shards_give_the_same_rows(tiny_tokenizer, docs_dataset, tmp_
         for key in ("input_ids", "position_ids", "labels"):
             assert torch.equal(row[key], other[key]), (i, key)
             assert row[key].dtype == torch.long and row[key].shape == (64,)
+    # pickles without copying the mapped tokens (DataLoader workers), and reads the same afterwards
+    import pickle
+
+    blob = pickle.dumps(shards)
+    assert len(blob) < shards.num_tokens  # the uint16 tokens alone would take 2 bytes each
+    assert torch.equal(pickle.loads(blob)[5]["input_ids"], shards[5]["input_ids"])
     # and both equal plain pack_documents over the tokenized texts
     from llm_recipes.tokenization import DocumentEncoder
 
