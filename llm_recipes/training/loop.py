@@ -121,7 +121,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     model.to(accelerator.device)
     optimizer = make_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model = accelerator.unwrap_model(model)
+    raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
     flops_per_token = (raw_model.flops_per_token(cfg.seq_len) if hasattr(raw_model, "flops_per_token")
                        else 6 * sum(p.numel() for p in raw_model.parameters()))
     peak = peak_flops(accelerator.device)
@@ -246,6 +246,9 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
         tokens_per_sec = window_tokens / max(window_time, 1e-9)
         mfu = model_flops_utilization(flops_per_token, tokens_per_sec / world, peak)
         bar.update(1)
+        if budget is not None and progress:
+            # with a wall-clock budget, the bar's total is the step the budget will end at (so is its ETA)
+            bar.total = min(cfg.max_steps, max(step + 1, round(step / progress)))
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}",
                         mfu=f"{mfu:.1%}" if mfu is not None else "n/a", lr=f"{lr:.2e}", refresh=False)
         if reason is not None or (cfg.logging_steps and step % cfg.logging_steps == 0) or step == cfg.max_steps:
@@ -310,7 +313,9 @@ def save_final_model(accelerator, model, tokenizer, final_dir: Path, cfg, result
 
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        raw = accelerator.unwrap_model(model)
+        # a compiled model's keys carry torch.compile's wrapper prefix; the saved folder must not
+        state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+        raw = accelerator.unwrap_model(model, keep_torch_compile=False)
         raw.config.use_cache = True  # training turned it off; generation wants it back
         raw.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, eos_token_id=_eos_ids(tokenizer),

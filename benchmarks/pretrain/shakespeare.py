@@ -1,0 +1,127 @@
+"""CPU pretraining benchmark on Tiny Shakespeare: tokens/s and validation bits per byte after a fixed
+wall-clock budget, with the model size fixed at nanoGPT's CPU config (4 layers, 4 heads, 128 wide,
+context 64).
+
+    python benchmarks/pretrain/shakespeare.py                 # the recorded configuration, 180 s
+    python benchmarks/pretrain/shakespeare.py --budget 60 --vocab 1024 --learning_rate 2e-3
+
+The 90/10 split is nanoGPT's (first 90% of the characters train, the rest validate). Each split is one
+document; a byte-level BPE is trained on the train split only. Bits per byte = validation nats over all
+predicted tokens / (ln 2 x their UTF-8 bytes), so it compares with character-level models. The budget
+covers the training loop only (data preparation and the final evaluation are outside it). The result is
+printed and appended to benchmarks/pretrain/results.jsonl with the load average at start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+DEFAULT_INPUT = REPO.parent / "shared" / "data" / "karpathy" / "tinyshakespeare" / "input.txt"
+
+
+def prepare(input_path: Path, work: Path, vocab: int) -> tuple[Path, Path]:
+    """Writes the clean-stage layout (train/validation parquet) and a BPE tokenizer trained on train."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llm_recipes.tokenization import save_tokenizer, train_bpe
+
+    text = input_path.read_text(encoding="utf-8")
+    n = len(text)
+    train, val = text[: int(n * 0.9)], text[int(n * 0.9):]
+    clean = work / "clean"
+    for split, body in (("train", train), ("validation", val)):
+        (clean / split).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"text": [body]}), clean / split / "part-00000.parquet")
+    tok_dir = work / f"tokenizer-{vocab}"
+    if not (tok_dir / "tokenizer.json").is_file():
+        # split into lines so BPE sees many short sequences (one 1 MB string trains the same but slower)
+        save_tokenizer(train_bpe(train.splitlines(keepends=True), vocab_size=vocab, model_max_length=64), tok_dir)
+    return clean, tok_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    parser.add_argument("--budget", type=float, default=180.0, help="training seconds")
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--warmup_steps", type=int, default=50)
+    parser.add_argument("--schedule", default="cosine")
+    parser.add_argument("--min_lr_ratio", type=float, default=0.0)
+    parser.add_argument("--weight_decay", type=float, default=0.1)
+    parser.add_argument("--beta2", type=float, default=0.99)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-shakespeare")
+    parser.add_argument("--results", type=Path, default=HERE / "results.jsonl")
+    parser.add_argument("--note", default="")
+    args = parser.parse_args(argv)
+    if not args.input.is_file():
+        print(f"shakespeare benchmark: {args.input} not found (expected ../shared/data/karpathy/tinyshakespeare/input.txt)",
+              file=sys.stderr)
+        return 2
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    clean, tok_dir = prepare(args.input, args.work, args.vocab)
+
+    from llm_recipes.training import PretrainConfig
+    from llm_recipes.training.loop import pretrain
+    from llm_recipes.training.monitor import read_metrics
+
+    out = args.work / f"run-v{args.vocab}"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = PretrainConfig(
+        output_dir=str(out), dataset_path=str(clean), tokenizer_path=str(tok_dir), data_mode="shards",
+        tokenized_path=str(args.work / f"tokens-{args.vocab}"), model_preset="nano",
+        model_overrides={"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+                         "num_key_value_heads": 4, "intermediate_size": 384},
+        seq_len=64, per_device_train_batch_size=args.batch, max_steps=1_000_000, max_train_seconds=args.budget,
+        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, lr_scheduler_type=args.schedule,
+        min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, adam_beta2=args.beta2,
+        eval_steps=0, eval_max_batches=-1, per_device_eval_batch_size=64, save_steps=0, logging_steps=50,
+        sample_prompts=["ROMEO:"], sample_max_new_tokens=48, report_to=["none"], document_masking=False,
+        outlier_zscore=0.0, seed=1337)
+    started = time.time()
+    result = pretrain(cfg)
+    wall = time.time() - started
+    logs = [r for r in read_metrics(out / "metrics.jsonl") if "tokens_per_sec" in r]
+    steady = sorted(r["tokens_per_sec"] for r in logs[1:]) or [0.0]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    record = {
+        "benchmark": "tinyshakespeare-cpu", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "val_bits_per_byte": round(result.eval_metrics["val_bits_per_byte"], 4),
+        "val_loss_nats_per_token": round(result.eval_metrics["val_loss"], 4),
+        "tokens_per_sec_median": round(steady[len(steady) // 2], 1),
+        "steps": result.step, "train_tokens": result.tokens, "budget_s": args.budget, "wall_s": round(wall, 1),
+        "vocab": args.vocab, "batch": args.batch, "seq_len": 64, "learning_rate": args.learning_rate,
+        "warmup_steps": args.warmup_steps, "schedule": args.schedule, "min_lr_ratio": args.min_lr_ratio,
+        "weight_decay": args.weight_decay, "beta2": args.beta2, "threads": torch.get_num_threads(),
+        "load_avg_start": [round(x, 2) for x in load_start], "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        "machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
+        "sample": samples[-1]["prompt"] + samples[-1]["completion"], "note": args.note,
+    }
+    with open(args.results, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record, indent=2))
+    print(f"\nval bits/byte {record['val_bits_per_byte']} after {args.budget:g}s "
+          f"({result.step} steps, {record['tokens_per_sec_median']:,.0f} tokens/s); appended to {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
