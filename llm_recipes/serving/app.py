@@ -292,7 +292,8 @@ async def _generate(engine, tokenizer, prompt_ids, max_tokens, body, stop_ids, t
     events: asyncio.Queue = asyncio.Queue()
     request = GenerationRequest(prompt_ids=list(prompt_ids), max_new_tokens=max_tokens,
                                 emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
-                                temperature=body.temperature, top_p=body.top_p, stop_ids=stop_ids, seed=body.seed)
+                                temperature=body.temperature, top_p=body.top_p,
+                                stop_ids=frozenset() if body.ignore_eos else stop_ids, seed=body.seed)
     try:
         engine.submit(request)
     except QueueFullError as e:

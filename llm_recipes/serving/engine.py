@@ -85,11 +85,21 @@ class GenerationEngine:
         self._queue: queue.Queue[GenerationRequest] = queue.Queue(maxsize=int(max_queue))
         self._stop = threading.Event()
         self._torch = torch
+        self._num_threads = torch.get_num_threads()
+        self._warm_up()
         self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
         self.running = 0  # sequences in the current batch
         self.peak_batch = 0  # largest batch decoded so far (shows that concurrent requests share steps)
         self.steps = 0
         self._thread.start()
+
+    def _warm_up(self) -> None:
+        # Measured on a 2-core CPU container: when the first parallel torch op of the process runs on the
+        # worker thread instead of the thread that created the engine, decoding stays 10-20x slower for the
+        # life of the process (OpenMP thread-team start-up). One small forward here avoids that.
+        torch = self._torch
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([[self.pad_token_id] * 4], device=self.device), use_cache=False)
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -113,6 +123,7 @@ class GenerationEngine:
 
     def _loop(self) -> None:
         torch = self._torch
+        torch.set_num_threads(self._num_threads)  # OpenMP settings are per thread
         rows: list[_Row] = []
         state = None  # (cache, attention_mask (B, S), next position (B,), last token (B,))
         while not self._stop.is_set():

@@ -45,6 +45,8 @@ class SamplingFields(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
+    ignore_eos: bool = Field(default=False, description="vLLM extension: generate max_tokens even past end tokens "
+                                                         "(load tests)")
 
     @field_validator("stop")
     @classmethod
