@@ -113,7 +113,8 @@ def test_python_docs_generator_makes_disjoint_heldout_and_hard_negatives(tmp_pat
 
     prefs, held_prefs = build_python_docs_data(records, "preferences", heldout_fraction=0.25)
     assert all(p["chosen"] != p["rejected"] for p in prefs + held_prefs)
-    pair = [p for p in prefs if p["title"] == "json.dumps"][0]
+    siblings, _ = build_python_docs_data(records, "preferences", heldout_fraction=0.25, negatives="sibling")
+    pair = [p for p in siblings if p["title"] == "json.dumps"][0]
     assert "json" in pair["rejected"][0]["content"].lower()  # its sibling json.loads, not a random topic
     with pytest.raises(DatasetFormatError, match="lacks columns"):
         _ds([{"body": "x"}]).to_parquet(str(tmp_path / "bad.parquet"))

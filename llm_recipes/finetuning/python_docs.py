@@ -6,7 +6,7 @@ Every document is a piece of Python documentation with a qualified name as title
 - instruction pairs: a question about the API or topic, in several phrasings, answered with the start
   of its documentation (`messages`: user question, assistant answer);
 - preference pairs: the same question with the right documentation as `chosen` and another item's
-  documentation as `rejected` (preferably a sibling from the same module: a hard negative);
+  documentation as `rejected` (any other item, or a sibling from the same module: a hard negative);
 - KTO rows: the preference pairs unpaired into thumbs-up / thumbs-down completions.
 
 The held-out split is by document title (a hash of it), so no held-out question is about an API
@@ -122,7 +122,7 @@ def _parent(title: str) -> str:
 
 def build_python_docs_data(records: list[dict[str, Any]], kind: str = "qa", heldout_fraction: float = 0.1,
                            questions_per_document: int = 2, max_answer_chars: int = 400,
-                           max_documents: int | None = None, seed: int = 0):
+                           max_documents: int | None = None, seed: int = 0, negatives: str = "random"):
     """Builds instruction ("qa"), preference ("preferences") or KTO ("kto") rows from documentation records.
 
     Args:
@@ -133,10 +133,14 @@ def build_python_docs_data(records: list[dict[str, Any]], kind: str = "qa", held
         max_answer_chars: answers are the documentation's first paragraphs, cut near this length.
         max_documents: cap on documents used (a seeded sample), for quick runs.
         seed: seeds the question phrasings and the rejected documents.
+        negatives: where rejected answers come from: "random" (any other document) or "sibling" (another
+            member of the same module when there is one: a hard negative, harder for a small model to learn).
 
     Returns:
         (train, heldout): two lists of rows; each row also carries the document `title`.
     """
+    if negatives not in ("random", "sibling"):
+        raise ValueError(f"negatives must be 'random' or 'sibling', got {negatives!r}")
     if kind not in ("qa", "preferences", "kto"):
         raise ValueError(f"kind must be 'qa', 'preferences' or 'kto', got {kind!r}")
     docs = select_documents(records, max_documents=max_documents, seed=seed)
@@ -162,7 +166,7 @@ def build_python_docs_data(records: list[dict[str, Any]], kind: str = "qa", held
                                                         {"role": "assistant", "content": p["answer"]}],
                                            "title": p["title"]})
                 continue
-            wrong = _pick_wrong(p, pools[p["heldout"]] or prepared, rng)
+            wrong = _pick_wrong(p, pools[p["heldout"]] or prepared, rng, negatives == "sibling")
             if wrong is None:
                 continue
             prompt = [{"role": "user", "content": question}]
@@ -178,10 +182,11 @@ def build_python_docs_data(records: list[dict[str, Any]], kind: str = "qa", held
     return rows[False], rows[True]
 
 
-def _pick_wrong(p: dict[str, Any], pool: list[dict[str, Any]], rng: random.Random) -> dict[str, Any] | None:
-    """Another document's answer: a sibling in the same module when there is one (harder to tell apart)."""
+def _pick_wrong(p: dict[str, Any], pool: list[dict[str, Any]], rng: random.Random,
+                siblings_first: bool) -> dict[str, Any] | None:
+    """Another document's answer; with siblings_first, one from the same module when there is one."""
     others = [q for q in pool if q["title"] != p["title"] and q["answer"] != p["answer"]]
     if not others:
         return None
-    siblings = [q for q in others if _parent(q["title"]) == _parent(p["title"])]
+    siblings = [q for q in others if _parent(q["title"]) == _parent(p["title"])] if siblings_first else []
     return rng.choice(siblings or others)

@@ -61,6 +61,10 @@ class FinetuneArguments:
         default=400, metadata={"help": "Built-in data: answers are the documentation's start, cut near this length."})
     max_documents: int | None = field(
         default=None, metadata={"help": "Built-in data: use at most this many documents (a seeded sample)."})
+    preference_negatives: str = field(
+        default="random", metadata={"help": "Built-in preference/KTO data: rejected answers from any other document "
+                                            "('random') or from a sibling in the same module ('sibling', harder).",
+                                    "choices": ["random", "sibling"]})
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (updates are scaled by alpha / r)."})
@@ -101,7 +105,8 @@ def prepare_data(stage: str, args: FinetuneArguments, seed: int = 42):
         rows_train, rows_held = build_python_docs_data(
             load_corpus(args.corpus_path), kind=STAGE_BUILTIN_KIND[args.dataset_name],
             heldout_fraction=args.heldout_fraction, questions_per_document=args.questions_per_document,
-            max_answer_chars=args.max_answer_chars, max_documents=args.max_documents, seed=seed)
+            max_answer_chars=args.max_answer_chars, max_documents=args.max_documents, seed=seed,
+            negatives=args.preference_negatives)
         if not rows_train:
             raise DatasetFormatError(f"{args.dataset_name}: no training rows could be made from {args.corpus_path!r}")
         train = Dataset.from_list(rows_train)
