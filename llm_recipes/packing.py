@@ -282,8 +282,8 @@ def pretokenize(dataset, tokenizer, output_dir: str | os.PathLike, text_column: 
         tokenizer: a fast tokenizer with bos and eos tokens.
         output_dir: folder for the shards.
         text_column: column holding the document text.
-        num_proc: worker processes that encode batches (each single-threaded). None: encode in this
-            process with the Rust tokenizer's own threads (all cores), usually as fast and lighter.
+        num_proc: worker processes that encode batches (each single-threaded; forked on Linux). None:
+            encode in this process with the Rust tokenizer's own threads (all cores), usually as fast.
         shard_tokens: a shard is closed once it holds at least this many tokens (2**25 = 64 MB as uint16).
         batch_size: documents per encode call.
         show_progress: show a tqdm bar (documents/s) with the token count.
@@ -342,11 +342,12 @@ def pretokenize(dataset, tokenizer, output_dir: str | os.PathLike, text_column: 
         if num_proc and num_proc > 1:
             import multiprocessing
 
-            # fork-free start: the Rust tokenizer's thread pool does not survive a fork
-            with multiprocessing.get_context("spawn").Pool(num_proc) as pool:
-                stream = ((encode, texts) for texts in batches())
-                for texts_len, ids in pool.imap(_sized_encode, stream, chunksize=1):
-                    yield texts_len, ids
+            # fork where there is one (like DataLoader workers): a spawned worker would spend seconds
+            # importing transformers. `tokenizers` notices the fork and runs single-threaded in the workers.
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            with context.Pool(num_proc, initializer=_init_worker, initargs=(encode,)) as pool:
+                yield from pool.imap(_sized_encode, batches(), chunksize=1)
         else:
             for texts in batches():
                 yield len(texts), encode(texts)
@@ -403,9 +404,16 @@ def pretokenize(dataset, tokenizer, output_dir: str | os.PathLike, text_column: 
     return output_dir
 
 
-def _sized_encode(args):
-    encode, texts = args
-    return len(texts), encode(texts)
+_worker_encode = None
+
+
+def _init_worker(encode) -> None:
+    global _worker_encode
+    _worker_encode = encode
+
+
+def _sized_encode(texts: list[str]) -> tuple[int, list[list[int]]]:
+    return len(texts), _worker_encode(texts)
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:

@@ -298,35 +298,44 @@ def text_stream(files: list[str], text_column: str = "text", max_chars: int = 0,
     Args:
         files: parquet files.
         text_column: the column to read; checked in every file's schema up front.
-        max_chars: stop after this many characters (0: read everything). With a cap, the stream is
-            shuffled (`seed`, buffer of 10,000 documents) so the sample is not just the first files.
-        seed: shuffle seed.
+        max_chars: stop after this many characters (0: read everything). With a cap, documents are
+            sampled uniformly over all files (each kept with probability 1.25 x cap / total size, seeded),
+            so the sample is not just the first files; by chance it can come out somewhat below the cap.
+        seed: sampling seed.
         batch_size: rows read per Arrow batch.
 
     Returns:
         (iterator over texts, number of rows in the files).
     """
+    import random
+
     import pyarrow.parquet as pq
     from datasets import load_dataset
 
-    num_rows = 0
+    num_rows, column_bytes = 0, 0
     for file in files:
         schema = pq.read_schema(file)
         if text_column not in schema.names:
             raise ValueError(f"text column {text_column!r} not found in {file}; its columns are {schema.names}")
-        num_rows += pq.ParquetFile(file).metadata.num_rows
+        metadata = pq.ParquetFile(file).metadata
+        num_rows += metadata.num_rows
+        for g in range(metadata.num_row_groups):
+            group = metadata.row_group(g)
+            for c in range(group.num_columns):
+                if group.column(c).path_in_schema == text_column:
+                    column_bytes += group.column(c).total_uncompressed_size
     if num_rows == 0:
         raise ValueError(f"the dataset is empty: {len(files)} parquet file(s) with 0 rows ({files[0]} ...)")
+    # not datasets' shuffle: on a multi-file parquet stream it sleeps 5 s whenever iteration stops early
+    keep = min(1.0, 1.25 * max_chars / max(column_bytes, 1)) if max_chars else 1.0
     dataset = load_dataset("parquet", data_files={"train": list(files)}, split="train", streaming=True)
     dataset = dataset.select_columns([text_column])
-    if max_chars:
-        dataset = dataset.shuffle(seed=seed, buffer_size=10_000)
 
     def texts() -> Iterator[str]:
-        total = 0
+        rng, total = random.Random(seed), 0
         for batch in dataset.iter(batch_size=batch_size):
             for text in batch[text_column]:
-                if text:
+                if text and (keep >= 1.0 or rng.random() < keep):
                     yield text
                     total += len(text)
                     if max_chars and total >= max_chars:

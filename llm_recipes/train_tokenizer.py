@@ -30,8 +30,8 @@ class TrainTokenizerConfig:
         "help": "Documents are cut to this many characters for training (0: no cap); bounds memory and keeps "
                 "a few huge documents from dominating the merges."})
     max_train_chars: int = field(default=0, metadata={
-        "help": "Stop reading training text after this many characters (0: all). With a cap the stream is "
-                "shuffled (seed) so the sample spans all files."})
+        "help": "Stop reading training text after about this many characters (0: all). With a cap, documents "
+                "are sampled uniformly over all files (seed)."})
     model_max_length: int = field(default=2048, metadata={
         "help": "Context length written to tokenizer_config.json (the model's max_position_embeddings)."})
     tokenizer_definition_dir: str = field(default="tokenizer", metadata={
@@ -76,7 +76,7 @@ def run(cfg: TrainTokenizerConfig) -> Path:
     train_files, validation_files = clean_data_files(cfg.dataset_path)
     texts, num_docs = text_stream(train_files, cfg.text_column, max_chars=cfg.max_train_chars, seed=cfg.seed)
     print(f"train-tokenizer: training a {cfg.vocab_size}-token BPE on {len(train_files)} file(s), {num_docs:,} documents"
-          + (f" (first {cfg.max_train_chars:,} characters of a shuffled stream)" if cfg.max_train_chars else ""))
+          + (f" (a sample of about {cfg.max_train_chars:,} characters)" if cfg.max_train_chars else ""))
 
     # Train
     stats: dict = {}
