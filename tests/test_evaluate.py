@@ -364,3 +364,17 @@ def test_recipes_parse(recipe, monkeypatch, tmp_path):
     assert cfg.output_dir == str(tmp_path / "run" / "evaluate")
     assert cfg.models and all("=" in m for m in cfg.models)
     assert all(t.split(":", 1)[1] in BUILTIN_SETS for t in cfg.choice_tasks if t.startswith("builtin:"))
+
+
+def test_models_spec_names_and_checkpoint_globs(tmp_path):
+    from llm_recipes.evaluation import EvalInputError
+    from llm_recipes.evaluation.suite import parse_models
+
+    for step in (200, 100):
+        (tmp_path / "checkpoints" / f"step-{step:08d}").mkdir(parents=True)
+    models = parse_models([f"base={tmp_path}/x/final", f"{tmp_path}/sft/final", f"{tmp_path}/checkpoints/step-*"])
+    assert list(models) == ["base", "sft", "step-00000100", "step-00000200"]
+    with pytest.raises(EvalInputError, match="used twice"):
+        parse_models(["a=x", "a=y"])
+    with pytest.raises(EvalInputError, match="no folder matches"):
+        parse_models([f"c={tmp_path}/nothing-*"])

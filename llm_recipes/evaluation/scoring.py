@@ -117,8 +117,9 @@ class LMScorer:
 
     # -- the forward pass ---------------------------------------------------------------------------
 
-    def _token_logprobs(self, sequences: list[list[int]]) -> list[tuple[list[float], list[bool]]]:
-        """For each sequence of ids, log p(ids[t] | ids[:t]) for t >= 1 and whether ids[t] is the argmax."""
+    def _token_logprobs(self, sequences: list[list[int]], keeps: list[int]) -> list[tuple[list[float], list[bool]]]:
+        """For each sequence of ids, log p(ids[t] | ids[:t]) for its last `keep` targets, and whether each
+        target is the argmax."""
         import torch
 
         longest = max(len(s) for s in sequences) - 1
@@ -131,14 +132,14 @@ class LMScorer:
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids.to(self.device),
                                 attention_mask=attention_mask.to(self.device), use_cache=False).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
         out = []
-        for row, seq in enumerate(sequences):
+        for row, (seq, keep) in enumerate(zip(sequences, keeps)):
             n = len(seq) - 1
-            targets = torch.tensor(seq[1:], device=logprobs.device)
-            row_logprobs = logprobs[row, :n]
-            picked = row_logprobs.gather(-1, targets[:, None])[:, 0]
-            greedy = row_logprobs.argmax(-1) == targets
+            row_logits = logits[row, n - keep:n].float()  # (keep, V); row by row keeps the float32 copy small
+            targets = torch.tensor(seq[len(seq) - keep:], device=row_logits.device)
+            # log p(target) = logit[target] - logsumexp(logits): no full log-softmax tensor needed
+            picked = row_logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(row_logits, dim=-1)
+            greedy = row_logits.argmax(-1) == targets
             out.append((picked.tolist(), greedy.tolist()))
         return out
 
@@ -159,10 +160,9 @@ class LMScorer:
         order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
         results: list = [None] * len(windows)
         for batch in self._batches(order, desc, unit):
-            scored = self._token_logprobs([windows[i][0] for i in batch])
-            for i, (logprobs, greedy) in zip(batch, scored):
-                keep = windows[i][1]
-                results[i] = (logprobs[-keep:] if keep else [], greedy[-keep:] if keep else [])
+            scored = self._token_logprobs([windows[i][0] for i in batch], [windows[i][1] for i in batch])
+            for i, result in zip(batch, scored):
+                results[i] = result
         return results
 
     # -- public scoring -----------------------------------------------------------------------------

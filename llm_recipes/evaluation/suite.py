@@ -18,7 +18,10 @@ PARTIAL = "partial_results.json"
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
-    """`name=path` (or a bare path, named after its folder) -> {name: path}, in order."""
+    """`name=path` (or a bare path, named after its folder) -> {name: path}, in order. A path with a glob
+    (`ckpt=runs/x/pretrain/checkpoints/step-*`) gives one model per match, named after its folder."""
+    import glob
+
     if not specs:
         raise EvalInputError("models is empty: give at least one model as name=path (e.g. base=runs/x/pretrain/final)")
     models: dict[str, str] = {}
@@ -27,12 +30,20 @@ def parse_models(specs: list[str]) -> dict[str, str]:
         path = path.strip()
         if not path:
             raise EvalInputError(f"models entry {spec!r} has no path; expected name=path")
-        if not name:
-            parts = Path(path).parts
-            name = parts[-2] if len(parts) > 1 and parts[-1] in ("final", "model") else (parts[-1] if parts else path)
-        if name in models:
-            raise EvalInputError(f"models: the name {name!r} is used twice; give each model its own name=path")
-        models[name] = path
+        if any(c in path for c in "*?["):
+            matches = sorted(p for p in glob.glob(path) if Path(p).is_dir())
+            if not matches:
+                raise EvalInputError(f"models entry {spec!r}: no folder matches {path!r}")
+            pairs = [(Path(p).name, p) for p in matches]
+        else:
+            if not name:
+                parts = Path(path).parts
+                name = parts[-2] if len(parts) > 1 and parts[-1] in ("final", "model") else (parts[-1] if parts else path)
+            pairs = [(name, path)]
+        for model_name, model_path in pairs:
+            if model_name in models:
+                raise EvalInputError(f"models: the name {model_name!r} is used twice; give each model its own name=path")
+            models[model_name] = model_path
     return models
 
 
@@ -147,6 +158,8 @@ def run_evaluation(cfg) -> dict[str, Any]:
 
     started = time.time()
     torch.manual_seed(cfg.seed)
+    if cfg.torch_num_threads:
+        torch.set_num_threads(cfg.torch_num_threads)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     models = parse_models(cfg.models)
