@@ -164,8 +164,10 @@ class PackedStreamDataset(torch.utils.data.IterableDataset):
     it continue with the next row. Without a shuffle buffer the rows are exactly those of an
     uninterrupted run. With one, `datasets` does not save the buffer's content and refills it on resume,
     so the order differs and up to about one buffer of documents can be skipped or repeated (a
-    `datasets` limitation; our packing state itself is exact). The state lives in the process that iterates: use
-    `num_workers=0`, or torchdata's `StatefulDataLoader`, which collects it from each worker.
+    `datasets` limitation; our packing state itself is exact). A state saved after the last row says the
+    epoch is finished: the resumed instance yields nothing until `set_epoch(next)`. The state lives in
+    the process that iterates: use `num_workers=0`, or torchdata's `StatefulDataLoader`, which collects
+    it from each worker.
     """
 
     def __init__(self, dataset, tokenizer, seq_len: int, text_column: str = "text", shuffle_buffer: int | None = 10_000,
@@ -200,9 +202,14 @@ class PackedStreamDataset(torch.utils.data.IterableDataset):
         self._resume: dict[str, Any] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        """A new shuffle order per epoch (seed + epoch), the same on every run."""
+        """A new shuffle order per epoch (seed + epoch), the same on every run. A saved position that
+        belongs to another epoch is dropped."""
         self.epoch = int(epoch)
         self.dataset.set_epoch(self.epoch)
+        if self._state is not None and self._state["epoch"] != self.epoch:
+            self._state = None
+        if self._resume is not None and self._resume["epoch"] != self.epoch:
+            self._resume = None
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream stands: the `datasets` position after the batch being packed, the texts of
@@ -212,12 +219,13 @@ class PackedStreamDataset(torch.utils.data.IterableDataset):
             return dict(self._state)
         if self._resume is not None:
             return dict(self._resume)
-        return {"epoch": self.epoch, "dataset": None, "pending": [], "row": [], "rows_done": 0}
+        return {"epoch": self.epoch, "dataset": None, "pending": [], "row": [], "rows_done": 0, "exhausted": False}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resume = dict(state)
         self._state = None
+        self._resume = None
         self.set_epoch(state["epoch"])
+        self._resume = dict(state)
 
     def _texts(self, examples: list[dict]) -> list[str]:
         texts = []
@@ -230,6 +238,9 @@ class PackedStreamDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         resume, self._resume = self._resume, None
+        if resume is not None and resume.get("exhausted"):
+            self._state = resume  # this epoch was finished when the state was saved
+            return
         packer = _Packer(self.seq_len, self.bos_id, self.eos_id)
         pending, skip_rows = [], 0
         if resume is not None and resume.get("dataset") is not None:
@@ -255,9 +266,11 @@ class PackedStreamDataset(torch.utils.data.IterableDataset):
                 rows = packer.add(doc)
                 for k in range(skip_rows, len(rows)):
                     self._state = {"epoch": self.epoch, "dataset": after, "pending": texts[j:], "row": row_before,
-                                   "rows_done": k + 1}
+                                   "rows_done": k + 1, "exhausted": False}
                     yield _to_torch(row_arrays(np.asarray(rows[k], dtype=np.int64), self.bos_id))
                 skip_rows = 0
+        # the rest of the last row is dropped; a state saved now says "epoch finished"
+        self._state = {"epoch": self.epoch, "dataset": None, "pending": [], "row": [], "rows_done": 0, "exhausted": True}
 
 
 # --- mode 2: pre-tokenized, memory-mapped shards ------------------------------------------------------

@@ -288,3 +288,26 @@ def test_pretokenize_with_worker_processes_matches_in_process(tiny_tokenizer, tm
     two = pretokenize(data, tiny_tokenizer, tmp_path / "two", batch_size=16, num_proc=2, show_progress=False)
     a, b = (np.load(p / "tokens-00000.npy") for p in (one, two))
     assert np.array_equal(a, b) and len(a) > 1000
+
+
+def test_state_at_the_end_of_an_epoch(tiny_tokenizer):
+    data = datasets.Dataset.from_dict({"text": numbered_docs(40)})
+
+    def make():
+        return PackedStreamDataset(data, tiny_tokenizer, 32, shuffle_buffer=8, seed=1)
+
+    first = make()
+    epoch0 = [r["input_ids"].tolist() for r in first]
+    state = first.state_dict()
+    assert state["exhausted"] and state["epoch"] == 0
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert list(resumed) == []  # epoch 0 was finished
+    resumed.set_epoch(1)
+    epoch1 = [r["input_ids"].tolist() for r in resumed]
+    reference = make()
+    reference.set_epoch(1)
+    assert epoch1 == [r["input_ids"].tolist() for r in reference] and epoch1 != epoch0
+    fresh = make()
+    fresh.set_epoch(3)
+    assert fresh.state_dict()["epoch"] == 3 and fresh.state_dict()["dataset"] is None

@@ -10,7 +10,8 @@ the same pre-tokenizer, special tokens and trainer settings; "ours (train)" is t
 (datasets stream + `train_bpe`); "ours (stage)" is the whole stage (train, save, report).
 
 Packing: "stream" iterates `PackedStreamDataset` over the streamed parquet (tokenize + pack on the fly);
-"pretokenize" writes the uint16 shards; "shards" reads every row of `TokenShardDataset` back.
+"pretokenize" writes the uint16 shards (Rust threads in one process; and with num_proc=2 worker
+processes); "shards" reads every row of `TokenShardDataset` back.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def packing(corpus: str, tokenizer_dir: str, seq_len: int) -> dict:
         pretokenize(table, tokenizer, out, show_progress=False)
         seconds = time.perf_counter() - started
         results["pretokenize"] = {"seconds": round(seconds, 2), "mb_per_s": round(mb / seconds, 2)}
+        with tempfile.TemporaryDirectory() as out2:
+            started = time.perf_counter()
+            pretokenize(table, tokenizer, out2, num_proc=2, show_progress=False)
+            seconds = time.perf_counter() - started
+            results["pretokenize_num_proc_2"] = {"seconds": round(seconds, 2), "mb_per_s": round(mb / seconds, 2)}
         started = time.perf_counter()
         shards = TokenShardDataset(out, seq_len)
         index_seconds = time.perf_counter() - started
