@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serving {settings.model_name!r} from {cfg.model_path} (context {settings.context_window} tokens, "
           f"batch {cfg.max_batch_size}, {'API key required' if api_key else 'no API key'})")
     print(f"feedback is stored in {feedback_path}")
+    def stop_on_sigterm(signum, frame):  # `kill`, systemd, docker stop: shut down like Ctrl+C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         server.start()
         print(f"chat page: {server.url}/   OpenAI API: {server.url}/v1   (Ctrl+C stops)", flush=True)
