@@ -3,8 +3,8 @@
 Every document is a piece of Python documentation with a qualified name as title (`os.path.join`,
 `pydoc topic: for`). From it we make:
 
-- instruction pairs: a question about the API or topic, in several phrasings, answered with the start
-  of its documentation (`messages`: user question, assistant answer);
+- instruction pairs: a question about the API or topic, in several phrasings, answered with its name
+  and the start of its documentation (`messages`: user question, assistant answer);
 - preference pairs: the same question with the right documentation as `chosen` and another item's
   documentation as `rejected` (any other item, or a sibling from the same module: a hard negative);
 - KTO rows: the preference pairs unpaired into thumbs-up / thumbs-down completions.
@@ -81,6 +81,14 @@ def answer_text(text: str, max_chars: int) -> str:
     return cut.rsplit(" ", 1)[0].strip()
 
 
+def lead_in(kind: str, name: str) -> str:
+    """How an answer opens: by naming its subject, as documentation does ("`json.dumps`: Serialize ...").
+    It ties each answer to its question, which the preference pairs then reward."""
+    if kind == "api":
+        return f"`{name}`: "
+    return f"{name[0].upper() + name[1:]}: "
+
+
 def load_corpus(path: str) -> list[dict[str, Any]]:
     """Reads the documents (text, title, ...) of a clean-stage folder, a parquet/jsonl file or a folder of them."""
     import datasets
@@ -152,7 +160,8 @@ def build_python_docs_data(records: list[dict[str, Any]], kind: str = "qa", held
         doc_kind, name, body = subject(d["title"], d["text"])
         answer = answer_text(body, max_answer_chars)
         if len(answer) >= 20:
-            prepared.append({"title": d["title"], "kind": doc_kind, "name": name, "answer": answer,
+            prepared.append({"title": d["title"], "kind": doc_kind, "name": name,
+                             "answer": f"{lead_in(doc_kind, name)}{answer}",
                              "heldout": is_heldout(d["title"], heldout_fraction)})
     rows: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     pools = {False: [p for p in prepared if not p["heldout"]], True: [p for p in prepared if p["heldout"]]}
