@@ -168,14 +168,22 @@ def train_bpe(
 
 
 def save_tokenizer(tokenizer, output_dir: str | os.PathLike) -> Path:
-    """save_pretrained, then pin `tokenizer_class` to PreTrainedTokenizerFast (transformers 5 writes
-    "TokenizersBackend", which transformers 4.x and vLLM cannot load)."""
+    """save_pretrained, then make tokenizer_config.json loadable by transformers 4 and 5 and vLLM: pin
+    `tokenizer_class` to PreTrainedTokenizerFast (transformers 5 writes "TokenizersBackend"), set
+    `model_max_length`, and list the chat markers as `additional_special_tokens`."""
     output_dir = Path(output_dir)
     tokenizer.save_pretrained(output_dir)
     config_path = output_dir / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config["model_max_length"] = tokenizer.model_max_length
+    # transformers 5 writes the chat markers as a list under "extra_special_tokens"; transformers 4 reads
+    # that key as a dict of named tokens and fails to load ('list' object has no attribute 'keys').
+    # "additional_special_tokens" is read by both.
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        config.pop("extra_special_tokens")
+        config["additional_special_tokens"] = extra
     if tokenizer.chat_template and "chat_template" not in config and not (output_dir / "chat_template.jinja").exists():
         config["chat_template"] = tokenizer.chat_template
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
