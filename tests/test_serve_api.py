@@ -195,3 +195,33 @@ def test_serve_cli_reports_bad_model_path(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "nothing"), "--output_dir", str(tmp_path / "out")]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--max_batch_sise", "3"]) == 2
+
+
+def test_full_queue_answers_503_and_recovers(tiny_model_dir, tmp_path):
+    from llm_recipes.serving.engine import GenerationRequest
+
+    with running_server(tiny_model_dir, tmp_path / "f.sqlite", max_batch_size=1, max_queue=1) as (url, _, engine, _s):
+        # hold the worker inside a callback so nothing leaves the queue while we fill it
+        release, holding = threading.Event(), threading.Event()
+
+        def blocking_emit(event):
+            holding.set()
+            release.wait(30)
+
+        engine.submit(GenerationRequest([1, 5, 6], 2, blocking_emit, temperature=0))
+        assert holding.wait(30)
+        first = {}
+        waiting = threading.Thread(target=lambda: first.update(r=httpx.post(
+            f"{url}/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2}, timeout=60)))
+        waiting.start()
+        for _ in range(200):  # until the first request sits in the queue
+            if engine.waiting == 1:
+                break
+            threading.Event().wait(0.02)
+        overflow = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
+        assert overflow.status_code == 503 and overflow.headers["retry-after"] == "1"
+        assert overflow.json()["error"]["code"] == "server_overloaded"
+        release.set()
+        waiting.join(60)
+        assert first["r"].status_code == 200  # the queued request is served once the worker is free
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"
