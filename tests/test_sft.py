@@ -145,3 +145,14 @@ def test_bad_inputs_fail_with_clear_errors(tiny_model_dir, tmp_path, capsys):
         sft.main(stage_argv(tiny_model_dir, tmp_path / "o3", dataset_name=chats, lerning_rate=1))
     with pytest.raises(ConfigError, match="corpus_path"):
         sft.main(stage_argv(tiny_model_dir, tmp_path / "o4", dataset_name="python-docs-qa"))
+
+
+def test_time_budget_stops_training_and_still_saves(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+
+    chats = tmp_path / "chats.jsonl"
+    Dataset.from_list(qa_rows(8)).to_json(str(chats))
+    out = tmp_path / "budget"
+    assert sft.main(stage_argv(tiny_model_dir, out, dataset_name=chats, max_steps=500, max_train_seconds=0.001)) == 0
+    assert len(logged_losses(out)) == 1  # stopped after the first step
+    assert (out / "final/model.safetensors").is_file() and (out / "eval_heldout.json").is_file()

@@ -76,6 +76,10 @@ class FinetuneArguments:
         default=None, metadata={"help": "Modules trained in full next to the adapter (e.g. embed_tokens)."})
     use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA scaling (alpha / sqrt(r))."})
     use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+    max_train_seconds: float | None = field(
+        default=None, metadata={"help": "Stop training after this many seconds (checked after every step); the model "
+                                        "trained so far is saved and measured as usual. A budget guard for quick runs: "
+                                        "the learning-rate schedule still follows max_steps."})
     evaluate_heldout: bool = field(
         default=True, metadata={"help": "Score base and trained model on the held-out data (eval_heldout.json)."})
 
@@ -267,6 +271,8 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
                                         args.lora_target_modules, args.lora_modules_to_save,
                                         args.use_rslora, args.use_dora)
     trainer = build_trainer(stage, model, tokenizer, train_cfg, train, held, peft_config)
+    if args.max_train_seconds:
+        trainer.add_callback(time_budget_callback(args.max_train_seconds, stage))
     resume = resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     if resume:
         print(f"[{stage}] resuming from {resume}")
@@ -300,6 +306,25 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
         (["eval_heldout.json"] if record else [])
     print(f"[{stage}] wrote {', '.join(wrote)} in {output_dir}")
     return record
+
+
+def time_budget_callback(seconds: float, stage: str):
+    """A TrainerCallback that ends training once `seconds` of training have passed."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() - self.start > seconds and not control.should_training_stop:
+                print(f"[{stage}] time budget of {seconds:.0f} s reached at step {state.global_step}; stopping")
+                control.should_training_stop = True
+            return control
+
+    return TimeBudget()
 
 
 def resolve_resume(value: str | None, output_dir: Path) -> str | None:
