@@ -230,7 +230,9 @@ def iter_python_docs(packages: list[str] | None = None, stdlib: bool = True, top
     if num_proc > 1 and len(jobs) > 50:
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(num_proc) as pool:
+        # fork: spawned workers would re-import llm_recipes (and with it torch) before parsing anything
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(num_proc) as pool:
             for records in pool.imap(_parse_job, jobs, chunksize=16):
                 yield from records
     else:

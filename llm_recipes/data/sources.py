@@ -141,13 +141,18 @@ def decode_bytes(data: bytes) -> tuple[str | None, str]:
         pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data[: 4 << 20]).best()
-    if best is None:
+    matches = list(from_bytes(data[: 4 << 20]))
+    if not matches:
         return None, "undecodable bytes (no text encoding fits)"
+    # Single-byte code pages often fit equally well (cp1250 and cp1252 both decode French without
+    # "chaos"); among the equally good, prefer cp1252, the web's default for Latin text (WHATWG).
+    least = min(m.chaos for m in matches)
+    tied = [m.encoding for m in matches if m.chaos == least]
+    encoding = "cp1252" if "cp1252" in tied else tied[0]
     try:
-        return data.decode(best.encoding), ""
+        return data.decode(encoding), ""
     except (UnicodeDecodeError, LookupError):
-        return None, f"undecodable bytes (guessed {best.encoding})"
+        return None, f"undecodable bytes (guessed {encoding})"
 
 
 def render_template(spec: SourceSpec, record: dict) -> str | None:
@@ -356,7 +361,8 @@ def iter_warc(spec, path):
                     continue
                 text, title = html_to_text(html, url) if "html" in ctype.lower() else (html, "")
                 yield _doc(text, url or where, spec, url or where, title)
-        except (ArchiveLoadFailed, ValueError, OSError, EOFError) as e:
+        except (ArchiveLoadFailed, ValueError, OSError, EOFError, AttributeError, TypeError) as e:
+            # warcio raises AttributeError/TypeError on some truncated headers, not only ArchiveLoadFailed
             yield Skipped("malformed WARC record", path, f"{type(e).__name__}: {e}"[:200])
 
 

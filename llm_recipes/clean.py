@@ -1,0 +1,87 @@
+"""`llm-recipes clean`: repair, filter, deduplicate, scrub and split gathered text, with a report.
+
+Reads a gather output (`data/*.parquet`), writes `train/*.parquet`, `validation/*.parquet` (same
+columns) and `report.md` / `report.png` / `report.json`. The work runs as datatrove pipelines on local
+processes; an interrupted run resumes with the tasks it had not finished.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class CleanConfig:
+    input_dir: str = field(default="runs/default/gather", metadata={"help": "Gather output folder (data/*.parquet), or any folder of parquet files with a `text` column."})
+    output_dir: str = field(default="runs/default/clean", metadata={"help": "Stage folder: train/, validation/, report.md, report.png, report.json."})
+    profiles: Optional[str] = field(default=None, metadata={"help": "Overrides of the filter profiles (web, docs, none, or new names): {profile: {markup: web|rest|none, gopher_repetition|gopher_quality|c4|fineweb: {datatrove kwargs} or false}}."})
+    profile_for_source: Optional[str] = field(default=None, metadata={"help": "Which profile each `source` gets: ordered mapping of glob pattern -> profile. Default {'python-docs*': docs, '*': web}."})
+    unicode_repair: bool = field(default=True, metadata={"help": "Repair mojibake and normalize unicode (ftfy, NFC); remove control and zero-width characters."})
+    remove_markup: bool = field(default=True, metadata={"help": "Remove markup: HTML (main text extracted) and markdown for the web profile, reST roles for docs."})
+    remove_boilerplate: bool = field(default=True, metadata={"help": "Drop navigation, cookie-banner and share lines (web profile)."})
+    min_chars: int = field(default=1, metadata={"help": "Drop documents shorter than this many characters after repair."})
+    max_chars: int = field(default=1_000_000, metadata={"help": "Drop documents longer than this many characters (0: no limit)."})
+    quality_filters: bool = field(default=True, metadata={"help": "Run each document's profile of datatrove quality filters (Gopher repetition and quality, C4, FineWeb)."})
+    compare_profiles_sample: float = field(default=0.1, metadata={"help": "Fraction of non-web documents also checked against web thresholds, to show the effect of profiles in the report (0: off)."})
+    exact_dedup: bool = field(default=True, metadata={"help": "Drop exact duplicates (whitespace-normalized text) across the whole corpus."})
+    near_dedup: bool = field(default=True, metadata={"help": "Drop near duplicates with datatrove's MinHash LSH across the whole corpus."})
+    minhash_ngram: int = field(default=5, metadata={"help": "Word n-gram size of MinHash shingles (FineWeb: 5)."})
+    minhash_buckets: int = field(default=14, metadata={"help": "LSH bands (FineWeb: 14)."})
+    minhash_hashes_per_bucket: int = field(default=8, metadata={"help": "Hashes per band (FineWeb: 8; similarity threshold ~ (1/buckets)^(1/hashes) = 0.72)."})
+    pii: bool = field(default=True, metadata={"help": "Replace emails, public IP addresses and phone numbers with <EMAIL>, <IP_ADDRESS>, <PHONE>."})
+    decontamination_files: Optional[list[str]] = field(default=None, metadata={"help": "Evaluation sets (files or globs: .jsonl/.json/.parquet/.txt); documents sharing a word n-gram with them are dropped."})
+    decontamination_ngram: int = field(default=13, metadata={"help": "n of the word n-grams used for decontamination (GPT-3 used 13)."})
+    validation_fraction: float = field(default=0.01, metadata={"help": "Fraction of documents (chosen by a hash of their id, so deterministic) that go to validation/."})
+    seed: int = field(default=42, metadata={"help": "Seed of the split hash and the MinHash permutations."})
+    num_workers: int = field(default=2, metadata={"help": "Local worker processes (datatrove LocalPipelineExecutor)."})
+    keep_work: bool = field(default=False, metadata={"help": "Keep output_dir/work (intermediate shards, MinHash files, datatrove logs) after success."})
+
+    def __post_init__(self):
+        import yaml
+
+        for key in ("profiles", "profile_for_source"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                setattr(self, key, yaml.safe_load(value))
+        if not 0 <= self.validation_fraction < 1:
+            from .config import ConfigError
+
+            raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
+
+def main(argv=None) -> int:
+    from .config import ConfigError, parse_config, save_resolved_config
+    from .data.cleaning import CleanSettings, clean
+    from .data.steps import DEFAULT_PROFILE_FOR_SOURCE
+    from .fileio import clear_complete, mark_complete
+
+    (cfg,) = parse_config([CleanConfig], argv, stage="clean")
+    clear_complete(cfg.output_dir)
+    save_resolved_config(cfg.output_dir, cfg, stage="clean")
+    settings = CleanSettings(
+        input_dir=cfg.input_dir, output_dir=cfg.output_dir, profiles=cfg.profiles or {},
+        profile_for_source=cfg.profile_for_source or dict(DEFAULT_PROFILE_FOR_SOURCE),
+        unicode_repair=cfg.unicode_repair, remove_markup=cfg.remove_markup, remove_boilerplate=cfg.remove_boilerplate,
+        min_chars=cfg.min_chars, max_chars=cfg.max_chars, quality_filters=cfg.quality_filters,
+        compare_profiles_sample=cfg.compare_profiles_sample, exact_dedup=cfg.exact_dedup, near_dedup=cfg.near_dedup,
+        minhash_ngram=cfg.minhash_ngram, minhash_buckets=cfg.minhash_buckets,
+        minhash_hashes_per_bucket=cfg.minhash_hashes_per_bucket, pii=cfg.pii,
+        decontamination_files=cfg.decontamination_files or [], decontamination_ngram=cfg.decontamination_ngram,
+        validation_fraction=cfg.validation_fraction, seed=cfg.seed, workers=cfg.num_workers, keep_work=cfg.keep_work)
+    try:
+        report = clean(settings)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    mark_complete(cfg.output_dir, documents=report["output_documents"], bytes=report["output_bytes"])
+    print(f"clean: kept {report['output_documents']} of {report['input_documents']} documents "
+          f"({report['output_bytes'] / 2**20:.1f} of {report['input_bytes'] / 2**20:.1f} MB) in "
+          f"{report['seconds']['total']:.0f} s: {report['train_documents']} train -> {cfg.output_dir}/train/, "
+          f"{report['validation_documents']} validation -> {cfg.output_dir}/validation/; "
+          f"report: {cfg.output_dir}/report.md (+ report.png, report.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

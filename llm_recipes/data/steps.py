@@ -1,0 +1,551 @@
+"""The clean stage's datatrove pipeline steps, each keeping a tally of what it removed and changed.
+
+Quality filtering uses datatrove's own Gopher, C4 and FineWeb filters; near-dedup is datatrove's MinHash
+pipeline. What datatrove does not have (per-source filter profiles, markup removal, our PII placeholders,
+whole-corpus exact dedup, n-gram decontamination, a deterministic split with a report) is written here.
+
+Every step counts documents and bytes in and out, removal reasons, and keeps a few removed examples;
+the writer at the end of a task saves those tallies to `ledger/<stage>/<rank>.json`, from which the
+report is built, so the report's counts are exactly what flowed through the pipeline.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+import json
+import os
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+
+from . import textops
+from .documents import COLUMNS, write_parquet_atomic
+
+EXAMPLES_PER_REASON = 3
+EXAMPLE_CHARS = 400
+
+# ------------------------------------------------------------------------------------------- profiles
+# Thresholds of the web profile are FineWeb's (Gopher quality + repetition, C4 line rules without the
+# terminal-punctuation rule, FineWeb's own rules). The docs profile is for docstrings, READMEs and
+# reference pages: short documents, code lines without final punctuation, symbol-heavy signatures.
+# Under web thresholds ~96% of Python docstrings are dropped; see docs/data.md for the measurement.
+PROFILES: dict[str, dict[str, Any]] = {
+    "web": {
+        "markup": "web",
+        "gopher_repetition": {},
+        "gopher_quality": {},
+        "c4": {"filter_no_terminal_punct": False},
+        "fineweb": {},
+    },
+    "docs": {
+        "markup": "rest",
+        "gopher_repetition": {"dup_line_frac": 0.5, "dup_para_frac": 0.5, "dup_line_char_frac": 0.4,
+                              "dup_para_char_frac": 0.4, "top_n_grams": [[2, 0.4], [3, 0.35], [4, 0.3]],
+                              "dup_n_grams": [[5, 0.3], [6, 0.28], [7, 0.26], [8, 0.24], [9, 0.22], [10, 0.2]]},
+        "gopher_quality": {"min_doc_words": 8, "max_doc_words": 100000, "min_avg_word_length": 2,
+                           "max_avg_word_length": 14, "max_symbol_word_ratio": 0.5, "max_bullet_lines_ratio": 0.95,
+                           "max_ellipsis_lines_ratio": 0.5, "max_non_alpha_words_ratio": 0.2, "min_stop_words": None},
+        "c4": False,
+        "fineweb": False,
+    },
+    "none": {"markup": "none", "gopher_repetition": False, "gopher_quality": False, "c4": False, "fineweb": False},
+}
+DEFAULT_PROFILE_FOR_SOURCE = {"python-docs*": "docs", "*": "web"}
+FILTER_ORDER = ("gopher_repetition", "gopher_quality", "c4", "fineweb")
+
+
+def resolve_profiles(overrides: dict | None) -> dict[str, dict[str, Any]]:
+    """Built-in profiles with a recipe's `profiles:` merged in (a filter set to false is switched off)."""
+    profiles = copy.deepcopy(PROFILES)
+    for name, settings in (overrides or {}).items():
+        if not isinstance(settings, dict):
+            raise ValueError(f"profiles.{name} must be a mapping of filter -> settings (or false), got {settings!r}")
+        base = profiles.setdefault(name, copy.deepcopy(PROFILES["none"]))
+        for key, value in settings.items():
+            if key not in ("markup", *FILTER_ORDER):
+                raise ValueError(f"profiles.{name}: unknown key {key!r}; expected markup or one of {FILTER_ORDER}")
+            if key == "markup" and value not in ("web", "rest", "none"):
+                raise ValueError(f"profiles.{name}.markup must be web, rest or none, got {value!r}")
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = {} if value is True else value
+    return profiles
+
+
+def build_filters(profile: dict[str, Any]) -> list[tuple[str, Any]]:
+    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                            GopherRepetitionFilter)
+
+    classes = {"gopher_repetition": GopherRepetitionFilter, "gopher_quality": GopherQualityFilter,
+               "c4": C4QualityFilter, "fineweb": FineWebQualityFilter}
+    filters = []
+    for name in FILTER_ORDER:
+        settings = profile.get(name)
+        if settings is False or settings is None:
+            continue
+        kwargs = dict(settings)
+        for key in ("top_n_grams", "dup_n_grams"):
+            if key in kwargs:
+                kwargs[key] = tuple(tuple(x) for x in kwargs[key])
+        try:
+            filters.append((name, classes[name](**kwargs)))
+        except TypeError as e:
+            raise ValueError(f"filter {name}: {e}") from e
+    return filters
+
+
+def profile_for(source: str, mapping: dict[str, str]) -> str:
+    for pattern, profile in mapping.items():
+        if fnmatch.fnmatchcase(source or "", pattern):
+            return profile
+    return "web"
+
+
+# ------------------------------------------------------------------------------------------- tallies
+
+class Tally:
+    """Counts for one step in one task: documents/bytes in and out, removal reasons, examples."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.reset()
+
+    def reset(self):
+        self.docs_in = self.bytes_in = self.docs_out = self.bytes_out = self.modified = 0
+        self.removed: Counter = Counter()
+        self.removed_bytes: Counter = Counter()
+        self.extra: Counter = Counter()
+        self.examples: dict[str, list[dict]] = {}
+
+    def seen(self, doc: Document):
+        self.docs_in += 1
+        self.bytes_in += _nbytes(doc.text)
+
+    def passed(self, doc: Document):
+        self.docs_out += 1
+        self.bytes_out += _nbytes(doc.text)
+
+    def drop(self, doc: Document, reason: str, text: str | None = None):
+        self.removed[reason] += 1
+        self.removed_bytes[reason] += _nbytes(text if text is not None else doc.text)
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < EXAMPLES_PER_REASON:
+            body = text if text is not None else doc.text
+            ex.append({"id": doc.id, "source": doc.metadata.get("source", ""), "text": body[:EXAMPLE_CHARS]})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.name, "docs_in": self.docs_in, "bytes_in": self.bytes_in, "docs_out": self.docs_out,
+                "bytes_out": self.bytes_out, "modified": self.modified, "removed": dict(self.removed),
+                "removed_bytes": dict(self.removed_bytes), "extra": dict(self.extra), "examples": self.examples}
+
+
+def _nbytes(text: str) -> int:
+    return len(text.encode("utf-8", "replace"))
+
+
+class TallyStep(PipelineStep):
+    """A pipeline step that keeps a Tally; subclasses implement `process(doc) -> doc | reason string`."""
+
+    type = "llm-recipes"
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name  # shown in datatrove's logs and stats
+        self.tally = Tally(name)
+
+    def process(self, doc: Document):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        for doc in data:
+            self.tally.seen(doc)
+            original = doc.text
+            result = self.process(doc)
+            if isinstance(result, str):
+                self.tally.drop(doc, result, original)
+                continue
+            if doc.text != original:
+                self.tally.modified += 1
+            self.tally.passed(doc)
+            yield doc
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+class ShardReader(PipelineStep):
+    """Task `rank` reads parquet file `files[rank]` (columns text, id + provenance) as datatrove Documents.
+
+    Args:
+        files: one parquet file per task.
+        tallied: the steps of this pipeline whose tallies are reset at the start of each task.
+        progress: show a per-task progress bar.
+    """
+
+    type = "llm-recipes"
+    name = "read shard"
+
+    def __init__(self, files: list[str], tallied: list[PipelineStep] | None = None, progress: bool = False,
+                 desc: str = "clean"):
+        super().__init__()
+        self.files = list(files)
+        self.tallied = tallied or []
+        self.progress = progress
+        self.desc = desc
+        self.tally = Tally("read")
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from .documents import iter_parquet_rows
+
+        self.tally.reset()
+        for step in self.tallied:
+            step.tally.reset()
+        path = self.files[rank]
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            import pyarrow.parquet as pq
+
+            bar = tqdm(total=pq.ParquetFile(path).metadata.num_rows, unit="doc", leave=False, dynamic_ncols=True,
+                       desc=f"{self.desc} shard {rank}", position=rank % 2, mininterval=1.0)
+        for i, row in enumerate(iter_parquet_rows(path)):
+            text = row["text"]
+            doc = Document(text=text, id=row["id"] or f"{Path(path).stem}/{i}",
+                           metadata={k: row[k] for k in COLUMNS if k not in ("text", "id")})
+            self.tally.seen(doc)
+            self.tally.passed(doc)
+            if bar is not None:
+                bar.update(1)
+            yield doc
+        if bar is not None:
+            bar.close()
+
+
+# ------------------------------------------------------------------------------------------- repair
+
+class Repair(TallyStep):
+    """Unicode repair, markup removal by profile (HTML/markdown for web, reST roles for docs) and
+    boilerplate-line removal. Documents left empty are dropped."""
+
+    def __init__(self, profiles: dict, profile_map: dict, unicode: bool = True, markup: bool = True,
+                 boilerplate: bool = True):
+        super().__init__("repair")
+        self.markup_of = {name: p.get("markup", "none") for name, p in profiles.items()}
+        self.profile_map = profile_map
+        self.unicode, self.markup, self.boilerplate = unicode, markup, boilerplate
+
+    def process(self, doc: Document):
+        text = doc.text
+        if self.unicode:
+            fixed = textops.repair_unicode(text)
+            if fixed != text:
+                self.tally.extra["unicode repaired"] += 1
+            text = fixed
+        mode = self.markup_of.get(profile_for(doc.metadata.get("source", ""), self.profile_map), "none")
+        if self.markup and mode == "web":
+            if textops.looks_like_html(text):
+                text = textops.strip_html(text)
+                self.tally.extra["html extracted"] += 1
+            stripped = textops.strip_markdown(text)
+            if stripped != text:
+                self.tally.extra["markdown removed"] += 1
+            text = stripped
+        elif self.markup and mode == "rest":
+            stripped = textops.strip_rest_roles(text)
+            if stripped != text:
+                self.tally.extra["reST roles removed"] += 1
+            text = stripped
+        if self.boilerplate and mode == "web":
+            text, n = textops.remove_boilerplate_lines(text)
+            self.tally.extra["boilerplate lines removed"] += n
+        text = textops.collapse_blank_lines(text)
+        if not text:
+            return "empty after repair"
+        doc.text = text
+        return doc
+
+
+class LengthGate(TallyStep):
+    """Drops documents outside [min_chars, max_chars]."""
+
+    def __init__(self, min_chars: int, max_chars: int):
+        super().__init__("length")
+        self.min_chars, self.max_chars = min_chars, max_chars
+
+    def process(self, doc):
+        if len(doc.text) < self.min_chars:
+            return f"shorter than {self.min_chars} chars"
+        if self.max_chars and len(doc.text) > self.max_chars:
+            return f"longer than {self.max_chars} chars"
+        return doc
+
+
+class ProfiledQuality(TallyStep):
+    """Runs the quality filters of each document's profile (datatrove's Gopher/C4/FineWeb filters).
+
+    Also measures, on a deterministic sample of documents whose profile is not `web`, what the web
+    profile would have removed: the report shows why documentation needs its own thresholds.
+    """
+
+    def __init__(self, profiles: dict, profile_map: dict, compare_sample: float = 0.0):
+        super().__init__("quality")
+        self.profiles_cfg = profiles
+        self.profile_map = profile_map
+        self.compare_sample = compare_sample
+        self._filters = None
+
+    def filters(self, profile: str):
+        if self._filters is None:
+            self._filters = {name: build_filters(p) for name, p in self.profiles_cfg.items()}
+        return self._filters[profile]
+
+    def _first_failure(self, profile: str, doc: Document) -> str | None:
+        for name, flt in self.filters(profile):
+            result = flt.filter(doc)
+            ok, reason = (result, None) if not isinstance(result, tuple) else result
+            if not ok:
+                return f"{name}: {reason or 'failed'}"
+        return None
+
+    def process(self, doc):
+        profile = profile_for(doc.metadata.get("source", ""), self.profile_map)
+        if profile not in self.profiles_cfg:
+            profile = "web"
+        self.tally.extra[f"profile {profile}: documents"] += 1
+        if self.compare_sample and profile != "web" and _sampled(doc.id, self.compare_sample):
+            probe = Document(text=doc.text, id=doc.id, metadata=dict(doc.metadata))
+            self.tally.extra[f"profile {profile}: sampled for web comparison"] += 1
+            failure = self._first_failure("web", probe)
+            if failure:
+                self.tally.extra[f"profile {profile}: web would drop"] += 1
+                self.tally.extra[f"profile {profile}: web would drop by {failure.split(':')[0]}"] += 1
+        failure = self._first_failure(profile, doc)
+        if failure:
+            self.tally.extra[f"profile {profile}: dropped"] += 1
+            return f"[{profile}] {failure}"
+        return doc
+
+
+def _sampled(doc_id: str, fraction: float) -> bool:
+    digest = hashlib.blake2b(f"compare:{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < fraction
+
+
+# ------------------------------------------------------------------------------------------- dedup
+
+class ExactDedup(TallyStep):
+    """Drops documents listed in `remove_dir/<rank>.json` (later copies of an identical text, over the
+    whole corpus: the index is built from every task's hashes between stages)."""
+
+    def __init__(self, remove_dir: str):
+        super().__init__("exact dedup")
+        self.remove_dir = remove_dir
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        path = Path(self.remove_dir) / f"{rank:05d}.json"
+        self._drop = set(json.loads(path.read_text())) if path.exists() else set()
+        self._index = -1
+        yield from super().run(data, rank, world_size)
+
+    def process(self, doc):
+        self._index += 1
+        return "exact duplicate" if self._index in self._drop else doc
+
+
+def fast_minhash_signature(output_folder: str, config):
+    """datatrove's MinHash signature step with whitespace word splitting.
+
+    Shingles are built from `simplify_text` output (lower-cased, punctuation removed), where splitting
+    on whitespace gives the same words as datatrove's spaCy tokenizer for English at a fraction of the
+    cost; tokenization dominated the near-dedup phase.
+    """
+    from datatrove.pipeline.dedup import MinhashDedupSignature
+
+    step = MinhashDedupSignature(output_folder=output_folder, config=config)
+    step.word_tokenizer = WhitespaceWords()
+    return step
+
+
+class WhitespaceWords:
+    @staticmethod
+    def word_tokenize(text: str) -> list[str]:
+        return text.split()
+
+
+class NearDedup(PipelineStep):
+    """Wraps datatrove's MinhashDedupFilter to count and sample what it removes (it preserves order,
+    so a document that goes in and does not come out before the next one was removed)."""
+
+    type = "llm-recipes"
+    name = "near dedup"
+
+    def __init__(self, remove_folder: str):
+        super().__init__()
+        from datatrove.pipeline.dedup import MinhashDedupFilter
+
+        self.inner = MinhashDedupFilter(input_folder=remove_folder)
+        self.tally = Tally("near dedup")
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        pending: deque = deque()
+
+        def feed():
+            for doc in data:
+                self.tally.seen(doc)
+                pending.append(doc)
+                yield doc
+
+        for doc in self.inner.run(feed(), rank, world_size):
+            while pending and pending[0] is not doc:
+                self.tally.drop(pending.popleft(), "near duplicate (MinHash)")
+            pending.popleft()
+            self.tally.passed(doc)
+            yield doc
+        while pending:
+            self.tally.drop(pending.popleft(), "near duplicate (MinHash)")
+
+
+# ------------------------------------------------------------------------------------------- PII, decontamination
+
+class ScrubPII(TallyStep):
+    def __init__(self):
+        super().__init__("pii")
+
+    def process(self, doc):
+        doc.text, counts = textops.scrub_pii(doc.text)
+        for kind, n in counts.items():
+            if n:
+                self.tally.extra[f"{kind} replaced"] += n
+        return doc
+
+
+class Decontaminate(TallyStep):
+    """Drops documents sharing a word n-gram with the evaluation sets (hashes in `ngram_file`)."""
+
+    def __init__(self, ngram_file: str, n: int):
+        super().__init__("decontaminate")
+        self.ngram_file, self.n = ngram_file, n
+        self._grams = None
+
+    def process(self, doc):
+        if self._grams is None:
+            import numpy as np
+
+            self._grams = set(np.load(self.ngram_file).tolist())
+        if not self._grams.isdisjoint(textops.ngram_hashes(doc.text, self.n)):
+            return f"shares a {self.n}-gram with an evaluation set"
+        return doc
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+class IntermediateWriter(PipelineStep):
+    """End of the filter stage: writes the task's documents (one parquet file per task, also when
+    empty, so task `rank` of the next stage reads file `rank`), their exact-dedup hashes and the tallies."""
+
+    type = "llm-recipes"
+    name = "write filtered"
+
+    def __init__(self, folder: str, ledger_dir: str, tallied: list):
+        super().__init__()
+        self.folder, self.ledger_dir, self.tallied = folder, ledger_dir, tallied
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        import numpy as np
+
+        rows, hashes = [], []
+        for doc in data:
+            rows.append(_row(doc))
+            hashes.append(textops.text_hash(doc.text))
+        write_parquet_atomic(Path(self.folder) / f"{rank:05d}.parquet", rows)
+        _atomic_save_npy(Path(self.folder) / f"{rank:05d}.hashes.npy", np.array(hashes, dtype=np.uint64))
+        save_ledger(self.ledger_dir, rank, self.tallied)
+        return
+        yield  # a generator, like every step
+
+
+class SplitWriter(PipelineStep):
+    """End of the final stage: assigns each document to train or validation by a hash of its id and
+    writes parquet shards, flushing every `shard_bytes` so memory does not grow with the corpus."""
+
+    type = "llm-recipes"
+    name = "split and write"
+
+    def __init__(self, output_dir: str, validation_fraction: float, seed: int, ledger_dir: str, tallied: list,
+                 shard_bytes: int = 64 << 20):
+        super().__init__()
+        self.output_dir, self.validation_fraction, self.seed = output_dir, validation_fraction, seed
+        self.ledger_dir, self.tallied, self.shard_bytes = ledger_dir, tallied, shard_bytes
+        self.tally = Tally("split")
+
+    def split_of(self, doc_id: str) -> str:
+        digest = hashlib.blake2b(f"{self.seed}:{doc_id}".encode(), digest_size=8).digest()
+        return "validation" if int.from_bytes(digest, "little") / 2**64 < self.validation_fraction else "train"
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        self.tally.reset()
+        buffers = {"train": [], "validation": []}
+        sizes = {"train": 0, "validation": 0}
+        parts = {"train": 0, "validation": 0}
+        lengths = []
+
+        def flush(split):
+            if buffers[split]:
+                write_parquet_atomic(Path(self.output_dir) / split / f"{rank:05d}-{parts[split]:03d}.parquet",
+                                     buffers[split])
+                parts[split] += 1
+                buffers[split], sizes[split] = [], 0
+
+        for doc in data:
+            self.tally.seen(doc)
+            self.tally.passed(doc)
+            split = self.split_of(doc.id)
+            self.tally.extra[f"{split} documents"] += 1
+            self.tally.extra[f"{split} bytes"] += _nbytes(doc.text)
+            lengths.append(len(doc.text))
+            buffers[split].append(_row(doc))
+            sizes[split] += _nbytes(doc.text)
+            if sizes[split] >= self.shard_bytes:
+                flush(split)
+        for split in buffers:
+            flush(split)
+        save_ledger(self.ledger_dir, rank, [*self.tallied, self], lengths=length_histogram(lengths))
+        return
+        yield
+
+
+def _row(doc: Document) -> dict:
+    return {"text": doc.text, "id": doc.id, **{k: doc.metadata.get(k, "") for k in COLUMNS if k not in ("text", "id")}}
+
+
+HIST_EDGES = [0, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 10**12]
+
+
+def length_histogram(lengths: list[int]) -> list[int]:
+    import bisect
+
+    counts = [0] * (len(HIST_EDGES) - 1)
+    for n in lengths:
+        counts[min(bisect.bisect_right(HIST_EDGES, n) - 1, len(counts) - 1)] += 1
+    return counts
+
+
+def save_ledger(folder: str, rank: int, steps: list, **extra) -> None:
+    from ..fileio import atomic_write_json
+
+    atomic_write_json(Path(folder) / f"{rank:05d}.json", {"steps": [s.tally.to_dict() for s in steps], **extra})
+
+
+def _atomic_save_npy(path: Path, array) -> None:
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)

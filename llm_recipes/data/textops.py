@@ -1,0 +1,176 @@
+"""Pure text operations of the clean stage: unicode repair, markup and boilerplate removal, PII
+placeholders, n-gram hashes for decontamination. Each is a plain function of a string, tested on
+crafted inputs; `steps.py` wraps them as datatrove pipeline steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import unicodedata
+
+# ------------------------------------------------------------------------------------------------ unicode
+
+def repair_unicode(text: str) -> str:
+    """Fixes mojibake (`cafÃ©` -> `café`), HTML entities left in plain text, and normalizes to NFC.
+
+    ftfy's `fix_text` with its defaults also un-curls quotes; we keep them, since a tokenizer should
+    see the characters writers use.
+    """
+    import ftfy
+
+    text = ftfy.fix_text(text, uncurl_quotes=False, fix_latin_ligatures=True, fix_character_width=True,
+                         normalization="NFC")
+    # control characters other than tab/newline carry no text; zero-width spaces hide inside words
+    text = _CONTROL.sub("", text)
+    return unicodedata.normalize("NFC", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u200c\u200d\u2060\ufeff]")
+
+# ------------------------------------------------------------------------------------------------ markup
+
+_HTML_HINT = re.compile(r"<(?:html|body|div|p|span|a|br|table|script|style|head|!DOCTYPE)\b", re.I)
+_TAG = re.compile(r"<[^<>]{1,400}?>")
+_SCRIPT_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
+_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_MD_LINK = re.compile(r"\[([^\]]+)\]\((?:https?://|/|#|\.)[^)\s]*(?:\s+\"[^\"]*\")?\)")
+_MD_HEADER = re.compile(r"^(#{1,6})\s+(?=\S)", re.M)
+_MD_EMPHASIS = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
+_MD_RULE = re.compile(r"^\s*(?:[-*_]\s*){3,}$", re.M)
+_REST_ROLE = re.compile(r":(?:[a-z]+:)?[a-z]+:`~?!?([^`<]+?)(?:\s*<[^>]*>)?`")
+_REST_DIRECTIVE = re.compile(r"^(\s*)\.\.\s+([a-z-]+)::\s*", re.M)
+# section adornment: a line of one repeated punctuation character under (or over) a title
+_REST_ADORNMENT = re.compile(r"^[ \t]*([=\-~*^#+`'\"_])\1{2,}[ \t]*$\n?", re.M)
+
+
+def looks_like_html(text: str) -> bool:
+    return bool(_HTML_HINT.search(text[:5000]))
+
+
+def strip_html(text: str) -> str:
+    """Main text of an HTML document (trafilatura); falls back to removing tags when it finds none."""
+    from .sources import html_to_text
+
+    extracted, _ = html_to_text(text)
+    if extracted:
+        return extracted
+    import html as html_lib
+
+    return html_lib.unescape(_TAG.sub(" ", _SCRIPT_STYLE.sub(" ", text))).strip()
+
+
+def strip_markdown(text: str) -> str:
+    """Removes markdown formatting (headers, emphasis, links, images, rules) and keeps the words."""
+    text = _MD_IMAGE.sub(lambda m: m.group(1), text)
+    text = _MD_LINK.sub(lambda m: m.group(1), text)
+    text = _MD_HEADER.sub("", text)
+    text = _MD_EMPHASIS.sub(lambda m: m.group(2), text)
+    return _REST_ADORNMENT.sub("", _MD_RULE.sub("", text))
+
+
+def strip_rest_roles(text: str) -> str:
+    """reST/Sphinx markup in docstrings: `:func:`os.path.join`` -> `os.path.join`; `.. note::` -> `Note:`."""
+    text = _REST_ROLE.sub(lambda m: m.group(1).strip(), text)
+    text = _REST_ADORNMENT.sub("", text)
+    return _REST_DIRECTIVE.sub(lambda m: f"{m.group(1)}{m.group(2).replace('-', ' ').capitalize()}: ", text)
+
+
+# Lines that are page furniture rather than content: navigation, cookie banners, share buttons.
+_BOILERPLATE = re.compile(
+    r"^\s*(?:skip to (?:main )?content|toggle navigation|main menu|back to top|"
+    r"(?:we|this (?:site|website)) uses? cookies.*|accept(?: all)? cookies|cookie (?:settings|policy|preferences)|"
+    r"share (?:on|this)\b.*|follow us on\b.*|subscribe to (?:our|the) newsletter.*|"
+    r"all rights reserved\.?|copyright ©.*|© \d{4}.*|sign in|log in|sign up|"
+    r"(?:home|menu|search)(?:\s*[|/>»›]\s*\w[\w ]{0,30}){1,8}|"
+    r"previous(?: page)?\s*[|/]?\s*next(?: page)?|read more|click here.*|loading\.\.\.)\s*$",
+    re.I | re.M)
+
+
+def remove_boilerplate_lines(text: str) -> tuple[str, int]:
+    """Drops navigation, cookie and share lines. Returns (text, number of lines removed)."""
+    lines = text.split("\n")
+    kept = [line for line in lines if not _BOILERPLATE.match(line)]
+    return "\n".join(kept), len(lines) - len(kept)
+
+
+def collapse_blank_lines(text: str) -> str:
+    return re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+\n", "\n", text)).strip()
+
+
+# ------------------------------------------------------------------------------------------------ PII
+
+EMAIL_PLACEHOLDER = "<EMAIL>"
+IP_PLACEHOLDER = "<IP_ADDRESS>"
+PHONE_PLACEHOLDER = "<PHONE>"
+
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
+_IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])")
+_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}(?![\w:])")
+# +1 (555) 123-4567, 555-123-4567, +44 20 7946 0958, 030 1234 5678: digit groups joined by separators,
+# at least 9 digits; plain numbers (versions, ids, years) have no such separators and are left alone.
+_PHONE = re.compile(r"(?<![\w.+-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]\d{3,4}(?![\w-]|\.\d)")
+# Reserved for documentation by RFC 2606 / RFC 6761: not anybody's address.
+_EXAMPLE_DOMAINS = ("example.com", "example.org", "example.net", "example.edu", ".example", ".test", ".invalid", ".localhost")
+
+
+def _is_personal_email(address: str) -> bool:
+    domain = address.rsplit("@", 1)[-1].lower()
+    return not any(domain == d or domain.endswith(d if d.startswith(".") else "." + d) for d in _EXAMPLE_DOMAINS)
+
+
+def _is_public_ip(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_global
+    except ValueError:
+        return False
+
+
+def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
+    """Replaces emails, public IP addresses and phone numbers with placeholders.
+
+    Addresses on documentation domains (example.com) and private or reserved IPs (127.0.0.1,
+    192.168.x.x, documentation ranges) identify nobody and are kept: Python's own docs are full of them.
+
+    Returns:
+        (scrubbed text, counts per kind).
+    """
+    counts = {"email": 0, "ip": 0, "phone": 0}
+
+    def sub(kind, placeholder, keep_if=None):
+        def repl(match):
+            if keep_if is not None and not keep_if(match.group(0)):
+                return match.group(0)
+            counts[kind] += 1
+            return placeholder
+        return repl
+
+    text = _EMAIL.sub(sub("email", EMAIL_PLACEHOLDER, _is_personal_email), text)
+    text = _IPV4.sub(sub("ip", IP_PLACEHOLDER, _is_public_ip), text)
+    text = _IPV6.sub(sub("ip", IP_PLACEHOLDER, _is_public_ip), text)
+    text = _PHONE.sub(sub("phone", PHONE_PLACEHOLDER, lambda s: sum(c.isdigit() for c in s) >= 9), text)
+    return text, counts
+
+
+# ------------------------------------------------------------------------------------------------ n-grams
+
+_WORD = re.compile(r"\w+")
+
+
+def ngram_hashes(text: str, n: int) -> set[int]:
+    """64-bit hashes of the lower-cased word n-grams of a text (whole text when shorter than n words)."""
+    words = _WORD.findall(text.lower())
+    if not words:
+        return set()
+    if len(words) < n:
+        grams = [" ".join(words)]
+    else:
+        grams = (" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+    return {int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little") for g in grams}
+
+
+def text_hash(text: str) -> int:
+    """Exact-duplicate key: whitespace-normalized text, 64-bit."""
+    normalized = " ".join(text.split())
+    return int.from_bytes(hashlib.blake2b(normalized.encode("utf-8"), digest_size=8).digest(), "little")
