@@ -333,12 +333,12 @@ def pretokenize(dataset, tokenizer, output_dir: str | os.PathLike, text_column: 
         else:
             _remove_shards(output_dir)
     docs_done = sum(s["num_documents_read"] for s in shards)
+    total = len(dataset) if isinstance(dataset, datasets.Dataset) else None
     if docs_done:
         print(f"pretokenize: resuming after {len(shards)} finished shard(s), {docs_done:,} documents")
         dataset = dataset.skip(docs_done)
 
     encode = DocumentEncoder(tokenizer)
-    total = len(dataset) if isinstance(dataset, datasets.Dataset) else None
     started = time.perf_counter()
 
     def batches() -> Iterator[list[str]]:
@@ -367,7 +367,7 @@ def pretokenize(dataset, tokenizer, output_dir: str | os.PathLike, text_column: 
 
     pieces: list[np.ndarray] = []
     piece_tokens, piece_docs_read, piece_docs = 0, 0, 0
-    bar = tqdm(total=total, initial=docs_done if total else 0, desc="pretokenize", unit="doc", disable=not show_progress)
+    bar = tqdm(total=total, initial=docs_done, desc="pretokenize", unit="doc", disable=not show_progress)
 
     def flush() -> None:
         nonlocal pieces, piece_tokens, piece_docs_read, piece_docs
