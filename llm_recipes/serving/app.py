@@ -221,6 +221,8 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     # -- generation ------------------------------------------------------------------------------
 
     async def _respond(body, prompt_ids: list[int], chat: bool):
+        if not prompt_ids:
+            raise APIError(400, "the prompt is empty", param="prompt")
         max_tokens = _resolve_max_tokens(body.max_tokens, len(prompt_ids), settings)
         request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         events = _generate(engine, tokenizer, prompt_ids, max_tokens, body, stop_ids, settings.request_timeout_s)

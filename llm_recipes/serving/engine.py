@@ -104,6 +104,10 @@ class GenerationEngine:
     # -- public ----------------------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest) -> None:
+        if not request.prompt_ids:
+            raise ValueError("a generation request needs at least one prompt token")
+        if request.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")
         if self._stop.is_set():
             raise RuntimeError("the generation engine is shut down")
         try:
@@ -139,8 +143,15 @@ class GenerationEngine:
                 newcomers = [r for r in newcomers if not self._drop_if_cancelled(r)]
                 with torch.inference_mode():
                     if newcomers:
-                        # prefill, then their first token; survivors join the running batch
-                        new_rows, new_state = self._sample_and_emit(*self._prefill(newcomers))
+                        # prefill, then their first token; survivors join the running batch. A failure
+                        # here fails only the newcomers, not the sequences already running.
+                        try:
+                            new_rows, new_state = self._sample_and_emit(*self._prefill(newcomers))
+                        except Exception as e:
+                            logger.exception("prefill failed")
+                            for r in newcomers:
+                                r.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
+                            new_rows = []
                         if new_rows:
                             rows, state = self._merge(rows, state, new_rows, new_state)
                     if rows:
