@@ -96,7 +96,9 @@ def main() -> int:
         seconds = time.time() - started
         results = json.loads((run / "evaluate" / "eval_results.json").read_text())
         for name, model in results["models"].items():
-            print(name, {t: r["seconds"] for t, r in model["results"].items()})
+            held = model["results"]["heldout"]
+            print(name, {t: r["seconds"] for t, r in model["results"].items()},
+                  f"held-out: {held['tokens']} tokens, {held['tokens'] / held['seconds']:.0f} tokens/s")
         print(f"evaluate stage: exit {code}, {seconds:.1f}s wall; load average {os.getloadavg()}")
     return code
 

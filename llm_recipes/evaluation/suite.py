@@ -12,7 +12,7 @@ from typing import Any
 
 from ..fileio import atomic_write_json, atomic_write_text
 from .data import ChoiceTask, load_choice_task, load_heldout_texts, load_preferences, load_qa
-from .models import EvalInputError, count_parameters, load_model_and_tokenizer
+from .models import EvalInputError, check_model_dir, count_parameters, load_model_and_tokenizer
 
 PARTIAL = "partial_results.json"
 
@@ -168,6 +168,8 @@ def run_evaluation(cfg) -> dict[str, Any]:
         name, path = spec.split("=", 1) if "=" in spec else (Path(spec).parent.name, spec)
         curves[name] = read_metrics_file(path)
     tasks = load_tasks(cfg)
+    for path in models.values():
+        check_model_dir(path, cfg.tokenizer_name_or_path)  # a missing tokenizer fails now, not after an hour
 
     partial_path = output_dir / PARTIAL
     partial = json.loads(partial_path.read_text(encoding="utf-8")) if partial_path.is_file() else {}
