@@ -26,6 +26,7 @@ def test_openai_client_chat_and_completions(server):
     url, *_ = server
     client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
 
     messages = [{"role": "system", "content": "You answer questions about Python."},
                 {"role": "user", "content": "What does os.path.join do?"}]

@@ -178,6 +178,11 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": created,
                                             "owned_by": "llm_recipes"}]}
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model_info(model_id: str):
+        _check_model(model_id, settings)
+        return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "llm_recipes"}
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         _check_model(body.model, settings)
