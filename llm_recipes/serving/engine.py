@@ -164,8 +164,8 @@ class GenerationEngine:
                     row.request.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
                 rows, state = [], None
                 self.running = 0
-        for row in rows:
-            row.request.emit(("error", "server shutting down"))
+        for request in [row.request for row in rows] + self._take(self._queue.maxsize + 1):
+            request.emit(("error", "server shutting down"))
 
     def _take(self, n: int) -> list[GenerationRequest]:
         taken = []
