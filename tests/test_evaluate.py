@@ -218,14 +218,14 @@ def test_stage_writes_results_comparison_and_model_cards_and_resumes(tiny_model_
 
     clean, base, sft, qa, prefs, metrics = _stage_inputs(tmp_path, tiny_model_dir)
     out = tmp_path / "evaluate"
-    argv = ["--models", f"base={base}", f"sft={sft}", "--heldout_data", str(clean),
+    argv = ["--models", f"sft={sft}", f"base={base}", "--heldout_data", str(clean),
             "--choice_tasks", "builtin:english_cloze", "builtin:python_docs_mc", "--max_items_per_task", "8",
             "--qa_data", str(qa), "--max_new_tokens", "8", "--preference_data", str(prefs),
             "--metrics_files", f"pretrain={metrics}", "--output_dir", str(out), "--per_device_eval_batch_size", "4"]
     assert main(argv) == 0
     results = json.loads((out / "eval_results.json").read_text())
-    assert list(results["models"]) == ["base", "sft"]
-    assert set(results["tasks"]) == {"heldout", "english_cloze", "python_docs_mc", "qa", "preferences"}
+    assert list(results["models"]) == ["sft", "base"]  # the order asked for
+    assert list(results["tasks"]) == ["heldout", "english_cloze", "python_docs_mc", "qa", "preferences"]
     sft_results = results["models"]["sft"]["results"]
     assert sft_results["heldout"]["documents"] == 6 and sft_results["english_cloze"]["n"] == 8
     assert 0 <= sft_results["qa"]["f1"] <= 1 and sft_results["preferences"]["n"] == 2
@@ -378,3 +378,31 @@ def test_models_spec_names_and_checkpoint_globs(tmp_path):
         parse_models(["a=x", "a=y"])
     with pytest.raises(EvalInputError, match="no folder matches"):
         parse_models([f"c={tmp_path}/nothing-*"])
+
+
+def test_stock_transformers_model_is_scored_next_to_ours(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """A stock architecture (GPT-2: absolute positions, its own code in transformers) goes through the same
+    scorer as RecipeGPT, so a baseline is comparable; bits per byte does not depend on the tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from llm_recipes.evaluate import main
+    from llm_recipes.tokenization import save_tokenizer
+
+    torch.manual_seed(0)
+    stock = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=128, n_embd=32, n_layer=1,
+                                       n_head=2, bos_token_id=tiny_tokenizer.bos_token_id,
+                                       eos_token_id=tiny_tokenizer.eos_token_id))
+    stock.save_pretrained(tmp_path / "gpt2")
+    save_tokenizer(tiny_tokenizer, tmp_path / "gpt2")
+    held = write_jsonl(tmp_path / "held.jsonl", [{"text": "The for statement iterates over a sequence. " * 12}])
+    out = tmp_path / "eval"
+    assert main(["--models", f"ours={tiny_model_dir}", f"gpt2={tmp_path / 'gpt2'}", "--heldout_data", str(held),
+                 "--max_length", "64", "--choice_tasks", "builtin:english_cloze", "--output_dir", str(out),
+                 "--update_model_card", "false"]) == 0
+    results = json.loads((out / "eval_results.json").read_text())["models"]
+    assert json.loads((tmp_path / "gpt2" / "config.json").read_text())["model_type"] == "gpt2"
+    for name in ("ours", "gpt2"):
+        held_out = results[name]["results"]["heldout"]
+        assert held_out["max_length"] == 64 and held_out["tokens"] > 64  # several windows
+        assert math.isfinite(held_out["bits_per_byte"]) and 0 <= results[name]["results"]["english_cloze"]["acc"] <= 1

@@ -76,13 +76,22 @@ def comparison_markdown(results: dict[str, Any], curves: dict[str, list[dict]] |
             rows = [r for r in records if any(k in r for k in keys)]
             if not rows:
                 continue
-            every = max(1, len(rows) // 10)
-            picked = rows[::every] + ([rows[-1]] if (len(rows) - 1) % every else [])
+            # evaluation records are rarer than training ones: thin each kind to about ten rows on its own
+            evals = [r for r in rows if any(k in r for k in keys if k != "loss")]
+            trains = [r for r in rows if not any(k in r for k in keys if k != "loss")]
+            picked = sorted(_thin(evals) + _thin(trains), key=lambda r: r.get("step", 0))
             lines += [f"### {name}", "", "| step | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
             for r in picked:
                 lines.append(f"| {r.get('step', '')} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _thin(rows: list[dict], keep: int = 10) -> list[dict]:
+    if len(rows) <= keep:
+        return rows
+    every = len(rows) / keep
+    return [rows[int(i * every)] for i in range(keep - 1)] + [rows[-1]]
 
 
 def read_metrics_file(path: str | Path) -> list[dict]:

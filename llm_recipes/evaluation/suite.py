@@ -201,7 +201,8 @@ def run_evaluation(cfg) -> dict[str, Any]:
             entry["results"][task.name] = cached["tasks"][task.name]["result"]
         results["models"][name] = entry
 
-    atomic_write_json(output_dir / "eval_results.json", results)
+    # not atomic_write_json: it sorts keys, and the order of models and tasks is the order asked for
+    atomic_write_text(output_dir / "eval_results.json", json.dumps(results, indent=2, default=str) + "\n")
     atomic_write_text(output_dir / "comparison.md", comparison_markdown(results, curves))
     comparison_plot(results, output_dir / "comparison.png", curves)
     lm_eval_dir = write_lm_eval_heldout_task(output_dir, cfg)
