@@ -48,6 +48,20 @@ class ServeConfig:
     seed: int = field(default=0, metadata={"help": "global torch seed (requests may pass their own `seed`)"})
 
 
+def _mask_secret_in_run_info(path: str, secret: str | None) -> None:
+    """run_info.json records the command line; an `--api_key` given there must not land on disk."""
+    import json
+
+    from .fileio import atomic_write_text
+
+    if not secret or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if secret in text:
+        atomic_write_text(path, text.replace(json.dumps(secret)[1:-1], "***"))
+
+
 def main(argv: list[str] | None = None) -> int:
     (cfg,) = parse_config([ServeConfig], argv, stage="serve", positional="model_path")
     import torch
@@ -74,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     save_resolved_config(cfg.output_dir, ServeConfig(**{**cfg.__dict__, "api_key": "***" if api_key else None}),
                          stage="serve")
+    _mask_secret_in_run_info(os.path.join(cfg.output_dir, "run_info.json"), api_key)
     settings = app.app.state.settings
     server = ServerThread(app, host=cfg.host, port=cfg.port, log_level="info")
     print(f"serving {settings.model_name!r} from {cfg.model_path} (context {settings.context_window} tokens, "

@@ -226,3 +226,43 @@ def test_full_queue_answers_503_and_recovers(tiny_model_dir, tmp_path):
         waiting.join(60)
         assert first["r"].status_code == 200  # the queued request is served once the worker is free
         assert httpx.get(f"{url}/health").json()["status"] == "ok"
+
+
+def test_serve_command_end_to_end(tiny_model_dir, tmp_path):
+    """`python -m llm_recipes.serve DIR` as a user runs it: serves, stops cleanly on SIGTERM, marks the stage
+    complete, and never writes the API key (given on the command line) to disk."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "serve"
+    proc = subprocess.Popen([sys.executable, "-m", "llm_recipes.serve", str(tiny_model_dir), "--output_dir", str(out),
+                             "--port", str(port), "--api_key", "k3y-from-env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        headers = {"Authorization": "Bearer k3y-from-env"}
+        name = httpx.get(url + "/v1/models", headers=headers).json()["data"][0]["id"]
+        assert name == tiny_model_dir.name
+        saved = httpx.post(url + "/v1/feedback", headers=headers, json={
+            "messages": [{"role": "user", "content": "q"}], "completion": "a", "rating": "up"})
+        assert saved.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert "1 feedback rows" in output
+    assert json.loads((out / "stage_complete.json").read_text())["feedback_rows"] == 1
+    for name in ("resolved_config.yaml", "run_info.json"):
+        assert "k3y-from-env" not in (out / name).read_text()
