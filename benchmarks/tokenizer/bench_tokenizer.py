@@ -67,12 +67,16 @@ def ours_stage(corpus: str, vocab_size: int, max_document_chars: int) -> float:
         return time.perf_counter() - started
 
 
-def one_run(kind: str, corpus: str, vocab_size: int, max_document_chars: int) -> float:
-    """Each measurement in a fresh process: no warm caches or allocator state carried between runs."""
-    code = (f"import bench_tokenizer as b, glob; files = sorted(glob.glob({corpus!r} + '/train/*.parquet'));"
-            f"print(b.{kind}(" + ("files" if kind != "ours_stage" else repr(corpus)) + f", {vocab_size}, {max_document_chars}))")
+def one_run(kind: str, corpus: str, vocab_size: int, max_document_chars: int) -> tuple[float, float]:
+    """Each measurement in a fresh process: no warm caches or allocator state carried between runs.
+    Returns (wall seconds, CPU seconds of user + system time over the timed call, all threads)."""
+    code = (f"import bench_tokenizer as b, glob, os; files = sorted(glob.glob({corpus!r} + '/train/*.parquet'));"
+            "t0 = os.times(); wall = b." + kind + "(" + ("files" if kind != "ours_stage" else repr(corpus))
+            + f", {vocab_size}, {max_document_chars}); t1 = os.times();"
+            "print(wall, (t1.user - t0.user) + (t1.system - t0.system))")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    wall, cpu = out.stdout.strip().splitlines()[-1].split()
+    return float(wall), float(cpu)
 
 
 def packing(corpus: str, tokenizer_dir: str, seq_len: int) -> dict:
@@ -132,14 +136,21 @@ def main() -> int:
     results: dict = {"machine": os.uname().machine, "cpus": os.cpu_count(), "load_before": os.getloadavg()}
     if not args.skip_training:
         times: dict[str, list[float]] = {"plain_bpe": [], "ours_train": [], "ours_stage": []}
+        cpu: dict[str, list[float]] = {k: [] for k in times}
         for r in range(args.repeats):
             for kind in times:
-                times[kind].append(one_run(kind, args.corpus, args.vocab_size, args.max_document_chars))
-                print(f"repeat {r}: {kind} {times[kind][-1]:.2f} s", file=sys.stderr)
+                wall, cpu_s = one_run(kind, args.corpus, args.vocab_size, args.max_document_chars)
+                times[kind].append(wall)
+                cpu[kind].append(cpu_s)
+                print(f"repeat {r}: {kind} {wall:.2f} s wall, {cpu_s:.2f} s CPU", file=sys.stderr)
         med = {k: statistics.median(v) for k, v in times.items()}
-        results["training"] = {"runs_s": times, "median_s": med,
+        med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+        # CPU time barely moves with the load from other processes; wall time does
+        results["training"] = {"runs_s": times, "median_s": med, "cpu_runs_s": cpu, "median_cpu_s": med_cpu,
                                "ratio_train_over_plain": round(med["ours_train"] / med["plain_bpe"], 3),
-                               "ratio_stage_over_plain": round(med["ours_stage"] / med["plain_bpe"], 3)}
+                               "ratio_stage_over_plain": round(med["ours_stage"] / med["plain_bpe"], 3),
+                               "cpu_ratio_train_over_plain": round(med_cpu["ours_train"] / med_cpu["plain_bpe"], 3),
+                               "cpu_ratio_stage_over_plain": round(med_cpu["ours_stage"] / med_cpu["plain_bpe"], 3)}
     if not args.skip_packing:
         with tempfile.TemporaryDirectory() as tok_dir:
             from llm_recipes.train_tokenizer import TrainTokenizerConfig, run
