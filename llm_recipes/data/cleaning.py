@@ -42,9 +42,9 @@ class CleanSettings:
     compare_profiles_sample: float = 0.1
     exact_dedup: bool = True
     near_dedup: bool = True
-    minhash_ngram: int = 5
-    minhash_buckets: int = 14
-    minhash_hashes_per_bucket: int = 8
+    minhash_ngram: int = 3
+    minhash_buckets: int = 20
+    minhash_hashes_per_bucket: int = 3
     pii: bool = True
     decontamination_files: list = field(default_factory=list)
     decontamination_ngram: int = 13
