@@ -406,3 +406,25 @@ def test_stock_transformers_model_is_scored_next_to_ours(tiny_model_dir, tiny_to
         held_out = results[name]["results"]["heldout"]
         assert held_out["max_length"] == 64 and held_out["tokens"] > 64  # several windows
         assert math.isfinite(held_out["bits_per_byte"]) and 0 <= results[name]["results"]["english_cloze"]["acc"] <= 1
+
+
+def test_continuations_longer_than_the_context_window_are_scored_in_pieces(tiny_model_dir):
+    """A long answer (preference pairs, QA references) must not crash or lose tokens when context +
+    continuation exceed max_length: each continuation token is scored exactly once."""
+    from llm_recipes.evaluation import load_model_and_tokenizer
+
+    model, tokenizer, _ = load_model_and_tokenizer(tiny_model_dir, device="cpu")
+    scorer = _scorer(model, tokenizer, max_length=16, batch_size=3)
+    for n_context, n_cont in ((3, 5), (40, 5), (3, 40), (30, 33)):
+        full = list(range(3, 3 + n_context + n_cont))
+        windows = scorer.continuation_windows(full, n_context)
+        targets = [t for ids, keep in windows for t in ids[-keep:]]
+        assert targets == full[n_context:]
+        assert all(len(ids) <= 17 for ids, _ in windows)
+    context, answer = "Question: what does it do?", " It joins path components. " * 8
+    short, long_ = scorer.score_continuations([(context, " It joins."), (context, answer)])
+    assert long_.tokens == len(scorer.encode_pair(context, answer)[1]) > 16
+    assert math.isfinite(long_.logprob) and long_.logprob < short.logprob
+    # with a window big enough for everything, the same tokens are scored in one piece
+    whole = _scorer(model, tokenizer, max_length=256).score_continuations([(context, answer)])[0]
+    assert whole.tokens == long_.tokens

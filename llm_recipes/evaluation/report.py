@@ -48,7 +48,7 @@ def comparison_markdown(results: dict[str, Any], curves: dict[str, list[dict]] |
     for task, metric, lower in columns:
         values = [m["results"].get(task, {}).get(metric) for m in models.values()]
         values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-        if len(values) > 1:
+        if len(values) > 1 and len(set(values)) > 1:  # nothing to mark when every model scores the same
             best[(task, metric)] = min(values) if lower else max(values)
     for name, model in models.items():
         row = [name, f"{model.get('parameters', 0) / 1e6:.2f}M" if model.get("parameters") else ""]

@@ -204,20 +204,39 @@ class LMScorer:
         return [TextScore(nll=nll[i], tokens=len(encoded[i]), bytes=len(t.encode("utf-8")), words=count_words(t))
                 for i, t in enumerate(texts)]
 
+    def continuation_windows(self, full: list[int], first_target: int) -> list[tuple[list[int], int]]:
+        """Windows that score full[first_target:] given everything before it, each at most max_length long.
+
+        Usually one window: the continuation plus as much of the context as fits (the far end of a long
+        context is dropped). A continuation longer than max_length is cut into windows from its end
+        backwards, so the first piece still sees the context."""
+        windows, end = [], len(full) - 1
+        while end >= first_target:
+            start = max(0, end - self.max_length)  # window input is full[start:end], targets full[start+1:end+1]
+            low = max(first_target, start + 1)
+            windows.append((full[start:end + 1], end - low + 1))
+            end = low - 1
+        return windows[::-1]
+
     def score_continuations(self, pairs: Sequence[tuple[str, str]], desc: str = "log-likelihood"
                             ) -> list[ContinuationScore]:
         """log p(continuation | context) for each (context, continuation) pair."""
-        windows = []
-        for context, continuation in pairs:
+        windows, owner, lengths = [], [], []
+        for index, (context, continuation) in enumerate(pairs):
             context_ids, continuation_ids = self.encode_pair(context, continuation)
             if not continuation_ids:
                 raise ValueError(f"continuation {continuation!r} encodes to no tokens")
-            ids = context_ids + continuation_ids
-            if len(ids) > self.max_length + 1:
-                ids = ids[-(self.max_length + 1):]  # keep the end: the continuation and the nearest context
-            windows.append((ids, len(continuation_ids)))
+            for window in self.continuation_windows(context_ids + continuation_ids, len(context_ids)):
+                windows.append(window)
+                owner.append(index)
+            lengths.append(len(continuation_ids))
         scored = self._score_windows(windows, desc, "request")
-        return [ContinuationScore(logprob=math.fsum(lp), tokens=len(lp), greedy=all(g)) for lp, g in scored]
+        logprobs: list[list[float]] = [[] for _ in pairs]
+        greedy = [True] * len(pairs)
+        for index, (window_logprobs, window_greedy) in zip(owner, scored):
+            logprobs[index] += window_logprobs
+            greedy[index] = greedy[index] and all(window_greedy)
+        return [ContinuationScore(logprob=math.fsum(lp), tokens=len(lp), greedy=g) for lp, g in zip(logprobs, greedy)]
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, desc: str = "generate") -> list[str]:
         """Greedy completions of prompts (already formatted, e.g. by a chat template), batched with left padding."""
