@@ -88,8 +88,11 @@ def sample_generations(model_dir: Path, chat: bool, max_new_tokens: int = 40) ->
                                                 return_tensors="pt", return_dict=True)["input_ids"]
         else:
             ids = tokenizer(prompt, return_tensors="pt").input_ids
+        room = model.config.max_position_embeddings - ids.shape[1]  # never generate past the trained context
+        if room <= 0:
+            continue
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.2,
+            out = model.generate(ids, max_new_tokens=min(max_new_tokens, room), do_sample=False, repetition_penalty=1.2,
                                  pad_token_id=tokenizer.pad_token_id)
         samples.append((prompt, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()))
     return samples
@@ -105,7 +108,10 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
     # -- stages: wall time and what each produced
     lines += ["## Stages", "", "| stage | wall time (s) | output | details |", "|---|---|---|---|"]
     total = 0.0
-    for name, info in summary.get("stages", {}).items():
+    from .pipeline import STAGE_ORDER
+
+    order = {name: i for i, (name, _) in enumerate(STAGE_ORDER)}
+    for name, info in sorted(summary.get("stages", {}).items(), key=lambda kv: order.get(kv[0], 99)):
         seconds = info.get("seconds")
         total += seconds or 0
         details = ", ".join(f"{k}={_fmt(v)}" for k, v in info.items()
@@ -119,9 +125,14 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
         lines += ["## Cleaning", "", f"Full report: [`clean/report.md`](clean/report.md)", ""]
         clean_json = _read_json(run_dir / "clean" / "report.json")
         if isinstance(clean_json, dict):
-            keep = {k: v for k, v in clean_json.items() if not isinstance(v, (dict, list))}
-            if keep:
-                lines += ["| key | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in keep.items()] + [""]
+            lines += [f"{clean_json.get('input_documents')} documents ({clean_json.get('input_bytes', 0) / 1e6:.1f} MB) in, "
+                      f"{clean_json.get('train_documents')} train + {clean_json.get('validation_documents')} validation "
+                      f"documents ({clean_json.get('output_bytes', 0) / 1e6:.1f} MB) out.", ""]
+            steps = clean_json.get("steps") or []
+            if steps:
+                lines += ["| step | documents in | documents out | bytes in | bytes out | modified |", "|---|---|---|---|---|---|"]
+                lines += [f"| {st.get('step')} | {st.get('docs_in')} | {st.get('docs_out')} | {st.get('bytes_in')} | "
+                          f"{st.get('bytes_out')} | {st.get('modified')} |" for st in steps] + [""]
         if (run_dir / "clean" / "report.png").is_file():
             lines += ["![cleaning](clean/report.png)", ""]
 
@@ -129,8 +140,12 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
     tok_json = _read_json(run_dir / "train_tokenizer" / "tokenizer_report.json") or _read_json(
         run_dir / "tokenizer" / "tokenizer_report.json")
     if isinstance(tok_json, dict):
-        lines += ["## Tokenizer", "", "| key | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in tok_json.items() if not isinstance(v, (dict, list))] + [""]
+        lines += ["## Tokenizer", "", "| tokenizer | key | value |", "|---|---|---|"]
+        for section in ("tokenizer", "validation", "reference", "vocabulary", "training"):
+            block = tok_json.get(section)
+            if isinstance(block, dict):
+                lines += [f"| {section} | {k} | {_fmt(v)} |" for k, v in block.items() if not isinstance(v, (dict, list))]
+        lines += ["", "Full report: [`tokenizer/tokenizer_report.md`](tokenizer/tokenizer_report.md)", ""]
 
     # -- loss curves
     metrics = _read_jsonl(run_dir / "pretrain" / "metrics.jsonl")
@@ -147,7 +162,9 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
     # -- evaluation across stages
     comparison = run_dir / "evaluate" / "comparison.md"
     if comparison.is_file():
-        lines += ["## Evaluation", "", comparison.read_text(encoding="utf-8").strip(), ""]
+        body = "\n".join("##" + line if line.startswith("#") else line
+                         for line in comparison.read_text(encoding="utf-8").strip().splitlines())
+        lines += ["## Evaluation", "", body, ""]
         if (run_dir / "evaluate" / "comparison.png").is_file():
             lines += ["![evaluation](evaluate/comparison.png)", ""]
     for stage in ("sft", "dpo"):

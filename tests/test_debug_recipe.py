@@ -1,0 +1,77 @@
+"""The whole pipeline, end to end, on the debug recipe: every stage's artifacts and the report card.
+
+This is the slowest test (a couple of minutes on 2 cores): it runs `llm-recipes run recipes/debug`
+exactly as a user would, in a subprocess, offline.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("debug_run")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "llm_recipes", "run", "recipes/debug", "--run_dir", str(run_dir)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return run_dir, out.stdout
+
+
+def test_every_stage_completed(debug_run):
+    run_dir, stdout = debug_run
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert list(summary["stages"]) == ["gather", "clean", "train_tokenizer", "pretrain", "sft", "dpo", "evaluate"]
+    for name, info in summary["stages"].items():
+        output_dir = Path(info["output_dir"])
+        assert (output_dir / "stage_complete.json").is_file(), name
+        assert (output_dir / "resolved_config.yaml").is_file(), name
+        assert (run_dir / "logs" / f"{name}.log").is_file(), name
+
+
+def test_artifacts_load_with_plain_libraries(debug_run):
+    run_dir, _ = debug_run
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    clean = datasets.load_dataset("parquet", data_files={"train": str(run_dir / "clean/train/*.parquet"),
+                                                         "validation": str(run_dir / "clean/validation/*.parquet")})
+    assert len(clean["train"]) > 0 and len(clean["validation"]) > 0
+    assert {"text", "source", "location", "title"} <= set(clean["train"].column_names)
+    assert (run_dir / "clean" / "report.md").is_file() and (run_dir / "clean" / "report.png").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    assert tokenizer.chat_template and "generation" in tokenizer.chat_template
+    for stage in ("pretrain", "sft", "dpo"):
+        final = run_dir / stage / "final"
+        assert (final / "model.safetensors").is_file() and (final / "modeling_recipe_gpt.py").is_file(), stage
+        model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
+        assert model.generation_config.eos_token_id is not None
+    results = json.loads((run_dir / "evaluate" / "eval_results.json").read_text())
+    assert results
+    assert (run_dir / "evaluate" / "comparison.md").is_file()
+
+
+def test_report_card(debug_run):
+    run_dir, stdout = debug_run
+    report = (run_dir / "report.md").read_text()
+    for heading in ("## Stages", "## Cleaning", "## Tokenizer", "## Pretraining", "## Evaluation",
+                    "## Sample generations", "## Versions", "## Configs"):
+        assert heading in report, heading
+    assert (run_dir / "report_loss.png").is_file()
+    assert f"everything is in {run_dir}" in stdout
+
+
+def test_rerun_skips_finished_stages(debug_run):
+    run_dir, _ = debug_run
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "llm_recipes", "run", "recipes/debug", "--run_dir", str(run_dir),
+                          "--no_report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("skipped (--force redoes it)") == 7
