@@ -40,13 +40,17 @@ def test_chat_page_streams_and_stores_feedback(browser_page, tiny_model_dir, tmp
     with running_server(tiny_model_dir, store_path) as (url, app, engine, store):
         page.goto(url + "/")
         page.wait_for_function("document.getElementById('model-name').textContent.includes('tiny')")
-        # record every text the answer shows while it streams
+        # record every text the answer shows while it streams: one mutation record per update of the
+        # answer, even when several server-sent events arrive in one network read
         page.evaluate("""() => {
             window.seenLengths = [];
-            new MutationObserver(() => {
-                const t = document.querySelector('.msg.assistant.streaming .text');
-                if (t) window.seenLengths.push(t.textContent.length);
-            }).observe(document.getElementById('conversation'), {subtree: true, childList: true, characterData: true});
+            new MutationObserver((records) => {
+                for (const record of records) {
+                    const box = record.target.closest && record.target.closest('.msg.assistant.streaming');
+                    if (!box || !record.target.classList.contains('text')) continue;
+                    for (const node of record.addedNodes) window.seenLengths.push(node.textContent.length);
+                }
+            }).observe(document.getElementById('conversation'), {subtree: true, childList: true});
         }""")
         page.fill("#max-tokens", "40")
         page.fill("#temperature", "0.8")
