@@ -428,3 +428,13 @@ def test_continuations_longer_than_the_context_window_are_scored_in_pieces(tiny_
     # with a window big enough for everything, the same tokens are scored in one piece
     whole = _scorer(model, tokenizer, max_length=256).score_continuations([(context, answer)])[0]
     assert whole.tokens == long_.tokens
+
+
+def test_heldout_budget_cuts_the_last_document(tmp_path):
+    from llm_recipes.evaluation.data import load_heldout_texts
+
+    held = write_jsonl(tmp_path / "held.jsonl", [{"text": "é" * 50}, {"text": "b" * 100}, {"text": "c" * 10}])
+    texts = load_heldout_texts(str(held), max_bytes=150)
+    assert texts == ["é" * 50, "b" * 50] and sum(len(t.encode()) for t in texts) == 150
+    assert load_heldout_texts(str(held), max_bytes=5) == ["éé"]  # a 2-byte character is never split
+    assert load_heldout_texts(str(held), max_documents=2) == ["é" * 50, "b" * 100]

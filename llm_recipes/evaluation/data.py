@@ -188,7 +188,8 @@ def heldout_files(path: str) -> list[str]:
 
 def load_heldout_texts(path: str, text_field: str = "text", max_documents: int | None = None,
                        max_bytes: int | None = None) -> list[str]:
-    """Held-out documents, in file order, up to max_documents and about max_bytes."""
+    """Held-out documents, in file order, up to max_documents and at most max_bytes UTF-8 bytes (the last
+    document is cut to fit)."""
     texts: list[str] = []
     for file in heldout_files(path):
         if file.endswith(".txt"):
@@ -208,10 +209,16 @@ def load_heldout_texts(path: str, text_field: str = "text", max_documents: int |
     if max_bytes:
         kept, total = [], 0
         for text in texts:
-            if kept and total + len(text.encode("utf-8")) > max_bytes:
+            size = len(text.encode("utf-8"))
+            if total + size > max_bytes:
+                # cut the last document to the budget (at a character boundary) rather than skip it, so one
+                # long document cannot blow the budget and a budget below the first document still scores text
+                rest = text.encode("utf-8")[:max_bytes - total].decode("utf-8", errors="ignore")
+                if rest.strip():
+                    kept.append(rest)
                 break
             kept.append(text)
-            total += len(text.encode("utf-8"))
+            total += size
         texts = kept
     return texts
 
