@@ -233,6 +233,8 @@ class Repair(TallyStep):
     """Unicode repair, markup removal by profile (HTML/markdown for web, reST roles for docs) and
     boilerplate-line removal. Documents left empty are dropped."""
 
+    name = "repair"
+
     def __init__(self, profiles: dict, profile_map: dict, unicode: bool = True, markup: bool = True,
                  boilerplate: bool = True):
         super().__init__("repair")
@@ -274,6 +276,8 @@ class Repair(TallyStep):
 class LengthGate(TallyStep):
     """Drops documents outside [min_chars, max_chars]."""
 
+    name = "length"
+
     def __init__(self, min_chars: int, max_chars: int):
         super().__init__("length")
         self.min_chars, self.max_chars = min_chars, max_chars
@@ -292,6 +296,8 @@ class ProfiledQuality(TallyStep):
     Also measures, on a deterministic sample of documents whose profile is not `web`, what the web
     profile would have removed: the report shows why documentation needs its own thresholds.
     """
+
+    name = "quality"
 
     def __init__(self, profiles: dict, profile_map: dict, compare_sample: float = 0.0):
         super().__init__("quality")
@@ -342,6 +348,8 @@ def _sampled(doc_id: str, fraction: float) -> bool:
 class ExactDedup(TallyStep):
     """Drops documents listed in `remove_dir/<rank>.json` (later copies of an identical text, over the
     whole corpus: the index is built from every task's hashes between stages)."""
+
+    name = "exact dedup"
 
     def __init__(self, remove_dir: str):
         super().__init__("exact dedup")
@@ -414,6 +422,8 @@ class NearDedup(PipelineStep):
 # ------------------------------------------------------------------------------------------- PII, decontamination
 
 class ScrubPII(TallyStep):
+    name = "pii"
+
     def __init__(self):
         super().__init__("pii")
 
@@ -427,6 +437,8 @@ class ScrubPII(TallyStep):
 
 class Decontaminate(TallyStep):
     """Drops documents sharing a word n-gram with the evaluation sets (hashes in `ngram_file`)."""
+
+    name = "decontaminate"
 
     def __init__(self, ngram_file: str, n: int):
         super().__init__("decontaminate")

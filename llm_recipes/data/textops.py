@@ -107,7 +107,7 @@ PHONE_PLACEHOLDER = "<PHONE>"
 
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
 _IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])")
-_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}(?![\w:])")
+_IPV6 = re.compile(r"(?<![\w:])[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
 # +1 (555) 123-4567, 555-123-4567, +44 20 7946 0958, 030 1234 5678: digit groups joined by separators,
 # at least 9 digits; plain numbers (versions, ids, years) have no such separators and are left alone.
 _PHONE = re.compile(r"(?<![\w.+-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]\d{3,4}(?![\w-]|\.\d)")
@@ -121,6 +121,9 @@ def _is_personal_email(address: str) -> bool:
 
 
 def _is_public_ip(address: str) -> bool:
+    # "1::2" is a valid global IPv6 address and also a Python slice: ask for 3+ groups of digits
+    if ":" in address and sum(1 for g in address.split(":") if g) < 3:
+        return False
     try:
         return ipaddress.ip_address(address).is_global
     except ValueError:

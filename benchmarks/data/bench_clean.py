@@ -1,0 +1,101 @@
+"""Clean-stage throughput (MB/s of input text) and peak memory (whole process tree) on 2 cores.
+
+    python benchmarks/data/bench_clean.py --corpus shakespeare --corpus verdict --corpus instructions
+    python benchmarks/data/bench_clean.py --corpus python-docs --packages transformers torch pandas ...
+
+Each corpus is gathered once (not timed), then `llm-recipes clean` runs in a subprocess while this script
+samples the resident memory of that process and all its children every 0.2 s. Writes a JSON line per
+run to benchmarks/data/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+RESULTS = Path(__file__).resolve().parent / "results.jsonl"
+
+
+def sources(corpus: str, packages: list[str]) -> list[dict]:
+    if corpus == "shakespeare":  # one play-text file: paragraphs (speeches) as documents
+        return [{"type": "files", "paths": [str(SHARED / "karpathy/tinyshakespeare/input.txt")], "split_text": "paragraphs"}]
+    if corpus == "verdict":
+        return [{"type": "files", "paths": [str(SHARED / "rasbt/the-verdict.txt"), str(SHARED / "rasbt/small-text-sample.txt")],
+                 "split_text": "paragraphs"}]
+    if corpus == "instructions":
+        return [{"type": "files", "paths": [str(SHARED / "rasbt/ch07/instruction-data.json")],
+                 "template": "{instruction}\n\n{input}\n\n{output}"}]
+    if corpus.startswith("python-docs"):
+        return [{"type": "python-docs", "packages": packages}]
+    raise SystemExit(f"unknown corpus {corpus}")
+
+
+def tree_rss(pid: int) -> int:
+    """Proportional set size (PSS) of a process and its children: forked workers share the parent's
+    pages, and plain RSS would count those once per process."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+            pass
+    return total
+
+
+def run(cmd: list[str]) -> tuple[float, int]:
+    start = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        time.sleep(0.2)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed with {proc.returncode}")
+    return time.time() - start, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", action="append", required=True)
+    ap.add_argument("--packages", nargs="*", default=[])
+    ap.add_argument("--work", default="/tmp/llm_recipes_bench_data")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--shard_mb", type=float, default=1.5)
+    args = ap.parse_args()
+    for corpus in args.corpus:
+        work = Path(args.work) / corpus
+        gathered = work / "gather"
+        if not (gathered / "stage_complete.json").exists():
+            subprocess.run([sys.executable, "-m", "llm_recipes.gather", "--output_dir", str(gathered), "--sources",
+                            json.dumps(sources(corpus, args.packages)), "--shard_mb", str(args.shard_mb),
+                            "--overwrite_output_dir", "true"], check=True, stdout=subprocess.DEVNULL)
+        out = work / "clean"
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        seconds, peak = run([sys.executable, "-m", "llm_recipes.clean", "--input_dir", str(gathered),
+                             "--output_dir", str(out), "--num_workers", str(args.workers)])
+        report = json.loads((out / "report.json").read_text())
+        result = {"corpus": corpus, "input_mb": round(report["input_bytes"] / 2**20, 2),
+                  "input_documents": report["input_documents"], "output_documents": report["output_documents"],
+                  "shards": report["shards"], "workers": args.workers, "wall_s": round(seconds, 1),
+                  "pipeline_s": report["seconds"], "mb_per_s_wall": round(report["input_bytes"] / 2**20 / seconds, 3),
+                  "peak_pss_mb": round(peak / 2**20), "load_avg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
+        print(json.dumps(result), flush=True)
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
