@@ -33,3 +33,72 @@ def tiny_config(output_dir, dataset_path, tokenizer_path, **overrides):
                                                num_attention_heads=4, num_key_value_heads=2))
     kwargs.update(overrides)
     return PretrainConfig(**kwargs)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_and_record(output_dir: str, clean_dir: str, tokenizer_dir: str, data_mode: str, batch: int, steps: int) -> None:
+    """Trains and writes `record_<rank>.json`: the rows this process saw per step, losses, eval metrics."""
+    import json
+    import os
+
+    from llm_recipes.training.loop import pretrain
+
+    def key(row) -> str:
+        return ",".join(map(str, row[:24].tolist()))
+
+    seen: dict[int, list[str]] = {}
+    cfg = tiny_config(output_dir, clean_dir, tokenizer_dir, max_steps=steps, per_device_train_batch_size=batch,
+                      data_mode=data_mode, shuffle_buffer=0, sample_prompts=[], eval_max_batches=2, save_steps=steps)
+    result = pretrain(cfg, on_batch=lambda step, batches: seen.__setitem__(step, [key(r) for b in batches
+                                                                                   for r in b["input_ids"]]))
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun (the process group is gone after end_training)
+    Path(output_dir, f"record_{rank}.json").write_text(
+        json.dumps({"seen": seen, "losses": result.losses, "eval": result.eval_metrics}))
+
+
+def launch_two_processes(*args) -> None:
+    """`torchrun --nproc_per_node 2` of this file on CPU (gloo): fresh interpreters, unlike a fork of the
+    test process, whose OpenMP thread pool can deadlock a forked child."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), __file__, *map(str, args)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stderr[-4000:]}")
+
+
+if __name__ == "__main__":  # the torchrun worker of launch_two_processes
+    import sys
+
+    import torch
+
+    torch.set_num_threads(1)
+    out, clean, tok, mode, batch, steps = sys.argv[1:7]
+    train_and_record(out, clean, tok, mode, int(batch), int(steps))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a shared 2-core machine two spinning OpenMP
+    threads per process make every step several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,5 +1,5 @@
-"""Two CPU processes (gloo, `accelerate.debug_launcher`): disjoint data, and the same steps as one
-process at the same global batch."""
+"""Two CPU processes (gloo, torchrun): disjoint data, and the same steps as one process at the same
+global batch."""
 
 from __future__ import annotations
 
@@ -8,38 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain_helpers import tiny_config, write_clean_dataset
-
-
-def _row_keys(batches) -> list[str]:
-    return [",".join(map(str, row[:24].tolist())) for b in batches for row in b["input_ids"]]
-
-
-def _train_and_record(output_dir: str, clean_dir: str, tokenizer_dir: str, data_mode: str, batch: int, steps: int):
-    """Runs in every launched process: trains and writes the rows this process saw plus the losses."""
-    import torch
-    import torch.distributed as dist
-
-    from llm_recipes.training.loop import pretrain
-
-    torch.set_num_threads(1)  # two processes on two cores
-    # forked children inherit the parent's (single-process) Accelerate state singleton: start clean
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    seen: dict[int, list[str]] = {}
-    cfg = tiny_config(output_dir, clean_dir, tokenizer_dir, max_steps=steps, per_device_train_batch_size=batch,
-                      data_mode=data_mode, shuffle_buffer=0, sample_prompts=[], eval_max_batches=2, save_steps=steps)
-    result = pretrain(cfg, on_batch=lambda step, batches: seen.__setitem__(step, _row_keys(batches)))
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    Path(output_dir, f"record_{rank}.json").write_text(
-        json.dumps({"seen": seen, "losses": result.losses, "eval": result.eval_metrics}))
-
-
-def _launch(*args):
-    from accelerate import debug_launcher
-
-    debug_launcher(_train_and_record, args=args, num_processes=2)
+from pretrain_helpers import launch_two_processes, train_and_record, write_clean_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +22,8 @@ def _records(folder: Path, n: int) -> list[dict]:
 
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path, clean_dir, tiny_tokenizer_dir):
     steps = 4
-    _launch(str(tmp_path / "two"), str(clean_dir), str(tiny_tokenizer_dir), "shards", 2, steps)
-    _train_and_record(str(tmp_path / "one"), str(clean_dir), str(tiny_tokenizer_dir), "shards", 4, steps)
+    launch_two_processes(tmp_path / "two", clean_dir, tiny_tokenizer_dir, "shards", 2, steps)
+    train_and_record(str(tmp_path / "one"), str(clean_dir), str(tiny_tokenizer_dir), "shards", 4, steps)
     r0, r1 = _records(tmp_path / "two", 2)
     (single,) = _records(tmp_path / "one", 1)
     for step in map(str, range(steps)):
@@ -72,7 +41,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, clean_dir, t
 
 def test_two_processes_stream_disjoint_documents(tmp_path, clean_dir, tiny_tokenizer_dir):
     """The stream shards itself across ranks (and the loader is not sharded a second time)."""
-    _launch(str(tmp_path), str(clean_dir), str(tiny_tokenizer_dir), "stream", 2, 3)
+    launch_two_processes(tmp_path, clean_dir, tiny_tokenizer_dir, "stream", 2, 3)
     r0, r1 = _records(tmp_path, 2)
     rows0 = [k for rows in r0["seen"].values() for k in rows]
     rows1 = [k for rows in r1["seen"].values() for k in rows]

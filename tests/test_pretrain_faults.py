@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from pretrain_helpers import tiny_config, write_clean_dataset
+from pretrain_helpers import tiny_config, write_clean_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
     parser.add_argument("--budget", type=float, default=180.0, help="training seconds")
+    parser.add_argument("--max_steps", type=int, default=None,
+                        help="train this many steps instead of a time budget (for tuning on a busy machine)")
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         tokenized_path=str(args.work / f"tokens-{args.vocab}"), model_preset="nano",
         model_overrides={"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
                          "num_key_value_heads": 4, "intermediate_size": 384},
-        seq_len=64, per_device_train_batch_size=args.batch, max_steps=1_000_000, max_train_seconds=args.budget,
+        seq_len=64, per_device_train_batch_size=args.batch, max_steps=args.max_steps or 1_000_000,
+        max_train_seconds=None if args.max_steps else args.budget,
         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, lr_scheduler_type=args.schedule,
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, adam_beta2=args.beta2,
         eval_steps=0, eval_max_batches=-1, per_device_eval_batch_size=64, save_steps=0, logging_steps=50,
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_bits_per_byte": round(result.eval_metrics["val_bits_per_byte"], 4),
         "val_loss_nats_per_token": round(result.eval_metrics["val_loss"], 4),
         "tokens_per_sec_median": round(steady[len(steady) // 2], 1),
-        "steps": result.step, "train_tokens": result.tokens, "budget_s": args.budget, "wall_s": round(wall, 1),
+        "steps": result.step, "train_tokens": result.tokens, "budget_s": None if args.max_steps else args.budget, "wall_s": round(wall, 1),
         "vocab": args.vocab, "batch": args.batch, "seq_len": 64, "learning_rate": args.learning_rate,
         "warmup_steps": args.warmup_steps, "schedule": args.schedule, "min_lr_ratio": args.min_lr_ratio,
         "weight_decay": args.weight_decay, "beta2": args.beta2, "threads": torch.get_num_threads(),
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.results, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps(record, indent=2))
-    print(f"\nval bits/byte {record['val_bits_per_byte']} after {args.budget:g}s "
+    print(f"\nval bits/byte {record['val_bits_per_byte']} after {record['budget_s'] or wall:.0f}s "
           f"({result.step} steps, {record['tokens_per_sec_median']:,.0f} tokens/s); appended to {args.results}")
     return 0
 
