@@ -125,7 +125,7 @@ def parse_config(config_classes: Sequence[type], argv: Sequence[str] | None = No
     if positional and rest and not rest[0].startswith("-"):
         rest = [f"--{positional}", rest[0], *rest[1:]]
     parser = HfArgumentParser(
-        list(config_classes), prog=f"llm-recipes {stage}",
+        list(config_classes), prog=f"llm-recipes {stage}", allow_abbrev=False,
         description="Options come from --config recipe.yaml (a YAML mapping of the keys below); "
                     "--key value flags override the recipe.",
     )
@@ -195,5 +195,26 @@ def run_info(stage: str) -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    return {"stage": stage, "argv": sys.argv, "python": platform.python_version(), "platform": platform.platform(),
-            "versions": versions}
+    return {"stage": stage, "argv": mask_secrets(sys.argv), "python": platform.python_version(),
+            "platform": platform.platform(), "versions": versions}
+
+
+SECRET_WORDS = ("key", "token", "password", "secret")
+
+
+def mask_secrets(argv: Sequence[str]) -> list[str]:
+    """The command line with the values of --api_key, --token, ... replaced, so no secret lands on disk."""
+    masked, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            masked.append("***")
+            hide_next = False
+            continue
+        name = arg.lstrip("-").split("=", 1)[0].lower()
+        secret = arg.startswith("--") and any(word in name for word in SECRET_WORDS)
+        if secret and "=" in arg:
+            masked.append(arg.split("=", 1)[0] + "=***")
+        else:
+            masked.append(arg)
+            hide_next = secret
+    return masked

@@ -90,6 +90,7 @@ def test_chat_page_streams_and_stores_feedback(browser_page, tiny_model_dir, tmp
         shot = tmp_path / "chat_page.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
-        from llm_recipes.fileio import atomic_write_bytes
+        if os.environ.get("LLM_RECIPES_UPDATE_DOCS"):  # refresh the picture in the docs on request only
+            from llm_recipes.fileio import atomic_write_bytes
 
-        atomic_write_bytes(REPO_ROOT / "docs" / "chat_page.png", shot.read_bytes())  # for the docs, for humans
+            atomic_write_bytes(REPO_ROOT / "docs" / "chat_page.png", shot.read_bytes())

@@ -40,6 +40,11 @@ def test_unknown_cli_flag_is_named():
         parse_config([DemoConfig], ["--output_dir", "x", "--max_stepz", "3"], stage="demo")
 
 
+def test_flag_prefixes_are_not_accepted():
+    with pytest.raises(ConfigError, match=r"unknown key 'learning_r'"):
+        parse_config([DemoConfig], ["--output_dir", "x", "--learning_r", "0.1"], stage="demo")
+
+
 def test_bad_yaml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         parse_config([DemoConfig], ["--config", str(tmp_path / "nope.yaml")])
@@ -80,3 +85,10 @@ def test_cli_unknown_stage(capsys):
 def test_console_script_installed():
     out = subprocess.run([sys.executable, "-m", "llm_recipes", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train-tokenizer" in out.stdout
+
+
+def test_secrets_are_masked_in_run_info():
+    from llm_recipes.config import mask_secrets
+
+    assert mask_secrets(["x", "--api_key", "s3cret", "--token=abc", "--max_steps", "3"]) == [
+        "x", "--api_key", "***", "--token=***", "--max_steps", "3"]
