@@ -37,7 +37,7 @@ STAGE_ORDER: list[tuple[str, str]] = [
 ]
 TRAINING_STAGES = {"pretrain", "sft", "dpo", "kto"}
 # run only when named with --stages (a recipe may carry them as ready-made examples)
-OPTIONAL_STAGES = {"kto", "push", "export"}
+OPTIONAL_STAGES = {"kto"}
 
 
 class PipelineError(RuntimeError):

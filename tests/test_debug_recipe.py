@@ -28,7 +28,8 @@ def debug_run(tmp_path_factory):
 def test_every_stage_completed(debug_run):
     run_dir, stdout = debug_run
     summary = json.loads((run_dir / "run_summary.json").read_text())
-    assert list(summary["stages"]) == ["gather", "clean", "train_tokenizer", "pretrain", "sft", "dpo", "evaluate"]
+    assert list(summary["stages"]) == ["gather", "clean", "train_tokenizer", "pretrain", "sft", "dpo", "evaluate",
+                                       "push", "export"]
     for name, info in summary["stages"].items():
         output_dir = Path(info["output_dir"])
         assert (output_dir / "stage_complete.json").is_file(), name
@@ -58,6 +59,19 @@ def test_artifacts_load_with_plain_libraries(debug_run):
     assert (run_dir / "evaluate" / "comparison.md").is_file()
 
 
+def test_hub_ready_folder_and_llama_export(debug_run):
+    run_dir, _ = debug_run
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    upload = run_dir / "push" / "upload"
+    card = (upload / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card and "custom_code" in card
+    assert AutoTokenizer.from_pretrained(upload) is not None
+    assert AutoModelForCausalLM.from_pretrained(upload, trust_remote_code=True).generation_config.eos_token_id
+    llama = AutoModelForCausalLM.from_pretrained(run_dir / "export")
+    assert isinstance(llama, LlamaForCausalLM)
+
+
 def test_report_card(debug_run):
     run_dir, stdout = debug_run
     report = (run_dir / "report.md").read_text()
@@ -74,4 +88,4 @@ def test_rerun_skips_finished_stages(debug_run):
     out = subprocess.run([sys.executable, "-m", "llm_recipes", "run", "recipes/debug", "--run_dir", str(run_dir),
                           "--no_report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("skipped (--force redoes it)") == 7
+    assert out.stdout.count("skipped (--force redoes it)") == 9
