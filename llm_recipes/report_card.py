@@ -189,6 +189,15 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
                 lines += [f"- **{prompt}** {completion}"]
             lines += [""]
 
+    # -- what to use
+    deliverables = [(run_dir / "push" / "upload", "Hub-ready folder (model, code, tokenizer, card): "
+                     "`llm-recipes push --config <recipe>/push.yaml --repo_id you/name --dry_run false`"),
+                    (run_dir / "export", "standard `LlamaForCausalLM` checkpoint for vLLM / TGI / llama.cpp"),
+                    (run_dir / "dpo" / "final", f"the aligned model: `llm-recipes serve {run_dir / 'dpo' / 'final'}`")]
+    present = [(p, what) for p, what in deliverables if (p / "config.json").is_file()]
+    if present:
+        lines += ["## Deliverables", ""] + [f"- `{p}`: {what}" for p, what in present] + [""]
+
     # -- versions and configs
     info = next((i for i in (_read_json(p) for p in sorted(run_dir.glob("*/run_info.json"))) if i), None)
     if info:
