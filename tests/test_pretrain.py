@@ -100,7 +100,7 @@ def test_final_model_loads_with_plain_transformers(tmp_path, clean_dir, tokens_d
     from llm_recipes.training.loop import pretrain
 
     result = pretrain(tiny_config(tmp_path, clean_dir, tiny_tokenizer_dir, max_steps=3, tokenized_path=str(tokens_dir),
-                                  eval_steps=3))
+                                  eval_steps=3, report_to=["tensorboard"]))
     final = result.final_dir
     model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
     tok = AutoTokenizer.from_pretrained(final)
@@ -113,6 +113,7 @@ def test_final_model_loads_with_plain_transformers(tmp_path, clean_dir, tokens_d
     assert 0 < m["val_bits_per_byte"] < m["val_loss"] / math.log(2)  # several bytes per token
     assert (tmp_path / "samples.jsonl").is_file() and (tmp_path / "stage_complete.json").is_file()
     assert "bits per byte" in (final / "README.md").read_text()
+    assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))  # the TensorBoard tracker wrote
 
 
 def test_continued_pretraining_from_model_folder(tmp_path, clean_dir, tokens_dir, tiny_model_dir):
