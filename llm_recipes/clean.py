@@ -27,7 +27,7 @@ class CleanConfig:
     compare_profiles_sample: float = field(default=0.1, metadata={"help": "Fraction of non-web documents also checked against web thresholds, to show the effect of profiles in the report (0: off)."})
     exact_dedup: bool = field(default=True, metadata={"help": "Drop exact duplicates (whitespace-normalized text) across the whole corpus."})
     near_dedup: bool = field(default=True, metadata={"help": "Drop near duplicates with datatrove's MinHash LSH across the whole corpus."})
-    minhash_ngram: int = field(default=3, metadata={"help": "Word n-gram size of MinHash shingles (FineWeb: 5; 3 finds documents with ~10% of words changed)."})
+    minhash_ngram: int = field(default=3, metadata={"help": "Word n-gram size of MinHash shingles (FineWeb: 5; 3 finds documents with ~10%% of words changed)."})
     minhash_buckets: int = field(default=20, metadata={"help": "LSH bands (FineWeb: 14)."})
     minhash_hashes_per_bucket: int = field(default=3, metadata={"help": "Hashes per band (FineWeb: 8). Similarity threshold ~ (1/buckets)^(1/hashes): 0.37 here, 0.72 for FineWeb's 14 x 8."})
     pii: bool = field(default=True, metadata={"help": "Replace emails, public IP addresses and phone numbers with <EMAIL>, <IP_ADDRESS>, <PHONE>."})

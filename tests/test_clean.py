@@ -260,3 +260,14 @@ def test_cli_and_recipes(tmp_path):
     from llm_recipes.cli import main as cli_main
 
     assert cli_main(["clean", "--input_dir", str(tmp_path / "nowhere"), "--output_dir", str(out)]) == 2
+
+
+@pytest.mark.parametrize("stage", ["gather", "clean"])
+def test_help_lists_every_key(stage, capsys):
+    from llm_recipes.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([stage, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--output_dir" in out and ("--minhash_ngram" in out or "--sources" in out)
