@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RUN_DIR_ENV, load_yaml_config
-from .fileio import atomic_write_json, clear_complete, is_complete
+from .fileio import atomic_write_text, clear_complete, is_complete
 
 # (recipe file stem, module); the order is the pipeline's
 STAGE_ORDER: list[tuple[str, str]] = [
@@ -142,7 +142,14 @@ def run_recipe(recipe_dir, run_dir, stages=None, force=False, launcher="python",
         info = json.loads((stage.output_dir / "stage_complete.json").read_text())
         summary["stages"][stage.name] = {"seconds": round(seconds, 1), "output_dir": str(stage.output_dir),
                                          "skipped_last_run": False, **{k: v for k, v in info.items() if k != "finished_at"}}
-        atomic_write_json(summary_path, summary)
+        write_summary(summary_path, summary)
         print(f"[run] {stage.name}: done in {seconds:.0f} s -> {stage.output_dir}", flush=True)
-    atomic_write_json(summary_path, summary)
+    write_summary(summary_path, summary)
     return summary
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    # stages keep pipeline order (atomic_write_json would sort them by name)
+    order = {name: i for i, (name, _) in enumerate(STAGE_ORDER)}
+    summary["stages"] = dict(sorted(summary["stages"].items(), key=lambda kv: order.get(kv[0], 99)))
+    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
