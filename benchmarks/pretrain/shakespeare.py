@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         "val_bits_per_byte": round(result.eval_metrics["val_bits_per_byte"], 4),
         "val_loss_nats_per_token": round(result.eval_metrics["val_loss"], 4),
         "tokens_per_sec_median": round(steady[len(steady) // 2], 1),
+        # the mean over the whole budget shows stalls that the median of logging windows hides
+        "tokens_per_sec_mean": round(result.tokens / max(logs[-1]["elapsed"], 1e-9), 1) if logs else None,
         "steps": result.step, "train_tokens": result.tokens, "budget_s": None if args.max_steps else args.budget, "wall_s": round(wall, 1),
         "vocab": args.vocab, "batch": args.batch, "seq_len": 64, "learning_rate": args.learning_rate,
         "warmup_steps": args.warmup_steps, "schedule": args.schedule, "min_lr_ratio": args.min_lr_ratio,

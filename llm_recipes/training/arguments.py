@@ -27,7 +27,7 @@ class PretrainConfig:
     tokenize_num_proc: Optional[int] = field(default=None, metadata={
         "help": "Processes for pre-tokenizing in data_mode 'shards' (default: all cores)."})
     shuffle_buffer: int = field(default=10_000, metadata={
-        "help": "Packed rows held in the stream shuffle buffer (data_mode 'stream'); 0 keeps file order."})
+        "help": "Documents held in the stream shuffle buffer (data_mode 'stream'); 0 keeps file order."})
 
     # -- the model ---------------------------------------------------------------------------------
     model_preset: str = field(default="micro", metadata={
