@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=180.0, help="training seconds")
     parser.add_argument("--max_steps", type=int, default=None,
                         help="train this many steps instead of a time budget (for tuning on a busy machine)")
-    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--warmup_steps", type=int, default=50)
