@@ -89,7 +89,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
 
     from ..fileio import atomic_write_json, mark_complete
     from .building import build_model, check_vocab, load_tokenizer, make_optimizer
-    from .checkpoint import CheckpointError, load_checkpoint, resolve_resume, save_checkpoint
+    from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
     from .data import build_eval_batches, build_train_batches
     from .evaluation import evaluate, generate_samples, shifted_targets, token_byte_lengths, token_loss_sum
     from .monitor import MetricsLog, OutlierGuard, model_flops_utilization, peak_flops
