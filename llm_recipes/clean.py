@@ -24,6 +24,8 @@ class CleanConfig:
     min_chars: int = field(default=1, metadata={"help": "Drop documents shorter than this many characters after repair."})
     max_chars: int = field(default=1_000_000, metadata={"help": "Drop documents longer than this many characters (0: no limit)."})
     quality_filters: bool = field(default=True, metadata={"help": "Run each document's profile of datatrove quality filters (Gopher repetition and quality, C4, FineWeb)."})
+    languages: Optional[list[str]] = field(default=None, metadata={"help": "Keep only documents in these languages (ISO 639-1 codes, e.g. [en]), identified offline by langid.py; off when empty."})
+    language_min_score: float = field(default=0.65, metadata={"help": "Minimum language probability to keep a document (FineWeb: 0.65 for English)."})
     compare_profiles_sample: float = field(default=0.1, metadata={"help": "Fraction of non-web documents also checked against web thresholds, to show the effect of profiles in the report (0: off)."})
     exact_dedup: bool = field(default=True, metadata={"help": "Drop exact duplicates (whitespace-normalized text) across the whole corpus."})
     near_dedup: bool = field(default=True, metadata={"help": "Drop near duplicates with datatrove's MinHash LSH across the whole corpus."})
@@ -65,6 +67,7 @@ def main(argv=None) -> int:
         profile_for_source=cfg.profile_for_source or dict(DEFAULT_PROFILE_FOR_SOURCE),
         unicode_repair=cfg.unicode_repair, remove_markup=cfg.remove_markup, remove_boilerplate=cfg.remove_boilerplate,
         min_chars=cfg.min_chars, max_chars=cfg.max_chars, quality_filters=cfg.quality_filters,
+        languages=cfg.languages or [], language_min_score=cfg.language_min_score,
         compare_profiles_sample=cfg.compare_profiles_sample, exact_dedup=cfg.exact_dedup, near_dedup=cfg.near_dedup,
         minhash_ngram=cfg.minhash_ngram, minhash_buckets=cfg.minhash_buckets,
         minhash_hashes_per_bucket=cfg.minhash_hashes_per_bucket, pii=cfg.pii,

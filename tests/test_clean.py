@@ -219,6 +219,27 @@ def test_decontamination(tmp_path):
         clean(settings(tmp_path, decontamination_files=[str(tmp_path / "missing*.jsonl")], output_dir=str(tmp_path / "o2")))
 
 
+def test_language_filter(tmp_path):
+    english = ("The function returns a new list that contains every item of the iterable in ascending order. "
+               "It raises a ValueError when the items cannot be compared with each other.")
+    german = ("Die Funktion gibt eine neue Liste zurück, die alle Elemente in aufsteigender Reihenfolge enthält. "
+              "Sie löst einen Fehler aus, wenn sich die Elemente nicht miteinander vergleichen lassen.")
+    french = ("La fonction renvoie une nouvelle liste qui contient tous les éléments dans l'ordre croissant. "
+              "Elle lève une erreur lorsque les éléments ne peuvent pas être comparés entre eux.")
+    step = S.LanguageFilter(["en"])
+    kept = list(step.run([doc(english, doc_id="en"), doc(german, doc_id="de"), doc(french, doc_id="fr")]))
+    assert [d.id for d in kept] == ["en"]
+    assert kept[0].metadata["language"] == "en" and kept[0].metadata["language_score"] >= 0.65
+    assert step.tally.removed == {"language de": 1, "language fr": 1}
+    # through the pipeline: the step shows in the report, off by default
+    write_input(tmp_path / "in", [[row(english, "a"), row(german, "b")]])
+    report = clean(settings(tmp_path, languages=["en"], quality_filters=False, near_dedup=False))
+    language = next(s for s in report["steps"] if s["step"] == "language")
+    assert language["docs_in"] == 2 and language["docs_out"] == 1
+    default = clean(settings(tmp_path, output_dir=str(tmp_path / "o2"), quality_filters=False, near_dedup=False))
+    assert "language" not in [s["step"] for s in default["steps"]]
+
+
 def test_interrupted_clean_resumes(tmp_path, monkeypatch):
     rng = random.Random(4)
     shards = [[row(prose(rng, 150), f"s{k}-{i}") for i in range(8)] for k in range(4)]

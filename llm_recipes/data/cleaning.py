@@ -39,6 +39,8 @@ class CleanSettings:
     min_chars: int = 1
     max_chars: int = 1_000_000
     quality_filters: bool = True
+    languages: list = field(default_factory=list)
+    language_min_score: float = 0.65
     compare_profiles_sample: float = 0.1
     exact_dedup: bool = True
     near_dedup: bool = True
@@ -130,6 +132,8 @@ def clean(settings: CleanSettings) -> dict[str, Any]:
                       settings.remove_boilerplate)
     length = S.LengthGate(settings.min_chars, settings.max_chars)
     chain = [repair, length]
+    if settings.languages:
+        chain.append(S.LanguageFilter(settings.languages, settings.language_min_score))
     if settings.quality_filters:
         chain.append(S.ProfiledQuality(profiles, settings.profile_for_source, settings.compare_profiles_sample))
     reader = S.ShardReader(files, tallied=chain, progress=settings.progress, desc="clean: filter")

@@ -333,6 +333,32 @@ class LengthGate(TallyStep):
         return doc
 
 
+class LanguageFilter(TallyStep):
+    """Keeps documents whose language (langid.py's offline model, bundled with the package) is one of
+    `languages` with probability >= min_score (FineWeb keeps English at >= 0.65)."""
+
+    name = "language"
+    SAMPLE_CHARS = 2000  # the first 2,000 characters decide: enough for a stable guess, bounded cost
+
+    def __init__(self, languages: list[str], min_score: float = 0.65):
+        super().__init__("language")
+        self.languages, self.min_score = set(languages), min_score
+        self._identifier = None
+
+    def process(self, doc):
+        if self._identifier is None:  # built lazily, in the worker process
+            from langid.langid import LanguageIdentifier, model
+
+            self._identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+        language, score = self._identifier.classify(doc.text[: self.SAMPLE_CHARS])
+        doc.metadata["language"], doc.metadata["language_score"] = language, round(float(score), 3)
+        if language not in self.languages:
+            return f"language {language}"
+        if score < self.min_score:
+            return f"language score below {self.min_score}"
+        return doc
+
+
 class ProfiledQuality(TallyStep):
     """Runs the quality filters of each document's profile (datatrove's Gopher/C4/FineWeb filters).
 
