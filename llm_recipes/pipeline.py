@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -135,7 +136,7 @@ def run_recipe(recipe_dir, run_dir, stages=None, force=False, launcher="python",
             summary["stages"].setdefault(stage.name, {})["skipped_last_run"] = True
             continue
         if force:
-            clear_complete(stage.output_dir)
+            remove_stage_output(stage.output_dir)
         command = stage_command(stage, launcher, accelerate_config)
         print(f"[run] {stage.name}: {' '.join(command)}", flush=True)
         seconds = run_stage(stage, command, run_dir, run_dir / "logs" / f"{stage.name}.log")
@@ -146,6 +147,16 @@ def run_recipe(recipe_dir, run_dir, stages=None, force=False, launcher="python",
         print(f"[run] {stage.name}: done in {seconds:.0f} s -> {stage.output_dir}", flush=True)
     write_summary(summary_path, summary)
     return summary
+
+
+def remove_stage_output(output_dir: Path) -> None:
+    """`--force` redoes a stage from scratch: its old folder goes, checkpoints included (resuming a
+    checkpoint made with other settings is exactly what --force must not do). Only a folder a stage
+    wrote (it holds resolved_config.yaml) is removed, never an arbitrary path a recipe names."""
+    if (output_dir / "resolved_config.yaml").is_file():
+        shutil.rmtree(output_dir)
+    else:
+        clear_complete(output_dir)
 
 
 def write_summary(path: Path, summary: dict) -> None:

@@ -46,3 +46,20 @@ def test_optional_stages_run_only_when_named(tmp_path):
     write(recipe / "kto.yaml", "output_dir: ${run_dir}/kto\n")
     assert [p.name for p in plan(recipe, tmp_path / "out")] == ["dpo"]
     assert [p.name for p in plan(recipe, tmp_path / "out", ["kto"])] == ["kto"]
+
+
+def test_force_removes_only_stage_folders(tmp_path):
+    from llm_recipes.pipeline import remove_stage_output
+
+    stage = tmp_path / "pretrain"
+    (stage / "checkpoints" / "step-1").mkdir(parents=True)
+    (stage / "resolved_config.yaml").write_text("x: 1\n")
+    (stage / "stage_complete.json").write_text("{}")
+    remove_stage_output(stage)
+    assert not stage.exists()
+    other = tmp_path / "not_a_stage"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    (other / "stage_complete.json").write_text("{}")
+    remove_stage_output(other)
+    assert (other / "precious.txt").is_file() and not (other / "stage_complete.json").exists()
