@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from .fileio import atomic_write_json
+from .fileio import atomic_open, atomic_write_json
 
 IGNORE_INDEX = -100
 SHARD_FORMAT_VERSION = 1
@@ -372,7 +372,8 @@ def pretokenize(dataset, tokenizer, output_dir: str | os.PathLike, text_column: 
     def flush() -> None:
         nonlocal pieces, piece_tokens, piece_docs_read, piece_docs
         name = f"tokens-{len(shards):05d}.npy"
-        _atomic_save_npy(output_dir / name, np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype))
+        with atomic_open(output_dir / name) as f:
+            np.save(f, np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype))
         shards.append({"file": name, "num_tokens": piece_tokens, "num_documents": piece_docs,
                        "num_documents_read": piece_docs_read})
         atomic_write_json(progress_path, {**identity, "shards": shards})
@@ -427,15 +428,6 @@ def _init_worker(encode) -> None:
 
 def _sized_encode(texts: list[str]) -> tuple[int, list[list[int]]]:
     return len(texts), _worker_encode(texts)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _remove_shards(folder: Path) -> None:

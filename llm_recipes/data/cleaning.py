@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_json
+from ..fileio import atomic_open, atomic_write_json
 from . import steps as S
 
 WORK = "work"
@@ -276,8 +276,8 @@ def build_decontamination_index(patterns: list[str], n: int, path: Path) -> int:
     texts = read_eval_texts(patterns)
     for text in texts:
         grams |= ngram_hashes(text, n)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    S._atomic_save_npy(path, np.array(sorted(grams), dtype=np.uint64))
+    with atomic_open(path) as f:
+        np.save(f, np.array(sorted(grams), dtype=np.uint64))
     return len(texts)
 
 

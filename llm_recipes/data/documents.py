@@ -8,10 +8,11 @@ complete: a killed run keeps every finished shard and never leaves half a file b
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+from ..fileio import atomic_open
 
 COLUMNS = ("text", "id", "source", "location", "title", "license")
 
@@ -38,18 +39,8 @@ def write_parquet_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> int:
 
     rows = list(rows)
     table = pa.Table.from_pydict({name: [str(r.get(name) or "") for r in rows] for name in COLUMNS}, schema=schema())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        pq.write_table(table, f, compression="zstd")
     return len(rows)
 
 

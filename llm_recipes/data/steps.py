@@ -15,7 +15,6 @@ import copy
 import fnmatch
 import hashlib
 import json
-import os
 import re
 from collections import Counter, deque
 from pathlib import Path
@@ -545,7 +544,10 @@ class IntermediateWriter(PipelineStep):
             rows.append(_row(doc))
             hashes.append(textops.text_hash(doc.text))
         write_parquet_atomic(Path(self.folder) / f"{rank:05d}.parquet", rows)
-        _atomic_save_npy(Path(self.folder) / f"{rank:05d}.hashes.npy", np.array(hashes, dtype=np.uint64))
+        from ..fileio import atomic_open
+
+        with atomic_open(Path(self.folder) / f"{rank:05d}.hashes.npy") as f:
+            np.save(f, np.array(hashes, dtype=np.uint64))
         save_ledger(self.ledger_dir, rank, self.tallied)
         return
         yield  # a generator, like every step
@@ -621,12 +623,3 @@ def save_ledger(folder: str, rank: int, steps: list, **extra) -> None:
     from ..fileio import atomic_write_json
 
     atomic_write_json(Path(folder) / f"{rank:05d}.json", {"steps": [s.tally.to_dict() for s in steps], **extra})
-
-
-def _atomic_save_npy(path: Path, array) -> None:
-    import numpy as np
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
