@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_write_text
+from .training.monitor import read_metrics
 
 SAMPLE_PROMPTS = [
     "The os.path module",
@@ -27,17 +28,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
 
 
 def _fmt(value: Any) -> str:
@@ -122,7 +112,7 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
     # -- cleaning summary
     clean_report = run_dir / "clean" / "report.md"
     if clean_report.is_file():
-        lines += ["## Cleaning", "", f"Full report: [`clean/report.md`](clean/report.md)", ""]
+        lines += ["## Cleaning", "", "Full report: [`clean/report.md`](clean/report.md)", ""]
         clean_json = _read_json(run_dir / "clean" / "report.json")
         if isinstance(clean_json, dict):
             lines += [f"{clean_json.get('input_documents')} documents ({clean_json.get('input_bytes', 0) / 1e6:.1f} MB) in, "
@@ -148,7 +138,8 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
         lines += ["", "Full report: [`tokenizer/tokenizer_report.md`](tokenizer/tokenizer_report.md)", ""]
 
     # -- loss curves
-    metrics = _read_jsonl(run_dir / "pretrain" / "metrics.jsonl")
+    metrics_path = run_dir / "pretrain" / "metrics.jsonl"
+    metrics = read_metrics(metrics_path) if metrics_path.is_file() else []
     if metrics:
         plot = plot_loss_curves(metrics, run_dir / "report_loss.png")
         last_val = next((m for m in reversed(metrics) if "val_loss" in m or "eval_loss" in m), None)

@@ -3,7 +3,6 @@ read from `metrics.jsonl` files."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -96,18 +95,12 @@ def _thin(rows: list[dict], keep: int = 10) -> list[dict]:
 
 def read_metrics_file(path: str | Path) -> list[dict]:
     """Records of a metrics.jsonl; lines cut by a kill are skipped."""
+    from ..training.monitor import read_metrics
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"metrics file {str(path)!r} does not exist (expected a metrics.jsonl)")
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return read_metrics(path)
 
 
 def curve_keys(records: list[dict]) -> list[str]:
