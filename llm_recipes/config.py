@@ -171,8 +171,6 @@ def config_to_dict(config) -> dict[str, Any]:
 
 def save_resolved_config(output_dir: str | os.PathLike, *configs, stage: str) -> Path:
     """Writes `resolved_config.yaml` (re-runnable with `--config`) and `run_info.json` into output_dir."""
-    from . import __version__
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     merged: dict[str, Any] = {}
@@ -189,7 +187,7 @@ def run_info(stage: str) -> dict[str, Any]:
     import platform
     from importlib import metadata
 
-    versions = {"llm_recipes": None}
+    versions = {}
     for pkg in ("llm_recipes", "torch", "transformers", "datasets", "tokenizers", "accelerate", "peft", "trl", "evaluate"):
         try:
             versions[pkg] = metadata.version(pkg)
