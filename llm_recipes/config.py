@@ -56,8 +56,9 @@ def _expand(value: Any, run_dir: str) -> Any:
     return value
 
 
-def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a recipe YAML into a flat mapping, with `${run_dir}` expanded."""
+def load_yaml_config(path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Reads a recipe YAML into a flat mapping, with `${run_dir}` expanded (to `run_dir` when given,
+    else as `default_run_dir` says)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (expected a YAML recipe file)")
@@ -69,7 +70,7 @@ def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
-    return _expand(data, default_run_dir(path))
+    return _expand(data, str(run_dir) if run_dir is not None else default_run_dir(path))
 
 
 def _split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:

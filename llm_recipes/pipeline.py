@@ -64,24 +64,16 @@ def plan(recipe_dir: str | os.PathLike, run_dir: str | os.PathLike, stages: list
         if unknown:
             raise PipelineError(f"unknown stage(s) {', '.join(unknown)}; expected some of: {', '.join(known)}")
         stages = [s.replace("-", "_") for s in stages]
-    previous = os.environ.get(RUN_DIR_ENV)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    try:
-        planned = []
-        for name, module in STAGE_ORDER:
-            recipe = recipe_dir / f"{name}.yaml"
-            if not recipe.is_file() or (stages and name not in stages):
-                continue
-            if not stages and name in OPTIONAL_STAGES:
-                continue
-            values = load_yaml_config(recipe)
-            output_dir = values.get("output_dir") or str(Path(run_dir) / name)
-            planned.append(PlannedStage(name, module, recipe, Path(output_dir)))
-    finally:
-        if previous is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = previous
+    planned = []
+    for name, module in STAGE_ORDER:
+        recipe = recipe_dir / f"{name}.yaml"
+        if not recipe.is_file() or (stages and name not in stages):
+            continue
+        if not stages and name in OPTIONAL_STAGES:
+            continue
+        values = load_yaml_config(recipe, run_dir=run_dir)
+        output_dir = values.get("output_dir") or str(Path(run_dir) / name)
+        planned.append(PlannedStage(name, module, recipe, Path(output_dir)))
     if stages:
         missing = [s for s in stages if s not in {p.name for p in planned}]
         if missing:
