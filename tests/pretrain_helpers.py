@@ -74,7 +74,10 @@ def launch_two_processes(*args) -> None:
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), __file__, *map(str, args)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as hung:  # say where it stopped, not only that it did
+        raise AssertionError(f"torchrun still running after 240 s:\n{(hung.stderr or b'')[-4000:]!r}") from None
     if done.returncode != 0:
         raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stderr[-4000:]}")
 

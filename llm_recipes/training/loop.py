@@ -277,6 +277,11 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
                                                  train_batches.state_dict(), cfg.save_total_limit)
     result.step, result.tokens, result.skipped_steps = step, tokens, skipped
     result.final_dir = save_final_model(accelerator, model, tokenizer, out / "final", cfg, result)
+    # Drop the DDP wrapper while its process group is still alive. Freed after end_training, its
+    # Reducer would hold the last reference to the gloo group, whose destructor joins a worker thread
+    # that waits for the GIL this thread holds: a hang at exit (seen on 2-process CPU runs).
+    model = optimizer = raw_model = None
+    accelerator.free_memory()
     accelerator.end_training()
     if accelerator.is_main_process:
         summary = {"steps": step, "tokens": tokens, "skipped_steps": skipped,
