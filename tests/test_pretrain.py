@@ -32,14 +32,14 @@ def _final_state(output_dir):
     return load_file(str(output_dir / "final" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("data_mode", ["shards", "stream"])
-def test_resume_equals_uninterrupted(tmp_path, clean_dir, tokens_dir, tiny_tokenizer_dir, data_mode):
+@pytest.mark.parametrize("data_mode,optim", [("shards", "adamw"), ("stream", "adamw"), ("shards", "muon")])
+def test_resume_equals_uninterrupted(tmp_path, clean_dir, tokens_dir, tiny_tokenizer_dir, data_mode, optim):
     """6 steps straight vs 3 steps, a crash, resume from the step-3 checkpoint, 3 more: identical losses
     (exact up to 1e-6 relative: same ops on the same CPU) and identical final weights."""
     from llm_recipes.training.loop import pretrain
 
     common = dict(max_steps=6, save_steps=3, data_mode=data_mode, tokenized_path=str(tokens_dir), shuffle_buffer=0,
-                  sample_prompts=[])
+                  sample_prompts=[], optim=optim)
     straight = pretrain(tiny_config(tmp_path / "a", clean_dir, tiny_tokenizer_dir, **common))
 
     def crash(step, batches):
@@ -114,6 +114,16 @@ def test_final_model_loads_with_plain_transformers(tmp_path, clean_dir, tokens_d
     assert (tmp_path / "samples.jsonl").is_file() and (tmp_path / "stage_complete.json").is_file()
     assert "bits per byte" in (final / "README.md").read_text()
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))  # the TensorBoard tracker wrote
+    # one metrics.jsonl line per logged step with what the issue names; MFU is n/a (null) on a CPU
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [r for r in lines if "loss" in r]
+    assert [r["step"] for r in train_lines] == [1, 2, 3]
+    for r in train_lines:
+        assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "elapsed"} <= set(r)
+        assert r["tokens"] == r["step"] * 4 * 64 and r["grad_norm"] > 0 and r["tokens_per_sec"] > 0
+        assert r["mfu"] is None
+    val = [r for r in lines if "val_loss" in r]
+    assert val[-1]["step"] == 3 and val[-1]["val_loss"] == pytest.approx(m["val_loss"])
 
 
 def test_continued_pretraining_from_model_folder(tmp_path, clean_dir, tokens_dir, tiny_model_dir):
@@ -134,6 +144,54 @@ def test_continued_pretraining_from_model_folder(tmp_path, clean_dir, tokens_dir
     nats, count = token_loss_sum(logits, batch["labels"])
     assert result.losses[0] == pytest.approx(float(nats / count), rel=1e-5)
     assert AutoModelForCausalLM.from_pretrained(result.final_dir).config.model_type == "recipe_gpt"
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest(tiny_tokenizer_dir):
+    from llm_recipes.training.building import MuonWithAdamW, make_optimizer
+    from llm_recipes.training.arguments import PretrainConfig
+
+    from conftest import make_tiny_config
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(make_tiny_config())
+    cfg = PretrainConfig(output_dir="unused", optim="muon", learning_rate=1e-2)
+    optimizer = make_optimizer(model, cfg)
+    assert isinstance(optimizer, MuonWithAdamW)
+    in_muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        expected = p.dim() == 2 and "embed" not in name and "lm_head" not in name
+        assert (id(p) in in_muon) == expected, name
+    # the loop sets the learning rate on the wrapper's groups: it must reach both inner optimizers
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-3
+    assert all(g["lr"] == 1e-3 for g in optimizer.muon.param_groups + optimizer.adamw.param_groups)
+    # a state round trip keeps that link, and an AdamW state is refused with a message
+    optimizer.load_state_dict(optimizer.state_dict())
+    optimizer.param_groups[0]["lr"] = 5e-4
+    assert optimizer.muon.param_groups[0]["lr"] == 5e-4
+    with pytest.raises(ValueError, match="different `optim`"):
+        optimizer.load_state_dict(torch.optim.AdamW(model.parameters()).state_dict())
+    # and it learns: a fixed batch's loss falls (at the configured learning rate again)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.learning_rate
+    batch = torch.randint(0, 512, (4, 32))
+    losses = []
+    for _ in range(10):
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0
+
+
+def test_unknown_optimizer_is_a_clear_error():
+    from llm_recipes.config import ConfigError
+    from llm_recipes.training.arguments import PretrainConfig
+
+    with pytest.raises(ConfigError, match="optim must be one of adamw, muon, got 'sgd'"):
+        PretrainConfig(output_dir="unused", optim="sgd")
 
 
 def test_schedules():

@@ -57,12 +57,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="train this many steps instead of a time budget (for tuning on a busy machine)")
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--seq_len", type=int, default=64)
+    parser.add_argument("--model", type=json.loads, default={},
+                        help='JSON overrides of the model shape, e.g. \'{"num_hidden_layers": 6}\'')
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--warmup_steps", type=int, default=50)
     parser.add_argument("--schedule", default="cosine")
     parser.add_argument("--min_lr_ratio", type=float, default=0.0)
     parser.add_argument("--weight_decay", type=float, default=0.1)
     parser.add_argument("--beta2", type=float, default=0.99)
+    parser.add_argument("--optim", default="adamw", help="adamw or muon (see PretrainConfig.optim)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-shakespeare")
     parser.add_argument("--results", type=Path, default=HERE / "results.jsonl")
@@ -91,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=str(out), dataset_path=str(clean), tokenizer_path=str(tok_dir), data_mode="shards",
         tokenized_path=str(args.work / f"tokens-{args.vocab}"), model_preset="nano",
         model_overrides={"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-                         "num_key_value_heads": 4, "intermediate_size": 384},
-        seq_len=64, per_device_train_batch_size=args.batch, max_steps=args.max_steps or 1_000_000,
+                         "num_key_value_heads": 4, "intermediate_size": 384, **args.model},
+        seq_len=args.seq_len, per_device_train_batch_size=args.batch, max_steps=args.max_steps or 1_000_000,
         max_train_seconds=None if args.max_steps else args.budget,
         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, lr_scheduler_type=args.schedule,
-        min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, adam_beta2=args.beta2,
+        min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, adam_beta2=args.beta2, optim=args.optim,
         eval_steps=0, eval_max_batches=-1, per_device_eval_batch_size=64, save_steps=0, logging_steps=50,
         sample_prompts=["ROMEO:"], sample_max_new_tokens=48, report_to=["none"], document_masking=False,
         outlier_zscore=0.0, seed=1337)
@@ -113,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         # the mean over the whole budget shows stalls that the median of logging windows hides
         "tokens_per_sec_mean": round(result.tokens / max(logs[-1]["elapsed"], 1e-9), 1) if logs else None,
         "steps": result.step, "train_tokens": result.tokens, "budget_s": None if args.max_steps else args.budget, "wall_s": round(wall, 1),
-        "vocab": args.vocab, "batch": args.batch, "seq_len": 64, "learning_rate": args.learning_rate,
+        "vocab": args.vocab, "batch": args.batch, "seq_len": args.seq_len, "model": args.model, "learning_rate": args.learning_rate,
         "warmup_steps": args.warmup_steps, "schedule": args.schedule, "min_lr_ratio": args.min_lr_ratio,
-        "weight_decay": args.weight_decay, "beta2": args.beta2, "threads": torch.get_num_threads(),
+        "weight_decay": args.weight_decay, "beta2": args.beta2, "optim": args.optim, "threads": torch.get_num_threads(),
         "load_avg_start": [round(x, 2) for x in load_start], "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         "machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
         "sample": samples[-1]["prompt"] + samples[-1]["completion"], "note": args.note,

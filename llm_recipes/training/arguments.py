@@ -8,6 +8,7 @@ from typing import Optional, Union
 
 SCHEDULES = ("cosine", "wsd", "linear", "constant")
 DATA_MODES = ("stream", "shards")
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass
@@ -52,6 +53,11 @@ class PretrainConfig:
     warmup_steps: int = field(default=100, metadata={"help": "Linear warmup steps from 0 to the peak learning rate."})
     decay_ratio: float = field(default=0.2, metadata={
         "help": "wsd only: fraction of training spent in the final (linear) decay."})
+    optim: str = field(default="adamw", metadata={
+        "help": "adamw, or muon: Muon (orthogonalised momentum, torch.optim.Muon with AdamW-matched update RMS, "
+                "so the same learning_rate and weight_decay apply) for the weight matrices inside the blocks, "
+                "AdamW for embeddings, head and norms."})
+    muon_momentum: float = field(default=0.95, metadata={"help": "optim muon: momentum of the Muon matrices."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices (not norms)."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
@@ -120,6 +126,8 @@ class PretrainConfig:
             raise ConfigError(f"seq_len must be at least 2 (one input and one target token), got {self.seq_len}")
         if self.data_mode not in DATA_MODES:
             raise ConfigError(f"data_mode must be one of {', '.join(DATA_MODES)}, got {self.data_mode!r}")
+        if self.optim not in OPTIMIZERS:
+            raise ConfigError(f"optim must be one of {', '.join(OPTIMIZERS)}, got {self.optim!r}")
         if self.lr_scheduler_type not in SCHEDULES:
             raise ConfigError(f"lr_scheduler_type must be one of {', '.join(SCHEDULES)}, got {self.lr_scheduler_type!r}")
         if self.learning_rate <= 0:

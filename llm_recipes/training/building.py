@@ -74,15 +74,58 @@ def check_vocab(model, tokenizer, tokenizer_path) -> None:
 
 
 def make_optimizer(model, cfg) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (norm weights are not decayed), fused where supported."""
-    decay, no_decay = [], []
+    """AdamW with weight decay on matrices only (norm weights are not decayed), fused where supported; or,
+    with `optim: muon`, Muon for the weight matrices inside the blocks and that AdamW for the rest."""
+    muon, decay, no_decay = [], [], []
+    embeddings = {id(model.get_input_embeddings().weight)}
+    if model.get_output_embeddings() is not None:
+        embeddings.add(id(model.get_output_embeddings().weight))
     for _, p in model.named_parameters():
-        if p.requires_grad:
+        if not p.requires_grad:
+            continue
+        if cfg.optim == "muon" and p.dim() == 2 and id(p) not in embeddings:
+            muon.append(p)  # Muon orthogonalises matrix updates; embeddings and head are lookups, not maps
+        else:
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
     device = next(model.parameters()).device
     if device.type == "cuda":
         kwargs["fused"] = True  # one kernel for all parameters instead of a loop over them
-    return torch.optim.AdamW(groups, **kwargs)
+    adamw = torch.optim.AdamW(groups, **kwargs)
+    if not muon:
+        return adamw
+    return MuonWithAdamW(torch.optim.Muon(muon, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                          momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw"), adamw)
 
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Two optimizers over disjoint parameters that step, checkpoint and restore as one, so that Accelerate
+    prepares and saves it like any optimizer and the loop's learning-rate schedule reaches every group."""
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+        self.muon, self.adamw = muon, adamw
+        super().__init__([{"params": []}], {})
+        self._share_groups()
+
+    def _share_groups(self) -> None:
+        # the very dicts of the inner optimizers: a learning rate set here is the one they use
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if set(state_dict) != {"muon", "adamw"}:
+            raise ValueError(f"not a Muon+AdamW optimizer state (keys {sorted(state_dict)}): was the checkpoint "
+                             f"written with a different `optim`?")
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self._share_groups()  # load_state_dict replaces the inner group dicts
