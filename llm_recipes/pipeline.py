@@ -35,10 +35,14 @@ STAGE_ORDER: list[tuple[str, str]] = [
     ("evaluate", "evaluate"),
     ("push", "push"),
     ("export", "export"),
+    ("serve", "serve"),
+    ("feedback", "feedback"),
 ]
 TRAINING_STAGES = {"pretrain", "sft", "dpo", "kto"}
 # run only when named with --stages (a recipe may carry them as ready-made examples)
-OPTIONAL_STAGES = {"kto"}
+OPTIONAL_STAGES = {"kto", "serve", "feedback"}
+# services run until stopped (Ctrl+C): never skipped as "complete", and stopping them is not a failure
+SERVICE_STAGES = {"serve"}
 
 
 class PipelineError(RuntimeError):
@@ -101,10 +105,20 @@ def run_stage(stage: PlannedStage, command: list[str], run_dir: Path, log_path: 
         log.write(f"\n$ {' '.join(command)}\n".encode())
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         assert process.stdout is not None
-        for chunk in iter(lambda: process.stdout.read1(4096), b""):
-            sys.stdout.buffer.write(chunk)
+        try:
+            for chunk in iter(lambda: process.stdout.read1(4096), b""):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                log.write(chunk)
+        except KeyboardInterrupt:
+            # Ctrl+C reached the stage too (same process group): let it finish shutting down
+            if stage.name not in SERVICE_STAGES:
+                process.wait()
+                raise
+            rest = process.stdout.read()  # the service's goodbye: what it stored, where
+            sys.stdout.buffer.write(rest)
             sys.stdout.flush()
-            log.write(chunk)
+            log.write(rest)
         returncode = process.wait()
     if returncode != 0:
         raise PipelineError(f"stage {stage.name!r} failed (exit {returncode}); its log is {log_path}. "
@@ -123,7 +137,7 @@ def run_recipe(recipe_dir, run_dir, stages=None, force=False, launcher="python",
     summary.update(recipe=str(recipe_dir), run_dir=str(run_dir))
     print(f"[run] recipe {recipe_dir} -> {run_dir}: {', '.join(p.name for p in planned)}", flush=True)
     for stage in planned:
-        if is_complete(stage.output_dir) and not force:
+        if is_complete(stage.output_dir) and not force and stage.name not in SERVICE_STAGES:
             print(f"[run] {stage.name}: complete in {stage.output_dir}, skipped (--force redoes it)", flush=True)
             summary["stages"].setdefault(stage.name, {})["skipped_last_run"] = True
             continue

@@ -46,6 +46,12 @@ def test_optional_stages_run_only_when_named(tmp_path):
     write(recipe / "kto.yaml", "output_dir: ${run_dir}/kto\n")
     assert [p.name for p in plan(recipe, tmp_path / "out")] == ["dpo"]
     assert [p.name for p in plan(recipe, tmp_path / "out", ["kto"])] == ["kto"]
+    # serving is on request, and so is turning its feedback into datasets
+    write(recipe / "serve.yaml", "output_dir: ${run_dir}/serve\nmodel_path: ${run_dir}/dpo/final\n")
+    write(recipe / "feedback.yaml", "output_dir: ${run_dir}/feedback\n")
+    assert [p.name for p in plan(recipe, tmp_path / "out")] == ["dpo"]
+    assert [p.name for p in plan(recipe, tmp_path / "out", ["serve"])] == ["serve"]
+    assert [p.name for p in plan(recipe, tmp_path / "out", ["feedback", "dpo"])] == ["dpo", "feedback"]
 
 
 def test_force_removes_only_stage_folders(tmp_path):

@@ -266,3 +266,40 @@ def test_serve_command_end_to_end(tiny_model_dir, tmp_path):
     assert json.loads((out / "stage_complete.json").read_text())["feedback_rows"] == 1
     for name in ("resolved_config.yaml", "run_info.json"):
         assert "k3y-from-env" not in (out / name).read_text()
+
+
+def test_run_serves_on_request_and_ctrl_c_stops_it(tiny_model_dir, tmp_path):
+    """`llm-recipes run RECIPE --stages serve`: serving is an on-request stage of a recipe; Ctrl+C (SIGINT to
+    the terminal's process group) stops the server cleanly and the run ends without an error."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    (recipe / "serve.yaml").write_text(f"output_dir: ${{run_dir}}/serve\nmodel_path: {tiny_model_dir}\nport: {port}\n")
+    (recipe / "sft.yaml").write_text("output_dir: ${run_dir}/sft\n")  # not named: must not run
+    proc = subprocess.Popen([sys.executable, "-m", "llm_recipes", "run", str(recipe), "--stages", "serve",
+                             "--run_dir", str(tmp_path / "run"), "--report", "false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert "[run] serve: done" in output and "Traceback" not in output
+    assert (tmp_path / "run" / "serve" / "stage_complete.json").is_file()
+    assert not (tmp_path / "run" / "sft").exists()
