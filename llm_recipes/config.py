@@ -106,7 +106,7 @@ def check_keys(keys, config_classes: Sequence[type], where: str, stage: str) -> 
 
 
 def parse_config(config_classes: Sequence[type], argv: Sequence[str] | None = None, stage: str = "stage",
-                 positional: str | None = None):
+                 positional: str | None = None, defaults: dict[str, Any] | None = None):
     """Parses `--config recipe.yaml` plus `--key value` overrides into one instance per config class.
 
     Args:
@@ -115,6 +115,8 @@ def parse_config(config_classes: Sequence[type], argv: Sequence[str] | None = No
         stage: stage name, used in error messages.
         positional: name of a field that a leading bare argument fills (`llm-recipes serve DIR` is
             `--model_path DIR` when positional="model_path").
+        defaults: values that replace the classes' own defaults (e.g. chosen for this machine); the recipe
+            and the command line still override them.
 
     Returns:
         A tuple with one instance per class, in order.
@@ -130,10 +132,11 @@ def parse_config(config_classes: Sequence[type], argv: Sequence[str] | None = No
         description="Options come from --config recipe.yaml (a YAML mapping of the keys below); "
                     "--key value flags override the recipe.",
     )
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     if config_path is not None:
-        values = load_yaml_config(config_path)
-        check_keys(values, config_classes, f"config file {config_path!r}", stage)
+        recipe = load_yaml_config(config_path)
+        check_keys(recipe, config_classes, f"config file {config_path!r}", stage)
+        values.update(recipe)
     # YAML values become argparse defaults, so a CLI flag still wins; a required field given in YAML
     # is no longer required on the command line.
     for action in parser._actions:

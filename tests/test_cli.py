@@ -28,6 +28,17 @@ def test_yaml_then_cli_override(tmp_path):
     assert cfg.output_dir == "runs/demo/stage"  # ${run_dir} = runs/<recipe folder>
 
 
+def test_machine_defaults_yield_to_recipe_and_cli(tmp_path):
+    """`defaults` (e.g. bf16 where there is a GPU) replace the class defaults; the recipe and the CLI beat them."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("output_dir: x\nlearning_rate: 0.01\n")
+    defaults = {"learning_rate": 0.5, "max_steps": 3, "use_thing": False}
+    (cfg,) = parse_config([DemoConfig], ["--config", str(recipe), "--max_steps", "4"], stage="demo", defaults=defaults)
+    assert (cfg.learning_rate, cfg.max_steps, cfg.use_thing) == (0.01, 4, False)
+    (cfg,) = parse_config([DemoConfig], ["--output_dir", "y"], stage="demo", defaults=defaults)
+    assert (cfg.learning_rate, cfg.max_steps, cfg.use_thing) == (0.5, 3, False)
+
+
 def test_unknown_yaml_key_is_named(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("output_dir: x\nlerning_rate: 0.1\n")

@@ -62,9 +62,13 @@ class FinetuneArguments:
     max_documents: int | None = field(
         default=None, metadata={"help": "Built-in data: use at most this many documents (a seeded sample)."})
     preference_negatives: str = field(
-        default="random", metadata={"help": "Built-in preference/KTO data: rejected answers from any other document "
-                                            "('random') or from a sibling in the same module ('sibling', harder).",
-                                    "choices": ["random", "sibling"]})
+        default="random", metadata={"help": "Rejected answers. Built-in preference/KTO data: from any other document "
+                                            "('random') or a sibling in the same module ('sibling', harder). Any "
+                                            "dpo/kto data: 'model' replaces them with the input model's own greedy "
+                                            "answer to the prompt (its wrong answer vs the right one: the feedback loop).",
+                                    "choices": ["random", "sibling", "model"]})
+    negatives_max_new_tokens: int = field(
+        default=64, metadata={"help": "preference_negatives: model: longest generated answer, in tokens."})
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (updates are scaled by alpha / r)."})
@@ -82,6 +86,12 @@ class FinetuneArguments:
                                         "the learning-rate schedule still follows max_steps."})
     evaluate_heldout: bool = field(
         default=True, metadata={"help": "Score base and trained model on the held-out data (eval_heldout.json)."})
+
+    def __post_init__(self):
+        negatives = self.__dataclass_fields__["preference_negatives"].metadata["choices"]
+        if self.preference_negatives not in negatives:
+            raise ConfigError(f"preference_negatives must be one of {', '.join(negatives)}, "
+                              f"got {self.preference_negatives!r}")
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -110,7 +120,7 @@ def prepare_data(stage: str, args: FinetuneArguments, seed: int = 42):
             load_corpus(args.corpus_path), kind=STAGE_BUILTIN_KIND[args.dataset_name],
             heldout_fraction=args.heldout_fraction, questions_per_document=args.questions_per_document,
             max_answer_chars=args.max_answer_chars, max_documents=args.max_documents, seed=seed,
-            negatives=args.preference_negatives)
+            negatives="random" if args.preference_negatives == "model" else args.preference_negatives)
         if not rows_train:
             raise DatasetFormatError(f"{args.dataset_name}: no training rows could be made from {args.corpus_path!r}")
         train = Dataset.from_list(rows_train)
@@ -138,6 +148,46 @@ def prepare_data(stage: str, args: FinetuneArguments, seed: int = 42):
     if args.max_train_samples is not None and len(train) > args.max_train_samples:
         train = train.shuffle(seed=seed).select(range(args.max_train_samples))
     return train, held, fmt
+
+
+def model_answers_as_negatives(stage: str, dataset, model, tokenizer, max_new_tokens: int, batch_size: int):
+    """The input model's own greedy answers become the rejected side: `rejected` of DPO pairs, the
+    `completion` of KTO's undesirable rows. Pairs whose generated answer equals the chosen one are dropped
+    (nothing to learn from them). Returns (dataset, number of rows dropped)."""
+    from datasets import Dataset
+
+    from ..evaluation.scoring import LMScorer
+
+    if stage not in ("dpo", "kto"):
+        raise ConfigError(f"preference_negatives: model is for the dpo and kto stages, not {stage!r}")
+    rows = list(dataset)
+    if stage == "kto":
+        targets = [i for i, r in enumerate(rows) if not r["label"]]
+        answer_key = "completion"
+    else:
+        targets, answer_key = list(range(len(rows))), "rejected"
+
+    def as_prompt(prompt):
+        if isinstance(prompt, str):
+            return prompt
+        return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+    def content(value) -> str:
+        return value if isinstance(value, str) else value[-1]["content"]
+
+    scorer = LMScorer(model, tokenizer, batch_size=batch_size)
+    answers = scorer.generate([as_prompt(rows[i]["prompt"]) for i in targets], max_new_tokens, desc=f"[{stage}] own answers")
+    drop = set()
+    for i, answer in zip(targets, answers):
+        row = rows[i]
+        if stage == "dpo" and answer.strip() == content(row["chosen"]).strip():
+            drop.add(i)
+        row[answer_key] = answer if isinstance(row[answer_key], str) else [{"role": "assistant", "content": answer}]
+    kept = [r for i, r in enumerate(rows) if i not in drop]
+    if not kept:
+        raise DatasetFormatError(f"preference_negatives: model: the model's answer equals the chosen one for all "
+                                 f"{len(rows)} rows; there is nothing to prefer")
+    return Dataset.from_list(kept), len(drop)
 
 
 # -- model -------------------------------------------------------------------------------------------
@@ -232,8 +282,18 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     if main:
         save_resolved_config(output_dir, args, train_cfg, stage=stage)
 
-    # Load datasets
+    # Load datasets and model
     train, held, fmt = prepare_data(stage, args, seed=train_cfg.seed)
+    model, tokenizer = load_model_and_tokenizer(args, train_cfg.trust_remote_code)
+    if args.preference_negatives == "model":
+        # every process generates the same greedy answers, so no broadcast is needed
+        model.to(state.device)
+        train, dropped = model_answers_as_negatives(stage, train, model, tokenizer, args.negatives_max_new_tokens,
+                                                    train_cfg.per_device_eval_batch_size)
+        print(f"[{stage}] rejected answers are the model's own ({dropped} training rows dropped: answer already right)")
+        if held is not None:
+            held, _ = model_answers_as_negatives(stage, held, model, tokenizer, args.negatives_max_new_tokens,
+                                                 train_cfg.per_device_eval_batch_size)
     data_dir = output_dir / "data"
     if main:
         write_jsonl(train, data_dir / "train.jsonl")
@@ -241,9 +301,6 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
             write_jsonl(held, data_dir / "heldout.jsonl")
     print(f"[{stage}] data: {len(train)} training rows ({fmt}), {len(held) if held is not None else 0} held-out rows "
           f"-> {data_dir}")
-
-    # Load model
-    model, tokenizer = load_model_and_tokenizer(args, train_cfg.trust_remote_code)
     conversational = _is_conversational(train)
     if conversational and not tokenizer.chat_template and not getattr(train_cfg, "chat_template_path", None):
         raise ConfigError(f"the training data is conversational but tokenizer {args.tokenizer_name_or_path or args.model_name_or_path!r} "
@@ -301,11 +358,28 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
         print(f"[{stage}] held-out {record['metric']}: base {record['base_value']:.4f} -> trained "
               f"{record['trained_value']:.4f} ({'better' if record['improved'] else 'NOT better'})")
     write_model_card(output_dir / "final", stage, args, fmt, len(train), record)
-    mark_complete(output_dir, stage=stage, train_rows=len(train), heldout=record.get("trained_value"))
+    mark_complete(output_dir, stage=stage, train_rows=len(train), train_tokens=tokens_trained(trainer),
+                  heldout=record.get("trained_value"))
     wrote = ["final/", "data/", "metrics.jsonl"] + (["adapter/"] if args.use_peft else []) + \
         (["eval_heldout.json"] if record else [])
     print(f"[{stage}] wrote {', '.join(wrote)} in {output_dir}")
     return record
+
+
+TOKEN_COLUMNS = ("input_ids", "prompt_ids", "completion_ids", "chosen_ids", "rejected_ids")  # TRL's processed rows
+
+
+def tokens_trained(trainer, sample: int = 1000) -> int | None:
+    """About how many tokens training fed the model: rows drawn (steps x batch x accumulation x processes) times
+    the mean tokens of a processed row (prompt + chosen + rejected for DPO), from up to `sample` rows."""
+    dataset, args = trainer.train_dataset, trainer.args
+    columns = [c for c in TOKEN_COLUMNS if c in (getattr(dataset, "column_names", None) or [])]
+    if not columns or len(dataset) == 0:
+        return None
+    head = dataset.select(range(min(sample, len(dataset)))).select_columns(columns)
+    mean = sum(len(row[c]) for row in head for c in columns) / len(head)
+    rows = trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return round(rows * mean)
 
 
 def time_budget_callback(seconds: float, stage: str):
@@ -365,12 +439,21 @@ def write_model_card(folder: Path, stage: str, args: FinetuneArguments, fmt: str
     atomic_write_text(folder / "README.md", "\n".join(lines))
 
 
+def device_defaults() -> dict[str, Any]:
+    """TRL turns bf16 on by default, which on a CPU means slow emulated bf16 (or an error): use the GPU with
+    bf16 where there is one, the CPU in float32 where there is none. A recipe's own values still win."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported()}
+
+
 def stage_main(stage: str, config_class, argv=None) -> int:
     """Parses the recipe for a fine-tuning stage and runs it; data and LoRA errors exit with status 2."""
     from ..config import parse_config
     from .lora import LoraTargetError
 
-    args, train_cfg = parse_config([FinetuneArguments, config_class], argv, stage=stage)
+    args, train_cfg = parse_config([FinetuneArguments, config_class], argv, stage=stage, defaults=device_defaults())
     try:
         run_stage(stage, args, train_cfg)
     except (DatasetFormatError, LoraTargetError) as e:
