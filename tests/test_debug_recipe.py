@@ -89,3 +89,22 @@ def test_rerun_skips_finished_stages(debug_run):
                           "--no_report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("skipped (--force redoes it)") == 9
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft"])
+def test_training_stage_under_accelerate_launch(debug_run, tmp_path, stage):
+    """The README's other way to start a training stage: `accelerate launch --config_file accelerate_config.yaml
+    -m llm_recipes.<stage> --config ...`, on the debug run's data, with a CLI override of output_dir."""
+    run_dir, _ = debug_run
+    out_dir = tmp_path / stage
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "LLM_RECIPES_RUN_DIR": str(run_dir)}
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_config.yaml",
+                          "-m", f"llm_recipes.{stage}", "--config", f"recipes/debug/{stage}.yaml",
+                          "--output_dir", str(out_dir), "--max_steps", "2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (out_dir / "stage_complete.json").is_file() and (out_dir / "final" / "model.safetensors").is_file()
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out_dir / "final").config.model_type == "recipe_gpt"

@@ -86,12 +86,12 @@ def test_python_docs_stdlib_has_real_modules():
 
 # ------------------------------------------------------------------------------------------- local files
 
-def make_warc(path: Path, html: bytes, broken_tail: bool = False):
+def make_warc(path: Path, html: bytes, broken_tail: bool = False, gzip: bool = False):
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
 
     with open(path, "wb") as f:
-        writer = WARCWriter(f, gzip=False)
+        writer = WARCWriter(f, gzip=gzip)
         for i, (ctype, body) in enumerate([("text/html; charset=utf-8", html), ("image/png", b"\x89PNG....")]):
             headers = StatusAndHeaders("200 OK", [("Content-Type", ctype)], protocol="HTTP/1.0")
             record = writer.create_warc_record(f"http://example.test/{i}", "response", payload=io.BytesIO(body),
@@ -146,6 +146,21 @@ def test_every_file_type_and_bad_inputs(tmp_path):
     assert skipped["WARC record is not HTML or text"] == 1
     assert report["documents"] == len(docs) == 9
     assert all(set(x) == {"text", "id", "source", "location", "title", "license"} for x in docs)
+
+
+def test_gzipped_warc_and_glob_patterns(tmp_path):
+    """A crawl as Common Crawl ships it (.warc.gz, one gzip member per record) and paths given as globs."""
+    d = tmp_path / "crawl"
+    (d / "sub").mkdir(parents=True)
+    make_warc(d / "sub" / "CC-1.warc.gz", page("Gzipped Page", PROSE).encode(), gzip=True)
+    make_warc(d / "sub" / "CC-2.warc.gz", page("Second Page", PROSE).encode(), gzip=True)
+    (d / "notes.txt").write_text("text outside the glob " + PROSE)
+    report = gather([{"type": "files", "paths": [str(d / "**" / "*.warc.gz")]}], tmp_path / "out", num_proc=1,
+                    progress=False)
+    docs = read_docs(tmp_path / "out")
+    assert sorted(x["title"] for x in docs) == ["Gzipped Page", "Second Page"]
+    assert all("quick brown fox" in x["text"] and "Home" not in x["text"] for x in docs)
+    assert report["skipped"]["WARC record is not HTML or text"] == 2  # the PNG record of each file
 
 
 # ------------------------------------------------------------------------------------------- Hub streaming

@@ -48,6 +48,36 @@ def test_nan_loss_skips_the_update_and_is_logged(tmp_path, clean_dir, tiny_token
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN update was not applied
 
 
+def test_gradient_norm_outlier_skips_the_update_and_is_logged(tmp_path, clean_dir, tiny_tokenizer_dir):
+    """After the guard's 32 steps of history, one step whose gradient is blown up 10,000x is skipped
+    (its norm is a z-score outlier), logged with the reason, and training carries on."""
+    from transformers import AutoTokenizer
+
+    import llm_recipes  # noqa: F401
+    from conftest import make_tiny_config
+    from llm_recipes.model import RecipeGPTForCausalLM
+    from llm_recipes.training.loop import pretrain
+    from llm_recipes.training.monitor import read_metrics
+
+    torch.manual_seed(0)
+    model = RecipeGPTForCausalLM(make_tiny_config(len(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))))
+    backward_calls = {"n": 0}
+
+    def blow_up(grad):
+        backward_calls["n"] += 1
+        return grad * 1e4 if backward_calls["n"] == 36 else grad
+
+    model.model.embed_tokens.weight.register_hook(blow_up)
+    result = pretrain(tiny_config(tmp_path, clean_dir, tiny_tokenizer_dir, max_steps=38, warmup_steps=2,
+                                  sample_prompts=[], eval_max_batches=1), model=model)
+    assert result.skipped_steps == 1
+    skipped = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "skipped" in r]
+    assert [r["step"] for r in skipped] == [36] and "outlier" in skipped[0]["skipped"]
+    assert skipped[0]["grad_norm"] > 100 * max(r["grad_norm"] for r in read_metrics(tmp_path / "metrics.jsonl")
+                                                  if "loss" in r and "skipped" not in r)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def _checkpointed_run(tmp_path, clean_dir, tokenizer_dir, **kw):
     from llm_recipes.training.loop import pretrain
 
