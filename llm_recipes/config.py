@@ -46,6 +46,15 @@ def default_run_dir(config_path: str | os.PathLike | None) -> str:
     return str(Path("runs") / Path(config_path).resolve().parent.name)
 
 
+def beside_model(model_path: str, stage: str) -> str:
+    """Default output folder of a stage that works on a trained model (serve, push, export): next to the
+    run that made it (`runs/quickstart/dpo/final` -> `runs/quickstart/<stage>`), else `runs/default/<stage>`."""
+    path = Path(model_path)
+    if path.name == "final" and path.parent.parent.is_dir():
+        return str(path.parent.parent / stage)
+    return str(Path("runs") / "default" / stage)
+
+
 def _expand(value: Any, run_dir: str) -> Any:
     if isinstance(value, str):
         return value.replace("${run_dir}", run_dir)

@@ -19,8 +19,9 @@ FORMATS = ("llama",)
 class ExportConfig:
     model_path: str = field(metadata={"help": "RecipeGPT model folder to export; also accepted as the first bare "
                                               "argument"})
-    output_dir: str = field(default="runs/default/export", metadata={
-        "help": "where the exported model folder is written (replaced atomically)"})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "where the exported model folder is written (replaced atomically); default: export/ beside the "
+                "model's stage folder (runs/quickstart/dpo/final -> runs/quickstart/export), else runs/default/export"})
     to: str = field(default="llama", metadata={"help": f"target format; one of: {', '.join(FORMATS)}"})
     dtype: str | None = field(default=None, metadata={
         "help": "weights dtype of the export: float32, bfloat16 or float16; default: the checkpoint's"})
@@ -28,7 +29,9 @@ class ExportConfig:
 
 def main(argv: list[str] | None = None) -> int:
     (cfg,) = parse_config([ExportConfig], argv, stage="export", positional="model_path")
-    from .config import ConfigError
+    from .config import ConfigError, beside_model
+
+    cfg.output_dir = cfg.output_dir or beside_model(cfg.model_path, "export")
 
     if cfg.to not in FORMATS:
         raise ConfigError(f"--to {cfg.to!r} is not a supported export format; expected one of: {', '.join(FORMATS)}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from .config import parse_config, save_resolved_config
+from .config import beside_model, parse_config, save_resolved_config
 
 
 @dataclass
@@ -20,8 +20,10 @@ class PushConfig:
     model_path: str = field(metadata={"help": "model folder to publish (safetensors, config, tokenizer); also accepted "
                                               "as the first bare argument"})
     repo_id: str = field(metadata={"help": "Hub repository, 'user/name' or 'org/name'"})
-    output_dir: str = field(default="runs/default/push", metadata={
-        "help": "where the staged upload (upload/ with README.md) and push_result.json are written"})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "where the staged upload (upload/ with README.md) and push_result.json are written; default: push/ "
+                "beside the model's stage folder (runs/quickstart/dpo/final -> runs/quickstart/push), else "
+                "runs/default/push"})
     private: bool = field(default=False, metadata={"help": "create the repository private (an existing one keeps its "
                                                            "visibility)"})
     dry_run: bool = field(default=False, metadata={"help": "prepare and list what would be uploaded, upload nothing"})
@@ -43,6 +45,7 @@ class PushConfig:
 
 def main(argv: list[str] | None = None) -> int:
     (cfg,) = parse_config([PushConfig], argv, stage="push", positional="model_path")
+    cfg.output_dir = cfg.output_dir or beside_model(cfg.model_path, "push")
     from pathlib import Path
 
     from .config import ConfigError

@@ -11,7 +11,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
-from .config import parse_config, save_resolved_config
+from .config import beside_model, parse_config, save_resolved_config
 
 API_KEY_ENV = "LLM_RECIPES_API_KEY"
 
@@ -20,9 +20,11 @@ API_KEY_ENV = "LLM_RECIPES_API_KEY"
 class ServeConfig:
     model_path: str = field(metadata={"help": "model folder to serve (config.json, safetensors, tokenizer); "
                                               "also accepted as the first bare argument"})
-    output_dir: str = field(default="runs/default/serve",
-                            metadata={"help": "folder for feedback.sqlite (the feedback store), the resolved config "
-                                              "and the completion marker"})
+    output_dir: str | None = field(default=None,
+                                   metadata={"help": "folder for feedback.sqlite (the feedback store), the resolved "
+                                                     "config and the completion marker; default: serve/ beside the "
+                                                     "model's stage folder (runs/quickstart/dpo/final -> "
+                                                     "runs/quickstart/serve), else runs/default/serve"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind; 127.0.0.1 keeps the server local, "
                                                              "0.0.0.0 exposes it to the network"})
     port: int = field(default=8000, metadata={"help": "TCP port"})
@@ -64,6 +66,7 @@ def _mask_secret_in_run_info(path: str, secret: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     (cfg,) = parse_config([ServeConfig], argv, stage="serve", positional="model_path")
+    cfg.output_dir = cfg.output_dir or beside_model(cfg.model_path, "serve")
     import torch
 
     from . import fileio

@@ -39,6 +39,15 @@ def test_machine_defaults_yield_to_recipe_and_cli(tmp_path):
     assert (cfg.learning_rate, cfg.max_steps, cfg.use_thing) == (0.5, 3, False)
 
 
+def test_outputs_of_model_stages_default_beside_the_model_run(tmp_path):
+    from llm_recipes.config import beside_model
+
+    (tmp_path / "run" / "dpo" / "final").mkdir(parents=True)
+    assert beside_model(str(tmp_path / "run" / "dpo" / "final"), "serve") == str(tmp_path / "run" / "serve")
+    assert beside_model("someone/hub-model", "push") == "runs/default/push"
+    assert beside_model(str(tmp_path / "run" / "dpo"), "export") == "runs/default/export"  # not a stage's final/
+
+
 def test_unknown_yaml_key_is_named(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("output_dir: x\nlerning_rate: 0.1\n")

@@ -118,6 +118,12 @@ def test_push_dry_run_and_bad_input(model_folder, tmp_path, monkeypatch, capsys)
                  str(tmp_path / "dry")]) == 0
     assert (tmp_path / "dry" / "upload" / "README.md").is_file()
     assert not (tmp_path / "dry" / "upload" / "optimizer.pt").exists()
+    # without --output_dir a stage's final/ model is staged beside its run: run/dpo/final -> run/push
+    import shutil
+
+    staged_model = shutil.copytree(folder, tmp_path / "run" / "dpo" / "final")
+    assert main(["push", str(staged_model), "--repo_id", "alice/x", "--dry_run", "true"]) == 0
+    assert (tmp_path / "run" / "push" / "upload" / "model.safetensors").is_file()
     assert main(["push", str(folder), "--repo_id", "no-slash", "--dry_run", "true"]) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
