@@ -126,6 +126,10 @@ def test_unknown_negatives_source_is_a_clear_error(tiny_model_dir, tmp_path, cap
                       "preference_negatives: mine\n")
     with pytest.raises(ConfigError, match="preference_negatives must be one of random, sibling, model, got 'mine'"):
         dpo.main(["--config", str(recipe)])
+    from llm_recipes import sft
+
+    with pytest.raises(ConfigError, match="preference_negatives: model is for the dpo and kto stages, not 'sft'"):
+        sft.main(stage_argv(tiny_model_dir, tmp_path / "s", dataset_name="x.jsonl", preference_negatives="model"))
     with pytest.raises(SystemExit):
         dpo.main(stage_argv(tiny_model_dir, tmp_path / "o", dataset_name="x.jsonl", preference_negatives="mine"))
     assert "invalid choice: 'mine'" in capsys.readouterr().err

@@ -158,8 +158,6 @@ def model_answers_as_negatives(stage: str, dataset, model, tokenizer, max_new_to
 
     from ..evaluation.scoring import LMScorer
 
-    if stage not in ("dpo", "kto"):
-        raise ConfigError(f"preference_negatives: model is for the dpo and kto stages, not {stage!r}")
     rows = list(dataset)
     if stage == "kto":
         targets = [i for i, r in enumerate(rows) if not r["label"]]
@@ -274,6 +272,8 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
 
     from accelerate import PartialState
 
+    if args.preference_negatives == "model" and stage not in ("dpo", "kto"):  # before any data or model is loaded
+        raise ConfigError(f"preference_negatives: model is for the dpo and kto stages, not {stage!r}")
     # under `accelerate launch` every process runs this function; only the main process writes files
     state = PartialState()
     main = state.is_main_process
