@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import site
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -19,21 +21,25 @@ SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 BYTE_ALPHABET_SIZE = 256
-DEFAULT_DEFINITION_DIR = Path(__file__).resolve().parent.parent / "tokenizer"
+# The tokenizer definition lives in the repository's top-level `tokenizer/` folder. An editable install
+# (the README's) reads it there; a wheel installs a copy as data files under <prefix>/share/llm_recipes/
+# (setup.cfg's data_files), which is where a non-editable install finds it.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+INSTALLED_DATA_DIRS = [Path(sys.prefix) / "share" / "llm_recipes", Path(site.USER_BASE or "~/.local") / "share" / "llm_recipes"]
 
 
 def resolve_definition_dir(path: str | os.PathLike | None) -> Path:
-    """The folder holding special_tokens.yaml and chat_template.jinja (default: the repo's `tokenizer/`)."""
-    if path is None:
-        return DEFAULT_DEFINITION_DIR
-    candidate = Path(path)
-    if not candidate.is_dir() and not candidate.is_absolute() and (DEFAULT_DEFINITION_DIR.parent / candidate).is_dir():
-        candidate = DEFAULT_DEFINITION_DIR.parent / candidate
-    if not (candidate / "special_tokens.yaml").is_file():
-        raise FileNotFoundError(
-            f"tokenizer definition folder {str(path)!r} must contain special_tokens.yaml and chat_template.jinja"
-        )
-    return candidate
+    """The folder holding special_tokens.yaml and chat_template.jinja (default: `tokenizer`). A relative
+    path is looked up in the working directory, then in the repository, then in the installed data files."""
+    path = Path("tokenizer") if path is None else Path(path)
+    candidates = [path] if path.is_absolute() else [path, REPO_ROOT / path, *(d / path for d in INSTALLED_DATA_DIRS)]
+    for candidate in candidates:
+        if (candidate / "special_tokens.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"tokenizer definition folder {str(path)!r} must contain special_tokens.yaml and chat_template.jinja "
+        f"(looked in: {', '.join(str(c) for c in candidates)})"
+    )
 
 
 def load_definition(path: str | os.PathLike | None = None) -> tuple[dict, str]:

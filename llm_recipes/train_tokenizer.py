@@ -35,7 +35,8 @@ class TrainTokenizerConfig:
     model_max_length: int = field(default=2048, metadata={
         "help": "Context length written to tokenizer_config.json (the model's max_position_embeddings)."})
     tokenizer_definition_dir: str = field(default="tokenizer", metadata={
-        "help": "Folder with special_tokens.yaml and chat_template.jinja (relative paths also resolve against the repo)."})
+        "help": "Folder with special_tokens.yaml and chat_template.jinja (a relative path is looked up in the working "
+                "directory, the repository, then the copy a non-editable install puts under <prefix>/share/llm_recipes)."})
     report_max_chars: int = field(default=5_000_000, metadata={
         "help": "Characters of validation text measured for the report."})
     compare_tokenizer: str = field(default="../shared/data/rasbt/gpt2_tokenizer", metadata={

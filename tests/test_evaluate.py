@@ -162,7 +162,8 @@ def test_perplexity_and_cloze_agree_with_lm_evaluation_harness(tiny_model_dir, t
     model_dir = copy_model(tiny_model_dir, tmp_path / "model")
     out = tmp_path / "eval"
     assert main(["--models", f"tiny={model_dir}", "--heldout_data", str(tmp_path / "held.jsonl"),
-                 "--choice_tasks", "builtin:english_cloze", "--output_dir", str(out)]) == 0
+                 "--choice_tasks", "builtin:english_cloze", "builtin:python_docs_cloze", "builtin:python_docs_mc",
+                 "--output_dir", str(out)]) == 0
     ours = json.loads((out / "eval_results.json").read_text())["models"]["tiny"]["results"]
 
     # held-out text: lm_eval's rolling log-likelihood puts a BOS prefix before each text's tokens, as we do;
@@ -175,14 +176,18 @@ def test_perplexity_and_cloze_agree_with_lm_evaluation_harness(tiny_model_dir, t
     assert ours["heldout"]["word_perplexity"] == pytest.approx(text["word_perplexity,none"], rel=0.01)
     assert ours["heldout"]["byte_perplexity"] == pytest.approx(text["byte_perplexity,none"], rel=0.01)
 
-    # the shipped cloze task with lm_eval's defaults: contexts start with BOS on both sides, so the
+    # the shipped tasks with lm_eval's defaults: contexts start with BOS on both sides, so the
     # log-likelihoods are the same; lm_eval breaks exact ties by taking the first choice where we share the
     # credit, so allow one item of difference
     lm = HFLM(pretrained=str(model_dir), trust_remote_code=True, batch_size=8, device="cpu")
     manager = TaskManager(include_path=[str(REPO / "llm_recipes" / "lm_eval_tasks")])
-    cloze = lm_eval.simple_evaluate(model=lm, tasks=["english_cloze"], task_manager=manager)["results"]["english_cloze"]
-    assert ours["english_cloze"]["acc"] == pytest.approx(cloze["acc,none"], abs=1 / 20 + 1e-9)
-    assert ours["english_cloze"]["acc_norm"] == pytest.approx(cloze["acc_norm,none"], abs=1 / 20 + 1e-9)
+    names = ["english_cloze", "python_docs_cloze", "python_docs_mc"]
+    theirs = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager)["results"]
+    for name in names:
+        items = ours[name]["n"]
+        assert items == sum(1 for line in (REPO / "llm_recipes" / "lm_eval_tasks" / f"{name}.jsonl").open() if line.strip())
+        assert ours[name]["acc"] == pytest.approx(theirs[name]["acc,none"], abs=1 / items + 1e-9), name
+        assert ours[name]["acc_norm"] == pytest.approx(theirs[name]["acc_norm,none"], abs=1 / items + 1e-9), name
 
 
 # -- the stage --------------------------------------------------------------------------------------

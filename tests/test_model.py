@@ -201,6 +201,7 @@ def test_peft_lora_all_linear():
         (dict(hidden_size=100, num_attention_heads=3), r"hidden_size \(100\) must be divisible by num_attention_heads \(3\)"),
         (dict(num_attention_heads=4, num_key_value_heads=3), r"num_key_value_heads \(3\) must divide num_attention_heads \(4\)"),
         (dict(num_hidden_layers=0), r"num_hidden_layers must be a positive integer"),
+        (dict(hidden_dropout=1.0), r"hidden_dropout must be in \[0, 1\), got 1.0"),
     ],
 )
 def test_bad_config_is_a_clear_error(kwargs, message):
@@ -221,6 +222,24 @@ def test_presets_and_flops():
     assert model.flops_per_token(1024) == 6 * n + 12 * 12 * 12 * 64 * 1024
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
         config_from_preset("huge")
+    # PretrainedConfig would keep a misspelt key as a harmless attribute: a recipe's typo must not pass
+    with pytest.raises(ValueError, match=r"unknown model setting\(s\) 'hiden_dropout'; expected any of: .*hidden_dropout"):
+        config_from_preset("nano", hiden_dropout=0.1)
+
+
+def test_hidden_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    model = RecipeGPTForCausalLM(make_tiny_config(hidden_dropout=0.5))
+    plain = RecipeGPTForCausalLM(make_tiny_config())
+    plain.load_state_dict(model.state_dict())  # same weights: dropout adds no parameters
+    ids = torch.randint(0, 512, (2, 16))
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain(ids).logits)
+        model.train()
+        first, second = model(ids).logits, model(ids).logits
+    assert not torch.allclose(first, second)  # a fresh mask per forward pass
+    assert not torch.allclose(first, plain(ids).logits)
 
 
 def test_auto_config_round_trip(tmp_path):

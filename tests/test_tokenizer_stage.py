@@ -170,3 +170,41 @@ def test_text_stream_samples_across_files_deterministically(tmp_path):
     assert sample == list(text_stream(files, max_chars=20_000, seed=1)[0])
     assert sample != list(text_stream(files, max_chars=20_000, seed=2)[0])
     assert len(list(text_stream(files)[0])) == 600
+
+
+def test_definition_folder_is_found_in_a_non_editable_install(tmp_path, monkeypatch):
+    """An installed wheel has no repository beside the package: `tokenizer` resolves to the copy that
+    setup.cfg's data_files put under <prefix>/share/llm_recipes/, and the wheel really carries that copy."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from llm_recipes import tokenization
+
+    share = tmp_path / "prefix" / "share" / "llm_recipes"
+    shutil.copytree(REPO_ROOT / "tokenizer", share / "tokenizer")
+    monkeypatch.setattr(tokenization, "REPO_ROOT", tmp_path / "site-packages")  # no tokenizer/ there
+    monkeypatch.setattr(tokenization, "INSTALLED_DATA_DIRS", [share])
+    monkeypatch.chdir(tmp_path)
+    assert tokenization.resolve_definition_dir(None) == share / "tokenizer"
+    assert tokenization.resolve_definition_dir("tokenizer") == share / "tokenizer"
+    specials, template = tokenization.load_definition("tokenizer")
+    assert specials["eos_token"] and template == (REPO_ROOT / "tokenizer" / "chat_template.jinja").read_text(encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"'my_tokenizer' must contain special_tokens.yaml .*looked in: my_tokenizer"):
+        tokenization.resolve_definition_dir("my_tokenizer")
+
+    # build from a copy of the sources: setuptools writes build/ and egg-info into the tree it builds
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    for name in ("llm_recipes", "tokenizer"):
+        shutil.copytree(REPO_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+                    str(source)], check=True, cwd=tmp_path, capture_output=True)
+    (wheel,) = wheels.glob("llm_recipes-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in ("special_tokens.yaml", "chat_template.jinja"):
+        assert any(n.endswith(f".data/data/share/llm_recipes/tokenizer/{name}") for n in names), name

@@ -28,6 +28,10 @@ class RecipeGPTConfig(PretrainedConfig):
         initializer_range (`float`): std of the normal init; residual output projections are further scaled
             by 1/sqrt(2 * num_hidden_layers) (GPT-2).
         attention_dropout (`float`): dropout on attention probabilities (0 for pretraining).
+        hidden_dropout (`float`): dropout on the embeddings and on each block's attention and MLP output
+            before it joins the residual stream (nanoGPT's `dropout`). 0 for pretraining on plenty of data;
+            it helps when a small corpus is seen for many epochs. Training only: inference is unchanged, so
+            the Llama export holds.
         use_cache (`bool`): return a KV cache from forward when generating.
     """
 
@@ -50,6 +54,7 @@ class RecipeGPTConfig(PretrainedConfig):
         tie_word_embeddings: bool = True,
         initializer_range: float = 0.02,
         attention_dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
         use_cache: bool = True,
         bos_token_id: int | None = None,
         eos_token_id: int | list[int] | None = None,
@@ -77,6 +82,9 @@ class RecipeGPTConfig(PretrainedConfig):
                             ("max_position_embeddings", max_position_embeddings)):
             if int(value) <= 0:
                 raise ValueError(f"RecipeGPTConfig: {name} must be a positive integer, got {value}")
+        for name, value in (("attention_dropout", attention_dropout), ("hidden_dropout", hidden_dropout)):
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"RecipeGPTConfig: {name} must be in [0, 1), got {value}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
@@ -90,6 +98,7 @@ class RecipeGPTConfig(PretrainedConfig):
         self.qk_norm = qk_norm
         self.initializer_range = initializer_range
         self.attention_dropout = attention_dropout
+        self.hidden_dropout = hidden_dropout
         self.use_cache = use_cache
         self.hidden_act = "silu"  # SwiGLU; named like LlamaConfig for tools that read it
         # transformers 5 no longer keeps these on the base class: set them here or they are lost on save

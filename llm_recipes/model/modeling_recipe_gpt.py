@@ -188,6 +188,7 @@ class RecipeGPTDecoderLayer(GradientCheckpointingLayer):
         self.mlp = RecipeGPTMLP(config)
         self.input_layernorm = RecipeGPTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RecipeGPTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.dropout = nn.Dropout(getattr(config, "hidden_dropout", 0.0))  # identity in eval mode
 
     def forward(
         self,
@@ -197,7 +198,7 @@ class RecipeGPTDecoderLayer(GradientCheckpointingLayer):
         cache: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        # x = x + attn(norm(x)); x = x + mlp(norm(x))
+        # x = x + dropout(attn(norm(x))); x = x + dropout(mlp(norm(x)))
         residual = hidden_states
         hidden_states, _ = self.self_attn(
             self.input_layernorm(hidden_states),
@@ -206,8 +207,8 @@ class RecipeGPTDecoderLayer(GradientCheckpointingLayer):
             cache=cache,
             **kwargs,
         )
-        hidden_states = residual + hidden_states
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        hidden_states = residual + self.dropout(hidden_states)
+        return hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
 
 
 class RecipeGPTPreTrainedModel(PreTrainedModel):
@@ -241,6 +242,7 @@ class RecipeGPTModel(RecipeGPTPreTrainedModel):
         )
         self.norm = RecipeGPTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RecipeGPTRotaryEmbedding(config)
+        self.embed_dropout = nn.Dropout(getattr(config, "hidden_dropout", 0.0))
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -277,7 +279,7 @@ class RecipeGPTModel(RecipeGPTPreTrainedModel):
             cache=cache,
             position_ids=position_ids,
         )
-        hidden_states = inputs_embeds
+        hidden_states = self.embed_dropout(inputs_embeds)
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         for decoder_layer in self.layers:
             hidden_states = decoder_layer(

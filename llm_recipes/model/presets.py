@@ -7,6 +7,8 @@ which keeps the MLP's FLOPs equal to GPT-2's 4x GELU MLP.
 
 from __future__ import annotations
 
+import inspect
+
 from .configuration_recipe_gpt import RecipeGPTConfig
 
 PRESETS: dict[str, dict] = {
@@ -35,4 +37,9 @@ def config_from_preset(name: str, **overrides) -> RecipeGPTConfig:
     """A RecipeGPTConfig for a named size; keyword overrides (e.g. vocab_size) win over the preset."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; expected one of: {', '.join(PRESETS)}")
+    # PretrainedConfig keeps any keyword as an attribute, so a misspelt override would be silently ignored
+    known = set(inspect.signature(RecipeGPTConfig.__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown model setting(s) {', '.join(map(repr, unknown))}; expected any of: {', '.join(sorted(known))}")
     return RecipeGPTConfig(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
