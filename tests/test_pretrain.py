@@ -126,6 +126,27 @@ def test_final_model_loads_with_plain_transformers(tmp_path, clean_dir, tokens_d
     assert val[-1]["step"] == 3 and val[-1]["val_loss"] == pytest.approx(m["val_loss"])
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_saves_a_plain_model(tmp_path, clean_dir, tokens_dir, tiny_tokenizer_dir):
+    """torch_compile: true trains the same trajectory as eager mode (inductor reorders float sums, hence a
+    tolerance) and the saved folder has the plain parameter names (no `_orig_mod.` prefix)."""
+    from llm_recipes.training.loop import pretrain
+
+    common = dict(max_steps=4, tokenized_path=str(tokens_dir), sample_prompts=[])
+    eager = pretrain(tiny_config(tmp_path / "eager", clean_dir, tiny_tokenizer_dir, **common))
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    compiled = pretrain(tiny_config(tmp_path / "compiled", clean_dir, tiny_tokenizer_dir, torch_compile=True, **common))
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo really captured the model
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    assert compiled.eval_metrics["val_loss"] == pytest.approx(eager.eval_metrics["val_loss"], rel=1e-4)
+    a, b = _final_state(tmp_path / "eager"), _final_state(tmp_path / "compiled")
+    assert set(a) == set(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-5)
+
+
 def test_continued_pretraining_from_model_folder(tmp_path, clean_dir, tokens_dir, tiny_model_dir):
     """init_from starts from the saved weights (first loss equals the saved model's loss on that batch)."""
     from transformers import AutoModelForCausalLM

@@ -34,7 +34,7 @@ class PretrainResult:
 
 def _make_accelerator(cfg):
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
+    from accelerate.utils import ProjectConfiguration
 
     bf16 = cfg.bf16 if cfg.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     out = Path(cfg.output_dir)
@@ -42,7 +42,6 @@ def _make_accelerator(cfg):
         mixed_precision="bf16" if bf16 else "no",
         log_with=cfg.trackers or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-        dynamo_plugin=TorchDynamoPlugin(backend="inductor") if cfg.torch_compile else None,
     )
 
 
@@ -84,7 +83,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     Returns:
         A `PretrainResult`. The model is saved in `output_dir/final` (loads with plain transformers).
     """
-    from accelerate.utils import broadcast, set_seed
+    from accelerate.utils import broadcast, is_compiled_module, set_seed
     from tqdm.auto import tqdm
 
     from ..fileio import atomic_write_json, mark_complete
@@ -121,6 +120,11 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     model.to(accelerator.device)
     optimizer = make_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.torch_compile and not is_compiled_module(model):  # `accelerate launch --dynamo_backend` compiles in prepare
+        # compiled here, not through Accelerator(dynamo_plugin=...): that setting lives in AcceleratorState, a
+        # process-wide singleton, so it was silently ignored whenever an earlier stage in the same process had
+        # created an Accelerator without it. Compiling the prepared (DDP-wrapped) model is what Accelerate does.
+        model = torch.compile(model)
     raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
     flops_per_token = (raw_model.flops_per_token(cfg.seq_len) if hasattr(raw_model, "flops_per_token")
                        else 6 * sum(p.numel() for p in raw_model.parameters()))
