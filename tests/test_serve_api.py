@@ -285,9 +285,12 @@ def test_run_serves_on_request_and_ctrl_c_stops_it(tiny_model_dir, tmp_path):
     recipe.mkdir()
     (recipe / "serve.yaml").write_text(f"output_dir: ${{run_dir}}/serve\nmodel_path: {tiny_model_dir}\nport: {port}\n")
     (recipe / "sft.yaml").write_text("output_dir: ${run_dir}/sft\n")  # not named: must not run
+    # a terminal's Ctrl+C needs SIGINT's default disposition: where the tests themselves run as a background
+    # job of a non-interactive shell (nohup, `cmd &` in a script), SIGINT is inherited as ignored
     proc = subprocess.Popen([sys.executable, "-m", "llm_recipes", "run", str(recipe), "--stages", "serve",
                              "--run_dir", str(tmp_path / "run"), "--report", "false"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for _ in range(600):
             try:
@@ -298,7 +301,11 @@ def test_run_serves_on_request_and_ctrl_c_stops_it(tiny_model_dir, tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        output = proc.communicate(timeout=60)[0]
+        try:
+            output = proc.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # leave no server behind
+            raise
     assert proc.returncode == 0, output
     assert "[run] serve: done" in output and "Traceback" not in output
     assert (tmp_path / "run" / "serve" / "stage_complete.json").is_file()
