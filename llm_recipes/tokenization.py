@@ -25,7 +25,7 @@ BYTE_ALPHABET_SIZE = 256
 # (the README's) reads it there; a wheel installs a copy as data files under <prefix>/share/llm_recipes/
 # (setup.cfg's data_files), which is where a non-editable install finds it.
 REPO_ROOT = Path(__file__).resolve().parent.parent
-INSTALLED_DATA_DIRS = [Path(sys.prefix) / "share" / "llm_recipes", Path(site.USER_BASE or "~/.local") / "share" / "llm_recipes"]
+INSTALLED_DATA_DIRS = [Path(sys.prefix) / "share" / "llm_recipes", Path(site.getuserbase()) / "share" / "llm_recipes"]
 
 
 def resolve_definition_dir(path: str | os.PathLike | None) -> Path:

@@ -130,12 +130,12 @@ def test_final_model_loads_with_plain_transformers(tmp_path, clean_dir, tokens_d
 def test_compiled_training_matches_eager_and_saves_a_plain_model(tmp_path, clean_dir, tokens_dir, tiny_tokenizer_dir):
     """torch_compile: true trains the same trajectory as eager mode (inductor reorders float sums, hence a
     tolerance) and the saved folder has the plain parameter names (no `_orig_mod.` prefix)."""
+    from torch._dynamo.utils import counters
+
     from llm_recipes.training.loop import pretrain
 
     common = dict(max_steps=4, tokenized_path=str(tokens_dir), sample_prompts=[])
     eager = pretrain(tiny_config(tmp_path / "eager", clean_dir, tiny_tokenizer_dir, **common))
-    from torch._dynamo.utils import counters
-
     counters.clear()
     compiled = pretrain(tiny_config(tmp_path / "compiled", clean_dir, tiny_tokenizer_dir, torch_compile=True, **common))
     assert counters["stats"]["unique_graphs"] > 0  # dynamo really captured the model

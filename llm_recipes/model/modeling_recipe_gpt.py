@@ -188,7 +188,7 @@ class RecipeGPTDecoderLayer(GradientCheckpointingLayer):
         self.mlp = RecipeGPTMLP(config)
         self.input_layernorm = RecipeGPTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RecipeGPTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.dropout = nn.Dropout(getattr(config, "hidden_dropout", 0.0))  # identity in eval mode
+        self.dropout = nn.Dropout(config.hidden_dropout)  # identity in eval mode
 
     def forward(
         self,
@@ -242,7 +242,7 @@ class RecipeGPTModel(RecipeGPTPreTrainedModel):
         )
         self.norm = RecipeGPTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RecipeGPTRotaryEmbedding(config)
-        self.embed_dropout = nn.Dropout(getattr(config, "hidden_dropout", 0.0))
+        self.embed_dropout = nn.Dropout(config.hidden_dropout)
         self.gradient_checkpointing = False
         self.post_init()
 
