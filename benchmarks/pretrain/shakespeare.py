@@ -78,12 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--warmup_steps", type=int, default=50)
     parser.add_argument("--schedule", default="cosine")
+    parser.add_argument("--decay_ratio", type=float, default=0.2, help="schedule wsd: fraction spent decaying")
     parser.add_argument("--min_lr_ratio", type=float, default=0.0)
     parser.add_argument("--weight_decay", type=float, default=0.1)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0: off)")
     parser.add_argument("--beta2", type=float, default=0.99)
     parser.add_argument("--optim", default="adamw", help="adamw or muon (see PretrainConfig.optim)")
     parser.add_argument("--eval_steps", type=int, default=0,
                         help="also evaluate every this many steps (inside the budget; shows where validation bottoms out)")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (on CPUs with AMX/AVX512-BF16 matmuls)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (its compile time counts against the budget; inductor's "
@@ -121,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                          "num_key_value_heads": 4, "intermediate_size": 384, **args.model},
         seq_len=args.seq_len, per_device_train_batch_size=args.batch, max_steps=args.max_steps or 1_000_000,
         max_train_seconds=None if args.max_steps else args.budget,
-        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, lr_scheduler_type=args.schedule,
-        min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, adam_beta2=args.beta2, optim=args.optim,
+        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, lr_scheduler_type=args.schedule, decay_ratio=args.decay_ratio,
+        min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, adam_beta2=args.beta2, max_grad_norm=args.max_grad_norm, optim=args.optim,
         eval_steps=args.eval_steps, eval_max_batches=-1, per_device_eval_batch_size=64, save_steps=0, logging_steps=50,
         sample_prompts=["ROMEO:"], sample_max_new_tokens=48, report_to=["none"], document_masking=False,
-        outlier_zscore=0.0, seed=1337, torch_compile=args.compile)
+        outlier_zscore=0.0, seed=args.seed, torch_compile=args.compile,
+        bf16=args.bf16)
     started = time.time()
     result = pretrain(cfg)
     wall = time.time() - started
@@ -145,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_sec_mean": round(result.tokens / max(logs[-1]["elapsed"], 1e-9), 1) if logs else None,
         "steps": result.step, "train_tokens": result.tokens, "budget_s": None if args.max_steps else args.budget, "wall_s": round(wall, 1),
         "vocab": args.vocab, "batch": args.batch, "seq_len": args.seq_len, "model": args.model, "learning_rate": args.learning_rate,
-        "warmup_steps": args.warmup_steps, "schedule": args.schedule, "min_lr_ratio": args.min_lr_ratio,
-        "weight_decay": args.weight_decay, "beta2": args.beta2, "optim": args.optim, "compile": args.compile, "threads": torch.get_num_threads(),
+        "warmup_steps": args.warmup_steps, "schedule": args.schedule, "decay_ratio": args.decay_ratio, "min_lr_ratio": args.min_lr_ratio,
+        "weight_decay": args.weight_decay, "beta2": args.beta2, "max_grad_norm": args.max_grad_norm, "optim": args.optim, "seed": args.seed, "bf16": args.bf16, "compile": args.compile, "threads": torch.get_num_threads(),
         "load_avg_start": [round(x, 2) for x in load_start], "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         "machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
         "sample": samples[-1]["prompt"] + samples[-1]["completion"], "note": args.note,
