@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, adam_beta2=args.beta2, max_grad_norm=args.max_grad_norm, optim=args.optim,
         eval_steps=args.eval_steps, eval_max_batches=-1, per_device_eval_batch_size=64, save_steps=0, logging_steps=50,
         sample_prompts=["ROMEO:"], sample_max_new_tokens=48, report_to=["none"], document_masking=False,
-        outlier_zscore=0.0, seed=args.seed, torch_compile=args.compile,
-        bf16=args.bf16)
+        outlier_zscore=0.0, seed=args.seed, torch_compile=args.compile, bf16=args.bf16)
     started = time.time()
     result = pretrain(cfg)
     wall = time.time() - started
