@@ -87,4 +87,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .launch import run_stage
+
+    sys.exit(run_stage("clean", main))

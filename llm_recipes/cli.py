@@ -58,13 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"llm-recipes: stage {name!r} is not built yet (no module {module_name})", file=sys.stderr)
         return 3
-    from .config import ConfigError
+    from .launch import run_stage
 
-    try:
-        return int(module.main(rest) or 0)
-    except ConfigError as e:
-        print(f"llm-recipes {name}: error: {e}", file=sys.stderr)
-        return 2
+    return run_stage(name, lambda: module.main(rest))
 
 
 if __name__ == "__main__":

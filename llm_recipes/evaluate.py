@@ -85,4 +85,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(main())
+    from .launch import run_stage
+
+    sys.exit(run_stage("evaluate", main))

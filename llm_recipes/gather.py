@@ -61,4 +61,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .launch import run_stage
+
+    sys.exit(run_stage("gather", main))

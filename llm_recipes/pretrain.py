@@ -34,4 +34,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .launch import run_stage
+
+    sys.exit(run_stage("pretrain", main))

@@ -131,4 +131,6 @@ def clean_data_files(dataset_path: str) -> tuple[list[str], list[str]]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .launch import run_stage
+
+    sys.exit(run_stage("train-tokenizer", main))

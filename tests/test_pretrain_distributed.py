@@ -47,3 +47,38 @@ def test_two_processes_stream_disjoint_documents(tmp_path, clean_dir, tiny_token
     rows1 = [k for rows in r1["seen"].values() for k in rows]
     assert len(rows0) == len(rows1) == 3 * 2
     assert not set(rows0) & set(rows1)
+
+
+def test_launch_without_a_process_group_is_refused(tmp_path, clean_dir, tiny_tokenizer_dir):
+    """torchrun on a machine without GPUs and without ACCELERATE_USE_CPU: Accelerate gives each process a
+    single-process state. The stage must refuse instead of training twice into the same output_dir."""
+    import os
+    import subprocess
+    import sys
+
+    from pretrain_helpers import free_port
+
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "llm_recipes.pretrain", "--output_dir", str(out),
+           "--dataset_path", str(clean_dir), "--tokenizer_path", str(tiny_tokenizer_dir), "--model_preset", "test",
+           "--max_steps", "2", "--report_to", "none"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert "launched as 2 processes (WORLD_SIZE=2) but they formed a group of 1" in done.stderr
+    assert "ACCELERATE_USE_CPU=1" in done.stderr
+    assert not (out / "checkpoints").exists() and not (out / "final").exists()
+
+
+def test_process_group_check(monkeypatch):
+    from llm_recipes.config import ConfigError
+    from llm_recipes.launch import check_process_group
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    check_process_group(1, "sft")  # a plain single-process run
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    check_process_group(4, "sft")  # every process joined
+    with pytest.raises(ConfigError, match=r"sft: launched as 4 processes .* group of 1"):
+        check_process_group(1, "sft")

@@ -272,10 +272,13 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
 
     from accelerate import PartialState
 
+    from ..launch import check_process_group
+
     if args.preference_negatives == "model" and stage not in ("dpo", "kto"):  # before any data or model is loaded
         raise ConfigError(f"preference_negatives: model is for the dpo and kto stages, not {stage!r}")
     # under `accelerate launch` every process runs this function; only the main process writes files
     state = PartialState()
+    check_process_group(state.num_processes, stage)
     main = state.is_main_process
     output_dir = Path(train_cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

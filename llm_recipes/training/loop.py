@@ -87,6 +87,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     from tqdm.auto import tqdm
 
     from ..fileio import atomic_write_json, mark_complete
+    from ..launch import check_process_group
     from .building import build_model, check_vocab, load_tokenizer, make_optimizer
     from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
     from .data import build_eval_batches, build_train_batches
@@ -95,6 +96,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     from .schedule import learning_rate_at
 
     accelerator = _make_accelerator(cfg)
+    check_process_group(accelerator.num_processes, "pretrain")
     out = Path(cfg.output_dir)
     checkpoints = out / "checkpoints"
     say = accelerator.print
