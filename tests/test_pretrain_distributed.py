@@ -1,5 +1,5 @@
 """Two CPU processes (gloo, torchrun): disjoint data, and the same steps as one process at the same
-global batch."""
+global batch; `accelerate launch` with the repository's configs: DDP on CPU works, FSDP on CPU is refused."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from pretrain_helpers import launch_two_processes, train_and_record, write_clean_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +51,8 @@ def test_two_processes_stream_disjoint_documents(tmp_path, clean_dir, tiny_token
     assert not set(rows0) & set(rows1)
 
 
-def test_launch_without_a_process_group_is_refused(tmp_path, clean_dir, tiny_tokenizer_dir):
-    """torchrun on a machine without GPUs and without ACCELERATE_USE_CPU: Accelerate gives each process a
-    single-process state. The stage must refuse instead of training twice into the same output_dir."""
+def _accelerate_launch(config: str, out: Path, clean_dir, tokenizer_dir, use_cpu: bool):
+    """`accelerate launch --config_file <config> --num_processes 2 -m llm_recipes.pretrain`, as a user runs it."""
     import os
     import subprocess
     import sys
@@ -59,17 +60,32 @@ def test_launch_without_a_process_group_is_refused(tmp_path, clean_dir, tiny_tok
     from pretrain_helpers import free_port
 
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
-    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "llm_recipes.pretrain", "--output_dir", str(out),
-           "--dataset_path", str(clean_dir), "--tokenizer_path", str(tiny_tokenizer_dir), "--model_preset", "test",
-           "--max_steps", "2", "--report_to", "none"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", **({"ACCELERATE_USE_CPU": "1"} if use_cpu else {}))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / config), "--num_processes", "2",
+           "--main_process_port", str(free_port()), "-m", "llm_recipes.pretrain", "--output_dir", str(out),
+           "--dataset_path", str(clean_dir), "--tokenizer_path", str(tokenizer_dir), "--model_preset", "test",
+           "--seq_len", "32", "--per_device_train_batch_size", "2", "--max_steps", "2", "--save_steps", "2",
+           "--eval_steps", "0", "--report_to", "none"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_cpu_ddp_through_accelerate_launch(tmp_path, clean_dir, tiny_tokenizer_dir):
+    """recipes/accelerate/README.md's CPU command: ACCELERATE_USE_CPU=1 with ddp.yaml forms one gloo group."""
+    done = _accelerate_launch("recipes/accelerate/ddp.yaml", tmp_path, clean_dir, tiny_tokenizer_dir, use_cpu=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = tmp_path / "checkpoints" / "step-00000002"
+    assert (ckpt / "data_state_0.pt").is_file() and (ckpt / "data_state_1.pt").is_file()
+    assert "2 steps, 256 tokens" in done.stdout  # 2 steps x 2 processes x 2 rows x 32 tokens
+
+
+def test_launch_without_a_process_group_is_refused(tmp_path, clean_dir, tiny_tokenizer_dir):
+    """The FSDP2 config on a machine without GPUs: Accelerate gives each process a single-process state. The
+    stage must refuse instead of training twice into the same output_dir."""
+    done = _accelerate_launch("recipes/accelerate/fsdp2.yaml", tmp_path, clean_dir, tiny_tokenizer_dir, use_cpu=False)
     assert done.returncode != 0
     assert "launched as 2 processes (WORLD_SIZE=2) but they formed a group of 1" in done.stderr
     assert "ACCELERATE_USE_CPU=1" in done.stderr
-    assert not (out / "checkpoints").exists() and not (out / "final").exists()
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "final").exists()
 
 
 def test_process_group_check(monkeypatch):
