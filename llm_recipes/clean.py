@@ -87,6 +87,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .launch import run_stage
+    from .launch import entry_point
 
-    sys.exit(run_stage("clean", main))
+    sys.exit(entry_point("clean", main))

@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"llm-recipes: stage {name!r} is not built yet (no module {module_name})", file=sys.stderr)
         return 3
-    from .launch import run_stage
+    from .launch import entry_point
 
-    return run_stage(name, lambda: module.main(rest))
+    return entry_point(name, lambda: module.main(rest))
 
 
 if __name__ == "__main__":

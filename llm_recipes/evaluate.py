@@ -85,6 +85,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from .launch import run_stage
+    from .launch import entry_point
 
-    sys.exit(run_stage("evaluate", main))
+    sys.exit(entry_point("evaluate", main))

@@ -53,6 +53,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .launch import run_stage
+    from .launch import entry_point
 
-    sys.exit(run_stage("export", main))
+    sys.exit(entry_point("export", main))

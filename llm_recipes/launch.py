@@ -10,7 +10,7 @@ from typing import Callable
 from .config import ConfigError
 
 
-def run_stage(stage: str, main: Callable[[], int | None]) -> int:
+def entry_point(stage: str, main: Callable[[], int | None]) -> int:
     """Runs a stage's `main()` as its `python -m` entry point: a config error prints one line naming the
     stage and exits 2, as `llm-recipes <stage>` does, instead of a traceback from every process."""
     try:

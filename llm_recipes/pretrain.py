@@ -34,6 +34,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .launch import run_stage
+    from .launch import entry_point
 
-    sys.exit(run_stage("pretrain", main))
+    sys.exit(entry_point("pretrain", main))

@@ -51,6 +51,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .launch import run_stage
+    from .launch import entry_point
 
-    sys.exit(run_stage("run", main))
+    sys.exit(entry_point("run", main))

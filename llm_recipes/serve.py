@@ -118,6 +118,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .launch import run_stage
+    from .launch import entry_point
 
-    sys.exit(run_stage("serve", main))
+    sys.exit(entry_point("serve", main))

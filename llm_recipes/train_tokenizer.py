@@ -131,6 +131,6 @@ def clean_data_files(dataset_path: str) -> tuple[list[str], list[str]]:
 
 
 if __name__ == "__main__":
-    from .launch import run_stage
+    from .launch import entry_point
 
-    sys.exit(run_stage("train-tokenizer", main))
+    sys.exit(entry_point("train-tokenizer", main))

@@ -107,6 +107,16 @@ def test_console_script_installed():
     assert out.returncode == 0 and "train-tokenizer" in out.stdout
 
 
+@pytest.mark.parametrize("module, stage", [("pretrain", "pretrain"), ("train_tokenizer", "train-tokenizer")])
+def test_module_entry_point_reports_config_errors_in_one_line(tmp_path, module, stage):
+    """`python -m llm_recipes.<stage>` is what `accelerate launch -m` runs: a bad recipe is one line, exit 2."""
+    out = subprocess.run([sys.executable, "-m", f"llm_recipes.{module}", "--config", str(tmp_path / "missing.yaml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"llm-recipes {stage}: error: config file {str(tmp_path / 'missing.yaml')!r} does not exist (expected a YAML recipe file)"]
+
+
 def test_secrets_are_masked_in_run_info():
     from llm_recipes.config import mask_secrets
 
