@@ -36,7 +36,7 @@ class RecipeGPTConfig(PretrainedConfig):
     """
 
     model_type = "recipe_gpt"
-    keys_to_ignore_at_inference = ["cache"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the KV cache (named past_key_values before transformers 5.24)
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ transformers and its sibling configuration file. Module names match Llama's (`q_
 `input_layernorm`, `embed_tokens`, `lm_head`) so PEFT, FSDP wrapping and the Llama export need no glue.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -26,6 +27,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .configuration_recipe_gpt import RecipeGPTConfig
+
+# transformers 5.24 renamed the KV cache argument and output field from `past_key_values` to `cache`. This
+# file runs as Hub remote code under whatever version the user has, so it speaks the installed one's name.
+CACHE_KEY = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
 
 
 class RecipeGPTRMSNorm(nn.Module):
@@ -161,8 +166,10 @@ class RecipeGPTAttention(nn.Module):
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
         if cache is not None:
-            # append this step's keys/values; attend over everything seen so far
-            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
+            # append this step's keys/values; attend over everything seen so far. From transformers 5.24
+            # (CACHE_KEY "cache") a paged cache (continuous batching) reads its indices from the forward kwargs
+            paged = {"kwargs": kwargs} if CACHE_KEY == "cache" else {}
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, **paged)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -258,7 +265,7 @@ class RecipeGPTModel(RecipeGPTPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("RecipeGPTModel: pass exactly one of input_ids or inputs_embeds")
-        if "past_key_values" in kwargs:  # older callers; the v5 name is `cache`
+        if "past_key_values" in kwargs:  # transformers < 5.24 (its generate) and older callers
             cache = cache if cache is not None else kwargs.pop("past_key_values")
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if inputs_embeds is None:
@@ -276,8 +283,8 @@ class RecipeGPTModel(RecipeGPTPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            cache=cache,
             position_ids=position_ids,
+            **{CACHE_KEY: cache},
         )
         hidden_states = self.embed_dropout(inputs_embeds)
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
@@ -291,7 +298,7 @@ class RecipeGPTModel(RecipeGPTPreTrainedModel):
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_KEY: cache if use_cache else None})
 
 
 class RecipeGPTForCausalLM(RecipeGPTPreTrainedModel, GenerationMixin):
@@ -340,7 +347,7 @@ class RecipeGPTForCausalLM(RecipeGPTPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_KEY: getattr(outputs, CACHE_KEY)})
 
     # -- helpers for training ------------------------------------------------------------------------
 

@@ -196,9 +196,11 @@ class GenerationEngine:
             mask[i, width - len(r.prompt_ids):] = 1
         # positions count real tokens only, so a left-padded prompt sees the same positions as alone
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        from ..model.modeling_recipe_gpt import CACHE_KEY
+
+        cache = DynamicCache(config=self.model.config)  # filled in place by the model
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
+                         position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1, **{CACHE_KEY: cache})
         rows = []
         for r in requests:
             generator = None
@@ -206,7 +208,7 @@ class GenerationEngine:
                 generator = torch.Generator(device=self.device).manual_seed(int(r.seed))
             rows.append(_Row(r, generator))
         next_pos = mask.sum(-1)
-        return rows, (out.cache, mask.to(self.device), next_pos.to(self.device), out.logits[:, -1, :])
+        return rows, (cache, mask.to(self.device), next_pos.to(self.device), out.logits[:, -1, :])
 
     def _merge(self, rows, state, new_rows, new_state):
         """Appends newcomers (state: cache, mask, next position, token to feed next) to the running batch: caches and masks are left-padded to a common length."""
@@ -239,11 +241,13 @@ class GenerationEngine:
 
     def _decode_step(self, rows, state):
         """Feeds every running row its last token and samples the next."""
+        from ..model.modeling_recipe_gpt import CACHE_KEY
+
         torch = self._torch
         cache, mask, pos, last_tokens = state
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         out = self.model(input_ids=last_tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
-                         cache=cache, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **{CACHE_KEY: cache})
         self.steps += 1
         return self._sample_and_emit(rows, (cache, mask, pos + 1, out.logits[:, -1, :]))
 

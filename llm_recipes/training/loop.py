@@ -118,7 +118,10 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     eval_batches = build_eval_batches(cfg, tokenizer, accelerator)
     byte_lengths = token_byte_lengths(tokenizer, model.config.vocab_size)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 (the old name warns)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(accelerator.device)
     optimizer = make_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
