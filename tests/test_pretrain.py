@@ -261,3 +261,17 @@ def test_recipe_parses(recipe):
     (cfg,) = parse_config([PretrainConfig], ["--config", str(REPO_ROOT / "recipes" / recipe / "pretrain.yaml")],
                           stage="pretrain")
     assert cfg.output_dir.endswith("/pretrain") and cfg.dataset_path.endswith("/clean")
+
+
+def test_muon_without_torch_muon_is_a_clear_error(monkeypatch):
+    from conftest import make_tiny_config
+    from transformers import AutoModelForCausalLM
+
+    from llm_recipes.config import ConfigError
+    from llm_recipes.training.arguments import PretrainConfig
+    from llm_recipes.training.building import make_optimizer
+
+    monkeypatch.delattr(torch.optim, "Muon", raising=False)  # as on a torch from before torch.optim.Muon
+    model = AutoModelForCausalLM.from_config(make_tiny_config())
+    with pytest.raises(ConfigError, match=r"optim: muon needs torch.optim.Muon, which this torch .* does not have"):
+        make_optimizer(model, PretrainConfig(output_dir="unused", optim="muon"))

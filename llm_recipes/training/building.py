@@ -95,6 +95,9 @@ def make_optimizer(model, cfg) -> torch.optim.Optimizer:
     adamw = torch.optim.AdamW(groups, **kwargs)
     if not muon:
         return adamw
+    if not hasattr(torch.optim, "Muon"):
+        raise ConfigError(f"optim: muon needs torch.optim.Muon, which this torch ({torch.__version__}) does not have; "
+                          "upgrade torch or use optim: adamw")
     return MuonWithAdamW(torch.optim.Muon(muon, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                           momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw"), adamw)
 
