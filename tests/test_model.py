@@ -163,15 +163,14 @@ def test_left_padded_batch_matches_single_sequence():
 
 
 def test_gradient_checkpointing_same_gradients():
+    from llm_recipes.training.building import enable_activation_checkpointing
+
     ids = torch.randint(0, 512, (2, 16))
     grads = []
     for checkpointing in (False, True):
         model = tiny_model(seed=6).train()
         if checkpointing:
-            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         model(ids, labels=ids, use_cache=False).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:

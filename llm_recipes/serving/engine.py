@@ -78,6 +78,8 @@ class GenerationEngine:
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64):
         import torch
 
+        from ..model.modeling_recipe_gpt import CACHE_KEY
+
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.pad_token_id = int(pad_token_id)
@@ -85,6 +87,7 @@ class GenerationEngine:
         self._queue: queue.Queue[GenerationRequest] = queue.Queue(maxsize=int(max_queue))
         self._stop = threading.Event()
         self._torch = torch
+        self._cache_key = CACHE_KEY  # the forward's KV-cache argument name in the installed transformers
         self._num_threads = torch.get_num_threads()
         self._warm_up()
         self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
@@ -196,11 +199,10 @@ class GenerationEngine:
             mask[i, width - len(r.prompt_ids):] = 1
         # positions count real tokens only, so a left-padded prompt sees the same positions as alone
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        from ..model.modeling_recipe_gpt import CACHE_KEY
-
         cache = DynamicCache(config=self.model.config)  # filled in place by the model
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1, **{CACHE_KEY: cache})
+                         position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1,
+                         **{self._cache_key: cache})
         rows = []
         for r in requests:
             generator = None
@@ -241,13 +243,11 @@ class GenerationEngine:
 
     def _decode_step(self, rows, state):
         """Feeds every running row its last token and samples the next."""
-        from ..model.modeling_recipe_gpt import CACHE_KEY
-
         torch = self._torch
         cache, mask, pos, last_tokens = state
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         out = self.model(input_ids=last_tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
-                         use_cache=True, logits_to_keep=1, **{CACHE_KEY: cache})
+                         use_cache=True, logits_to_keep=1, **{self._cache_key: cache})
         self.steps += 1
         return self._sample_and_emit(rows, (cache, mask, pos + 1, out.logits[:, -1, :]))
 

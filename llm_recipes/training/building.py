@@ -73,6 +73,16 @@ def check_vocab(model, tokenizer, tokenizer_path) -> None:
             f"{vocab} rows: use the tokenizer the model was trained with, or a larger vocab_size")
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recomputes each decoder layer's activations in the backward pass (non-reentrant), under the API name
+    of the installed transformers: `activation_checkpointing_enable` from 5.24 (where the old name warns),
+    `gradient_checkpointing_enable` before."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def make_optimizer(model, cfg) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (norm weights are not decayed), fused where supported; or,
     with `optim: muon`, Muon for the weight matrices inside the blocks and that AdamW for the rest."""

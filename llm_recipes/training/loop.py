@@ -88,7 +88,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
 
     from ..fileio import atomic_write_json, mark_complete
     from ..launch import check_process_group
-    from .building import build_model, check_vocab, load_tokenizer, make_optimizer
+    from .building import build_model, check_vocab, enable_activation_checkpointing, load_tokenizer, make_optimizer
     from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
     from .data import build_eval_batches, build_train_batches
     from .evaluation import evaluate, generate_samples, shifted_targets, token_byte_lengths, token_loss_sum
@@ -118,10 +118,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     eval_batches = build_eval_batches(cfg, tokenizer, accelerator)
     byte_lengths = token_byte_lengths(tokenizer, model.config.vocab_size)
     if cfg.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 (the old name warns)
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.to(accelerator.device)
     optimizer = make_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
