@@ -128,3 +128,47 @@ def test_streaming_detokenizer(tiny_tokenizer):
         if stopped:
             break
     assert stopped and sent == "Café naïve — the "
+
+
+def test_scoring_and_generating_requests_together(model_and_tokenizer):
+    """A prompt-scoring request (max_new_tokens 0) submitted with a generating one (usually one prefill): its
+    scores are a plain forward pass's, and the other's answer is unchanged by its company."""
+    import torch
+
+    from llm_recipes.serving.engine import GenerationEngine, GenerationRequest
+
+    model, tok = model_and_tokenizer
+    scored = tok("A long prompt about the import system and how modules are found")["input_ids"]
+    generating = tok("The os module")["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([scored])).logits[0].float(), dim=-1)
+        expected_tokens = model.generate(torch.tensor([generating]), max_new_tokens=6, do_sample=False,
+                                         eos_token_id=None, pad_token_id=tok.pad_token_id)[0, len(generating):].tolist()
+    events = {0: [], 1: []}
+    done = threading.Event()
+
+    def make(i):
+        def emit(event):
+            events[i].append(event)
+            if sum(e[0] in ("done", "error") for k in events for e in events[k]) == 2:
+                done.set()
+        return emit
+
+    engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=4)
+    try:
+        engine.submit(GenerationRequest(generating, 6, make(1), temperature=0, logprobs=2))
+        engine.submit(GenerationRequest(scored, 0, make(0), temperature=0, logprobs=2, prompt_logprobs=True))
+        assert done.wait(30)
+    finally:
+        engine.shutdown()
+    (kind, entries), finish = events[0]
+    assert kind == "prompt_logprobs" and finish == ("done", "length") and entries[0] is None
+    for t, (logprob, top) in enumerate(entries[1:], start=1):
+        assert logprob == pytest.approx(float(logp[t - 1, scored[t]]), abs=1e-4)
+        assert [i for i, _ in top] == logp[t - 1].topk(2).indices.tolist()
+    tokens = [e for e in events[1] if e[0] == "token"]
+    assert [e[1] for e in tokens] == expected_tokens
+    for _, token, (logprob, top) in tokens:
+        assert top[0] == (token, logprob)  # greedy: the chosen token is the most likely one
+    with pytest.raises(ValueError, match="0 or more"):
+        engine.submit(GenerationRequest(scored, -1, lambda e: None))

@@ -1,20 +1,22 @@
 """The OpenAI-compatible HTTP API and the chat page, as a FastAPI app around a GenerationEngine.
 
 Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (both with
-`stream: true` as server-sent events), `POST /v1/feedback` (ours: thumbs and suggested answers),
-`GET /health`, and the chat page at `/`. Every error is a JSON body in OpenAI's shape
-`{"error": {"message", "type", "param", "code"}}` with a 4xx status for bad input, so OpenAI clients
-raise their usual exceptions and the server keeps running.
+`stream: true` as server-sent events, `n` answers per prompt, log-probabilities, and for completions
+several prompts, token-id prompts and `echo`), vLLM's `/tokenizer_info`, `/tokenize` and `/detokenize`,
+`POST /v1/feedback` (ours: thumbs and suggested answers), `GET /health`, and the chat page at `/`.
+Every error is a JSON body in OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with a
+4xx status for bad input, so OpenAI clients raise their usual exceptions and the server keeps running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -27,8 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import GenerationEngine, GenerationRequest, QueueFullError
 from .feedback_store import FeedbackStore
-from .schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
-from .text import StreamingDetokenizer
+from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, FeedbackRequest, TokenizeRequest
+from .text import StreamingDetokenizer, TokenText
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -122,6 +124,9 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     app = FastAPI(title="llm_recipes server", docs_url=None, redoc_url=None)
     app.state.engine, app.state.store, app.state.settings = engine, store, settings
     stop_ids = _stop_token_ids(engine.model, tokenizer)
+    vocab_size = engine.model.get_input_embeddings().num_embeddings
+    token_text = TokenText(tokenizer)
+    special_ids = frozenset(tokenizer.all_special_ids)
     created = int(time.time())
 
     # -- errors ----------------------------------------------------------------------------------
@@ -186,8 +191,17 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         _check_model(body.model, settings)
-        prompt_ids = tokenizer(body.prompt)["input_ids"]
-        return await _respond(body, prompt_ids, chat=False)
+        prompts = []
+        for prompt in body.prompts:
+            if isinstance(prompt, str):
+                prompts.append((tokenizer(prompt)["input_ids"], prompt))
+                continue
+            bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+            if bad is not None:
+                raise APIError(400, f"prompt token id {bad} is outside this model's vocabulary (ids 0 to "
+                                    f"{vocab_size - 1})", param="prompt")
+            prompts.append((list(prompt), None))
+        return await _respond(body, prompts, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
@@ -199,7 +213,35 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the template adds BOS itself
         if body.max_completion_tokens is not None and body.max_tokens is None:
             body.max_tokens = body.max_completion_tokens
-        return await _respond(body, prompt_ids, chat=True)
+        return await _respond(body, [(prompt_ids, None)], chat=True)
+
+    # vLLM's tokenizer routes: lm-evaluation-harness's local-completions uses them when present, so it
+    # needs no copy of the tokenizer on the client side
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        return {"tokenizer_class": type(tokenizer).__name__, "eos_token": tokenizer.eos_token,
+                "bos_token": tokenizer.bos_token, "pad_token": tokenizer.pad_token,
+                "chat_template": tokenizer.chat_template, "model_max_length": settings.context_window}
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        if body.messages is not None:
+            if not tokenizer.chat_template:
+                raise APIError(400, "this model's tokenizer has no chat template", param="messages")
+            text = tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in body.messages],
+                                                 add_generation_prompt=body.add_generation_prompt, tokenize=False)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
+        return {"tokens": ids, "count": len(ids), "max_model_len": settings.context_window}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        bad = next((t for t in body.tokens if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} is outside this model's vocabulary (ids 0 to {vocab_size - 1})",
+                           param="tokens")
+        return {"prompt": tokenizer.decode(body.tokens)}
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest):
@@ -225,33 +267,93 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
 
     # -- generation ------------------------------------------------------------------------------
 
-    async def _respond(body, prompt_ids: list[int], chat: bool):
-        if not prompt_ids:
+    async def _respond(body, prompts: list[tuple[list[int], str | None]], chat: bool):
+        """Generates `body.n` answers for each prompt (ids, text as sent or None) and answers in
+        OpenAI's shape: choice `index` is prompt number x n + answer number, as in OpenAI and vLLM."""
+        n = body.n
+        if len(prompts) * n > engine.max_queue:
+            raise APIError(400, f"{len(prompts)} prompt(s) x n={n} is more answers than this server queues at once "
+                                f"({engine.max_queue}); split the request", param="prompt" if len(prompts) > 1 else "n")
+        if any(not ids for ids, _ in prompts):
             raise APIError(400, "the prompt is empty", param="prompt")
-        max_tokens = _resolve_max_tokens(body.max_tokens, len(prompt_ids), settings)
+        if chat:  # alternatives per token, None for no log-probabilities
+            top = (body.top_logprobs or 0) if body.logprobs else None
+        else:
+            top = body.logprobs
+        echo = not chat and body.echo
         request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        events = _generate(engine, tokenizer, prompt_ids, max_tokens, body, stop_ids, settings.request_timeout_s)
+        sequences = []
+        for p, (ids, text) in enumerate(prompts):
+            max_tokens = _resolve_max_tokens(body.max_tokens, len(ids), settings)
+            for k in range(n):
+                sequences.append(_Sequence(index=p * n + k, prompt_ids=ids, max_tokens=max_tokens,
+                                           seed=None if body.seed is None else body.seed + k,
+                                           echo_text=_echo_text(tokenizer, ids, text) if echo else ""))
+        _submit_all(engine, sequences, body, top, echo and top is not None, stop_ids)
+        pieces = _merged([_pieces(s, tokenizer, body.stop, settings.request_timeout_s) for s in sequences], sequences)
+
+        def usage_of():  # called when the answers are complete
+            prompt_tokens, completion_tokens = sum(len(ids) for ids, _ in prompts), sum(s.count for s in sequences)
+            return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens}
+
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            first = await _first_event(events)  # queue-full errors become a 503 before the stream starts
-            stream = _sse(first, events, request_id, settings.model_name, chat, include_usage, len(prompt_ids))
+            logprobs_json = None if top is None else (
+                lambda entries, seq: _logprobs_json(entries, seq, chat, token_text, special_ids))
+            stream = _sse(pieces, sequences, request_id, settings.model_name, chat, include_usage, usage_of,
+                          logprobs_json)
             return StreamingResponse(stream, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text, finish, n_tokens = "", None, 0
-        async for delta, finish_reason, count in events:
-            text += delta
-            finish, n_tokens = finish_reason or finish, count
-        usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": n_tokens,
-                 "total_tokens": len(prompt_ids) + n_tokens}
-        now = int(time.time())
-        if chat:
-            return {"id": request_id, "object": "chat.completion", "created": now, "model": settings.model_name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": finish, "logprobs": None}], "usage": usage}
-        return {"id": request_id, "object": "text_completion", "created": now, "model": settings.model_name,
-                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}], "usage": usage}
+        texts = {s.index: "" for s in sequences}
+        entries = {s.index: [] for s in sequences}
+        finish = {}
+        async with contextlib.aclosing(pieces):  # closing cancels the engine requests if this handler stops
+            async for seq, piece in pieces:
+                texts[seq.index] += piece.text
+                entries[seq.index] += piece.tokens
+                if piece.finish:
+                    finish[seq.index] = piece.finish
+        choices = []
+        for seq in sequences:
+            logprobs = None
+            if top is not None:
+                logprobs = _logprobs_json(entries[seq.index], seq, chat, token_text, special_ids)
+            if chat:
+                choices.append({"index": seq.index, "message": {"role": "assistant", "content": texts[seq.index]},
+                                "finish_reason": finish.get(seq.index), "logprobs": logprobs})
+            else:
+                choices.append({"index": seq.index, "text": texts[seq.index], "finish_reason": finish.get(seq.index),
+                                "logprobs": logprobs})
+        return {"id": request_id, "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": settings.model_name, "choices": choices, "usage": usage_of()}
 
     return app
+
+
+@dataclass
+class _Sequence:
+    """One answer being generated: its choice index, prompt, engine request and event queue."""
+
+    index: int
+    prompt_ids: list[int]
+    max_tokens: int
+    seed: int | None
+    echo_text: str = ""
+    request: GenerationRequest | None = None
+    events: asyncio.Queue | None = None
+    count: int = 0  # answer tokens so far
+    offset: int = 0  # characters of this choice's text already covered by text_offset (legacy logprobs)
+
+
+@dataclass
+class _Piece:
+    """What one answer adds at a time: text, (token id, logprob, top alternatives) of the tokens it covers,
+    and the finish reason on the last piece."""
+
+    text: str
+    tokens: list = field(default_factory=list)
+    finish: str | None = None
 
 
 def _check_model(name: str, settings: ServerSettings) -> None:
@@ -260,8 +362,18 @@ def _check_model(name: str, settings: ServerSettings) -> None:
                        param="model", code="model_not_found")
 
 
+def _echo_text(tokenizer, ids: list[int], text: str | None) -> str:
+    """The prompt as echoed: the string as sent, or the token ids' text without special tokens."""
+    return text if text is not None else tokenizer.decode(ids, skip_special_tokens=True)
+
+
 def _resolve_max_tokens(requested: int | None, prompt_tokens: int, settings: ServerSettings) -> int:
     room = settings.context_window - prompt_tokens
+    if requested == 0:  # echo only: the prompt is scored, nothing generated
+        if room < 0:
+            raise APIError(400, f"the prompt is {prompt_tokens} tokens; this model's context window is "
+                                f"{settings.context_window} tokens", param="prompt", code="context_length_exceeded")
+        return 0
     if room < 1:
         raise APIError(400, f"the prompt is {prompt_tokens} tokens; this model's context window is "
                             f"{settings.context_window} tokens, which leaves no room for an answer",
@@ -289,102 +401,161 @@ def _stop_token_ids(model, tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
-async def _generate(engine, tokenizer, prompt_ids, max_tokens, body, stop_ids, timeout_s) -> AsyncIterator[tuple]:
-    """Submits one request and yields `(text delta, finish_reason or None, completion tokens so far)`.
-
-    Raises APIError 503 when the queue is full and 408 when the time limit passes; the engine request is
-    cancelled whenever the consumer stops early (client gone) or an error occurs.
-    """
+def _submit_all(engine, sequences: list[_Sequence], body, top: int | None, prompt_logprobs: bool,
+                stop_ids: frozenset[int]) -> None:
+    """Queues every answer's engine request; when the queue fills part-way, the ones queued are cancelled
+    and the client gets a 503 (nothing half-answered)."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-    request = GenerationRequest(prompt_ids=list(prompt_ids), max_new_tokens=max_tokens,
-                                emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
-                                temperature=body.temperature, top_p=body.top_p,
-                                stop_ids=frozenset() if body.ignore_eos else stop_ids, seed=body.seed)
-    try:
-        engine.submit(request)
-    except QueueFullError as e:
-        raise APIError(503, f"server overloaded: {e}; retry later", type="server_error", code="server_overloaded",
-                       headers={"Retry-After": "1"}) from None
-    detok = StreamingDetokenizer(tokenizer, stop=body.stop)
+    for seq in sequences:
+        seq.events = events = asyncio.Queue()
+        seq.request = GenerationRequest(
+            prompt_ids=list(seq.prompt_ids), max_new_tokens=seq.max_tokens,
+            emit=lambda ev, q=events: loop.call_soon_threadsafe(q.put_nowait, ev),
+            temperature=body.temperature, top_p=body.top_p, stop_ids=frozenset() if body.ignore_eos else stop_ids,
+            seed=seq.seed, logprobs=top, prompt_logprobs=prompt_logprobs)
+        try:
+            engine.submit(seq.request)
+        except QueueFullError as e:
+            for other in sequences:
+                if other.request is not None:
+                    other.request.cancel()
+            raise APIError(503, f"server overloaded: {e}; retry later", type="server_error", code="server_overloaded",
+                           headers={"Retry-After": "1"}) from None
+
+
+async def _pieces(seq: _Sequence, tokenizer, stop: list[str], timeout_s: float) -> AsyncIterator[_Piece]:
+    """Turns one answer's engine events into pieces of text (stop strings applied, split characters held
+    back). Raises APIError 408 when the time limit passes and 500 on an engine error; the engine request is
+    cancelled whenever the consumer stops early (client gone) or an error occurs."""
+    loop = asyncio.get_running_loop()
+    detok = StreamingDetokenizer(tokenizer, stop=stop)
     deadline = loop.time() + timeout_s
-    count = 0
+    prefix = seq.echo_text  # goes out with the first piece
+    pending: list = []  # (token id, logprob, alternatives) of tokens whose text is not out yet
     try:
         while True:
             try:
-                kind, value = await asyncio.wait_for(events.get(), timeout=max(0.0, deadline - loop.time()))
+                event = await asyncio.wait_for(seq.events.get(), timeout=max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 raise APIError(408, f"the request took longer than this server's limit of {timeout_s:g} s",
                                type="timeout_error", code="request_timeout") from None
-            if kind == "token":
-                count += 1
-                delta, stopped = detok.add(value)
-                if stopped:
-                    yield delta, "stop", count
-                    return
-                if delta:
-                    yield delta, None, count
+            kind = event[0]
+            if kind == "prompt_logprobs":
+                pending += [(t, None, None) if e is None else (t, *e) for t, e in zip(seq.prompt_ids, event[1])]
+            elif kind == "token":
+                seq.count += 1
+                info = event[2]
+                pending.append((event[1], None, None) if info is None else (event[1], *info))
+                delta, stopped = detok.add(event[1])
+                if stopped or delta:
+                    yield _Piece(prefix + delta, pending, "stop" if stopped else None)
+                    prefix, pending = "", []
+                    if stopped:
+                        return
             elif kind == "done":
-                yield detok.flush(), "stop" if value == "stop" else "length", count
+                yield _Piece(prefix + detok.flush(), pending, "stop" if event[1] == "stop" else "length")
                 return
             else:
-                raise APIError(500, value, type="server_error")
+                raise APIError(500, event[1], type="server_error")
     finally:
-        request.cancel()
+        seq.request.cancel()
 
 
-async def _first_event(events):
+async def _merged(sources: list[AsyncIterator[_Piece]], sequences: list[_Sequence]) -> AsyncIterator[tuple]:
+    """(sequence, piece) from several answers as they come; the first error is raised and stops them all."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(seq, pieces):
+        try:
+            async for piece in pieces:
+                queue.put_nowait((seq, piece, None))
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            queue.put_nowait((seq, None, e))
+            return
+        queue.put_nowait((seq, None, None))
+
+    tasks = [asyncio.create_task(pump(seq, pieces)) for seq, pieces in zip(sequences, sources)]
     try:
-        return await events.__anext__()
-    except StopAsyncIteration:
-        return None
+        remaining = len(tasks)
+        while remaining:
+            seq, piece, error = await queue.get()
+            if error is not None:
+                raise error
+            if piece is None:
+                remaining -= 1
+            else:
+                yield seq, piece
+    finally:  # cancelling a pump closes its answer's pieces, which cancels the engine request
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _sse(first, events, request_id, model_name, chat, include_usage, prompt_tokens) -> AsyncIterator[bytes]:
+def _logprobs_json(entries: list, seq: _Sequence, chat: bool, token_text: TokenText, special_ids) -> dict:
+    """Log-probabilities in OpenAI's shape: chat `{"content": [{token, logprob, bytes, top_logprobs}]}`,
+    completions (legacy) `{tokens, token_logprobs, top_logprobs, text_offset}`, where the chosen token is
+    always among `top_logprobs` (up to logprobs + 1 entries, as OpenAI documents) and an echoed prompt's
+    first token has None (nothing predicts it)."""
+    if chat:
+        content = []
+        for token, logprob, top in entries:
+            text, raw = token_text(token)
+            alternatives = [{"token": token_text(t)[0], "logprob": v, "bytes": list(token_text(t)[1])}
+                            for t, v in top or []]
+            content.append({"token": text, "logprob": logprob, "bytes": list(raw), "top_logprobs": alternatives})
+        return {"content": content, "refusal": None}
+    tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
+    for token, logprob, top in entries:
+        text = token_text(token)[0]
+        tokens.append(text)
+        token_logprobs.append(logprob)
+        if logprob is None:
+            top_logprobs.append(None)
+        else:
+            alternatives = {token_text(t)[0]: v for t, v in top}
+            alternatives.setdefault(text, logprob)
+            top_logprobs.append(alternatives)
+        offsets.append(seq.offset)
+        if token not in special_ids:  # special tokens are not in the returned text
+            seq.offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": offsets}
+
+
+async def _sse(pieces, sequences, request_id, model_name, chat, include_usage, usage_of,
+               logprobs_json) -> AsyncIterator[bytes]:
     created = int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
 
-    def chunk(delta_text: str | None, finish: str | None, role: bool = False) -> bytes:
+    def chunk(index: int, delta_text: str | None, finish: str | None, logprobs=None, role: bool = False) -> bytes:
         if chat:
             delta: dict[str, Any] = {}
             if role:
                 delta["role"] = "assistant"
             if delta_text is not None:
                 delta["content"] = delta_text
-            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
+            choice = {"index": index, "text": delta_text or "", "finish_reason": finish, "logprobs": logprobs}
         payload = {"id": request_id, "object": kind, "created": created, "model": model_name, "choices": [choice]}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
-    count = 0
     try:
         if chat:
-            yield chunk("", None, role=True)
-        pending = [first] if first is not None else []
-        while True:
-            if pending:
-                event = pending.pop()
-            else:
-                try:
-                    event = await events.__anext__()
-                except StopAsyncIteration:
-                    break
-            delta, finish, count = event
-            if delta:
-                yield chunk(delta, None)
-            if finish:
-                yield chunk(None if chat else "", finish)
-                break
+            for seq in sequences:
+                yield chunk(seq.index, "", None, role=True)
+        async for seq, piece in pieces:
+            logprobs = logprobs_json(piece.tokens, seq) if logprobs_json and piece.tokens else None
+            if piece.text or logprobs:
+                yield chunk(seq.index, piece.text, None, logprobs)
+            if piece.finish:
+                yield chunk(seq.index, None if chat else "", piece.finish)
         if include_usage:
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count,
-                     "total_tokens": prompt_tokens + count}
             payload = {"id": request_id, "object": kind, "created": created, "model": model_name, "choices": [],
-                       "usage": usage}
+                       "usage": usage_of()}
             yield f"data: {json.dumps(payload)}\n\n".encode()
         yield b"data: [DONE]\n\n"
     except APIError as e:  # a stream already answered 200: report the error in-band, as OpenAI does
         yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.type, 'code': e.code}})}\n\n".encode()
         yield b"data: [DONE]\n\n"
     finally:
-        await events.aclose()  # cancels the engine request when the client went away
+        await pieces.aclose()  # cancels the engine requests when the client went away

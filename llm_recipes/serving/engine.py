@@ -8,7 +8,11 @@ one forward pass per step instead of taking turns (iteration-level batching, as 
 a plain `DynamicCache` left-padded to a common length instead of paged memory).
 
 Sampling is per request (temperature, top_p, seed), tokens go back through a callback as soon as they
-are chosen, and a request can be cancelled (client gone, time limit) at any step.
+are chosen, and a request can be cancelled (client gone, time limit) at any step. On request, each token
+comes with its log-probability and the most likely alternatives, and the prompt's own tokens can be
+scored in the prefill (OpenAI's `logprobs` / `echo`, what lm-evaluation-harness uses to score answers).
+Log-probabilities are those of the model's distribution (a log-softmax of the logits), before
+temperature and top_p, as vLLM reports them.
 """
 
 from __future__ import annotations
@@ -34,12 +38,19 @@ class GenerationRequest:
     Args:
         prompt_ids: token ids of the prompt (already templated; BOS included when the model expects it).
         max_new_tokens: most tokens to generate.
-        emit: called from the worker thread with `("token", id)`, then once `("done", finish_reason)`
-            (`"stop"` at an end token, `"length"` at max_new_tokens, `"cancelled"`) or `("error", message)`.
+        max_new_tokens: most tokens to generate; 0 runs the prompt only (to score it: `prompt_logprobs`).
+        emit: called from the worker thread with `("token", id, logprobs)` for each token, then once
+            `("done", finish_reason)` (`"stop"` at an end token, `"length"` at max_new_tokens, `"cancelled"`)
+            or `("error", message)`. `logprobs` is None unless asked for, else `(logprob, top)` with `top`
+            a list of `(id, logprob)`, most likely first. With `prompt_logprobs`, the first event is
+            `("prompt_logprobs", [None, (logprob, top), ...])`: one entry per prompt token, the first
+            unscored (nothing predicts it).
         temperature: 0 means greedy.
         top_p: nucleus sampling mass (1.0 = off).
         stop_ids: token ids that end the sequence (not emitted).
         seed: makes sampling reproducible for this request.
+        logprobs: None for no log-probabilities; k >= 0 for the chosen token's and the k most likely.
+        prompt_logprobs: also score the prompt's tokens (with `logprobs` alternatives each).
     """
 
     prompt_ids: list[int]
@@ -49,6 +60,8 @@ class GenerationRequest:
     top_p: float = 1.0
     stop_ids: frozenset[int] = frozenset()
     seed: int | None = None
+    logprobs: int | None = None
+    prompt_logprobs: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
 
@@ -109,14 +122,18 @@ class GenerationEngine:
     def submit(self, request: GenerationRequest) -> None:
         if not request.prompt_ids:
             raise ValueError("a generation request needs at least one prompt token")
-        if request.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")
+        if request.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be 0 or more, got {request.max_new_tokens}")
         if self._stop.is_set():
             raise RuntimeError("the generation engine is shut down")
         try:
             self._queue.put_nowait(request)
         except queue.Full:
             raise QueueFullError(f"{self._queue.maxsize} requests are already waiting") from None
+
+    @property
+    def max_queue(self) -> int:
+        return self._queue.maxsize
 
     @property
     def waiting(self) -> int:
@@ -200,9 +217,17 @@ class GenerationEngine:
         # positions count real tokens only, so a left-padded prompt sees the same positions as alone
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)  # filled in place by the model
+        score_prompts = any(r.prompt_logprobs for r in requests)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1,
-                         **{self._cache_key: cache})
+                         position_ids=positions.to(self.device), use_cache=True,
+                         logits_to_keep=0 if score_prompts else 1, **{self._cache_key: cache})
+        if score_prompts:
+            for i, r in enumerate(requests):
+                if r.prompt_logprobs:
+                    # position t predicts token t + 1: the prompt's logits are the row's last len(prompt) ones
+                    logits = out.logits[i, width - len(r.prompt_ids):-1]
+                    targets = torch.tensor(r.prompt_ids[1:], dtype=torch.long, device=self.device)
+                    r.emit(("prompt_logprobs", [None] + _logprobs(logits, targets, r.logprobs or 0)))
         rows = []
         for r in requests:
             generator = None
@@ -255,19 +280,25 @@ class GenerationEngine:
         """Chooses a token for each row from its logits, emits it, and prunes finished rows."""
         torch = self._torch
         cache, mask, pos, logits = state
-        tokens = torch.empty(len(rows), dtype=torch.long, device=self.device)
+        tokens = torch.zeros(len(rows), dtype=torch.long, device=self.device)
         keep = []
         for i, row in enumerate(rows):
+            request = row.request
+            if request.max_new_tokens == 0:  # the prompt only (scored in the prefill): nothing to generate
+                request.emit(("done", "length"))
+                continue
             token = self._sample(logits[i], row)
             tokens[i] = token
-            request = row.request
             if request.cancelled.is_set():
                 request.emit(("done", "cancelled"))
                 continue
             if token in request.stop_ids:
                 request.emit(("done", "stop"))
                 continue
-            request.emit(("token", token))
+            info = None
+            if request.logprobs is not None:
+                info = _logprobs(logits[i][None], torch.tensor([token], device=self.device), request.logprobs)[0]
+            request.emit(("token", token, info))
             row.generated += 1
             if row.generated >= request.max_new_tokens:
                 request.emit(("done", "length"))
@@ -308,3 +339,21 @@ class GenerationEngine:
             sorted_probs[outside] = 0.0
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=row.generator))
+
+
+def _logprobs(logits, targets, top: int) -> list[tuple[float, list[tuple[int, float]]]]:
+    """For each row of logits (N, V): the log-probability of its target and the `top` most likely tokens.
+
+    Computed in float32 from one log-softmax, so a target that is the most likely token has exactly the
+    top entry's value (lm-evaluation-harness compares them to decide whether an answer is greedy).
+    """
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(-1, targets[:, None])[:, 0].tolist()
+    if top > 0:
+        values, ids = logp.topk(min(top, logp.shape[-1]), dim=-1)
+        alternatives = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    else:
+        alternatives = [[] for _ in chosen]
+    return list(zip(chosen, alternatives))

@@ -65,3 +65,31 @@ class StreamingDetokenizer:
                     best = max(best, n)
                     break
         return best
+
+
+class TokenText:
+    """The text and UTF-8 bytes of single tokens, for log-probability answers.
+
+    A byte-level BPE token can hold part of a multi-byte character, so its text alone would be U+FFFD:
+    its exact bytes come from the byte-level alphabet (GPT-2's map of the 256 bytes to printable
+    characters), as OpenAI's `bytes` field reports them. Other tokenizers fall back to decoding.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+        shifted = [b for b in range(256) if b not in printable]
+        self._byte_of = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(shifted)}
+        self._cache: dict[int, tuple[str, bytes]] = {}
+
+    def __call__(self, token_id: int) -> tuple[str, bytes]:
+        """(text, bytes) of one token; text has U+FFFD where the token ends inside a character."""
+        found = self._cache.get(token_id)
+        if found is None:
+            piece = self.tokenizer.convert_ids_to_tokens(int(token_id))
+            if isinstance(piece, str) and piece and all(c in self._byte_of for c in piece):
+                raw = bytes(self._byte_of[c] for c in piece)
+            else:
+                raw = self.tokenizer.decode([int(token_id)]).encode()
+            found = self._cache[token_id] = (raw.decode("utf-8", errors="replace"), raw)
+        return found
