@@ -93,13 +93,7 @@ def export_to_llama(model_dir: str | os.PathLike, output_dir: str | os.PathLike,
     from .fileio import atomic_directory
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        raise ExportError(f"model folder {str(model_dir)!r} has no config.json (expected a RecipeGPT model folder "
-                          "such as runs/quickstart/sft/final)")
-    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    if model_type != "recipe_gpt":
-        raise ExportError(f"{str(config_file)!r} has model_type {model_type!r}; only 'recipe_gpt' exports to Llama")
+    check_model_folder(model_dir, "Llama")
     source = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     llama_config = llama_config_from(source.config)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, None: None}[dtype]
@@ -125,6 +119,17 @@ def export_to_llama(model_dir: str | os.PathLike, output_dir: str | os.PathLike,
                 shutil.copy2(model_dir / name, tmp / name)
     return {"parameters": sum(p.numel() for p in llama.parameters()), "max_abs_logit_diff": max_diff,
             "files": sorted(p.name for p in output_dir.iterdir())}
+
+
+def check_model_folder(model_dir: Path, target: str) -> None:
+    """Raises ExportError unless `model_dir` holds a RecipeGPT config."""
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise ExportError(f"model folder {str(model_dir)!r} has no config.json (expected a RecipeGPT model folder "
+                          "such as runs/quickstart/sft/final)")
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    if model_type != "recipe_gpt":
+        raise ExportError(f"{str(config_file)!r} has model_type {model_type!r}; only 'recipe_gpt' exports to {target}")
 
 
 def _add_legacy_rope_theta(config_path: Path, rope_theta: float) -> None:
