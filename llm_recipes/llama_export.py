@@ -1,4 +1,5 @@
-"""RecipeGPT -> a standard `LlamaForCausalLM` checkpoint, for engines that serve Llama (vLLM, TGI, llama.cpp).
+"""RecipeGPT -> a standard `LlamaForCausalLM` checkpoint, for engines that serve Llama (vLLM, TGI); llama.cpp
+takes the GGUF file of `gguf_export`.
 
 RecipeGPT was built to Llama's layout (pre-norm RMSNorm, rotary embeddings with the same half-split
 rotation, SwiGLU, grouped-query attention, no biases, Llama's module names), so the weights map one to

@@ -175,6 +175,8 @@ def test_api_key_and_timeout(tiny_model_dir, tmp_path):
         response = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "hi"})
         assert response.status_code == 401 and "API key" in response.json()["error"]["message"]
         assert httpx.get(f"{url}/health").json()["auth_required"] is True  # health needs no key
+        assert httpx.post(f"{url}/tokenize", json={"prompt": "hi"}).status_code == 401  # vLLM's routes need it
+        assert httpx.get(f"{url}/tokenizer_info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         right = OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
         assert right.models.list().data[0].id == "tiny"
         # the 1 microsecond limit passes before any token: a 408, and the server carries on

@@ -33,6 +33,7 @@ from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest
 from .text import StreamingDetokenizer, TokenText
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+TOKENIZER_ROUTES = ("/tokenizer_info", "/tokenize", "/detokenize")  # vLLM's paths, outside /v1
 
 
 @dataclass
@@ -162,7 +163,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
 
     @app.middleware("http")
     async def _check_api_key(request: Request, call_next):
-        if settings.api_key and request.url.path.startswith("/v1/"):
+        if settings.api_key and (request.url.path.startswith("/v1/") or request.url.path in TOKENIZER_ROUTES):
             given = request.headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
