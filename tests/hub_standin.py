@@ -35,8 +35,9 @@ def create_hub_app(valid_token: str):
     async def create_repo(request: Request):
         body = await request.json()
         repo_id = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
-        app.state.repos.setdefault(repo_id, {"private": body.get("visibility") == "private", "type": body.get("type"),
-                                             "files": {}, "commits": []})
+        # huggingface_hub sends `visibility` since 1.x releases after 1.6, `private` before; the Hub takes both
+        private = body.get("visibility") == "private" or body.get("private") is True
+        app.state.repos.setdefault(repo_id, {"private": private, "type": body.get("type"), "files": {}, "commits": []})
         return {"url": f"{request.base_url}{repo_id}", "name": repo_id}
 
     @app.post("/api/validate-yaml")

@@ -79,10 +79,17 @@ def test_cpu_ddp_through_accelerate_launch(tmp_path, clean_dir, tiny_tokenizer_d
 
 
 def test_launch_without_a_process_group_is_refused(tmp_path, clean_dir, tiny_tokenizer_dir):
-    """The FSDP2 config on a machine without GPUs: Accelerate gives each process a single-process state. The
-    stage must refuse instead of training twice into the same output_dir."""
+    """The FSDP2 config on a machine without GPUs. Recent Accelerate (1.15) gives each process a single-process
+    state: the stage must refuse instead of training twice into the same output_dir. Accelerate 1.10 forms one
+    2-process group on the CPU instead, and the run is one run: both are right, two lone copies never are."""
+    import accelerate
+    from packaging.version import Version
+
     done = _accelerate_launch("recipes/accelerate/fsdp2.yaml", tmp_path, clean_dir, tiny_tokenizer_dir, use_cpu=False)
-    assert done.returncode != 0
+    if done.returncode == 0 and Version(accelerate.__version__) < Version("1.15"):
+        assert "2 steps, 256 tokens" in done.stdout  # 2 steps x 2 processes x 2 rows x 32 tokens: one group
+        return
+    assert done.returncode != 0, done.stdout[-2000:]
     assert "launched as 2 processes (WORLD_SIZE=2) but they formed a group of 1" in done.stderr
     assert "ACCELERATE_USE_CPU=1" in done.stderr
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "final").exists()
