@@ -80,8 +80,9 @@ def test_cpu_ddp_through_accelerate_launch(tmp_path, clean_dir, tiny_tokenizer_d
 
 def test_launch_without_a_process_group_is_refused(tmp_path, clean_dir, tiny_tokenizer_dir):
     """The FSDP2 config on a machine without GPUs. Recent Accelerate (1.15) gives each process a single-process
-    state: the stage must refuse instead of training twice into the same output_dir. Accelerate 1.10 forms one
-    2-process group on the CPU instead, and the run is one run: both are right, two lone copies never are."""
+    state: the stage must refuse instead of training twice into the same output_dir. Accelerate 1.10 falls back
+    to DDP over gloo (MULTI_CPU, parameters not sharded), so the run is one run: both are right, two lone copies
+    never are."""
     import accelerate
     from packaging.version import Version
 

@@ -37,7 +37,6 @@ class GenerationRequest:
 
     Args:
         prompt_ids: token ids of the prompt (already templated; BOS included when the model expects it).
-        max_new_tokens: most tokens to generate.
         max_new_tokens: most tokens to generate; 0 runs the prompt only (to score it: `prompt_logprobs`).
         emit: called from the worker thread with `("token", id, logprobs)` for each token, then once
             `("done", finish_reason)` (`"stop"` at an end token, `"length"` at max_new_tokens, `"cancelled"`)
