@@ -72,15 +72,16 @@ def test_gguf_holds_the_model_and_its_tokenizer(tmp_path, tiny_tokenizer_dir, ti
                           state["model.layers.1.mlp.down_proj.weight"].numpy())
 
 
-def test_float16_gguf_is_half_the_size(tmp_path, tiny_tokenizer_dir):
-    import numpy as np
-    from gguf import GGUFReader
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_gguf_is_half_the_size(tmp_path, tiny_tokenizer_dir, dtype):
+    from gguf import GGMLQuantizationType, GGUFReader
 
     _, full = _export(tmp_path / "f32", tiny_tokenizer_dir)
-    _, half = _export(tmp_path / "f16", tiny_tokenizer_dir, dtype="float16")
+    _, half = _export(tmp_path / dtype, tiny_tokenizer_dir, dtype=dtype)
     tensors = {t.name: t for t in GGUFReader(half).tensors}
-    assert tensors["blk.0.attn_v.weight"].data.dtype == np.float16
-    assert tensors["blk.0.attn_norm.weight"].data.dtype == np.float32  # norms stay float32
+    expected = GGMLQuantizationType.F16 if dtype == "float16" else GGMLQuantizationType.BF16
+    assert tensors["blk.0.attn_v.weight"].tensor_type == expected
+    assert tensors["blk.0.attn_norm.weight"].tensor_type == GGMLQuantizationType.F32  # norms stay float32
     assert half.stat().st_size < 0.7 * full.stat().st_size
 
 
@@ -107,7 +108,7 @@ def test_refuses_what_llama_cpp_would_compute_differently(tmp_path, tiny_tokeniz
     assert "gguf" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-3), ("float16", 0.05)])
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-3), ("float16", 0.05), ("bfloat16", 0.2)])
 def test_llama_cpp_tokenizes_and_scores_like_the_model(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, dtype,
                                                       tolerance):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (compiles llama.cpp) is not installed")
