@@ -172,3 +172,22 @@ def test_scoring_and_generating_requests_together(model_and_tokenizer):
         assert top[0] == (token, logprob)  # greedy: the chosen token is the most likely one
     with pytest.raises(ValueError, match="0 or more"):
         engine.submit(GenerationRequest(scored, -1, lambda e: None))
+
+
+def test_decoding_threads(model_and_tokenizer, monkeypatch):
+    """A small model on the CPU decodes on one thread (faster: benchmarks/README.md), a larger one with torch's
+    setting; an explicit number wins."""
+    import torch
+
+    from llm_recipes.serving import engine as engine_module
+    from llm_recipes.serving.engine import GenerationEngine, decode_threads
+
+    model, tok = model_and_tokenizer
+    assert decode_threads(model) == 1
+    monkeypatch.setattr(engine_module, "SMALL_MODEL_PARAMETERS", 1000)  # the tiny model counts as large
+    assert decode_threads(model) == torch.get_num_threads()
+    engine = GenerationEngine(model, tok.pad_token_id, num_threads=3)
+    try:
+        assert engine.num_threads == 3
+    finally:
+        engine.shutdown()

@@ -10,8 +10,10 @@ def build_server(model_path: str | os.PathLike, feedback_path: str | os.PathLike
                  trust_remote_code: bool = False, dtype: str = "float32", max_batch_size: int = 8,
                  max_queue: int = 64, max_tokens_cap: int = 512, default_max_tokens: int = 256,
                  context_window: int | None = None, request_timeout_s: float = 120.0,
-                 max_body_bytes: int = 1_000_000, api_key: str | None = None):
-    """Loads the model and wires engine, feedback store and app together.
+                 max_body_bytes: int = 1_000_000, api_key: str | None = None, num_threads: int | None = None):
+    """Loads the model and wires engine, feedback store and app together. `num_threads`: CPU threads for
+    decoding (default: one for a model under 10M parameters on the CPU, else torch's; see
+    `engine.decode_threads`).
 
     Returns:
         (app, engine, store); call `engine.shutdown()` and `store.close()` when done.
@@ -29,7 +31,8 @@ def build_server(model_path: str | os.PathLike, feedback_path: str | os.PathLike
     settings = ServerSettings(model_name=model_name or default_model_name(model_path), context_window=window,
                               max_tokens_cap=max_tokens_cap, default_max_tokens=default_max_tokens,
                               request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes, api_key=api_key)
-    engine = GenerationEngine(model, tokenizer.pad_token_id, max_batch_size=max_batch_size, max_queue=max_queue)
+    engine = GenerationEngine(model, tokenizer.pad_token_id, max_batch_size=max_batch_size, max_queue=max_queue,
+                              num_threads=num_threads)
     store = FeedbackStore(feedback_path)
     app = create_app(engine, tokenizer, store, settings)
     return BodySizeLimit(app, max_body_bytes), engine, store

@@ -27,6 +27,26 @@ from typing import Callable
 logger = logging.getLogger(__name__)
 
 
+SMALL_MODEL_PARAMETERS = 10_000_000
+
+
+def decode_threads(model) -> int:
+    """CPU threads for decoding: one for a small model on the CPU, else torch's setting.
+
+    Measured on 2 cores (benchmarks/README.md, "Serving"): a decode step of a small model is many tiny
+    operations, and splitting each over two OpenMP threads costs more in synchronisation than it saves.
+    With one thread the quickstart's 4.3M-parameter model decodes 2.4x faster for 1 client (450 vs 186
+    tokens/s) and 1.4x for 32; a 5.9M model 1.1-2.5x. From ~28M parameters two threads win once several
+    requests share a step (1.2-1.5x at 8-32 clients), so larger models keep torch's setting.
+    """
+    import torch
+
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if on_cpu and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS:
+        return 1
+    return torch.get_num_threads()
+
+
 class QueueFullError(RuntimeError):
     """The engine's waiting queue is full: the server is overloaded, the client should retry later."""
 
@@ -85,9 +105,11 @@ class GenerationEngine:
         pad_token_id: id used for left padding (any id works: padded positions are masked out).
         max_batch_size: most sequences decoded together.
         max_queue: most requests waiting for a slot; `submit` raises QueueFullError beyond it.
+        num_threads: CPU threads for torch on the decoding thread; default: `decode_threads(model)`.
     """
 
-    def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64):
+    def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64,
+                 num_threads: int | None = None):
         import torch
 
         from ..model.modeling_recipe_gpt import CACHE_KEY
@@ -100,7 +122,7 @@ class GenerationEngine:
         self._stop = threading.Event()
         self._torch = torch
         self._cache_key = CACHE_KEY  # the forward's KV-cache argument name in the installed transformers
-        self._num_threads = torch.get_num_threads()
+        self._num_threads = int(num_threads or decode_threads(model))
         self._warm_up()
         self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
         self.running = 0  # sequences in the current batch
@@ -129,6 +151,10 @@ class GenerationEngine:
             self._queue.put_nowait(request)
         except queue.Full:
             raise QueueFullError(f"{self._queue.maxsize} requests are already waiting") from None
+
+    @property
+    def num_threads(self) -> int:
+        return self._num_threads
 
     @property
     def max_queue(self) -> int:
