@@ -246,7 +246,6 @@ def test_full_queue_answers_503_and_recovers(tiny_model_dir, tmp_path):
 def test_serve_command_end_to_end(tiny_model_dir, tmp_path):
     """`python -m llm_recipes.serve DIR` as a user runs it: serves, stops cleanly on SIGTERM, marks the stage
     complete, and never writes the API key (given on the command line) to disk."""
-    import os
     import signal
     import socket
     import subprocess
