@@ -156,3 +156,26 @@ def test_llama_cpp_benchmark_script(tmp_path, tiny_tokenizer_dir):
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["same_ids"] == result["documents"] >= len(PROBES)  # a blank line splits one probe in two
     assert result["max_abs_logit_diff"] < 1e-3 and result["greedy_16_agree"] == 2
+
+
+def test_padded_vocabulary_rows_become_unused_tokens(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
+    """A model whose embedding has more rows than the tokenizer has tokens (vocabularies padded to a multiple
+    of 64 for speed): the extra rows are unused `[PAD<id>]` tokens, and llama.cpp still loads and scores it."""
+    import numpy as np
+    from gguf import GGUFReader, TokenType
+
+    model, path = _export(tmp_path, tiny_tokenizer_dir, vocab_size=576)
+    reader = GGUFReader(path)
+    tokens, types = _field(reader, "tokenizer.ggml.tokens"), _field(reader, "tokenizer.ggml.token_type")
+    assert len(tokens) == 576 and tokens[len(tiny_tokenizer)] == f"[PAD{len(tiny_tokenizer)}]"
+    assert set(types[len(tiny_tokenizer):]) == {TokenType.UNUSED}
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (compiles llama.cpp) is not installed")
+    import torch
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    ids = tiny_tokenizer(PROBES[0])["input_ids"]
+    llm.eval(ids)
+    with torch.inference_mode():
+        expected = model.eval()(torch.tensor([ids])).logits[0].numpy()
+    assert np.asarray(llm.scores[: len(ids)]).shape == expected.shape
+    assert np.abs(np.asarray(llm.scores[: len(ids)]) - expected).max() < 1e-3

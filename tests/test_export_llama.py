@@ -9,7 +9,7 @@ import sys
 import pytest
 
 
-def _save_model(path, tokenizer_dir, **overrides):
+def _save_model(path, tokenizer_dir, vocab_size=512, **overrides):
     import shutil
 
     import torch
@@ -18,7 +18,7 @@ def _save_model(path, tokenizer_dir, **overrides):
     from llm_recipes.model import RecipeGPTForCausalLM
 
     torch.manual_seed(1)
-    model = RecipeGPTForCausalLM(make_tiny_config(512, **overrides))
+    model = RecipeGPTForCausalLM(make_tiny_config(vocab_size, **overrides))
     model.save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(tokenizer_dir / name, path / name)
