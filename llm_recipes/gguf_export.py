@@ -19,7 +19,8 @@ import json
 import os
 from pathlib import Path
 
-from .llama_export import ExportError, check_model_folder, llama_config_from
+from .llama_export import ExportError, check_model_folder, llama_config_from, llama_state_dict
+from .serving import default_model_name
 from .tokenization import SPLIT_PATTERN
 
 LLAMA_CPP_PRE_TOKENIZER = "bailingmoe"  # llama.cpp's name for SPLIT_PATTERN (same regular expression)
@@ -113,7 +114,7 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     if dtype is None:
         dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(model.dtype, "float32")
     file_type = getattr(gguf.LlamaFileType, GGUF_DTYPES[dtype])
-    name = model_dir.resolve().parent.name if model_dir.name == "final" else model_dir.resolve().name
+    name = default_model_name(model_dir)  # runs/quickstart/dpo/final -> dpo, as `serve` names it
 
     tokens, token_types = gguf_vocabulary(tokenizer, config.vocab_size)
     tensor_names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
@@ -144,9 +145,8 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
         special.add_to_gguf(writer)  # merges, BOS/EOS/PAD ids, add_bos_token, the chat template
 
         count = 0
-        for hf_name, tensor in model.state_dict().items():
-            if "rotary_emb" in hf_name or (hf_name == "lm_head.weight" and config.tie_word_embeddings):
-                continue  # RoPE is recomputed; a tied head is the embedding (llama.cpp reuses token_embd)
+        # the Llama export's tensors: no RoPE buffers, no tied head (llama.cpp reuses token_embd for it)
+        for hf_name, tensor in llama_state_dict(model).items():
             stem, _, suffix = hf_name.rpartition(".")
             target = tensor_names.get_name(stem)
             if target is None:

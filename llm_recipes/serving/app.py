@@ -197,21 +197,14 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
             if isinstance(prompt, str):
                 prompts.append((tokenizer(prompt)["input_ids"], prompt))
                 continue
-            bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
-            if bad is not None:
-                raise APIError(400, f"prompt token id {bad} is outside this model's vocabulary (ids 0 to "
-                                    f"{vocab_size - 1})", param="prompt")
+            _check_token_ids(prompt, vocab_size, "prompt")
             prompts.append((list(prompt), None))
         return await _respond(body, prompts, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
         _check_model(body.model, settings)
-        if not tokenizer.chat_template:
-            raise APIError(400, "this model's tokenizer has no chat template: use /v1/completions", param="messages")
-        messages = [{"role": m.role, "content": m.content} for m in body.messages]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the template adds BOS itself
+        prompt_ids = _chat_prompt_ids(tokenizer, body.messages, add_generation_prompt=True)
         if body.max_completion_tokens is not None and body.max_tokens is None:
             body.max_tokens = body.max_completion_tokens
         return await _respond(body, [(prompt_ids, None)], chat=True)
@@ -227,21 +220,14 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
         if body.messages is not None:
-            if not tokenizer.chat_template:
-                raise APIError(400, "this model's tokenizer has no chat template", param="messages")
-            text = tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in body.messages],
-                                                 add_generation_prompt=body.add_generation_prompt, tokenize=False)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = _chat_prompt_ids(tokenizer, body.messages, add_generation_prompt=body.add_generation_prompt)
         else:
             ids = tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
         return {"tokens": ids, "count": len(ids), "max_model_len": settings.context_window}
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
-        bad = next((t for t in body.tokens if not 0 <= t < vocab_size), None)
-        if bad is not None:
-            raise APIError(400, f"token id {bad} is outside this model's vocabulary (ids 0 to {vocab_size - 1})",
-                           param="tokens")
+        _check_token_ids(body.tokens, vocab_size, "tokens")
         return {"prompt": tokenizer.decode(body.tokens)}
 
     @app.post("/v1/feedback")
@@ -251,7 +237,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
         rating = {"up": 1, "down": -1, None: None}[body.rating]
         row_id = await run_in_threadpool(
             store.add, model=body.model or settings.model_name,
-            messages=[{"role": m.role, "content": m.content} for m in body.messages],
+            messages=_plain_messages(body.messages),
             completion=body.completion, rating=rating, suggestion=(body.suggestion or "").strip() or None,
             response_id=body.response_id)
         return {"id": row_id, "object": "feedback"}
@@ -361,6 +347,26 @@ def _check_model(name: str, settings: ServerSettings) -> None:
     if name != settings.model_name:
         raise APIError(404, f"the model {name!r} does not exist on this server; it serves {settings.model_name!r}",
                        param="model", code="model_not_found")
+
+
+def _check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise APIError(400, f"token id {bad} in {param} is outside this model's vocabulary (ids 0 to {vocab_size - 1})",
+                       param=param)
+
+
+def _plain_messages(messages) -> list[dict]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def _chat_prompt_ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:
+    """The conversation through the model's chat template, as token ids (the template adds BOS itself)."""
+    if not tokenizer.chat_template:
+        raise APIError(400, "this model's tokenizer has no chat template: use /v1/completions", param="messages")
+    text = tokenizer.apply_chat_template(_plain_messages(messages), add_generation_prompt=add_generation_prompt,
+                                         tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _echo_text(tokenizer, ids: list[int], text: str | None) -> str:

@@ -42,7 +42,7 @@ def decode_threads(model) -> int:
     import torch
 
     on_cpu = next(model.parameters()).device.type == "cpu"
-    if on_cpu and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS:
+    if on_cpu and model.num_parameters() < SMALL_MODEL_PARAMETERS:
         return 1
     return torch.get_num_threads()
 
