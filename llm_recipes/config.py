@@ -195,6 +195,23 @@ def save_resolved_config(output_dir: str | os.PathLike, *configs, stage: str) ->
     return path
 
 
+def start_stage_output(output_dir: str | os.PathLike, *configs, stage: str) -> Path:
+    """The moment a stage starts replacing its previous output: call it only after the whole config and
+    every input have been checked, so a refused re-run leaves a finished stage as it was.
+
+    Removes what killed atomic writes left in output_dir, removes the completion marker (the stage writes
+    it again with `fileio.mark_complete` as its very last act, on success only) and writes the resolved
+    config of this run. Returns output_dir.
+    """
+    from .fileio import clear_complete, remove_leftovers
+
+    output_dir = Path(output_dir)
+    remove_leftovers(output_dir)
+    clear_complete(output_dir)
+    save_resolved_config(output_dir, *configs, stage=stage)
+    return output_dir
+
+
 def run_info(stage: str) -> dict[str, Any]:
     """Versions and command line, for reproducing a run."""
     import platform

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -102,3 +103,34 @@ def is_complete(output_dir: str | os.PathLike) -> bool:
 def clear_complete(output_dir: str | os.PathLike) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(Path(output_dir) / COMPLETE_MARKER)
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp$")  # .<name>.<random>.tmp, .step-00000100.tmp
+_MOVED_ASIDE = re.compile(r"^\.(?P<name>.+)\.old(?:-\d+)?$")  # .<name>.old-<pid>, .step-00000100.old
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Removes what killed atomic writes left directly in `folder`: the `.<name>.*.tmp` files and folders of
+    `atomic_open` / `atomic_directory` (and checkpoint saves), and the `.<name>.old[-pid]` copies that a
+    replacement moves aside (one whose `<name>` is missing, because the kill came between the two renames,
+    is put back instead). Nothing reads these; a stage calls this when it starts writing into its folder.
+    Returns what was removed.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        moved = _MOVED_ASIDE.match(entry.name)
+        if not moved and not _TEMPORARY.match(entry.name):
+            continue
+        if moved and not (folder / moved["name"]).exists():
+            os.replace(entry, folder / moved["name"])
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        removed.append(entry)
+    return removed

@@ -8,19 +8,15 @@ The loop itself is `llm_recipes.training.loop.pretrain`.
 
 from __future__ import annotations
 
-import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import parse_config, save_resolved_config
+    from .config import parse_config
     from .training.arguments import PretrainConfig
 
+    # the loop writes resolved_config.yaml once every input has been checked
     (cfg,) = parse_config([PretrainConfig], argv, stage="pretrain")
-    # RANK, not accelerate's PartialState: creating the state here would fix it before the loop's
-    # Accelerator picks its settings (under debug_launcher it would even come out single-process)
-    if int(os.environ.get("RANK", "0")) == 0:
-        save_resolved_config(cfg.output_dir, cfg, stage="pretrain")
     from .training.checkpoint import CheckpointError
     from .training.data import DataError
     from .training.loop import pretrain

@@ -50,6 +50,11 @@ def build_model(cfg, tokenizer):
         overrides = dict(cfg.model_overrides or {})
         overrides.setdefault("vocab_size", round_vocab_size(len(tokenizer)))
         overrides.setdefault("max_position_embeddings", cfg.seq_len)
+        limit = overrides["max_position_embeddings"]
+        if not isinstance(limit, int) or cfg.seq_len > limit:
+            raise ConfigError(f"seq_len {cfg.seq_len} is longer than model_overrides.max_position_embeddings {limit!r}: "
+                              f"the saved model would claim a context shorter than it was trained on; raise "
+                              f"max_position_embeddings or lower seq_len")
         try:
             config = config_from_preset(cfg.model_preset, bos_token_id=tokenizer.bos_token_id,
                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,

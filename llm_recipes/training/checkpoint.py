@@ -6,7 +6,9 @@ history), `data_state_<rank>.pt` (where each process is in its data) and, writte
 `checkpoint.json`: a manifest with the size and SHA-256 of every file. It is written under a
 temporary name and renamed into place, so a kill while saving leaves only a `.step-*.tmp` folder that
 nothing reads. Loading checks the manifest: a missing manifest or a file whose size or hash differs is
-reported as a partial or corrupt checkpoint, and `latest` falls back to the newest one that checks out.
+reported as a partial or corrupt checkpoint, as is a `trainer_state.json` whose step is not the one in
+the folder's name; `latest` falls back to the newest one that checks out, and retention keeps the newest
+*valid* checkpoints, so a corrupt newer folder never costs a good one.
 """
 
 from __future__ import annotations
@@ -95,6 +97,16 @@ def verify_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint {str(folder)!r} is corrupt: {name!r} does not match its SHA-256")
     if TRAINER_STATE not in expected:
         raise CheckpointError(f"checkpoint {str(folder)!r} is partial: it has no {TRAINER_STATE}")
+    named = _NAME.match(folder.name)
+    if named:
+        try:
+            state_step = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))["step"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {str(folder)!r} is corrupt: unreadable {TRAINER_STATE} ({e})") from e
+        for what, step in ((TRAINER_STATE, state_step), (MANIFEST, manifest.get("step"))):
+            if step != int(named.group(1)):
+                raise CheckpointError(f"checkpoint {str(folder)!r} is inconsistent: its {what} says step {step!r}, "
+                                      f"its name says step {int(named.group(1))}")
     return manifest
 
 
@@ -111,15 +123,60 @@ def find_latest(root: str | os.PathLike, warn: Callable[[str], None] = print) ->
 
 
 def resolve_resume(resume: str | None, root: str | os.PathLike, warn: Callable[[str], None] = print) -> Path | None:
-    """Turns `resume_from_checkpoint` into a verified folder: None (fresh start), 'latest' (newest
-    complete under root, or None), or a path (which must be complete: an explicit request for a broken
-    checkpoint is an error, not a silent fallback)."""
+    """Turns `resume_from_checkpoint` into a verified folder: None (fresh start), 'latest' (the newest
+    complete checkpoint under root; None when root holds no checkpoint at all), or a path (which must be
+    complete: an explicit request for a broken checkpoint is an error, not a silent fallback).
+
+    Raises:
+        CheckpointError: 'latest' when root holds checkpoints but none of them verifies: starting over
+            silently would later prune them; the message says how to start over on purpose.
+    """
     if not resume:
         return None
     if resume == "latest":
-        return find_latest(root, warn)
+        problems: list[str] = []
+        found = find_latest(root, warn=lambda m: (problems.append(m), warn(m)))
+        if found is None and problems:
+            raise CheckpointError(
+                f"none of the {len(problems)} checkpoint(s) in {str(root)!r} can be resumed ("
+                + "; ".join(p.removeprefix("skipping ") for p in problems[:3]) + (" ..." if len(problems) > 3 else "")
+                + "): repair or move them, point resume_from_checkpoint at a good copy, or set "
+                  "overwrite_output_dir: true to delete them and start over")
+        return found
     verify_checkpoint(resume)
     return Path(resume)
+
+
+_verified: dict[Path, int | None] = {}  # checkpoints prune_checkpoints has verified, with their manifest's mtime
+
+
+def prune_checkpoints(root: str | os.PathLike, keep: int, known_good: Path | None = None) -> list[Path]:
+    """Deletes checkpoints beyond the newest `keep` that verify; returns what it deleted.
+
+    Validity, not the name, decides: with a corrupt step-20 and a good step-12 written after resuming from
+    step-10, `keep: 1` keeps step-12 (and leaves step-20, which a later save of step 20 replaces). A broken
+    checkpoint older than a kept good one is deleted: nothing would ever resume from it.
+
+    Args:
+        known_good: a checkpoint this process has just written (not hashed again).
+    """
+    kept, deleted = 0, []
+    for folder in reversed(list_checkpoints(root)):
+        if kept >= keep:
+            deleted.append(folder)
+            continue
+        try:
+            stamp = (folder / MANIFEST).stat().st_mtime_ns if (folder / MANIFEST).is_file() else None
+            if folder != known_good and _verified.get(folder) != stamp:
+                verify_checkpoint(folder)  # hashed once per process, not at every save
+                _verified[folder] = stamp
+            kept += 1
+        except CheckpointError:
+            if kept:  # broken and older than a good one we keep
+                deleted.append(folder)
+    for folder in deleted:
+        shutil.rmtree(folder, ignore_errors=True)
+    return deleted
 
 
 def save_checkpoint(accelerator, root: str | os.PathLike, step: int, trainer_state: dict[str, Any],
@@ -157,10 +214,43 @@ def save_checkpoint(accelerator, root: str | os.PathLike, step: int, trainer_sta
             os.fsync(fd)
         finally:
             os.close(fd)
-        for stale in list_checkpoints(root)[:-keep]:
-            shutil.rmtree(stale, ignore_errors=True)
+        prune_checkpoints(root, keep, known_good=final)
     accelerator.wait_for_everyone()
     return final
+
+
+def check_resume(folder: str | os.PathLike, expect: dict[str, Any], num_processes: int) -> dict[str, Any]:
+    """The checkpoint's trainer state, after checking that this run can continue it (before anything is
+    loaded or any output is touched).
+
+    Args:
+        expect: trainer-state values this run must share with the checkpoint (model shape, context length,
+            tokenizer fingerprint, seq_len, ...); a checkpoint written before a key existed is not checked on it.
+
+    Raises:
+        CheckpointError: naming the first setting that differs.
+    """
+    folder = Path(folder)
+    trainer_state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+    for key, value in expect.items():
+        if key in trainer_state and trainer_state[key] != value:
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} was written with {key}={trainer_state[key]!r}, this run has {value!r}: "
+                f"resume with the same settings (model_preset / model_overrides / init_from, tokenizer, seq_len, "
+                f"data_mode, batch size) or start a new output_dir")
+    saved_world = trainer_state.get("world_size", 1)
+    if saved_world != num_processes:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} was written by {saved_world} processes, this run has "
+            f"{num_processes}: resume with the same number of processes")
+    return trainer_state
+
+
+def tokenizer_fingerprint(tokenizer_path: str | os.PathLike | None) -> str | None:
+    """SHA-256 of a tokenizer folder's tokenizer.json (None without one): two tokenizers of the same size
+    but different merges give different fingerprints, so a resume cannot silently switch between them."""
+    path = Path(tokenizer_path) / "tokenizer.json" if tokenizer_path else None
+    return _sha256(path) if path is not None and path.is_file() else None
 
 
 def load_checkpoint(accelerator, folder: str | os.PathLike, expect: dict[str, Any] | None = None
@@ -169,24 +259,12 @@ def load_checkpoint(accelerator, folder: str | os.PathLike, expect: dict[str, An
     this process's data state). Every process must call this.
 
     Args:
-        expect: trainer-state values this run must share with the checkpoint (model shape, seq_len, ...);
-            a difference is a CheckpointError naming it, before anything is loaded.
+        expect: as for `check_resume` (checked again here, before anything is loaded).
     """
     import torch
 
     folder = Path(folder)
-    trainer_state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
-    for key, value in (expect or {}).items():
-        if key in trainer_state and trainer_state[key] != value:
-            raise CheckpointError(
-                f"checkpoint {str(folder)!r} was written with {key}={trainer_state[key]!r}, this run has {value!r}: "
-                f"resume with the same settings (model_preset / model_overrides / init_from, seq_len, data_mode, "
-                f"batch size) or start a new output_dir")
-    saved_world = trainer_state.get("world_size", 1)
-    if saved_world != accelerator.num_processes:
-        raise CheckpointError(
-            f"checkpoint {str(folder)!r} was written by {saved_world} processes, this run has "
-            f"{accelerator.num_processes}: resume with the same number of processes")
+    trainer_state = check_resume(folder, expect or {}, accelerator.num_processes)
     accelerator.load_state(str(folder))
     data_path = folder / f"data_state_{accelerator.process_index}.pt"
     data_state = torch.load(data_path, weights_only=False) if data_path.is_file() else None

@@ -45,10 +45,9 @@ def _make_accelerator(cfg):
     )
 
 
-def _prepare_output_dir(cfg, accelerator, checkpoints: Path) -> None:
-    """Refuses to silently restart over existing checkpoints; clears stale results of a fresh start."""
+def _check_output_dir(cfg, checkpoints: Path) -> None:
+    """Refuses to silently restart over existing checkpoints (nothing is touched yet)."""
     from ..config import ConfigError
-    from ..fileio import clear_complete
     from .checkpoint import list_checkpoints
 
     existing = list_checkpoints(checkpoints)
@@ -56,10 +55,19 @@ def _prepare_output_dir(cfg, accelerator, checkpoints: Path) -> None:
         raise ConfigError(
             f"output_dir {cfg.output_dir!r} already holds checkpoints ({existing[-1].name}); set "
             f"resume_from_checkpoint: latest to continue that run, or overwrite_output_dir: true to start over")
+
+
+def _start_output_dir(cfg, accelerator, checkpoints: Path) -> None:
+    """After every check passed: clears the previous run's marker and leftovers, deletes the checkpoints
+    of an overwrite, writes the resolved config."""
+    from ..config import start_stage_output
+    from ..fileio import remove_leftovers
+
     if accelerator.is_main_process:
-        clear_complete(cfg.output_dir)
+        start_stage_output(cfg.output_dir, cfg, stage="pretrain")
         if cfg.overwrite_output_dir:
             shutil.rmtree(checkpoints, ignore_errors=True)
+        remove_leftovers(checkpoints)
     accelerator.wait_for_everyone()
 
 
@@ -89,7 +97,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     from ..fileio import atomic_write_json, mark_complete
     from ..launch import check_process_group
     from .building import build_model, check_vocab, enable_activation_checkpointing, load_tokenizer, make_optimizer
-    from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+    from .checkpoint import check_resume, load_checkpoint, resolve_resume, save_checkpoint, tokenizer_fingerprint
     from .data import build_eval_batches, build_train_batches
     from .evaluation import evaluate, generate_samples, shifted_targets, token_byte_lengths, token_loss_sum
     from .monitor import MetricsLog, OutlierGuard, model_flops_utilization, peak_flops
@@ -100,7 +108,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     out = Path(cfg.output_dir)
     checkpoints = out / "checkpoints"
     say = accelerator.print
-    _prepare_output_dir(cfg, accelerator, checkpoints)
+    _check_output_dir(cfg, checkpoints)
     set_seed(cfg.seed)
 
     # ---- model, data, optimizer -------------------------------------------------------------------
@@ -116,6 +124,16 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
         raise ConfigError("dataset_path is required (the folder written by `llm-recipes clean`)")
     train_batches = build_train_batches(cfg, tokenizer, accelerator)
     eval_batches = build_eval_batches(cfg, tokenizer, accelerator)
+    # what a checkpoint must share with this run to be continued by it
+    run_identity = {"model_shape": _model_shape(model), "max_position_embeddings": getattr(model.config, "max_position_embeddings", None),
+                    "tokenizer_sha256": tokenizer_fingerprint(cfg.tokenizer_path or cfg.init_from),
+                    **{k: getattr(cfg, k) for k in ("seq_len", "data_mode", "per_device_train_batch_size")}}
+    resume = None
+    if not cfg.overwrite_output_dir:  # an overwrite deletes the checkpoints instead
+        resume = resolve_resume(cfg.resume_from_checkpoint, checkpoints, warn=lambda m: say(f"pretrain: {m}"))
+    if resume is not None:
+        check_resume(resume, run_identity, accelerator.num_processes)
+    _start_output_dir(cfg, accelerator, checkpoints)  # every check passed: from here on the old output goes
     byte_lengths = token_byte_lengths(tokenizer, model.config.vocab_size)
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
@@ -142,12 +160,8 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
 
     # ---- resume ------------------------------------------------------------------------------------
     step, tokens, elapsed_before, skipped = 0, 0, 0.0, 0
-    resume = resolve_resume(cfg.resume_from_checkpoint, checkpoints,
-                            warn=lambda m: say(f"pretrain: {m}"))
     if resume is not None:
-        expect = {"model_shape": _model_shape(raw_model),
-                  **{k: getattr(cfg, k) for k in ("seq_len", "data_mode", "per_device_train_batch_size")}}
-        state, data_state = load_checkpoint(accelerator, resume, expect)
+        state, data_state = load_checkpoint(accelerator, resume, run_identity)
         step, tokens, elapsed_before, skipped = state["step"], state["tokens"], state["elapsed"], state["skipped"]
         guard.load_state_dict(state["guard"])
         if data_state is not None:
@@ -155,7 +169,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
         result.last_checkpoint = resume
         say(f"pretrain: resumed from {resume} at step {step} ({tokens:,} tokens)")
     elif cfg.resume_from_checkpoint == "latest":
-        say(f"pretrain: no complete checkpoint in {checkpoints}, starting fresh")
+        say(f"pretrain: no checkpoint in {checkpoints} yet, starting fresh")
     if accelerator.is_main_process:
         if resume is not None:
             metrics.truncate_after(step)
@@ -168,9 +182,8 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
 
     def trainer_state() -> dict[str, Any]:
         return {"step": step, "tokens": tokens, "elapsed": elapsed_before + (time.time() - start), "skipped": skipped,
-                "guard": guard.state_dict(), "world_size": world, "model_shape": _model_shape(raw_model),
-                **{k: getattr(cfg, k) for k in ("seq_len", "data_mode", "per_device_train_batch_size",
-                                                "gradient_accumulation_steps", "max_steps", "learning_rate")}}
+                "guard": guard.state_dict(), "world_size": world, **run_identity,
+                **{k: getattr(cfg, k) for k in ("gradient_accumulation_steps", "max_steps", "learning_rate")}}
 
     def run_eval() -> dict[str, Any]:
         scores = evaluate(model, eval_batches, accelerator, byte_lengths, cfg.document_masking)
