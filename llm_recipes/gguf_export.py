@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .llama_export import ExportError, check_model_folder, llama_config_from, llama_state_dict
 from .serving import default_model_name
-from .tokenization import SPLIT_PATTERN
+from .tokenization import SPLIT_PATTERN, end_of_turn_token_id
 
 LLAMA_CPP_PRE_TOKENIZER = "bailingmoe"  # llama.cpp's name for SPLIT_PATTERN (same regular expression)
 GGUF_DTYPES = {"float32": "ALL_F32", "float16": "MOSTLY_F16", "bfloat16": "MOSTLY_BF16"}
@@ -110,6 +110,12 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     config = model.config
     llama_config_from(config)  # refuses what Llama (and so llama.cpp's Llama graph) cannot compute
+    if config.rope_parameters["rope_type"] != "default":
+        # llama.cpp names each scaling scheme its own way (rope.scaling.* keys, a rope_freqs tensor for llama3);
+        # none of them is checked against llama.cpp here yet, so none is written rather than one written wrongly
+        raise ExportError(f"this model uses scaled RoPE (rope_type {config.rope_parameters['rope_type']!r}); the GGUF "
+                          "export writes plain RoPE only. Use `--to llama` (Llama computes every scaled type) and "
+                          "llama.cpp's convert_hf_to_gguf.py, or serve it with `llm-recipes serve`.")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if dtype is None:
         dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(model.dtype, "float32")
@@ -134,7 +140,7 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
         writer.add_key_length(config.head_dim)
         writer.add_value_length(config.head_dim)
         writer.add_rope_dimension_count(config.head_dim)
-        writer.add_rope_freq_base(float(config.rope_theta))
+        writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
         writer.add_vocab_size(config.vocab_size)
         writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
@@ -143,6 +149,10 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
         writer.add_token_types(token_types)
         special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=config.vocab_size)
         special.add_to_gguf(writer)  # merges, BOS/EOS/PAD ids, add_bos_token, the chat template
+        end_of_turn = end_of_turn_token_id(tokenizer)
+        if end_of_turn is not None:
+            # llama.cpp stops a chat turn at the end-of-turn token (tokenizer.ggml.eot_token_id)
+            writer.add_eot_token_id(end_of_turn)
 
         count = 0
         # the Llama export's tensors: no RoPE buffers, no tied head (llama.cpp reuses token_embd for it)

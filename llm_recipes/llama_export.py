@@ -49,7 +49,7 @@ def llama_config_from(config):
         hidden_act="silu",
         max_position_embeddings=config.max_position_embeddings,
         rms_norm_eps=config.rms_norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
+        rope_parameters=dict(config.rope_parameters),  # the same RoPE, scaled types included: Llama computes them all
         tie_word_embeddings=bool(config.tie_word_embeddings),
         attention_bias=False,
         mlp_bias=False,
@@ -114,7 +114,7 @@ def export_to_llama(model_dir: str | os.PathLike, output_dir: str | os.PathLike,
     llama.generation_config = source.generation_config
     with atomic_directory(output_dir) as tmp:
         llama.save_pretrained(tmp)
-        _add_legacy_rope_theta(tmp / "config.json", float(source.config.rope_theta))
+        _add_legacy_rope_theta(tmp / "config.json", float(source.config.rope_parameters["rope_theta"]))
         for name in TOKENIZER_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)

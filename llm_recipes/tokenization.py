@@ -196,11 +196,20 @@ def save_tokenizer(tokenizer, output_dir: str | os.PathLike) -> Path:
     return output_dir
 
 
+END_OF_TURN_TOKEN = "<|im_end|>"  # ChatML's, closes every turn of our chat template
+
+
+def end_of_turn_token_id(tokenizer) -> int | None:
+    """The id of the end-of-turn token, or None when the tokenizer has none."""
+    token_id = tokenizer.convert_tokens_to_ids(END_OF_TURN_TOKEN)
+    return token_id if isinstance(token_id, int) and token_id != tokenizer.unk_token_id else None
+
+
 def end_of_turn_token_ids(tokenizer) -> list[int]:
     """Token ids that end generation: end of text and end of a chat turn."""
     ids = [tokenizer.eos_token_id]
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in ids:
+    im_end = end_of_turn_token_id(tokenizer)
+    if im_end is not None and im_end not in ids:
         ids.append(im_end)
     return ids
 

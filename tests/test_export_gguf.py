@@ -58,6 +58,8 @@ def test_gguf_holds_the_model_and_its_tokenizer(tmp_path, tiny_tokenizer_dir, ti
     merges = json.loads((tiny_tokenizer_dir / "tokenizer.json").read_text())["model"]["merges"]
     assert len(_field(reader, "tokenizer.ggml.merges")) == len(merges)
     assert _field(reader, "tokenizer.ggml.bos_token_id") == tiny_tokenizer.bos_token_id
+    # llama.cpp ends a chat turn at <|im_end|> only when the file names it as the end-of-turn token
+    assert _field(reader, "tokenizer.ggml.eot_token_id") == tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert "chat_template" in "".join(reader.fields)
 
     tensors = {t.name: t for t in reader.tensors}
@@ -101,6 +103,11 @@ def test_refuses_what_llama_cpp_would_compute_differently(tmp_path, tiny_tokeniz
     _save_model(qk, tiny_tokenizer_dir, qk_norm=True)
     assert main(["export", str(qk), "--to", "gguf", "--output_dir", str(tmp_path / "out")]) == 2
     assert "qk_norm" in capsys.readouterr().err
+
+    yarn = tmp_path / "yarn"
+    _save_model(yarn, tiny_tokenizer_dir, rope_parameters={"rope_type": "yarn", "factor": 2.0})
+    assert main(["export", str(yarn), "--to", "gguf", "--output_dir", str(tmp_path / "out")]) == 2
+    assert "scaled RoPE (rope_type 'yarn')" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
     assert main(["export", str(tmp_path / "nothing"), "--to", "gguf"]) == 2
     assert "config.json" in capsys.readouterr().err

@@ -92,3 +92,27 @@ def test_export_refuses_what_llama_cannot_represent(tmp_path, tiny_tokenizer_dir
     assert "no config.json" in capsys.readouterr().err
     assert main(["export", str(source), "--to", "onnx"]) == 2
     assert "gguf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rope_parameters", [
+    {"rope_type": "linear", "factor": 2.0},
+    {"rope_type": "dynamic", "factor": 2.0},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+    {"rope_type": "llama3", "factor": 4.0, "original_max_position_embeddings": 16},
+])
+def test_scaled_rope_travels_into_the_llama_export(tmp_path, tiny_tokenizer_dir, rope_parameters):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from llm_recipes.cli import main
+
+    # 40 tokens past a 32-position context: the dynamic type rescales, the others stretch by their factor
+    model = _save_model(tmp_path / "model", tiny_tokenizer_dir, max_position_embeddings=32,
+                        rope_parameters=rope_parameters).eval()
+    assert main(["export", str(tmp_path / "model"), "--to", "llama", "--output_dir", str(tmp_path / "llama")]) == 0
+    saved = json.loads((tmp_path / "llama" / "config.json").read_text())["rope_parameters"]
+    assert {k: saved[k] for k in rope_parameters} == rope_parameters
+    llama = LlamaForCausalLM.from_pretrained(tmp_path / "llama").eval()
+    ids = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        torch.testing.assert_close(llama(ids).logits, model(ids).logits, rtol=0, atol=1e-5)

@@ -6,6 +6,10 @@ names, FSDP wrapping, the Llama export) reads it without glue.
 """
 
 from transformers import PretrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+# rope types whose `factor` stretches the trained context (transformers' RoPE utilities implement each)
+_SCALED_ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
 
 
 class RecipeGPTConfig(PretrainedConfig):
@@ -20,7 +24,12 @@ class RecipeGPTConfig(PretrainedConfig):
             num_attention_heads. Defaults to num_attention_heads (plain multi-head attention).
         head_dim (`int`, *optional*): per-head width; defaults to hidden_size // num_attention_heads.
         max_position_embeddings (`int`): longest context the model is trained for.
-        rope_theta (`float`): base of the rotary position embedding frequencies.
+        rope_theta (`float`): base of the rotary position embedding frequencies (kept as an argument for configs
+            written before `rope_parameters`; it lands in `rope_parameters["rope_theta"]`).
+        rope_parameters (`dict`, *optional*): transformers' RoPE description: `rope_type` (`default`, `linear`,
+            `dynamic`, `yarn`, `llama3`), `rope_theta`, and for the scaled types `factor` (> 1: how many times
+            the trained context is stretched) plus the type's own keys (`original_max_position_embeddings`,
+            `beta_fast`, `low_freq_factor`, ...). Defaults to `{"rope_type": "default", "rope_theta": rope_theta}`.
         rms_norm_eps (`float`): epsilon of every RMSNorm.
         qk_norm (`bool`): RMSNorm on each query and key head before RoPE (stabilises training at higher
             learning rates; OLMo 2 / Qwen 3 style). Not representable in a Llama checkpoint.
@@ -49,6 +58,7 @@ class RecipeGPTConfig(PretrainedConfig):
         head_dim: int | None = None,
         max_position_embeddings: int = 512,
         rope_theta: float = 10000.0,
+        rope_parameters: dict | None = None,
         rms_norm_eps: float = 1e-6,
         qk_norm: bool = False,
         tie_word_embeddings: bool = True,
@@ -93,7 +103,7 @@ class RecipeGPTConfig(PretrainedConfig):
         self.num_key_value_heads = num_key_value_heads
         self.head_dim = head_dim
         self.max_position_embeddings = max_position_embeddings
-        self.rope_theta = rope_theta
+        self.rope_parameters = _checked_rope_parameters(rope_parameters, rope_theta)
         self.rms_norm_eps = rms_norm_eps
         self.qk_norm = qk_norm
         self.initializer_range = initializer_range
@@ -106,7 +116,36 @@ class RecipeGPTConfig(PretrainedConfig):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
+        # transformers' base class fills `rope_parameters` defaults (e.g. original_max_position_embeddings
+        # for yarn/llama3) from these attributes and validates the type's keys
         super().__init__(**kwargs)
+
+
+def _checked_rope_parameters(rope_parameters: dict | None, rope_theta: float) -> dict:
+    """Our own check first, so a bad RoPE setting is an error naming it rather than a warning or a KeyError later."""
+    params = dict(rope_parameters) if rope_parameters else {}
+    if "type" in params and "rope_type" not in params:  # the pre-5.0 spelling
+        params["rope_type"] = params.pop("type")
+    params.setdefault("rope_type", "default")
+    params.setdefault("rope_theta", float(rope_theta))
+    rope_type = params["rope_type"]
+    known = ("default", *_SCALED_ROPE_TYPES)
+    if rope_type not in known or (rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS):
+        raise ValueError(f"RecipeGPTConfig: rope_parameters.rope_type {rope_type!r} is not one of {list(known)}")
+    if rope_type in _SCALED_ROPE_TYPES:
+        factor = params.get("factor")
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 1:
+            raise ValueError(
+                f"RecipeGPTConfig: rope_parameters.factor must be a number > 1 for rope_type {rope_type!r} "
+                f"(how many times the trained context is stretched), got {factor!r}"
+            )
+        params["factor"] = float(factor)
+    if rope_type == "llama3":
+        params.setdefault("low_freq_factor", 1.0)
+        params.setdefault("high_freq_factor", 4.0)
+    if float(params["rope_theta"]) <= 0:
+        raise ValueError(f"RecipeGPTConfig: rope_parameters.rope_theta must be > 0, got {params['rope_theta']!r}")
+    return params
 
 
 __all__ = ["RecipeGPTConfig"]

@@ -24,13 +24,27 @@ from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_recipe_gpt import RecipeGPTConfig
 
 # transformers 5.24 renamed the KV cache argument and output field from `past_key_values` to `cache`. This
 # file runs as Hub remote code under whatever version the user has, so it speaks the installed one's name.
 CACHE_KEY = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
+
+
+def accepts_old_cache_name(forward: Callable) -> Callable:
+    """From transformers 5.24, `past_key_values=` still works in forward, renamed to `cache` with a deprecation
+    warning (as in transformers' own models). Before 5.24 `past_key_values` is the name generate uses: the
+    forward reads it from its kwargs without a warning."""
+    if CACHE_KEY == "cache":
+        return deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")(forward)
+    return forward
 
 
 class RecipeGPTRMSNorm(nn.Module):
@@ -49,14 +63,22 @@ class RecipeGPTRMSNorm(nn.Module):
 
 
 class RecipeGPTRotaryEmbedding(nn.Module):
-    """Rotary embeddings (RoPE). `inv_freq` is a non-persistent buffer, so it is not in the checkpoint:
-    `_init_weights` recomputes it after `from_pretrained` (which builds the model on the meta device)."""
+    """Rotary embeddings (RoPE), with transformers' scaled variants (`config.rope_parameters["rope_type"]`:
+    linear, dynamic NTK, YaRN, llama3) from its RoPE utilities. `inv_freq` is a non-persistent buffer, so it is
+    not in the checkpoint: transformers' `_init_weights` recomputes it after `from_pretrained` (which builds the
+    model on the meta device) from `rope_type` and `compute_default_rope_parameters`."""
 
     def __init__(self, config: RecipeGPTConfig):
         super().__init__()
         self.config = config
-        self.rope_type = "default"
-        inv_freq, self.attention_scaling = self.compute_default_rope_parameters(config)
+        # read by `dynamic_rope_update`: the dynamic type grows its frequencies past the trained context
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = config.rope_parameters["rope_type"]
+        rope_init_fn = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init_fn(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 
@@ -64,17 +86,19 @@ class RecipeGPTRotaryEmbedding(nn.Module):
     def compute_default_rope_parameters(config: RecipeGPTConfig, *args, **kwargs) -> tuple[torch.Tensor, float]:
         dim = config.head_dim
         # theta_i = base^(-2i/d), i = 0 .. d/2-1
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        base = config.rope_parameters["rope_theta"]
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         return inv_freq, 1.0
 
     @torch.no_grad()
+    @dynamic_rope_update
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # angles in float32 even under autocast: positions up to thousands times small frequencies
         device_type = x.device.type if x.device.type != "mps" else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):
             freqs = position_ids[..., None].float() * self.inv_freq.float()  # (B, T, hd/2)
             emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hd)
-            cos = emb.cos() * self.attention_scaling
+            cos = emb.cos() * self.attention_scaling  # YaRN scales attention through cos/sin
             sin = emb.sin() * self.attention_scaling
         return cos.to(x.dtype), sin.to(x.dtype)
 
@@ -229,6 +253,9 @@ class RecipeGPTPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+    # what `output_hidden_states` / `output_attentions` collect, through transformers' output-capturing hooks
+    # (`capture_outputs` on RecipeGPTModel.forward): each decoder layer's output, each attention's weights
+    _can_record_outputs = {"hidden_states": RecipeGPTDecoderLayer, "attentions": RecipeGPTAttention}
 
     def _init_weights(self, module: nn.Module) -> None:
         # normal(0, 0.02) for linears/embeddings, ones for norms, RoPE buffers recomputed
@@ -253,6 +280,8 @@ class RecipeGPTModel(RecipeGPTPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @accepts_old_cache_name
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -261,11 +290,11 @@ class RecipeGPTModel(RecipeGPTPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("RecipeGPTModel: pass exactly one of input_ids or inputs_embeds")
-        if "past_key_values" in kwargs:  # transformers < 5.24 (its generate) and older callers
+        if "past_key_values" in kwargs:  # transformers < 5.24: the name its generate uses
             cache = cache if cache is not None else kwargs.pop("past_key_values")
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if inputs_embeds is None:
@@ -311,6 +340,8 @@ class RecipeGPTForCausalLM(RecipeGPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @accepts_old_cache_name
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -321,7 +352,7 @@ class RecipeGPTForCausalLM(RecipeGPTPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         r"""
         Args:
@@ -330,7 +361,10 @@ class RecipeGPTForCausalLM(RecipeGPTPreTrainedModel, GenerationMixin):
             logits_to_keep: if an int > 0, compute logits only for the last that many positions
                 (generation needs only the last one).
             kwargs: passed to the attention kernel (e.g. TRL's padding-free `cu_seq_lens_q`) and to the loss
-                (`num_items_in_batch` normalises a loss summed over gradient-accumulation micro-batches).
+                (`num_items_in_batch` normalises a loss summed over gradient-accumulation micro-batches);
+                `output_hidden_states` / `output_attentions` (or the same config fields) collect the embedding
+                output plus every layer's output / every layer's attention weights (eager attention only);
+                `return_dict=False` returns a tuple (loss first when labels are given).
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -347,7 +381,13 @@ class RecipeGPTForCausalLM(RecipeGPTPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_KEY: getattr(outputs, CACHE_KEY)})
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{CACHE_KEY: getattr(outputs, CACHE_KEY)},
+        )
 
     # -- helpers for training ------------------------------------------------------------------------
 
