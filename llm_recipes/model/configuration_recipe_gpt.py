@@ -8,6 +8,15 @@ names, FSDP wrapping, the Llama export) reads it without glue.
 from transformers import PretrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+# The Auto classes a saved folder names for loaders without llm_recipes (Hub remote code). vLLM's Transformers
+# backend builds `AutoModel.from_config(...)`, so the base model is listed too; transformers itself only writes
+# the entry of the class being saved.
+AUTO_MAP = {
+    "AutoConfig": "configuration_recipe_gpt.RecipeGPTConfig",
+    "AutoModel": "modeling_recipe_gpt.RecipeGPTModel",
+    "AutoModelForCausalLM": "modeling_recipe_gpt.RecipeGPTForCausalLM",
+}
+
 # rope types whose `factor` stretches the trained context (transformers' RoPE utilities implement each)
 _SCALED_ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
 
@@ -116,6 +125,7 @@ class RecipeGPTConfig(PretrainedConfig):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         # transformers' base class fills `rope_parameters` defaults (e.g. original_max_position_embeddings
         # for yarn/llama3) from these attributes and validates the type's keys
         super().__init__(**kwargs)
