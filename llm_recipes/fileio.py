@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,25 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (os.umask sets as it reads, which
+    races with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_if_created_normally(path: str | os.PathLike, directory: bool) -> None:
+    """mkstemp / mkdtemp create 0600 files and 0700 folders, private to their owner. An artifact is meant to be
+    read by others (a vLLM or llama-server container running as another user): give it the mode `open` /
+    `mkdir` would have given it, 0666 / 0777 less the umask (0644 / 0755 under the usual 022)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file opened at a temporary name beside `path`; when the block ends without an error it
@@ -38,6 +58,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _as_if_created_normally(tmp, directory=False)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -73,10 +94,19 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        _as_if_created_normally(tmp, directory=True)
         yield tmp
-        for root, _, files in os.walk(tmp):
+        readable = 0o444 & ~current_umask()  # r--r--r-- less the umask
+        for root, folders, files in os.walk(tmp):
+            for name in folders:  # and searchable, like a folder made by mkdir
+                folder = os.path.join(root, name)
+                os.chmod(folder, stat.S_IMODE(os.stat(folder).st_mode) | readable | (readable >> 2))
             for name in files:
-                with open(os.path.join(root, name), "rb") as f:
+                file = os.path.join(root, name)
+                # some writers make private files of their own (transformers writes model.safetensors 0600):
+                # add the read bits a normally created file has, keep everything else
+                os.chmod(file, stat.S_IMODE(os.stat(file).st_mode) | readable)
+                with open(file, "rb") as f:
                     os.fsync(f.fileno())
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
