@@ -28,6 +28,10 @@ class ServeConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind; 127.0.0.1 keeps the server local, "
                                                              "0.0.0.0 exposes it to the network"})
     port: int = field(default=8000, metadata={"help": "TCP port"})
+    allowed_hosts: list[str] | None = field(default=None, metadata={
+        "help": "Host header names the server answers (others get HTTP 400, which stops DNS rebinding from "
+                "web pages); '*' allows any, '*.example.com' subdomains; default: the loopback names for "
+                "127.0.0.1, the bound address plus loopback for another address, any for 0.0.0.0"})
     served_model_name: str | None = field(default=None, metadata={
         "help": "the `model` name clients must send; default: the model folder's name (its stage's name for .../final)"})
     api_key: str | None = field(default=None, metadata={
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import fileio
     from .serving import build_server
+    from .serving.feedback_store import FeedbackStoreError
     from .serving.loading import ModelLoadError
     from .serving.runner import ServerThread
 
@@ -87,14 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             dtype=cfg.dtype, max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue,
             max_tokens_cap=cfg.max_tokens_cap, default_max_tokens=cfg.default_max_tokens,
             context_window=cfg.context_window, request_timeout_s=cfg.request_timeout_s,
-            max_body_bytes=cfg.max_body_bytes, api_key=api_key, num_threads=cfg.torch_num_threads)
-    except (ModelLoadError, OSError) as e:
+            max_body_bytes=cfg.max_body_bytes, api_key=api_key, num_threads=cfg.torch_num_threads, host=cfg.host,
+            allowed_hosts=cfg.allowed_hosts)
+    except (ModelLoadError, FeedbackStoreError, OSError) as e:
         print(f"llm-recipes serve: error: {e}", file=sys.stderr)
         return 2
     save_resolved_config(cfg.output_dir, ServeConfig(**{**cfg.__dict__, "api_key": "***" if api_key else None}),
                          stage="serve")
     _mask_secret_in_run_info(os.path.join(cfg.output_dir, "run_info.json"), api_key)
-    settings = app.app.state.settings
+    settings = app.state.settings
     server = ServerThread(app, host=cfg.host, port=cfg.port, log_level="info")
     print(f"serving {settings.model_name!r} from {cfg.model_path} (context {settings.context_window} tokens, "
           f"batch {cfg.max_batch_size}, {engine.num_threads} CPU thread(s) for decoding, "

@@ -35,11 +35,14 @@ def browser_page(tmp_path):
 
 
 def test_chat_page_streams_and_stores_feedback(browser_page, tiny_model_dir, tmp_path):
+    from playwright.sync_api import expect
+
     page = browser_page
     store_path = tmp_path / "feedback.sqlite"
     with running_server(tiny_model_dir, store_path) as (url, app, engine, store):
         page.goto(url + "/")
-        page.wait_for_function("document.getElementById('model-name').textContent.includes('tiny')")
+        # playwright's expect polls without eval, which the page's Content-Security-Policy forbids
+        expect(page.locator("#model-name")).to_contain_text("tiny")
         # record every text the answer shows while it streams: one mutation record per update of the
         # answer, even when several server-sent events arrive in one network read
         page.evaluate("""() => {
@@ -63,7 +66,7 @@ def test_chat_page_streams_and_stores_feedback(browser_page, tiny_model_dir, tmp
         assert len({n for n in seen if n > 0}) >= 2, f"the answer did not arrive in pieces: {seen}"
 
         first.locator("button.up").click()
-        page.wait_for_function("document.querySelector('.msg.assistant .status').textContent.includes('saved')")
+        expect(first.locator(".status")).to_contain_text("saved")
         rows = list(store.rows())
         assert len(rows) == 1 and rows[0]["rating"] == 1
         assert rows[0]["messages"] == [{"role": "user", "content": "How do I join two paths in Python?"}]
@@ -75,7 +78,7 @@ def test_chat_page_streams_and_stores_feedback(browser_page, tiny_model_dir, tmp
         second = page.locator(".msg.assistant").nth(1)
         second.locator(".actions").wait_for(timeout=30_000)
         second.locator("button.down").click()
-        page.wait_for_function("document.querySelectorAll('.msg.assistant .status')[1].textContent.includes('saved')")
+        expect(second.locator(".status")).to_contain_text("saved")
         second.locator("button.suggest-toggle").click()
         second.locator(".suggest textarea").fill("Use os.path.split(path).")
         second.locator("button.suggest-send").click()

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,6 +34,7 @@ from .text import StreamingDetokenizer, TokenText
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 TOKENIZER_ROUTES = ("/tokenizer_info", "/tokenize", "/detokenize")  # vLLM's paths, outside /v1
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ServerSettings:
     request_timeout_s: float = 120.0
     max_body_bytes: int = 1_000_000
     api_key: str | None = None
+    allowed_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_NAMES))
 
 
 class APIError(Exception):
@@ -69,8 +71,10 @@ def error_response(status: int, message: str, type: str = "invalid_request_error
 
 
 class BodySizeLimit:
-    """ASGI middleware: refuses request bodies over `max_bytes` with a 413 before they are parsed,
-    by Content-Length when given and by counting the bytes otherwise (chunked uploads)."""
+    """ASGI middleware: refuses request bodies over `max_bytes` with a 413 before the app sees them, by
+    Content-Length when given and by counting the bytes otherwise (chunked uploads). The body is read here
+    in full (it is at most `max_bytes`) and handed on, so an oversized chunked body is answered 413 rather
+    than failing inside FastAPI's body parsing (which would make it a 400)."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, int(max_bytes)
@@ -78,39 +82,106 @@ class BodySizeLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
+        declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(scope, receive, send)
-        received, started = 0, False
-
-        class TooLarge(Exception):
-            pass
-
-        async def limited_receive():
-            nonlocal received
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise TooLarge
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._reject(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        delivered = False
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():  # the whole body once, then the real channel (to notice a disconnect)
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except TooLarge:
-            if not started:
-                await self._reject(scope, receive, send)
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope, receive, send):
         response = error_response(413, f"request body is larger than this server's limit of {self.max_bytes} bytes",
                                   code="request_too_large")
         await response(scope, receive, send)
+
+
+def default_allowed_hosts(bound_host: str) -> list[str]:
+    """Host headers a server bound to `bound_host` accepts: the loopback names for a local server (so a web
+    page cannot reach it through DNS rebinding: its requests carry the attacker's host name), the bound
+    address plus loopback for a specific one, anything ("*") for 0.0.0.0 / :: (name the hosts with
+    `--allowed_hosts` to check there too)."""
+    if bound_host in ("0.0.0.0", "::", ""):
+        return ["*"]
+    return list(dict.fromkeys([bound_host, *LOOPBACK_NAMES]))
+
+
+class HostCheck:
+    """ASGI middleware: answers 400 to a request whose Host header is not in `allowed` (names without the
+    port; "*" allows any; "*.example.com" any subdomain), as Starlette's TrustedHostMiddleware does, with an
+    OpenAI-style error body that says how to allow the name."""
+
+    def __init__(self, app, allowed: list[str]):
+        self.app = app
+        self.allowed = [h.lower() for h in allowed]
+        self.any = "*" in self.allowed
+
+    def allows(self, host: str) -> bool:
+        if self.any:
+            return True
+        name = host.lower()
+        if name.startswith("["):  # [::1]:8000
+            name = name[: name.find("]") + 1]
+        else:
+            name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+        return any(name == h or (h.startswith("*.") and name.endswith(h[1:])) for h in self.allowed)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if self.allows(host):
+            return await self.app(scope, receive, send)
+        response = error_response(400, f"Host header {host!r} is not allowed by this server (allowed: "
+                                       f"{', '.join(self.allowed)}); to serve under that name, start it with "
+                                       "--allowed_hosts", code="invalid_host")
+        await response(scope, receive, send)
+
+
+# the chat page needs nothing but its own origin: no inline script, no framing by other sites
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class SecurityHeaders:
+    """ASGI middleware: adds `SECURITY_HEADERS` to every response."""
+
+    def __init__(self, app):
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settings: ServerSettings) -> FastAPI:
@@ -143,11 +214,15 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
             if err.get("type") == "json_invalid":
                 return error_response(400, f"malformed JSON in the request body: {err.get('ctx', {}).get('error', err.get('msg'))}",
                                       code="invalid_json")
+        # a union field (prompt: text or list...) fails once per member: a value error (the value was of the
+        # right type but not acceptable) says more than "should be a valid list", so it comes first
+        errors = sorted(errors, key=lambda e: e.get("type") != "value_error")
         first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", []) if p != "body"]
-        param = ".".join(loc) or None
-        message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []) if p != 'body') or 'body'}: {e.get('msg')}"
-                            for e in errors[:5])
+        param = _field_path(first.get("loc", [])) or None
+        message = "; ".join(f"{_field_path(e.get('loc', [])) or 'body'}: {e.get('msg')}" for e in errors[:5])
+        if first.get("type") == "extra_forbidden":
+            return error_response(400, f"unknown field {param!r}: this server does not support it (see "
+                                       "docs/deploy.md for the fields it takes)", param=param)
         return error_response(400, f"invalid request: {message}", param=param)
 
     @app.exception_handler(StarletteHTTPException)
@@ -189,13 +264,16 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
         _check_model(model_id, settings)
         return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "llm_recipes"}
 
+    # Tokenizing and templating run on a worker thread (run_in_threadpool), never on the event loop: a
+    # 1 MB prompt takes about a second to tokenize, and /health and streams must answer meanwhile.
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         _check_model(body.model, settings)
         prompts = []
         for prompt in body.prompts:
             if isinstance(prompt, str):
-                prompts.append((tokenizer(prompt)["input_ids"], prompt))
+                prompts.append((await run_in_threadpool(lambda p=prompt: tokenizer(p)["input_ids"]), prompt))
                 continue
             _check_token_ids(prompt, vocab_size, "prompt")
             prompts.append((list(prompt), None))
@@ -204,7 +282,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
         _check_model(body.model, settings)
-        prompt_ids = _chat_prompt_ids(tokenizer, body.messages, add_generation_prompt=True)
+        prompt_ids = await run_in_threadpool(_chat_prompt_ids, tokenizer, body.messages, True)
         if body.max_completion_tokens is not None and body.max_tokens is None:
             body.max_tokens = body.max_completion_tokens
         return await _respond(body, [(prompt_ids, None)], chat=True)
@@ -219,16 +297,24 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
-        if body.messages is not None:
-            ids = _chat_prompt_ids(tokenizer, body.messages, add_generation_prompt=body.add_generation_prompt)
-        else:
-            ids = tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
-        return {"tokens": ids, "count": len(ids), "max_model_len": settings.context_window}
+        if body.model is not None:
+            _check_model(body.model, settings)
+
+        def work() -> bytes:  # the answer is serialised there too: 300,000 ids are slow to encode
+            if body.messages is not None:
+                ids = _chat_prompt_ids(tokenizer, body.messages, add_generation_prompt=body.add_generation_prompt)
+            else:
+                ids = tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
+            return json.dumps({"tokens": ids, "count": len(ids), "max_model_len": settings.context_window}).encode()
+
+        return Response(await run_in_threadpool(work), media_type="application/json")
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
+        if body.model is not None:
+            _check_model(body.model, settings)
         _check_token_ids(body.tokens, vocab_size, "tokens")
-        return {"prompt": tokenizer.decode(body.tokens)}
+        return {"prompt": await run_in_threadpool(tokenizer.decode, body.tokens)}
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest):
@@ -252,6 +338,11 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+    # outermost last: security headers on every answer, then the Host check, then the body limit
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
+    app.add_middleware(SecurityHeaders)
+
     # -- generation ------------------------------------------------------------------------------
 
     async def _respond(body, prompts: list[tuple[list[int], str | None]], chat: bool):
@@ -263,6 +354,8 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
                                 f"({engine.max_queue}); split the request", param="prompt" if len(prompts) > 1 else "n")
         if any(not ids for ids, _ in prompts):
             raise APIError(400, "the prompt is empty", param="prompt")
+        if body.logit_bias:
+            _check_token_ids([int(t) for t in body.logit_bias], vocab_size, "logit_bias")
         if chat:  # alternatives per token, None for no log-probabilities
             top = (body.top_logprobs or 0) if body.logprobs else None
         else:
@@ -343,6 +436,16 @@ class _Piece:
     finish: str | None = None
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list"}
+
+
+def _field_path(loc) -> str:
+    """`("body", "prompt", "function-after[...]")` -> `prompt`: the field's path without pydantic's
+    union-member tags."""
+    return ".".join(str(p) for p in loc if p != "body" and not (isinstance(p, str) and (
+        p in _TYPE_TAGS or "[" in p or "-" in p)))
+
+
 def _check_model(name: str, settings: ServerSettings) -> None:
     if name != settings.model_name:
         raise APIError(404, f"the model {name!r} does not exist on this server; it serves {settings.model_name!r}",
@@ -418,8 +521,12 @@ def _submit_all(engine, sequences: list[_Sequence], body, top: int | None, promp
         seq.request = GenerationRequest(
             prompt_ids=list(seq.prompt_ids), max_new_tokens=seq.max_tokens,
             emit=lambda ev, q=events: loop.call_soon_threadsafe(q.put_nowait, ev),
-            temperature=body.temperature, top_p=body.top_p, stop_ids=frozenset() if body.ignore_eos else stop_ids,
-            seed=seq.seed, logprobs=top, prompt_logprobs=prompt_logprobs)
+            temperature=body.temperature, top_p=body.top_p, top_k=max(body.top_k, 0), min_p=body.min_p,
+            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+            repetition_penalty=body.repetition_penalty,
+            logit_bias={int(t): b for t, b in (body.logit_bias or {}).items()} or None,
+            stop_ids=frozenset() if body.ignore_eos else stop_ids, seed=seq.seed, logprobs=top,
+            prompt_logprobs=prompt_logprobs)
         try:
             engine.submit(seq.request)
         except QueueFullError as e:

@@ -7,8 +7,11 @@ the ones that finished. So a short request never waits for a long one to end, an
 one forward pass per step instead of taking turns (iteration-level batching, as in Orca / vLLM, with
 a plain `DynamicCache` left-padded to a common length instead of paged memory).
 
-Sampling is per request (temperature, top_p, seed), tokens go back through a callback as soon as they
-are chosen, and a request can be cancelled (client gone, time limit) at any step. On request, each token
+Sampling is per request (penalties, logit bias, temperature, top-k, top-p, min-p, seed, through
+transformers' logits processors), tokens go back through a callback as soon as they are chosen, and a
+request can be cancelled (client gone, time limit) at any step. A failure that belongs to one sequence
+(its sampling values, its prompt) fails that sequence only, never its batch neighbours: each row is
+sampled under its own `try`, and when a batched prefill fails its prompts are prefilled one at a time. On request, each token
 comes with its log-probability and the most likely alternatives, and the prompt's own tokens can be
 scored in the prefill (OpenAI's `logprobs` / `echo`, what lm-evaluation-harness uses to score answers).
 Log-probabilities are those of the model's distribution (a log-softmax of the logits), before
@@ -66,6 +69,13 @@ class GenerationRequest:
             unscored (nothing predicts it).
         temperature: 0 means greedy.
         top_p: nucleus sampling mass (1.0 = off).
+        top_k: keep the k most likely tokens (0 = off).
+        min_p: drop tokens less likely than min_p x the most likely one's probability (0 = off).
+        presence_penalty, frequency_penalty: OpenAI's, over the answer's tokens:
+            `logit[j] -= frequency_penalty * count[j] + presence_penalty * (count[j] > 0)`.
+        repetition_penalty: vLLM's / CTRL's, over prompt and answer (1.0 = off): a seen token's logit is
+            divided by it when positive, multiplied when negative.
+        logit_bias: token id -> value added to its logit.
         stop_ids: token ids that end the sequence (not emitted).
         seed: makes sampling reproducible for this request.
         logprobs: None for no log-probabilities; k >= 0 for the chosen token's and the k most likely.
@@ -77,6 +87,12 @@ class GenerationRequest:
     emit: Callable[[tuple], None]
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] | None = None
     stop_ids: frozenset[int] = frozenset()
     seed: int | None = None
     logprobs: int | None = None
@@ -89,12 +105,52 @@ class GenerationRequest:
 
 
 class _Row:
-    """A running sequence: its request, how many tokens it made, its random generator."""
+    """A running sequence: its request, its token ids so far, its random generator and logits processors."""
 
-    def __init__(self, request: GenerationRequest, generator):
+    def __init__(self, request: GenerationRequest, device):
+        import torch
+        from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
+                                  SequenceBiasLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper)
+
         self.request = request
+        self.ids = list(request.prompt_ids)  # prompt + answer: what the penalties look at
         self.generated = 0
-        self.generator = generator
+        self.generator = None
+        if request.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(int(request.seed))
+        # penalties and bias change the scores greedy decoding picks from too; the filters only matter
+        # when sampling. transformers' processors where one exists, in the order generate() applies them.
+        self.penalties = LogitsProcessorList()
+        if request.repetition_penalty != 1.0:
+            self.penalties.append(RepetitionPenaltyLogitsProcessor(request.repetition_penalty))
+        if request.presence_penalty or request.frequency_penalty:
+            self.penalties.append(OpenAIPenalties(request.presence_penalty, request.frequency_penalty,
+                                                  len(request.prompt_ids)))
+        if request.logit_bias:
+            self.penalties.append(SequenceBiasLogitsProcessor([[[int(t)], float(b)]
+                                                               for t, b in request.logit_bias.items()]))
+        self.filters = LogitsProcessorList()
+        if request.top_k > 0:
+            self.filters.append(TopKLogitsWarper(request.top_k))
+        if request.top_p < 1.0:
+            self.filters.append(TopPLogitsWarper(request.top_p))
+        if request.min_p > 0.0:
+            self.filters.append(MinPLogitsWarper(request.min_p))
+
+
+class OpenAIPenalties:
+    """OpenAI's presence and frequency penalties, as a transformers logits processor: over the tokens
+    after `prompt_length` (the answer), `logit[j] -= frequency * count[j] + presence * (count[j] > 0)`."""
+
+    def __init__(self, presence: float, frequency: float, prompt_length: int):
+        self.presence, self.frequency, self.prompt_length = float(presence), float(frequency), int(prompt_length)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        answer = input_ids[:, self.prompt_length:]  # (B, generated)
+        counts = torch.zeros_like(scores).scatter_add_(1, answer, torch.ones_like(answer, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
 class GenerationEngine:
@@ -188,15 +244,8 @@ class GenerationEngine:
                 newcomers = [r for r in newcomers if not self._drop_if_cancelled(r)]
                 with torch.inference_mode():
                     if newcomers:
-                        # prefill, then their first token; survivors join the running batch. A failure
-                        # here fails only the newcomers, not the sequences already running.
-                        try:
-                            new_rows, new_state = self._sample_and_emit(*self._prefill(newcomers))
-                        except Exception as e:
-                            logger.exception("prefill failed")
-                            for r in newcomers:
-                                r.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
-                            new_rows = []
+                        # prefill, then their first token; survivors join the running batch
+                        new_rows, new_state = self._admit(newcomers)
                         if new_rows:
                             rows, state = self._merge(rows, state, new_rows, new_state)
                     if rows:
@@ -206,7 +255,7 @@ class GenerationEngine:
             except Exception as e:  # a bug or OOM must not kill the server: fail the running requests
                 logger.exception("generation failed")
                 for row in rows:
-                    row.request.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
+                    _fail(row.request, e)
                 rows, state = [], None
                 self.running = 0
         for request in [row.request for row in rows] + self._take(self._queue.maxsize + 1):
@@ -228,11 +277,39 @@ class GenerationEngine:
             return True
         return False
 
-    def _prefill(self, requests: list[GenerationRequest]):
-        """Runs the prompts of new requests as one left-padded batch; returns their rows and state."""
+    def _admit(self, requests: list[GenerationRequest]):
+        """Prefills new requests and samples their first tokens; returns (rows, state) of the ones that
+        go on. A request whose own values fail (a seed torch refuses, a prompt the model cannot embed)
+        fails alone: its row is never built, or the batch is prefilled again one request at a time."""
+        rows = []
+        for request in requests:
+            try:
+                rows.append(_Row(request, self.device))
+            except Exception as e:  # noqa: BLE001 - reported to that request only
+                logger.exception("request refused by the engine")
+                _fail(request, e)
+        if not rows:
+            return [], None
+        try:
+            return self._sample_and_emit(*self._prefill(rows))
+        except Exception as e:  # noqa: BLE001
+            if len(rows) == 1:
+                logger.exception("prefill failed")
+                _fail(rows[0].request, e)
+                return [], None
+        merged_rows, merged_state = [], None
+        for row in rows:  # find the culprit: each prompt alone
+            alone_rows, alone_state = self._admit([row.request])
+            if alone_rows:
+                merged_rows, merged_state = self._merge(merged_rows, merged_state, alone_rows, alone_state)
+        return merged_rows, merged_state
+
+    def _prefill(self, rows: list[_Row]):
+        """Runs the prompts of new rows as one left-padded batch; returns the rows and their state."""
         from transformers import DynamicCache
 
         torch = self._torch
+        requests = [row.request for row in rows]
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.full((len(requests), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(requests), width), dtype=torch.long)
@@ -253,12 +330,6 @@ class GenerationEngine:
                     logits = out.logits[i, width - len(r.prompt_ids):-1]
                     targets = torch.tensor(r.prompt_ids[1:], dtype=torch.long, device=self.device)
                     r.emit(("prompt_logprobs", [None] + _logprobs(logits, targets, r.logprobs or 0)))
-        rows = []
-        for r in requests:
-            generator = None
-            if r.seed is not None:
-                generator = torch.Generator(device=self.device).manual_seed(int(r.seed))
-            rows.append(_Row(r, generator))
         next_pos = mask.sum(-1)
         return rows, (cache, mask.to(self.device), next_pos.to(self.device), out.logits[:, -1, :])
 
@@ -309,24 +380,30 @@ class GenerationEngine:
         keep = []
         for i, row in enumerate(rows):
             request = row.request
-            if request.max_new_tokens == 0:  # the prompt only (scored in the prefill): nothing to generate
-                request.emit(("done", "length"))
-                continue
-            token = self._sample(logits[i], row)
-            tokens[i] = token
-            if request.cancelled.is_set():
-                request.emit(("done", "cancelled"))
-                continue
-            if token in request.stop_ids:
-                request.emit(("done", "stop"))
-                continue
-            info = None
-            if request.logprobs is not None:
-                info = _logprobs(logits[i][None], torch.tensor([token], device=self.device), request.logprobs)[0]
-            request.emit(("token", token, info))
-            row.generated += 1
-            if row.generated >= request.max_new_tokens:
-                request.emit(("done", "length"))
+            try:
+                if request.max_new_tokens == 0:  # the prompt only (scored in the prefill): nothing to generate
+                    request.emit(("done", "length"))
+                    continue
+                token = self._sample(logits[i], row)
+                tokens[i] = token
+                if request.cancelled.is_set():
+                    request.emit(("done", "cancelled"))
+                    continue
+                if token in request.stop_ids:
+                    request.emit(("done", "stop"))
+                    continue
+                info = None
+                if request.logprobs is not None:
+                    info = _logprobs(logits[i][None], torch.tensor([token], device=self.device), request.logprobs)[0]
+                request.emit(("token", token, info))
+                row.ids.append(token)
+                row.generated += 1
+                if row.generated >= request.max_new_tokens:
+                    request.emit(("done", "length"))
+                    continue
+            except Exception as e:  # noqa: BLE001 - this row's failure (its values, its callback) is its own
+                logger.exception("sampling failed for one sequence")
+                _fail(request, e)
                 continue
             keep.append(i)
         if len(keep) == len(rows):
@@ -352,18 +429,27 @@ class GenerationEngine:
         return cache, mask[:, start:], pos, tokens
 
     def _sample(self, logits, row: _Row) -> int:
+        """Penalties and bias, then greedy; or temperature, the top-k / top-p / min-p filters and a draw."""
         torch = self._torch
         request = row.request
+        scores = logits.float()[None]  # (1, V)
+        if row.penalties:
+            scores = row.penalties(torch.tensor([row.ids], device=self.device), scores)
         if request.temperature <= 0:
-            return int(logits.argmax())
-        probs = torch.softmax(logits.float() / request.temperature, dim=-1)
-        if request.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-            outside = sorted_probs.cumsum(-1) - sorted_probs > request.top_p
-            sorted_probs[outside] = 0.0
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+            return int(scores.argmax())
+        scores = scores / request.temperature
+        if row.filters:
+            scores = row.filters(None, scores)  # the filters look at the scores only
+        probs = torch.softmax(scores, dim=-1)[0]
         return int(torch.multinomial(probs, 1, generator=row.generator))
+
+
+def _fail(request: GenerationRequest, error: Exception) -> None:
+    """Ends one request with an error event (a callback that fails too is only logged)."""
+    try:
+        request.emit(("error", f"generation failed: {type(error).__name__}: {error}"))
+    except Exception:  # noqa: BLE001
+        logger.exception("could not report an error to its request")
 
 
 def _logprobs(logits, targets, top: int) -> list[tuple[float, list[tuple[int, float]]]]:

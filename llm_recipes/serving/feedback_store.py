@@ -27,8 +27,13 @@ CREATE TABLE IF NOT EXISTS feedback (
     suggestion TEXT              -- the user's better answer, or NULL
 );
 """
+EXPECTED_COLUMNS = ["id", "created_at", "model", "response_id", "messages", "completion", "rating", "suggestion"]
 SELECT_ALL = ("SELECT id, created_at, model, response_id, messages, completion, rating, suggestion "
               "FROM feedback ORDER BY id")
+
+
+class FeedbackStoreError(RuntimeError):
+    """The feedback database cannot be used (damaged, or not a feedback database)."""
 
 
 class FeedbackStore:
@@ -43,9 +48,22 @@ class FeedbackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")  # fsync on every commit: acknowledged means stored
-        self._conn.executescript(SCHEMA)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")  # fsync on every commit: acknowledged means stored
+            self._conn.executescript(SCHEMA)
+            columns = [row[1] for row in self._conn.execute("PRAGMA table_info(feedback)")]
+            if columns != EXPECTED_COLUMNS:
+                raise sqlite3.DatabaseError(f"its feedback table has columns {columns}, expected {EXPECTED_COLUMNS}")
+            self._conn.execute("SELECT COUNT(*) FROM feedback").fetchone()
+        except sqlite3.DatabaseError as e:
+            self._conn.close()
+            aside = f"{self.path}.damaged"
+            raise FeedbackStoreError(
+                f"the feedback store {str(self.path)!r} cannot be used: {e}. Its rows cannot be read as they are; "
+                f"move it aside (mv {self.path} {aside}; also any {self.path.name}-wal and -shm beside it) and "
+                "start again: a new, empty store is created. `sqlite3 FILE .recover` may get rows back from "
+                "the damaged copy.") from e
 
     def add(self, *, model: str, messages: list[dict], completion: str, rating: int | None,
             suggestion: str | None, response_id: str | None = None) -> int:

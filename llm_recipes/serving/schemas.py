@@ -1,22 +1,58 @@
-"""Request bodies of the OpenAI-compatible API (the subset a chat model needs), validated by pydantic.
+"""Request bodies of the OpenAI-compatible API, validated by pydantic.
 
-Fields the OpenAI API has but this server does not implement (tools, `logit_bias`, `best_of > n`,
-non-text content) are rejected with a 400 naming the field rather than silently ignored; unknown extra
-fields are allowed, as OpenAI clients send new ones over time.
+Every field a request may carry is either honoured or refused with a 400 naming it, never accepted and
+ignored: fields of OpenAI's request types this server does not implement (tools, audio, structured
+output...) are declared here and refused unless they hold their neutral value (`None`, `false`,
+`tool_choice: "none"`, `response_format: {"type": "text"}`), and a field OpenAI does not have either is
+refused as unknown (`extra="forbid"`, as OpenAI itself answers "Unrecognized request argument").
+
+Every sampling value is checked against what the engine can honour, so one client's numbers never fail
+the requests batched with it: `temperature` is 0 (greedy) or at least `MIN_TEMPERATURE` (a smaller one
+overflows float32 logits to inf and the softmax to NaN), `seed` fits 64 bits signed (`torch`'s generator
+takes `seed + k` for answer k up to 2**64 - 1), and text must be encodable as UTF-8 (a lone surrogate such
+as "\\ud800", legal in JSON, is not text a tokenizer or SQLite can take).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_CHOICES = 16  # n per prompt
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat; vLLM's default
+MIN_TEMPERATURE = 0.01  # below it (and above 0) logits / temperature overflows float32
+MAX_SEED = 2**63 - 1
+MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's limit
+
+
+def _encodable(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"is not valid Unicode text: a lone surrogate {value[e.start]!r} at character {e.start} "
+                         "(send each character outside the Basic Multilingual Plane as one code point or a "
+                         "surrogate pair)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """One message; text only. The null fields an OpenAI client echoes back from a previous answer
+    (`refusal`, `tool_calls`...) are accepted when empty and refused when set."""
+
+    model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: str | list[dict]
+    content: Text | list[dict]
+    name: Any = None
+    refusal: Any = None
+    tool_calls: Any = None
+    function_call: Any = None
+    audio: Any = None
+    annotations: Any = None
 
     @field_validator("content")
     @classmethod
@@ -27,38 +63,106 @@ class ChatMessage(BaseModel):
             for part in value:
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
                     raise ValueError("only text content parts are supported")
-                texts.append(part["text"])
+                texts.append(_encodable(part["text"]))
             return "".join(texts)
         return value
 
+    @field_validator("name", "refusal", "tool_calls", "function_call", "audio", "annotations")
+    @classmethod
+    def _unsupported(cls, value, info):
+        if value not in (None, [], ""):
+            raise ValueError(f"message field {info.field_name!r} is not supported by this server")
+        return value
 
-MAX_CHOICES = 16  # n per prompt
-MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat; vLLM's default
+
+# OpenAI request fields this server does not implement, and the values that mean "not used"
+_NEUTRAL = {
+    "tools": (None, []), "functions": (None, []), "function_call": (None, "none"), "tool_choice": (None, "none"),
+    "parallel_tool_calls": (None, False), "audio": (None,), "modalities": (None, ["text"]),
+    "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,), "web_search_options": (None,),
+    "moderation": (None,), "metadata": (None, {}), "store": (None, False), "service_tier": (None, "auto", "default"),
+    "prompt_cache_key": (None,), "prompt_cache_options": (None,), "prompt_cache_retention": (None,),
+    "user": (None,), "safety_identifier": (None,), "suffix": (None, ""),
+    "response_format": (None, {"type": "text"}),
+}
+REFUSED_CHAT_FIELDS = ("tools", "functions", "function_call", "tool_choice", "parallel_tool_calls", "audio",
+                       "modalities", "prediction", "reasoning_effort", "verbosity", "web_search_options", "moderation",
+                       "metadata", "store", "service_tier", "prompt_cache_key", "prompt_cache_options",
+                       "prompt_cache_retention", "user", "safety_identifier", "response_format")
+REFUSED_COMPLETION_FIELDS = ("suffix", "user")
+
+_WHY = {
+    "user": "this server keeps no per-user records",
+    "safety_identifier": "this server keeps no per-user records",
+    "response_format": "structured output is not implemented; only {'type': 'text'} is accepted",
+    "store": "this server does not store completions",
+    "metadata": "this server does not store completions",
+}
+
+
+def _refuse_unless_neutral(value, info):
+    if value not in _NEUTRAL[info.field_name]:
+        reason = _WHY.get(info.field_name, "not implemented")
+        raise ValueError(f"{info.field_name} is not supported by this server ({reason})")
+    return value
 
 
 class SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """Fields both generation routes take. Penalties follow OpenAI (`presence_penalty`,
+    `frequency_penalty`, on the answer's tokens) and vLLM (`repetition_penalty` on prompt and answer,
+    `top_k`, `min_p`); they apply before temperature and the top-k / top-p / min-p filters, and to greedy
+    decoding too."""
 
-    model: str
+    model_config = ConfigDict(extra="forbid")
+
+    model: Text
     max_tokens: int | None = Field(default=None, ge=0, description="0 only with echo: score the prompt")
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0,
+                               description=f"0 = greedy; otherwise at least {MIN_TEMPERATURE}")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=-1, ge=-1, le=2**31 - 1, description="-1 or 0: off (vLLM's convention)")
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, ge=0.01, le=10.0, description="1 = off; > 1 discourages repeats")
+    logit_bias: dict[str, float] | None = Field(default=None, description="token id (as a string) -> bias in "
+                                                                          "[-100, 100], added to its logit")
     n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="answers per prompt")
     stream: bool = False
     stream_options: dict | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    user: str | None = None
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=MAX_SEED)
     ignore_eos: bool = Field(default=False, description="vLLM extension: generate max_tokens even past end tokens "
                                                          "(load tests)")
-    tools: list | None = None
-    logit_bias: dict | None = None
+    user: Any = None  # refused when set, by each route's list below
 
-    @field_validator("tools", "logit_bias")
+    @field_validator("temperature")
     @classmethod
-    def _unsupported(cls, value, info):
-        if value:
-            raise ValueError(f"{info.field_name} is not supported by this server")
+    def _temperature_floor(cls, value):
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {value!r}")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options(cls, value):
+        unknown = sorted(set(value or {}) - {"include_usage"})
+        if unknown:
+            raise ValueError(f"stream_options {unknown} not supported (only include_usage)")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value):
+        if not value:
+            return None
+        if len(value) > MAX_LOGIT_BIAS_ENTRIES:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} entries")
+        for key, bias in value.items():
+            if not key.isdigit() or len(key) > 12:
+                raise ValueError(f"keys are token ids written as strings, got {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"bias {bias!r} for token {key} is outside [-100, 100]")
         return value
 
     @field_validator("stop")
@@ -72,11 +176,37 @@ class SamplingFields(BaseModel):
         return [s for s in value if s]
 
 
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: Any = None
+    functions: Any = None
+    function_call: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
+    moderation: Any = None
+    metadata: Any = None
+    store: Any = None
+    service_tier: Any = None
+    prompt_cache_key: Any = None
+    prompt_cache_options: Any = None
+    prompt_cache_retention: Any = None
+    safety_identifier: Any = None
+    response_format: Any = None
+
+    @field_validator(*REFUSED_CHAT_FIELDS)
+    @classmethod
+    def _refused(cls, value, info):
+        return _refuse_unless_neutral(value, info)
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self):
@@ -93,10 +223,16 @@ class CompletionRequest(SamplingFields):
     chosen tokens' log-probabilities and the k most likely alternatives; `echo` puts the prompt in front
     of the answer, scored too when logprobs are asked for (lm-evaluation-harness's `local-completions`)."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | list[Text] | list[int] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     best_of: int | None = None
+    suffix: Any = None
+
+    @field_validator(*REFUSED_COMPLETION_FIELDS)
+    @classmethod
+    def _refused(cls, value, info):
+        return _refuse_unless_neutral(value, info)
 
     @field_validator("prompt")
     @classmethod
@@ -123,9 +259,10 @@ class CompletionRequest(SamplingFields):
 class TokenizeRequest(BaseModel):
     """vLLM's `/tokenize`: a prompt, or messages put through the chat template."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
-    prompt: str | None = None
+    model: Text | None = None
+    prompt: Text | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
@@ -138,8 +275,9 @@ class TokenizeRequest(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
+    model: Text | None = None
     tokens: list[int]
 
 
@@ -147,8 +285,8 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     messages: list[ChatMessage] = Field(min_length=1, description="the conversation up to the rated answer")
-    completion: str = Field(description="the model's answer being rated")
+    completion: Text = Field(description="the model's answer being rated")
     rating: Literal["up", "down"] | None = None
-    suggestion: str | None = Field(default=None, description="a better answer written by the user")
-    response_id: str | None = None
-    model: str | None = None
+    suggestion: Text | None = Field(default=None, description="a better answer written by the user")
+    response_id: Text | None = None
+    model: Text | None = None
