@@ -467,8 +467,13 @@ def _chat_prompt_ids(tokenizer, messages, add_generation_prompt: bool) -> list[i
     """The conversation through the model's chat template, as token ids (the template adds BOS itself)."""
     if not tokenizer.chat_template:
         raise APIError(400, "this model's tokenizer has no chat template: use /v1/completions", param="messages")
-    text = tokenizer.apply_chat_template(_plain_messages(messages), add_generation_prompt=add_generation_prompt,
-                                         tokenize=False)
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(_plain_messages(messages), add_generation_prompt=add_generation_prompt,
+                                             tokenize=False)
+    except TemplateError as e:  # the template's own checks (`raise_exception`): the conversation's fault
+        raise APIError(400, f"the model's chat template refused these messages: {e}", param="messages") from None
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
