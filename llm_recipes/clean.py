@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 
 @dataclass
 class CleanConfig:
     input_dir: str = field(default="runs/default/gather", metadata={"help": "Gather output folder (data/*.parquet), or any folder of parquet files with a `text` column."})
     output_dir: str = field(default="runs/default/clean", metadata={"help": "Stage folder: train/, validation/, report.md, report.png, report.json."})
-    profiles: Optional[str] = field(default=None, metadata={"help": "Overrides of the filter profiles (web, docs, none, or new names): {profile: {markup: web|rest|none, gopher_repetition|gopher_quality|c4|fineweb: {datatrove kwargs} or false}}."})
-    profile_for_source: Optional[str] = field(default=None, metadata={"help": "Which profile each `source` gets: ordered mapping of glob pattern -> profile. Default {'python-docs*': docs, '*': web}."})
+    profiles: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Overrides of the filter profiles (web, docs, none, or new names): {profile: {markup: web|rest|none, gopher_repetition|gopher_quality|c4|fineweb: {datatrove kwargs} or false}}."})
+    profile_for_source: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Which profile each `source` gets: ordered mapping of glob pattern -> profile. Default {'python-docs*': docs, '*': web}."})
     unicode_repair: bool = field(default=True, metadata={"help": "Repair mojibake and normalize unicode (ftfy, NFC); remove control and zero-width characters."})
     remove_markup: bool = field(default=True, metadata={"help": "Remove markup: HTML (main text extracted) and markdown for the web profile, reST roles for docs."})
     remove_boilerplate: bool = field(default=True, metadata={"help": "Drop navigation, cookie-banner and share lines (web profile)."})
@@ -43,25 +43,38 @@ class CleanConfig:
     def __post_init__(self):
         import yaml
 
+        from .config import ConfigError, check_range
+
         for key in ("profiles", "profile_for_source"):
             value = getattr(self, key)
             if isinstance(value, str):
-                setattr(self, key, yaml.safe_load(value))
-        if not 0 <= self.validation_fraction < 1:
-            from .config import ConfigError
-
-            raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError as e:
+                    raise ConfigError(f"{key} must be a mapping (JSON or YAML): {e}") from e
+                setattr(self, key, value)
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a mapping, got {type(value).__name__} {value!r:.80}")
+        check_range(self, "validation_fraction", 0, 1, high_open=True)
+        for key in ("min_chars", "max_chars"):
+            check_range(self, key, 0)
+        if self.max_chars and self.min_chars > self.max_chars:
+            raise ConfigError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars}): every document "
+                              f"would be dropped")
+        for key in ("language_min_score", "compare_profiles_sample"):
+            check_range(self, key, 0, 1)
+        for key in ("minhash_ngram", "minhash_buckets", "minhash_hashes_per_bucket", "decontamination_ngram",
+                    "num_workers"):
+            check_range(self, key, 1)
 
 
 def main(argv=None) -> int:
-    from .config import ConfigError, parse_config, save_resolved_config
+    from .config import ConfigError, parse_config, start_stage_output
     from .data.cleaning import CleanSettings, clean
     from .data.steps import DEFAULT_PROFILE_FOR_SOURCE
-    from .fileio import clear_complete, mark_complete
+    from .fileio import mark_complete
 
     (cfg,) = parse_config([CleanConfig], argv, stage="clean")
-    clear_complete(cfg.output_dir)
-    save_resolved_config(cfg.output_dir, cfg, stage="clean")
     settings = CleanSettings(
         input_dir=cfg.input_dir, output_dir=cfg.output_dir, profiles=cfg.profiles or {},
         profile_for_source=cfg.profile_for_source or dict(DEFAULT_PROFILE_FOR_SOURCE),
@@ -74,7 +87,7 @@ def main(argv=None) -> int:
         decontamination_files=cfg.decontamination_files or [], decontamination_ngram=cfg.decontamination_ngram,
         validation_fraction=cfg.validation_fraction, seed=cfg.seed, workers=cfg.num_workers, keep_work=cfg.keep_work)
     try:
-        report = clean(settings)
+        report = clean(settings, start=lambda: start_stage_output(cfg.output_dir, cfg, stage="clean"))
     except ValueError as e:
         raise ConfigError(str(e)) from e
     mark_complete(cfg.output_dir, documents=report["output_documents"], bytes=report["output_bytes"])

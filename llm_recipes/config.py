@@ -18,12 +18,14 @@ reads the tokenizer from `runs/quickstart/tokenizer` whether it runs alone or as
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import enum
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -114,6 +116,149 @@ def check_keys(keys, config_classes: Sequence[type], where: str, stage: str) -> 
             raise ConfigError(f"{where}: unknown key {key!r} for stage {stage!r}{hint}")
 
 
+class _Mismatch(Exception):
+    """A value that does not fit a field type (carries what was expected)."""
+
+
+def _type_name(tp: Any) -> str:
+    import typing
+
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+             dict: "a mapping"}
+    return names.get(typing.get_origin(tp) or tp, getattr(tp, "__name__", str(tp)))
+
+
+def _fit(value: Any, tp: Any) -> Any:
+    """`value` as a value of field type `tp` (int, float, bool, str, list[...], dict, Optional/Union, Enum,
+    Literal); raises _Mismatch. Types it does not know are accepted as they are."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or isinstance(tp, (str, typing.TypeVar)):
+        return value
+    if origin in (typing.Union, getattr(types, "UnionType", None)):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise _Mismatch(_type_name(tp))
+        # a member the value already is comes first: `Union[dict, str]` keeps a mapping, `Union[float, str]` a string
+        members = [a for a in args if a is not type(None)]
+        members.sort(key=lambda a: not (isinstance(typing.get_origin(a) or a, type)
+                                        and isinstance(value, typing.get_origin(a) or a)))
+        for member in members:
+            try:
+                return _fit(value, member)
+            except _Mismatch:
+                continue
+        raise _Mismatch(_type_name(tp))
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise _Mismatch("one of " + ", ".join(map(repr, args)))
+    if value is None:
+        raise _Mismatch(_type_name(tp))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise _Mismatch("true or false")
+    if tp is int:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise _Mismatch("an integer") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch("an integer")
+    if tp is float:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value)  # YAML reads 3e-4 (no dot) as a string
+            except (ValueError, OverflowError):
+                pass
+        raise _Mismatch("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float, bool)):
+            return str(value)
+        raise _Mismatch("a string")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise _Mismatch(_type_name(tp)) from None
+    if (origin or tp) in (list, tuple):
+        items = value if isinstance(value, (list, tuple)) else [value]  # a single value is a list of one
+        item_type = args[0] if args else Any
+        return [_fit(item, item_type) for item in items]
+    if (origin or tp) is dict:
+        if isinstance(value, dict):
+            return value
+        raise _Mismatch("a mapping")
+    return value
+
+
+def _field_types(config_classes: Sequence[type]) -> dict[str, Any]:
+    import typing
+
+    types_by_name: dict[str, Any] = {}
+    for cls in config_classes:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # a type the running Python cannot resolve: not checked
+            hints = {}
+        for f in dataclasses.fields(cls):
+            if f.init and f.name not in types_by_name:
+                types_by_name[f.name] = hints.get(f.name, Any)
+    return types_by_name
+
+
+def check_types(values: dict[str, Any], config_classes: Sequence[type], where: str) -> dict[str, Any]:
+    """The recipe values converted to their fields' types (a YAML `3e-4` string to a float, a single
+    value to a list of one); a value that does not fit is a ConfigError naming the key, what it expected
+    and what it got. argparse converts command-line strings itself, but not values that come as defaults."""
+    types_by_name = _field_types(config_classes)
+    checked = {}
+    for key, value in values.items():
+        try:
+            checked[key] = _fit(value, types_by_name.get(key, Any))
+        except (_Mismatch, RecursionError) as e:
+            got = type(value).__name__ if value is not None else "null"
+            raise ConfigError(f"{where}: {key!r} must be {e}, got {got} {value!r:.80}") from None
+    return checked
+
+
+def check_range(config, key: str, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raises a ConfigError naming `key` unless getattr(config, key) is None or within [low, high] (an open
+    end excludes the bound). NaN is never within a range."""
+    value = getattr(config, key)
+    if value is None:
+        return
+    ok = (low is None or (value > low if low_open else value >= low)) and \
+        (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        if high is None:
+            wanted = f"{'>' if low_open else '>='} {low}"
+        elif low is None:
+            wanted = f"{'<' if high_open else '<='} {high}"
+        else:
+            wanted = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+
+
 def parse_config(config_classes: Sequence[type], argv: Sequence[str] | None = None, stage: str = "stage",
                  positional: str | None = None, defaults: dict[str, Any] | None = None):
     """Parses `--config recipe.yaml` plus `--key value` overrides into one instance per config class.
@@ -145,14 +290,26 @@ def parse_config(config_classes: Sequence[type], argv: Sequence[str] | None = No
     if config_path is not None:
         recipe = load_yaml_config(config_path)
         check_keys(recipe, config_classes, f"config file {config_path!r}", stage)
-        values.update(recipe)
+        values.update(check_types(recipe, config_classes, f"config file {config_path!r}"))
     # YAML values become argparse defaults, so a CLI flag still wins; a required field given in YAML
     # is no longer required on the command line.
     for action in parser._actions:
         if action.dest in values:
             action.default = values[action.dest]
             action.required = False
-    *configs, leftover = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+            if isinstance(action.default, str) and callable(action.type):
+                # argparse converts a string default with the flag's type itself and exits on failure:
+                # convert here, so a bad recipe value is a ConfigError naming the key
+                try:
+                    action.default = action.type(action.default)
+                except (TypeError, ValueError) as e:
+                    raise ConfigError(f"{action.dest!r}: invalid value {values[action.dest]!r} ({e})") from None
+    try:
+        *configs, leftover = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a library config's own check (TRL, transformers) in __post_init__
+        raise ConfigError(f"stage {stage!r}: {e}") from e
     if leftover:
         flags = [a[2:].split("=", 1)[0] for a in leftover if a.startswith("--")]
         if flags:
@@ -224,7 +381,27 @@ def run_info(stage: str) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     return {"stage": stage, "argv": mask_secrets(sys.argv), "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions}
+            "platform": platform.platform(), "hardware": hardware(), "versions": versions,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}  # the marker's finished_at closes the span
+
+
+def hardware() -> str:
+    """What the stage ran on, for model cards: GPU names, or the CPU and its core count."""
+    import platform
+
+    with contextlib.suppress(ImportError, RuntimeError):
+        import torch
+
+        if torch.cuda.is_available():
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            return ", ".join(f"{names.count(n)} x {n}" for n in dict.fromkeys(names))
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} CPU cores ({cpu})"
 
 
 SECRET_WORDS = ("key", "token", "password", "secret")

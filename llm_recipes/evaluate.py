@@ -64,15 +64,14 @@ class EvaluateConfig:
 
 
 def main(argv=None) -> int:
-    from .config import parse_config, save_resolved_config
+    from .config import parse_config, start_stage_output
     from .evaluation.models import EvalInputError
     from .evaluation.suite import run_evaluation
     from .fileio import mark_complete
 
     (cfg,) = parse_config([EvaluateConfig], argv, stage="evaluate")
-    save_resolved_config(cfg.output_dir, cfg, stage="evaluate")
     try:
-        results = run_evaluation(cfg)
+        results = run_evaluation(cfg, start=lambda: start_stage_output(cfg.output_dir, cfg, stage="evaluate"))
     except (EvalInputError, FileNotFoundError) as e:
         import sys
 

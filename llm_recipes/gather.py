@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 DEFAULT_SOURCES = [{"type": "python-docs"}]
 
@@ -17,7 +17,7 @@ DEFAULT_SOURCES = [{"type": "python-docs"}]
 @dataclass
 class GatherConfig:
     output_dir: str = field(default="runs/default/gather", metadata={"help": "Stage folder: data/*.parquet and gather_report.json go here."})
-    sources: Optional[str] = field(default=None, metadata={"help": "List of sources (YAML mappings with a `type`: python-docs, files, hub or web; see docs/data.md). On the command line: a JSON list. Default: the python-docs corpus (standard library)."})
+    sources: Optional[Union[list, str]] = field(default=None, metadata={"help": "List of sources (YAML mappings with a `type`: python-docs, files, hub or web; see docs/data.md). On the command line: a JSON list. Default: the python-docs corpus (standard library)."})
     total_mb: Optional[float] = field(default=None, metadata={"help": "Optional total MB of text; split over the sources in proportion to their `weight`."})
     max_doc_chars: int = field(default=1_000_000, metadata={"help": "Documents longer than this are skipped and counted as 'document too large'."})
     min_doc_chars: int = field(default=1, metadata={"help": "Documents shorter than this (after stripping whitespace) are skipped as 'empty document'."})
@@ -26,26 +26,35 @@ class GatherConfig:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over when output_dir holds a gather of other sources (otherwise that is an error)."})
 
     def __post_init__(self):
+        from .config import ConfigError, check_range
+
         if self.sources is None:
             self.sources = DEFAULT_SOURCES
         elif isinstance(self.sources, str):
             import yaml
 
-            self.sources = yaml.safe_load(self.sources)
+            try:
+                self.sources = yaml.safe_load(self.sources)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"sources must be a list of source mappings (JSON or YAML): {e}") from e
+        check_range(self, "total_mb", 0, low_open=True)
+        check_range(self, "shard_mb", 0, low_open=True)
+        check_range(self, "max_doc_chars", 1)
+        check_range(self, "min_doc_chars", 0)
+        check_range(self, "num_proc", 1)
 
 
 def main(argv=None) -> int:
-    from .config import ConfigError, parse_config, save_resolved_config
+    from .config import ConfigError, parse_config, start_stage_output
     from .data.gathering import gather
-    from .fileio import clear_complete, mark_complete
+    from .fileio import mark_complete
 
     (cfg,) = parse_config([GatherConfig], argv, stage="gather")
-    clear_complete(cfg.output_dir)
-    save_resolved_config(cfg.output_dir, cfg, stage="gather")
     try:
         report = gather(cfg.sources, cfg.output_dir, total_mb=cfg.total_mb, max_doc_chars=cfg.max_doc_chars,
                         min_doc_chars=cfg.min_doc_chars, shard_mb=cfg.shard_mb, num_proc=cfg.num_proc,
-                        overwrite=cfg.overwrite_output_dir)
+                        overwrite=cfg.overwrite_output_dir,
+                        start=lambda: start_stage_output(cfg.output_dir, cfg, stage="gather"))
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if report["documents"] == 0:

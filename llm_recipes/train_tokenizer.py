@@ -62,20 +62,20 @@ def run(cfg: TrainTokenizerConfig) -> Path:
     """Trains, saves and reports; returns the output folder."""
     import time
 
-    from .config import ConfigError, save_resolved_config
-    from .fileio import atomic_write_json, atomic_write_text, clear_complete, mark_complete
-    from .tokenization import save_tokenizer_atomically, text_stream, train_bpe
+    from .config import ConfigError, start_stage_output
+    from .fileio import atomic_write_json, atomic_write_text, mark_complete
+    from .tokenization import load_definition, save_tokenizer_atomically, text_stream, train_bpe
     from .tokenizer_report import PeakMemory, report_markdown, tokenizer_report
 
     if cfg.max_document_chars < 0 or cfg.max_train_chars < 0 or cfg.model_max_length <= 0 or cfg.min_frequency < 1:
         raise ConfigError("max_document_chars and max_train_chars must be >= 0, model_max_length > 0, min_frequency >= 1")
     output_dir = Path(cfg.output_dir)
-    clear_complete(output_dir)
-    save_resolved_config(output_dir, cfg, stage="train-tokenizer")
 
-    # Load the data
+    # Load the data (a refused run leaves a previous tokenizer and its completion marker as they were)
     train_files, validation_files = clean_data_files(cfg.dataset_path)
     texts, num_docs = text_stream(train_files, cfg.text_column, max_chars=cfg.max_train_chars, seed=cfg.seed)
+    load_definition(cfg.tokenizer_definition_dir)  # special tokens and chat template: a missing folder fails now
+    start_stage_output(output_dir, cfg, stage="train-tokenizer")
     print(f"train-tokenizer: training a {cfg.vocab_size}-token BPE on {len(train_files)} file(s), {num_docs:,} documents"
           + (f" (a sample of about {cfg.max_train_chars:,} characters)" if cfg.max_train_chars else ""))
 

@@ -171,8 +171,10 @@ def test_resume_latest_finds_the_newest_checkpoint(tmp_path):
     from llm_recipes.finetuning.training import resolve_resume
 
     assert resolve_resume(None, tmp_path) is None and resolve_resume("latest", tmp_path) is None
-    for step in (5, 20, 10):
+    for step in (5, 20, 10):  # complete Trainer checkpoints: trainer_state.json naming the step, and weights
         (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"weights")
     assert resolve_resume("latest", tmp_path).endswith("checkpoint-20")
     assert resolve_resume(str(tmp_path / "checkpoint-5"), tmp_path).endswith("checkpoint-5")
     with pytest.raises(ConfigError, match="not a checkpoint folder"):

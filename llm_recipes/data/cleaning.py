@@ -17,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..fileio import atomic_open, atomic_write_json
 from . import steps as S
@@ -93,8 +93,13 @@ def _quiet_datatrove():
     logger.add(lambda m: None, level="WARNING")
 
 
-def clean(settings: CleanSettings) -> dict[str, Any]:
-    """Runs the whole clean pipeline; returns the report (also written as report.json/md/png)."""
+def clean(settings: CleanSettings, start: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Runs the whole clean pipeline; returns the report (also written as report.json/md/png).
+
+    Args:
+        start: called once the inputs, profiles and decontamination files have been checked, before the
+            previous output is touched (the stage clears its completion marker there).
+    """
     from .report import build_report, write_report
 
     started = time.time()
@@ -106,6 +111,10 @@ def clean(settings: CleanSettings) -> dict[str, Any]:
                              f"(known: {sorted(profiles)})")
     for profile in profiles.values():
         S.build_filters(profile)  # a bad threshold fails here, not inside a worker
+    # evaluation sets are read (and a missing or unreadable one refused) before the previous output is touched
+    eval_texts = read_eval_texts(settings.decontamination_files) if settings.decontamination_files else []
+    if start is not None:
+        start()
     out = Path(settings.output_dir)
     work = out / WORK
     fingerprint = _fingerprint(settings, files)
@@ -181,7 +190,7 @@ def clean(settings: CleanSettings) -> dict[str, Any]:
         final_chain.append(S.ScrubPII())
     if settings.decontamination_files:
         ngram_file = work / "decontamination_ngrams.npy"
-        count = build_decontamination_index(settings.decontamination_files, settings.decontamination_ngram, ngram_file)
+        count = build_decontamination_index(eval_texts, settings.decontamination_ngram, ngram_file)
         print(f"clean: decontamination against {count} evaluation texts ({settings.decontamination_ngram}-grams)")
         final_chain.append(S.Decontaminate(str(ngram_file), settings.decontamination_ngram))
     final_reader = S.ShardReader(filtered_files, tallied=final_chain, progress=settings.progress, desc="clean: write")
@@ -237,43 +246,50 @@ def read_eval_texts(patterns: list[str]) -> list[str]:
     files = expand_paths(list(patterns))
     if not files:
         raise ValueError(f"decontamination_files {patterns!r} match no file")
-
-    def record_text(record) -> str:
-        if isinstance(record, dict):
-            if isinstance(record.get("text"), str):
-                return record["text"]
-            return "\n".join(v for v in record.values() if isinstance(v, str))
-        return record if isinstance(record, str) else ""
-
     for path in files:
-        lower = path.lower()
-        if lower.endswith(".jsonl"):
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        texts.append(record_text(json.loads(line)))
-                    except json.JSONDecodeError:
-                        continue
-        elif lower.endswith(".json"):
-            data = json.loads(Path(path).read_text(encoding="utf-8", errors="replace"))
-            texts.extend(record_text(r) for r in (data if isinstance(data, list) else [data]))
-        elif lower.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            for record in pq.read_table(path).to_pylist():
-                texts.append(record_text(record))
-        else:
-            texts.append(Path(path).read_text(encoding="utf-8", errors="replace"))
+        try:
+            texts.extend(_eval_file_texts(path))
+        except (OSError, ValueError) as e:  # JSONDecodeError and pyarrow's ArrowInvalid are ValueErrors
+            raise ValueError(f"decontamination file {path!r} cannot be read ({type(e).__name__}: {e})"[:400]) from e
     return [t for t in texts if t.strip()]
 
 
-def build_decontamination_index(patterns: list[str], n: int, path: Path) -> int:
+def _record_text(record) -> str:
+    if isinstance(record, dict):
+        if isinstance(record.get("text"), str):
+            return record["text"]
+        return "\n".join(v for v in record.values() if isinstance(v, str))
+    return record if isinstance(record, str) else ""
+
+
+def _eval_file_texts(path: str) -> list[str]:
+    lower = path.lower()
+    if lower.endswith(".jsonl"):
+        texts = []
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    texts.append(_record_text(json.loads(line)))
+                except json.JSONDecodeError:
+                    continue
+        return texts
+    if lower.endswith(".json"):
+        data = json.loads(Path(path).read_text(encoding="utf-8", errors="replace"))
+        return [_record_text(r) for r in (data if isinstance(data, list) else [data])]
+    if lower.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return [_record_text(record) for record in pq.read_table(path).to_pylist()]
+    return [Path(path).read_text(encoding="utf-8", errors="replace")]
+
+
+def build_decontamination_index(texts: list[str], n: int, path: Path) -> int:
+    """Writes the sorted word n-gram hashes of the evaluation texts to `path`; returns the text count."""
     import numpy as np
 
     from .textops import ngram_hashes
 
     grams: set[int] = set()
-    texts = read_eval_texts(patterns)
     for text in texts:
         grams |= ngram_hashes(text, n)
     with atomic_open(path) as f:

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..fileio import atomic_write_json
 from .documents import ShardWriter, Skipped
@@ -70,7 +70,7 @@ def _clean_surrogates(text: str) -> str:
 
 def gather(raw_sources: list[dict], output_dir: str | Path, *, total_mb: float | None = None,
            max_doc_chars: int = 1_000_000, min_doc_chars: int = 1, shard_mb: float = 2.0, num_proc: int = 2,
-           overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+           overwrite: bool = False, progress: bool = True, start: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Gathers documents from `raw_sources` into `output_dir/data/*.parquet` and writes `gather_report.json`.
 
     Args:
@@ -83,6 +83,8 @@ def gather(raw_sources: list[dict], output_dir: str | Path, *, total_mb: float |
         num_proc: processes for parsing (python-docs).
         overwrite: start over even if a resumable state from another configuration exists.
         progress: show a tqdm bar.
+        start: called once every source and the resume state have been checked, before anything is
+            written (the stage clears its completion marker there).
 
     Returns:
         The report (also written to `gather_report.json`).
@@ -96,7 +98,12 @@ def gather(raw_sources: list[dict], output_dir: str | Path, *, total_mb: float |
     data_dir = output_dir / "data"
     state_path = output_dir / STATE_FILE
     fingerprint = config_fingerprint(raw_sources, max_doc_chars, min_doc_chars, total_mb)
-    state = _load_state(state_path, fingerprint, overwrite, data_dir)
+    state = _check_state(state_path, fingerprint, overwrite)
+    if start is not None:
+        start()
+    if overwrite and state is None:
+        _remove_previous(state_path, data_dir)
+        state = {}
     progress_list = [SourceProgress(**p) for p in state.get("sources", [])] or [SourceProgress(s.name) for s in specs]
     budgets = source_budgets(specs, total_mb)
     started = time.time()
@@ -170,19 +177,27 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", name).strip("_")[:40] or "source"
 
 
-def _load_state(state_path: Path, fingerprint: str, overwrite: bool, data_dir: Path) -> dict:
+def _check_state(state_path: Path, fingerprint: str, overwrite: bool) -> dict | None:
+    """The state to resume ({} for a new gather); None when an overwrite must first remove a previous one.
+    Reads only: a refused run changes nothing."""
     if not state_path.exists():
         return {}
-    state = json.loads(state_path.read_text())
-    if state.get("fingerprint") == fingerprint and not overwrite:
+    if overwrite:
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{state_path} is unreadable ({e}); set overwrite_output_dir: true to start over") from e
+    if isinstance(state, dict) and state.get("fingerprint") == fingerprint:
         return state
-    if not overwrite:
-        raise ValueError(f"{state_path} belongs to a gather with different sources or limits; "
-                         "set overwrite_output_dir: true to start over, or use another output_dir")
+    raise ValueError(f"{state_path} belongs to a gather with different sources or limits; "
+                     "set overwrite_output_dir: true to start over, or use another output_dir")
+
+
+def _remove_previous(state_path: Path, data_dir: Path) -> None:
     for shard in data_dir.glob("*.parquet"):
         shard.unlink()
     state_path.unlink()
-    return {}
 
 
 def _report(specs, progress_list, budgets, seconds) -> dict[str, Any]:

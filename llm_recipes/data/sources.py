@@ -80,10 +80,9 @@ class SourceSpec:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"sources[{index}] ({raw['type']}): unknown key(s) {unknown}; known keys: {sorted(known)}")
-        spec = cls(**raw)
-        for key in ("packages", "paths", "urls"):
-            if isinstance(getattr(spec, key), str):
-                setattr(spec, key, [getattr(spec, key)])
+        from ..config import check_range, check_types
+
+        spec = cls(**check_types(raw, [cls], f"sources[{index}] ({raw['type']})"))  # a single path becomes a list
         if spec.type == "files" and not spec.paths:
             raise ValueError(f"sources[{index}] (files): needs 'paths' (files or glob patterns)")
         if spec.type == "hub" and not spec.dataset:
@@ -93,10 +92,15 @@ class SourceSpec:
             raise ValueError(f"sources[{index}] (web): needs 'urls' or 'sitemap'")
         if spec.split_text not in ("none", "paragraphs", "lines"):
             raise ValueError(f"sources[{index}]: 'split_text' must be none, paragraphs or lines, got {spec.split_text!r}")
-        if not 0 < spec.fraction <= 1:
-            raise ValueError(f"sources[{index}]: 'fraction' must be in (0, 1], got {spec.fraction}")
-        if spec.weight <= 0:
-            raise ValueError(f"sources[{index}]: 'weight' must be > 0, got {spec.weight}")
+        try:
+            check_range(spec, "fraction", 0, 1, low_open=True)
+            check_range(spec, "weight", 0, low_open=True)
+            for key in ("max_documents", "min_chars", "min_delay_s"):
+                check_range(spec, key, 0)
+            for key in ("max_mb", "timeout_s", "max_page_bytes"):
+                check_range(spec, key, 0, low_open=True)
+        except ValueError as e:
+            raise ValueError(f"sources[{index}] ({spec.type}): {e}") from None
         if not spec.name:
             spec.name = f"hub:{spec.dataset}" if spec.type == "hub" else spec.type
         return spec

@@ -8,7 +8,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..fileio import atomic_write_json, atomic_write_text
 from .data import ChoiceTask, load_choice_task, load_heldout_texts, load_preferences, load_qa
@@ -116,14 +116,21 @@ def run_task(scorer, task: Task, cfg) -> dict[str, Any]:
     return evaluate_preferences(scorer, task.payload)
 
 
+# what each kind of task measures, as the model card's model-index names it
+TASK_NAMES = {"perplexity": "Language modeling (held-out text)", "choice": "Multiple choice",
+              "qa": "Question answering", "preferences": "Preference accuracy"}
+
+
 def model_index_entries(task: Task, result: dict[str, Any]) -> list[dict[str, Any]]:
-    """EvalResult fields for the model card, one per headline metric."""
+    """EvalResult fields for the model card, one per headline metric; dataset ids, not local paths."""
+    from ..model_card import readable_dataset_id
     from .report import HEADLINE
 
     entries = []
     for metric, _ in HEADLINE[task.kind]:
         if isinstance(result.get(metric), (int, float)):
-            entries.append(dict(task_type="text-generation", dataset_type=task.source, dataset_name=task.name,
+            entries.append(dict(task_type="text-generation", task_name=TASK_NAMES.get(task.kind, task.kind),
+                                dataset_type=readable_dataset_id(str(task.source)), dataset_name=task.name,
                                 dataset_split="validation" if task.kind == "perplexity" else None,
                                 metric_type=metric, metric_value=round(float(result[metric]), 6)))
     return entries
@@ -148,8 +155,13 @@ def write_lm_eval_heldout_task(output_dir: Path, cfg) -> Path | None:
     return folder
 
 
-def run_evaluation(cfg) -> dict[str, Any]:
-    """Scores every model of `cfg.models` on every task; returns what eval_results.json holds."""
+def run_evaluation(cfg, start: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Scores every model of `cfg.models` on every task; returns what eval_results.json holds.
+
+    Args:
+        start: called once the models, tasks and data have been checked, before anything is written (the
+            stage clears its completion marker there).
+    """
     import torch
 
     from ..model_card import update_model_index
@@ -170,6 +182,8 @@ def run_evaluation(cfg) -> dict[str, Any]:
     tasks = load_tasks(cfg)
     for path in models.values():
         check_model_dir(path, cfg.tokenizer_name_or_path)  # a missing tokenizer fails now, not after an hour
+    if start is not None:
+        start()
 
     partial_path = output_dir / PARTIAL
     partial = json.loads(partial_path.read_text(encoding="utf-8")) if partial_path.is_file() else {}

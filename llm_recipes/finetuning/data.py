@@ -66,14 +66,14 @@ def load_raw_dataset(name: str, config: str | None = None, data_files: list[str]
         if builder is None:
             raise DatasetFormatError(f"data_files {data_files}: unsupported file type {suffix!r}; expected one of "
                                      f"{', '.join(LOCAL_SUFFIXES)}")
-        return _as_dict(datasets.load_dataset(builder, data_files=list(data_files)))
+        return _load_files(builder, list(data_files))
     path = Path(os.path.expanduser(name))
     if path.is_file():
         builder = LOCAL_SUFFIXES.get(path.suffix.lower())
         if builder is None:
             raise DatasetFormatError(f"dataset file {name!r}: unsupported file type {path.suffix!r}; expected one of "
                                      f"{', '.join(LOCAL_SUFFIXES)}")
-        return _as_dict(datasets.load_dataset(builder, data_files=str(path)))
+        return _load_files(builder, [str(path)])
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
             return _as_dict(datasets.load_from_disk(str(path)))
@@ -90,6 +90,32 @@ def load_raw_dataset(name: str, config: str | None = None, data_files: list[str]
         raise DatasetFormatError(f"could not load Hub dataset {name!r} (config {config!r}): {e}. "
                                  "Offline? Set HF_HUB_OFFLINE=0 with network access, or point dataset_name at "
                                  "a local file or folder.") from e
+
+
+def _load_files(builder: str, files: list[str]):
+    """Local data files through `datasets`; an empty or unreadable file is a DatasetFormatError naming it
+    (datasets itself ends in a bare StopIteration on an empty JSON Lines file)."""
+    import datasets
+
+    for file in files:
+        if os.path.isfile(file) and not _has_content(file):
+            raise DatasetFormatError(f"dataset file {file!r} is empty (expected {builder} rows)")
+    try:
+        loaded = _as_dict(datasets.load_dataset(builder, data_files=files))
+    except Exception as e:  # noqa: BLE001  (datasets raises many types, StopIteration included)
+        raise DatasetFormatError(f"dataset file(s) {', '.join(map(repr, files))} cannot be read as {builder}: "
+                                 f"{type(e).__name__}: {e}"[:500]) from e
+    if all(len(split) == 0 for split in loaded.values()):
+        raise DatasetFormatError(f"dataset file(s) {', '.join(map(repr, files))} hold no rows")
+    return loaded
+
+
+def _has_content(file: str) -> bool:
+    with open(file, "rb") as f:
+        while block := f.read(1 << 16):
+            if block.strip():
+                return True
+    return False
 
 
 def _as_dict(loaded):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,7 +266,7 @@ def build_trainer(stage: str, model, tokenizer, train_cfg, train, held, peft_con
 
 def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     """Runs one fine-tuning stage end to end; returns the eval_heldout record (or {} without held-out data)."""
-    from ..config import save_resolved_config
+    from ..config import start_stage_output
     from ..fileio import mark_complete
     from .data import write_jsonl
     from .lora import build_lora_config, merge_adapter, save_model_folder
@@ -281,13 +282,18 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     check_process_group(state.num_processes, stage)
     main = state.is_main_process
     output_dir = Path(train_cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if main:
-        save_resolved_config(output_dir, args, train_cfg, stage=stage)
 
-    # Load datasets and model
+    # Load datasets and model (nothing in output_dir changes until every check has passed)
     train, held, fmt = prepare_data(stage, args, seed=train_cfg.seed)
     model, tokenizer = load_model_and_tokenizer(args, train_cfg.trust_remote_code)
+    conversational = _is_conversational(train)
+    if conversational and not tokenizer.chat_template and not getattr(train_cfg, "chat_template_path", None):
+        raise ConfigError(f"the training data is conversational but tokenizer {args.tokenizer_name_or_path or args.model_name_or_path!r} "
+                          "has no chat template; set chat_template_path (sft) or use a tokenizer with one")
+    if stage == "sft" and train_cfg.assistant_only_loss and not conversational:
+        raise ConfigError(f"assistant_only_loss: true needs conversational data (messages), but the data is {fmt!r}; "
+                          "set assistant_only_loss: false (prompt/completion data gets completion-only loss by default)")
+    resume = resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     if args.preference_negatives == "model":
         # every process generates the same greedy answers, so no broadcast is needed
         model.to(state.device)
@@ -299,18 +305,15 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
                                                  train_cfg.per_device_eval_batch_size)
     data_dir = output_dir / "data"
     if main:
+        start_stage_output(output_dir, args, train_cfg, stage=stage)
+        if resume:
+            set_aside_broken_checkpoints(output_dir, after=resume)
         write_jsonl(train, data_dir / "train.jsonl")
         if held is not None:
             write_jsonl(held, data_dir / "heldout.jsonl")
+    state.wait_for_everyone()
     print(f"[{stage}] data: {len(train)} training rows ({fmt}), {len(held) if held is not None else 0} held-out rows "
           f"-> {data_dir}")
-    conversational = _is_conversational(train)
-    if conversational and not tokenizer.chat_template and not getattr(train_cfg, "chat_template_path", None):
-        raise ConfigError(f"the training data is conversational but tokenizer {args.tokenizer_name_or_path or args.model_name_or_path!r} "
-                          "has no chat template; set chat_template_path (sft) or use a tokenizer with one")
-    if stage == "sft" and train_cfg.assistant_only_loss and not conversational:
-        raise ConfigError(f"assistant_only_loss: true needs conversational data (messages), but the data is {fmt!r}; "
-                          "set assistant_only_loss: false (prompt/completion data gets completion-only loss by default)")
 
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and train_cfg.max_length and train_cfg.max_length > limit:
@@ -333,7 +336,6 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     trainer = build_trainer(stage, model, tokenizer, train_cfg, train, held, peft_config)
     if args.max_train_seconds:
         trainer.add_callback(time_budget_callback(args.max_train_seconds, stage))
-    resume = resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     if resume:
         print(f"[{stage}] resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
@@ -406,16 +408,72 @@ def time_budget_callback(seconds: float, stage: str):
 
 def resolve_resume(value: str | None, output_dir: Path) -> str | None:
     """The checkpoint to resume from: an explicit path; "latest" (or "true") = the newest checkpoint-N in
-    output_dir when there is one, so a killed stage continues where it stopped; unset = start fresh."""
-    from transformers.trainer_utils import get_last_checkpoint
+    output_dir that is complete (see `checkpoint_problem`; broken newer ones are reported and skipped), so a
+    killed stage continues where it stopped; unset = start fresh.
+
+    Raises:
+        ConfigError: an explicit path that is not a complete checkpoint, or "latest" when output_dir holds
+            checkpoints but none is complete (starting over would be silent; delete or move them to do so).
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     if value is None or str(value).lower() in ("false", "none", "no"):
         return None
-    if str(value).lower() in ("latest", "true", "last", "auto"):
-        return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if not Path(value).is_dir():
-        raise ConfigError(f"resume_from_checkpoint {value!r} is not a checkpoint folder")
-    return str(value)
+    if str(value).lower() not in ("latest", "true", "last", "auto"):
+        problem = checkpoint_problem(Path(value))
+        if problem:
+            raise ConfigError(f"resume_from_checkpoint {value!r} {problem}")
+        return str(value)
+    found = sorted((int(p.name.split("-")[1]), p) for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit()) if output_dir.is_dir() else []
+    problems = []
+    for _, folder in reversed(found):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        problems.append(f"{folder.name} {problem}")
+        print(f"[finetune] skipping checkpoint {str(folder)!r}: {problem}")
+    if problems:
+        raise ConfigError(f"none of the {len(problems)} checkpoint(s) in {str(output_dir)!r} can be resumed ("
+                          + "; ".join(problems[:3]) + "): move or delete them to start over, or point "
+                          "resume_from_checkpoint at a good one")
+    return None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What makes a Trainer checkpoint folder unusable (None when it looks complete): its trainer_state.json
+    must parse and name the step in the folder name, and it must hold model or adapter weights."""
+    if not folder.is_dir():
+        return "is not a checkpoint folder"
+    try:
+        step = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"has no readable trainer_state.json ({type(e).__name__}); it is partial"
+    named = folder.name.rsplit("-", 1)[-1]
+    if named.isdigit() and step != int(named):
+        return f"is inconsistent: its trainer_state.json says step {step}, its name says {int(named)}"
+    weights = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    if not any((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in weights):
+        return "holds no model or adapter weights; it is partial"
+    return None
+
+
+def set_aside_broken_checkpoints(output_dir: Path, after: str) -> list[Path]:
+    """Renames broken checkpoints newer than the one resumed from to `checkpoint-N.broken`: the Trainer's
+    rotation (save_total_limit) goes by step number, so it would keep them and delete the good checkpoints
+    this run writes. Returns the new names."""
+    resumed = int(Path(after).name.rsplit("-", 1)[-1]) if Path(after).name.rsplit("-", 1)[-1].isdigit() else None
+    moved = []
+    for folder in output_dir.glob("checkpoint-*"):
+        number = folder.name.split("-", 1)[1]
+        if resumed is None or not number.isdigit() or int(number) <= resumed or checkpoint_problem(folder) is None:
+            continue
+        target = folder.with_name(folder.name + ".broken")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(folder, target)
+        print(f"[finetune] moved the broken checkpoint {str(folder)!r} aside to {str(target)!r}")
+        moved.append(target)
+    return moved
 
 
 def _short(scores: dict) -> dict:
