@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -97,3 +98,58 @@ def test_chat_page_streams_and_stores_feedback(browser_page, tiny_model_dir, tmp
             from llm_recipes.fileio import atomic_write_bytes
 
             atomic_write_bytes(REPO_ROOT / "docs" / "chat_page.png", shot.read_bytes())
+
+
+@pytest.fixture()
+def small_context_model_dir(tiny_model_dir, tmp_path):
+    """The tiny model with a 128-position context, the quickstart model's size."""
+    import json
+
+    path = tmp_path / "small_context"
+    shutil.copytree(tiny_model_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    config["max_position_embeddings"] = 128
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_long_conversation_with_a_128_token_model_never_fails(browser_page, small_context_model_dir, tmp_path):
+    """Eight turns with a 128-position model: the page's defaults come from the model (answers of up to a
+    quarter of the context), the oldest turns are left out when the conversation outgrows the context,
+    a note says so, and no turn ends in an error."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    with running_server(small_context_model_dir, tmp_path / "feedback.sqlite", default_max_tokens=256) as (
+            url, app, engine, store):
+        assert app.state.settings.context_window == 128
+        sent = []  # the message lists the page sends
+        page.on("request", lambda r: sent.append(json.loads(r.post_data)["messages"])
+                if r.url.endswith("/v1/chat/completions") else None)
+        page.goto(url + "/")
+        expect(page.locator("#model-name")).to_contain_text("context 128 tokens")
+        assert page.input_value("#max-tokens") == "32"  # a quarter of the context, not the server's 256
+        assert int(page.get_attribute("#max-tokens", "max")) < 128
+        questions = ["How do I join two paths in Python?", "And how do I split one into its parts?",
+                     "What does os.path.exists return for a broken symbolic link?",
+                     "How do I list the files of a folder, newest first?", "Can I do that with pathlib too?",
+                     "How do I read a text file line by line without loading it whole?",
+                     "What encoding does open() use when I give none?", "Thanks! One more: how do I make a folder?"]
+        for turn, question in enumerate(questions):
+            page.fill("#prompt", question)
+            page.click("#send")
+            answer = page.locator(".msg.assistant").nth(turn)
+            answer.locator(".actions").wait_for(timeout=60_000)  # the stream ended without an error
+            assert answer.locator(".error").count() == 0, answer.inner_text()
+        assert page.locator(".error").count() == 0
+        expect(page.locator("#trim-note")).to_contain_text("context is 128 tokens")
+        expect(page.locator("#trim-note")).to_contain_text("oldest messages were left out")
+        assert page.locator(".msg.trimmed").count() >= 4  # the left-out turns are shown faded
+        assert len(sent) == len(questions)
+        assert len(sent[-1]) < 2 * len(questions) - 1  # the last request no longer carried everything
+        assert sent[-1][-1] == {"role": "user", "content": questions[-1]}
+        shot = tmp_path / "chat_page_small_context.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("LLM_RECIPES_SCREENSHOT_DIR"):  # to look at it
+            shutil.copy(shot, os.environ["LLM_RECIPES_SCREENSHOT_DIR"])

@@ -252,6 +252,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     async def health():
         return {"status": "ok", "model": settings.model_name, "waiting": engine.waiting, "running": engine.running,
                 "context_window": settings.context_window, "max_tokens_cap": settings.max_tokens_cap,
+                "default_max_tokens": settings.default_max_tokens,
                 "auth_required": bool(settings.api_key)}
 
     @app.get("/v1/models")

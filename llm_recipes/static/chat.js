@@ -1,8 +1,15 @@
 // The chat page: streams answers from /v1/chat/completions, keeps the conversation in sessionStorage,
 // and sends thumbs up/down and suggested better answers to /v1/feedback. Plain JS, no build step.
+//
+// Small models have small context windows (the quickstart's is 128 tokens), so the page sizes itself from
+// the served model: the default answer length is a quarter of the context, and before each turn the
+// conversation is measured with /tokenize and its oldest turns are left out (the system prompt, if any,
+// stays) until prompt + answer fit. A note in the page says what was left out.
 "use strict";
 
 const state = { model: null, messages: JSON.parse(sessionStorage.getItem("conversation") || "[]"), busy: false };
+const limits = { context: 0, maxTokens: 1 };  // from /health: the context window; the answer's ceiling
+const MIN_ANSWER = 8;  // fewer tokens than this left for an answer: shorten the conversation further
 const $ = (id) => document.getElementById(id);
 
 function save() { sessionStorage.setItem("conversation", JSON.stringify(state.messages)); }
@@ -68,6 +75,48 @@ async function sendFeedback(index, fields, status) {
   status.classList.toggle("error", !response.ok);
 }
 
+async function countTokens(messages) {
+  const response = await fetch("/tokenize", { method: "POST", headers: headers(),
+                                              body: JSON.stringify({ messages, add_generation_prompt: true }) });
+  if (!response.ok) throw new Error(await errorText(response));
+  return (await response.json()).count;
+}
+
+// The messages to send: the system prompt (if any) and the newest turns whose prompt leaves room for
+// the answer; the answer is shortened only when the newest message alone leaves less room than asked.
+async function fitToContext(messages, maxTokens) {
+  const system = messages.length && messages[0].role === "system" ? [messages[0]] : [];
+  let turns = messages.slice(system.length);
+  for (;;) {
+    const room = limits.context - (await countTokens(system.concat(turns)));
+    if (room >= maxTokens || (turns.length === 1 && room >= Math.min(MIN_ANSWER, maxTokens))) {
+      return { messages: system.concat(turns), left: messages.length - system.length - turns.length,
+               maxTokens: Math.min(maxTokens, room) };
+    }
+    if (turns.length === 1) {
+      throw new Error(`this message is too long for the model's context of ${limits.context} tokens ` +
+                      "(with room for an answer): please shorten it");
+    }
+    // leave out the oldest turn: a question with its answer
+    turns = turns.slice(turns.length > 2 && turns[1].role === "assistant" ? 2 : 1);
+  }
+}
+
+function showTrimNote(left, maxTokens, asked) {
+  const note = $("trim-note");
+  const parts = [];
+  if (left) parts.push(`the ${left} oldest message${left > 1 ? "s were" : " was"} left out`);
+  if (maxTokens < asked) parts.push(`the answer is limited to ${maxTokens} tokens`);
+  note.hidden = !parts.length;
+  note.textContent = parts.length ? `This model's context is ${limits.context} tokens: ${parts.join(" and ")} ` +
+                                    "to fit it." : "";
+  document.querySelectorAll("#conversation .msg").forEach((box) => {
+    const index = Number(box.dataset.index);
+    box.classList.toggle("trimmed", index < left + (state.messages[0]?.role === "system" ? 1 : 0) &&
+                                    state.messages[index]?.role !== "system");
+  });
+}
+
 async function send(text) {
   state.busy = true;
   $("send").disabled = true;
@@ -81,10 +130,13 @@ async function send(text) {
   $("conversation").appendChild(box);
   const out = box.querySelector(".text");
   try {
+    const asked = Math.max(1, Math.min(Number($("max-tokens").value) || limits.maxTokens, limits.maxTokens));
+    const fitted = await fitToContext(state.messages, asked);
+    showTrimNote(fitted.left, fitted.maxTokens, asked);
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(),
-      body: JSON.stringify({ model: state.model, messages: state.messages, stream: true,
-                             temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value) }),
+      body: JSON.stringify({ model: state.model, messages: fitted.messages, stream: true,
+                             temperature: Number($("temperature").value), max_tokens: fitted.maxTokens }),
     });
     if (!response.ok) throw new Error(await errorText(response));
     // server-sent events: lines "data: {json}" separated by blank lines, ending with "data: [DONE]"
@@ -131,7 +183,16 @@ async function init() {
   $("key-box").hidden = !health.auth_required;
   $("api-key").value = localStorage.getItem("apiKey") || "";
   $("api-key").onchange = () => localStorage.setItem("apiKey", $("api-key").value);
-  $("max-tokens").max = health.max_tokens_cap;
+  // answers of up to a quarter of the context by default; at most what fits after the shortest prompt
+  limits.context = health.context_window;
+  limits.maxTokens = Math.max(1, Math.min(health.max_tokens_cap, health.context_window - 1));
+  try {
+    const shortest = await countTokens([{ role: "user", content: "" }]);
+    limits.maxTokens = Math.max(1, Math.min(health.max_tokens_cap, health.context_window - shortest));
+  } catch (e) { /* no chat template or no key yet: the server's checks still apply */ }
+  $("max-tokens").max = limits.maxTokens;
+  $("max-tokens").value = Math.max(1, Math.min(limits.maxTokens, health.default_max_tokens,
+                                               Math.floor(health.context_window / 4)));
   state.messages.forEach(render);
 }
 
@@ -145,5 +206,7 @@ $("composer").onsubmit = (event) => {
 $("prompt").onkeydown = (event) => {
   if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("composer").requestSubmit(); }
 };
-$("new-chat").onclick = () => { state.messages = []; save(); $("conversation").innerHTML = ""; };
+$("new-chat").onclick = () => {
+  state.messages = []; save(); $("conversation").innerHTML = ""; $("trim-note").hidden = true;
+};
 init();
