@@ -226,3 +226,22 @@ def test_health_answers_while_huge_prompts_are_tokenized(server):
     # health kept answering while the prompts were being tokenized: several times before even the first
     # /tokenize answer came back (on the event loop, one 1 MB prompt blocked every other request)
     assert sum(a < min(finished) for a in answered_at) >= 3, (answered_at, sorted(finished))
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slots(tiny_model_dir, tmp_path):
+    """16 answers of 200 tokens are asked for and the client hangs up after the first event: the engine
+    cancels them within a few steps instead of generating 3,200 tokens for nobody."""
+    with running_server(tiny_model_dir, tmp_path / "f.sqlite", max_batch_size=16) as (url, _, engine, _s):
+        body = {"model": "tiny", "prompt": "The os module", "max_tokens": 200, "ignore_eos": True, "n": 16,
+                "temperature": 1.0, "seed": 1, "stream": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    break  # hang up after the first piece of text
+        for _ in range(400):  # bounded wait for the engine to notice
+            if engine.running == 0 and engine.waiting == 0:
+                break
+            time.sleep(0.025)
+        assert engine.running == 0 and engine.waiting == 0
+        assert engine.steps < 150  # far from the 200 steps the answers would have taken
+        assert httpx.get(url + "/health").json()["running"] == 0

@@ -26,14 +26,17 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .engine import GenerationEngine, GenerationRequest, QueueFullError
 from .feedback_store import FeedbackStore
+from .metrics import ServerMetrics
 from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, FeedbackRequest, TokenizeRequest
 from .text import StreamingDetokenizer, TokenText
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 TOKENIZER_ROUTES = ("/tokenizer_info", "/tokenize", "/detokenize")  # vLLM's paths, outside /v1
+KEYED_ROUTES = (*TOKENIZER_ROUTES, "/metrics")  # behind the API key (when one is set), as /v1/ is
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -195,6 +198,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     """
     app = FastAPI(title="llm_recipes server", docs_url=None, redoc_url=None)
     app.state.engine, app.state.store, app.state.settings = engine, store, settings
+    app.state.metrics = metrics = ServerMetrics(engine, store)
     stop_ids = _stop_token_ids(engine.model, tokenizer)
     vocab_size = engine.model.get_input_embeddings().num_embeddings
     token_text = TokenText(tokenizer)
@@ -238,13 +242,23 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
 
     @app.middleware("http")
     async def _check_api_key(request: Request, call_next):
-        if settings.api_key and (request.url.path.startswith("/v1/") or request.url.path in TOKENIZER_ROUTES):
+        if settings.api_key and (request.url.path.startswith("/v1/") or request.url.path in KEYED_ROUTES):
             given = request.headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
                 return error_response(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
                                       code="invalid_api_key")
         return await call_next(request)
+
+    @app.middleware("http")  # registered after the key check, so it runs outside it and counts its 401s
+    async def _count_requests(request: Request, call_next):
+        response = await call_next(request)
+        # the route's template (/v1/models/{model_id}), not the raw path; a request refused before routing
+        # (401) is matched here
+        route = request.scope.get("route") or next(
+            (r for r in app.router.routes if r.matches(request.scope)[0] == Match.FULL), None)
+        metrics.requests.labels(route=getattr(route, "path", "unmatched"), status=str(response.status_code)).inc()
+        return response
 
     # -- routes ----------------------------------------------------------------------------------
 
@@ -254,6 +268,11 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
                 "context_window": settings.context_window, "max_tokens_cap": settings.max_tokens_cap,
                 "default_max_tokens": settings.default_max_tokens,
                 "auth_required": bool(settings.api_key)}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        body, content_type = await run_in_threadpool(metrics.exposition)  # reads the feedback store
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/models")
     async def models():
@@ -363,6 +382,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
             top = body.logprobs
         echo = not chat and body.echo
         request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        started = time.monotonic()
         sequences = []
         for p, (ids, text) in enumerate(prompts):
             max_tokens = _resolve_max_tokens(body.max_tokens, len(ids), settings)
@@ -371,7 +391,9 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
                                            seed=None if body.seed is None else body.seed + k,
                                            echo_text=_echo_text(tokenizer, ids, text) if echo else ""))
         _submit_all(engine, sequences, body, top, echo and top is not None, stop_ids)
-        pieces = _merged([_pieces(s, tokenizer, body.stop, settings.request_timeout_s) for s in sequences], sequences)
+        metrics.prompt_tokens.inc(sum(len(ids) for ids, _ in prompts))
+        pieces = _merged([_pieces(s, tokenizer, body.stop, settings.request_timeout_s, metrics, started)
+                          for s in sequences], sequences)
 
         def usage_of():  # called when the answers are complete
             prompt_tokens, completion_tokens = sum(len(ids) for ids, _ in prompts), sum(s.count for s in sequences)
@@ -543,10 +565,12 @@ def _submit_all(engine, sequences: list[_Sequence], body, top: int | None, promp
                            headers={"Retry-After": "1"}) from None
 
 
-async def _pieces(seq: _Sequence, tokenizer, stop: list[str], timeout_s: float) -> AsyncIterator[_Piece]:
+async def _pieces(seq: _Sequence, tokenizer, stop: list[str], timeout_s: float, metrics: ServerMetrics,
+                  started: float) -> AsyncIterator[_Piece]:
     """Turns one answer's engine events into pieces of text (stop strings applied, split characters held
-    back). Raises APIError 408 when the time limit passes and 500 on an engine error; the engine request is
-    cancelled whenever the consumer stops early (client gone) or an error occurs."""
+    back), timing its tokens (from `started`, the request's arrival) for the metrics. Raises APIError 408
+    when the time limit passes and 500 on an engine error; the engine request is cancelled whenever the
+    consumer stops early (client gone) or an error occurs."""
     loop = asyncio.get_running_loop()
     detok = StreamingDetokenizer(tokenizer, stop=stop)
     deadline = loop.time() + timeout_s
@@ -564,6 +588,13 @@ async def _pieces(seq: _Sequence, tokenizer, stop: list[str], timeout_s: float) 
                 pending += [(t, None, None) if e is None else (t, *e) for t, e in zip(seq.prompt_ids, event[1])]
             elif kind == "token":
                 seq.count += 1
+                now = time.monotonic()
+                if seq.count == 1:
+                    metrics.time_to_first_token.observe(now - started)
+                else:
+                    metrics.inter_token_latency.observe(now - started)
+                started = now  # from here on: the previous token's time
+                metrics.generation_tokens.inc()
                 info = event[2]
                 pending.append((event[1], None, None) if info is None else (event[1], *info))
                 delta, stopped = detok.add(event[1])
