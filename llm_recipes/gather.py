@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     skipped = sum(report["skipped"].values())
     print(f"gather: wrote {report['documents']} documents ({report['bytes'] / 2**20:.1f} MB) in {report['shards']} shards "
           f"to {cfg.output_dir}/data/ ; skipped {skipped} inputs ({report['skipped'] or 'none'}); "
+          + (f"kept with a note: {report['notes']}; " if report["notes"] else "") +
           f"report: {cfg.output_dir}/gather_report.json")
     return 0
 

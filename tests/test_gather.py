@@ -299,3 +299,79 @@ def test_cli_and_recipes(tmp_path):
     from llm_recipes.cli import main as cli_main
 
     assert cli_main(["gather", "--output_dir", str(out), "--sources", "[{type: nope}]"]) == 2
+
+
+# ------------------------------------------------------------------------------------------- one bad file never stops it
+
+def test_truncated_compressed_files_are_skipped_and_rows_already_read_kept(tmp_path):
+    """A .jsonl.gz cut mid-stream (EOFError inside gzip) and a .warc.gz cut mid-record: each is reported
+    as truncated, its rows before the cut are kept, and the files after it are still read."""
+    import gzip
+
+    d = tmp_path / "in"
+    d.mkdir()
+    lines = "".join(json.dumps({"text": f"row {i} " + PROSE}) + "\n" for i in range(400)).encode()
+    whole = gzip.compress(lines)
+    (d / "a.jsonl.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    make_warc(d / "b.warc.gz", page("Warc Page", PROSE).encode(), gzip=True)
+    warc = (d / "b.warc.gz").read_bytes()
+    (d / "b.warc.gz").write_bytes(warc[:-40])
+    (d / "c.txt").write_text("after the broken files " + PROSE)
+    report = gather([{"type": "files", "paths": [str(d)]}], tmp_path / "out", num_proc=1, progress=False)
+    texts = [x["text"] for x in read_docs(tmp_path / "out")]
+    assert report["skipped"]["truncated or corrupt compressed file"] == 2
+    from_jsonl = [t for t in texts if t.startswith("row ")]
+    assert 0 < len(from_jsonl) < 400  # the rows before the cut
+    assert any("after the broken files" in t for t in texts)
+    assert any("quick brown fox" in t and not t.startswith(("row ", "after")) for t in texts)  # the warc page
+    examples = report["sources"][0]["skipped_examples"]["truncated or corrupt compressed file"]
+    assert any("a.jsonl.gz" in e and f"the {len(from_jsonl)} documents read before it are kept" in e for e in examples)
+
+
+def test_any_exception_reading_a_file_skips_only_that_file(tmp_path, monkeypatch):
+    from llm_recipes.data import sources
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.csv").write_text("text\n\"first " + PROSE + "\"\n")
+    (d / "b.txt").write_text("second " + PROSE)
+
+    def broken_csv(spec, path):
+        yield sources._doc("partial " + PROSE, "p", spec, path)
+        raise KeyError("a bug or a library error nobody foresaw")
+
+    monkeypatch.setattr(sources, "_iter_csv", broken_csv)
+    report = gather([{"type": "files", "paths": [str(d)]}], tmp_path / "out", num_proc=1, progress=False)
+    texts = " ".join(x["text"] for x in read_docs(tmp_path / "out"))
+    assert "partial" in texts and "second" in texts
+    assert report["skipped"] == {"unreadable file": 1}
+    assert "KeyError" in report["sources"][0]["skipped_examples"]["unreadable file"][0]
+
+
+def test_symlink_loops_are_detected_and_files_read_once(tmp_path):
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "a.txt").write_text("only once " + PROSE)
+    (d / "sub" / "loop").symlink_to(d, target_is_directory=True)  # in/sub/loop -> in
+    (d / "sub" / "loop2").symlink_to(d / "sub", target_is_directory=True)
+    (d / "dangling.txt").symlink_to(d / "gone.txt")
+    for paths in ([str(d)], [str(d / "**" / "*.txt")]):
+        out = tmp_path / f"out{len(paths[0])}"
+        report = gather([{"type": "files", "paths": paths}], out, num_proc=1, progress=False)
+        assert [x["text"][:9] for x in read_docs(out)] == ["only once"]
+        assert report["skipped"]["symlink loop (folder already read)"] >= 1
+        assert report["skipped"]["broken symbolic link"] == 1
+
+
+def test_invalid_utf8_is_counted_and_reported(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "latin1.txt").write_bytes(("Café crème, naïve façade. " + PROSE).encode("latin-1"))
+    (d / "mixed.csv").write_bytes(b"text\n\"caf\xe9 " + PROSE.encode() + b"\"\n")
+    (d / "rows.jsonl").write_bytes(json.dumps({"text": "good " + PROSE}).encode() + b"\n{\"text\": \"bad \xff\xfe\"}\n")
+    report = gather([{"type": "files", "paths": [str(d)]}], tmp_path / "out", num_proc=1, progress=False)
+    assert report["notes"] == {"not valid UTF-8 (decoded as cp1252)": 1,
+                               "not valid UTF-8 (bad bytes replaced with U+FFFD)": 1}
+    assert report["skipped"]["invalid UTF-8"] == 1  # the JSON line
+    assert report["sources"][0]["note_examples"]["not valid UTF-8 (decoded as cp1252)"] == [str(d / "latin1.txt")]
+    assert "Café crème" in " ".join(x["text"] for x in read_docs(tmp_path / "out"))

@@ -37,6 +37,8 @@ class SourceProgress:
     shards: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)  # documents kept with a caveat, e.g. not valid UTF-8
+    note_examples: dict[str, list[str]] = field(default_factory=dict)
     dropped_by_fraction: int = 0
     stopped_by_cap: str = ""
 
@@ -120,6 +122,7 @@ def gather(raw_sources: list[dict], output_dir: str | Path, *, total_mb: float |
         writer = ShardWriter(data_dir, prefix=f"{index:03d}-{_slug(spec.name)}", shard_bytes=int(shard_mb * 2**20),
                              first_index=len(prog.shards))
         skipped, examples = Counter(prog.skipped), {k: list(v) for k, v in prog.skipped_examples.items()}
+        notes, note_examples = Counter(prog.notes), {k: list(v) for k, v in prog.note_examples.items()}
         documents, nbytes, dropped = prog.documents, prog.bytes, prog.dropped_by_fraction
         resume_from = prog.consumed
         if resume_from:
@@ -130,6 +133,10 @@ def gather(raw_sources: list[dict], output_dir: str | Path, *, total_mb: float |
             if consumed <= resume_from:
                 continue
             if isinstance(item, dict):
+                note = item.pop("note", "")
+                if note:
+                    notes[note] += 1
+                    _add_example(note_examples, note, item["location"])
                 item["text"] = _clean_surrogates(item["text"])
                 if len(item["text"].strip()) < min_doc_chars:
                     item = Skipped("empty document", item["location"])
@@ -137,9 +144,7 @@ def gather(raw_sources: list[dict], output_dir: str | Path, *, total_mb: float |
                     item = Skipped("document too large", item["location"], f"{len(item['text'])} chars > {max_doc_chars}")
             if isinstance(item, Skipped):
                 skipped[item.reason] += 1
-                ex = examples.setdefault(item.reason, [])
-                if len(ex) < EXAMPLES_PER_REASON:
-                    ex.append(f"{item.location} {item.detail}".strip())
+                _add_example(examples, item.reason, f"{item.location} {item.detail}".strip())
                 continue
             if not keep_fraction(item["id"], spec.fraction):
                 dropped += 1
@@ -156,6 +161,7 @@ def gather(raw_sources: list[dict], output_dir: str | Path, *, total_mb: float |
                 prog.consumed, prog.documents, prog.bytes = consumed, documents, nbytes
                 prog.shards = prog.shards + writer.written[-1:]
                 prog.skipped, prog.skipped_examples, prog.dropped_by_fraction = dict(skipped), examples, dropped
+                prog.notes, prog.note_examples = dict(notes), note_examples
                 save_state()
             if spec.max_documents is not None and documents >= spec.max_documents:
                 prog.stopped_by_cap = f"max_documents {spec.max_documents}"
@@ -164,11 +170,18 @@ def gather(raw_sources: list[dict], output_dir: str | Path, *, total_mb: float |
         prog.shards = prog.shards + [name for name in writer.written if name not in prog.shards]
         prog.consumed, prog.documents, prog.bytes, prog.done = consumed, documents, nbytes, True
         prog.skipped, prog.skipped_examples, prog.dropped_by_fraction = dict(skipped), examples, dropped
+        prog.notes, prog.note_examples = dict(notes), note_examples
         save_state()
     bar.close()
     report = _report(specs, progress_list, budgets, time.time() - started)
     atomic_write_json(output_dir / REPORT_FILE, report)
     return report
+
+
+def _add_example(examples: dict[str, list[str]], reason: str, where: str) -> None:
+    ex = examples.setdefault(reason, [])
+    if len(ex) < EXAMPLES_PER_REASON:
+        ex.append(where)
 
 
 def _slug(name: str) -> str:
@@ -205,12 +218,14 @@ def _report(specs, progress_list, budgets, seconds) -> dict[str, Any]:
     for spec, prog, budget in zip(specs, progress_list, budgets):
         sources.append({"name": spec.name, "type": spec.type, "documents": prog.documents, "bytes": prog.bytes,
                         "shards": prog.shards, "items_read": prog.consumed, "skipped": prog.skipped,
-                        "skipped_examples": prog.skipped_examples, "dropped_by_fraction": prog.dropped_by_fraction,
+                        "skipped_examples": prog.skipped_examples, "notes": prog.notes,
+                        "note_examples": prog.note_examples, "dropped_by_fraction": prog.dropped_by_fraction,
                         "fraction": spec.fraction, "weight": spec.weight, "budget_mb": budget,
                         "stopped_by_cap": prog.stopped_by_cap})
-    total_skipped = Counter()
+    total_skipped, total_notes = Counter(), Counter()
     for prog in progress_list:
         total_skipped.update(prog.skipped)
+        total_notes.update(prog.notes)
     return {"documents": sum(p.documents for p in progress_list), "bytes": sum(p.bytes for p in progress_list),
             "shards": sum(len(p.shards) for p in progress_list), "skipped": dict(total_skipped),
-            "sources": sources, "seconds": round(seconds, 2)}
+            "notes": dict(total_notes), "sources": sources, "seconds": round(seconds, 2)}

@@ -114,9 +114,15 @@ def keep_fraction(doc_id: str, fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2**64 < fraction
 
 
-def _doc(text: str, doc_id: str, spec: SourceSpec, location: str, title: str = "", license: str = "") -> dict:
-    return {"text": text, "id": doc_id, "source": spec.name, "location": location, "title": title,
-            "license": spec.license or license}
+def _doc(text: str, doc_id: str, spec: SourceSpec, location: str, title: str = "", license: str = "",
+         note: str = "") -> dict:
+    """A document row; `note` (not stored in the row) says what was done to use it, e.g. that its bytes were
+    not valid UTF-8: gather counts notes in its report."""
+    doc = {"text": text, "id": doc_id, "source": spec.name, "location": location, "title": title,
+           "license": spec.license or license}
+    if note:
+        doc["note"] = note
+    return doc
 
 
 # ----------------------------------------------------------------------------------------------- python-docs
@@ -134,7 +140,8 @@ def iter_python_docs_source(spec: SourceSpec, num_proc: int) -> Iterator[dict | 
 def decode_bytes(data: bytes) -> tuple[str | None, str]:
     """Decodes a file's bytes: UTF-8 first, then the best guess of charset_normalizer.
 
-    Returns (text, "") or (None, reason) for binary or undecodable input.
+    Returns (text, "") for UTF-8, (text, note) for text in another encoding (the note names it, for the
+    report), or (None, reason) for binary or undecodable input.
     """
     if b"\x00" in data[:SNIFF_BYTES] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return None, "binary file (NUL bytes)"
@@ -153,7 +160,7 @@ def decode_bytes(data: bytes) -> tuple[str | None, str]:
     tied = [m.encoding for m in matches if m.chaos == least]
     encoding = "cp1252" if "cp1252" in tied else tied[0]
     try:
-        return data.decode(encoding), ""
+        return data.decode(encoding), f"not valid UTF-8 (decoded as {encoding})"
     except (UnicodeDecodeError, LookupError):
         return None, f"undecodable bytes (guessed {encoding})"
 
@@ -191,13 +198,55 @@ def _split_text(text: str, mode: str) -> list[str]:
     return [text]
 
 
-def expand_paths(patterns: list[str]) -> list[str]:
+def expand_paths(patterns: list[str], problems: list[tuple[str, str]] | None = None) -> list[str]:
+    """The files that `patterns` (files, folders, globs with `**`) name, each once, sorted.
+
+    Folders and `**` are walked following symbolic links, but a folder reached again (a link to one of its
+    own parents) is not entered twice: it is appended to `problems` as a symlink loop, as are broken links.
+    """
+    import fnmatch
+
     files: set[str] = set()
+    seen_real: set[str] = set()
+    problems = [] if problems is None else problems
+
+    def add(path: str) -> None:
+        real = os.path.realpath(path)
+        if real not in seen_real:  # one file reached through two links is read once
+            seen_real.add(real)
+            files.add(path)
+
+    def walk(root: str, matches) -> None:
+        visited: set[tuple[int, int]] = set()
+        for folder, dirs, names in os.walk(root, followlinks=True):
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in visited:
+                problems.append((folder, "symlink loop (folder already read)"))
+                dirs[:] = []
+                continue
+            visited.add((st.st_dev, st.st_ino))
+            for name in names:
+                path = os.path.join(folder, name)
+                if not os.path.exists(path):
+                    problems.append((path, "broken symbolic link"))
+                elif os.path.isfile(path) and matches(path):
+                    add(path)
+
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
         if os.path.isdir(pattern):
-            pattern = os.path.join(pattern, "**", "*")
-        files.update(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            walk(pattern, lambda p: True)
+        elif "**" in pattern:
+            # walk from the folder before the first wildcard; `**/` also matches no folder at all
+            root = pattern[: min(pattern.index(c) for c in "*?[" if c in pattern)].rsplit(os.sep, 1)[0] or "."
+            shallow = pattern.replace("**" + os.sep, "")
+            walk(root, lambda p: fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, shallow))
+        else:
+            for path in sorted(glob.glob(pattern)):
+                if os.path.isfile(path):
+                    add(path)
+                elif os.path.islink(path) and not os.path.exists(path):
+                    problems.append((path, "broken symbolic link"))
     return sorted(files)
 
 
@@ -214,29 +263,33 @@ def file_kind(path: str) -> str:
 
 
 def iter_files_source(spec: SourceSpec, max_doc_chars: int) -> Iterator[dict | Skipped]:
-    files = expand_paths(spec.paths)
+    problems: list[tuple[str, str]] = []
+    files = expand_paths(spec.paths, problems)
+    for location, reason in problems:
+        yield Skipped(reason, location)
     if not files:
         yield Skipped("no file matches the pattern", ", ".join(spec.paths))
         return
+    readers = {"text": lambda p: _iter_text_file(spec, p, "text", max_doc_chars),
+               "html": lambda p: _iter_text_file(spec, p, "html", max_doc_chars),
+               "jsonl": lambda p: _iter_jsonl(spec, p), "json": lambda p: _iter_json(spec, p, max_doc_chars),
+               "csv": lambda p: _iter_csv(spec, p), "parquet": lambda p: _iter_parquet(spec, p),
+               "warc": lambda p: iter_warc(spec, p)}
     for path in files:
         kind = file_kind(path)
+        if kind == "unknown":
+            yield Skipped("unsupported file type", path, "expected .txt .md .rst .html .json .jsonl .csv .parquet .warc[.gz]")
+            continue
+        documents = 0
         try:
-            if kind == "unknown":
-                yield Skipped("unsupported file type", path, "expected .txt .md .rst .html .json .jsonl .csv .parquet .warc[.gz]")
-            elif kind in ("text", "html"):
-                yield from _iter_text_file(spec, path, kind, max_doc_chars)
-            elif kind == "jsonl":
-                yield from _iter_jsonl(spec, path)
-            elif kind == "json":
-                yield from _iter_json(spec, path, max_doc_chars)
-            elif kind == "csv":
-                yield from _iter_csv(spec, path)
-            elif kind == "parquet":
-                yield from _iter_parquet(spec, path)
-            elif kind == "warc":
-                yield from iter_warc(spec, path)
-        except (OSError, ValueError) as e:  # unreadable file, corrupt parquet, ...: skip it, keep the rest
-            yield Skipped("unreadable file", path, f"{type(e).__name__}: {e}"[:300])
+            for item in readers[kind](path):
+                documents += isinstance(item, dict)
+                yield item
+        except Exception as e:  # noqa: BLE001  (one bad file never stops the gather: skip it, keep the rest)
+            reason = TRUNCATED if isinstance(e, EOFError) or _gzip_truncated(path) else \
+                "invalid UTF-8" if isinstance(e, UnicodeDecodeError) else "unreadable file"
+            kept = f"; the {documents} documents read before it are kept" if documents else ""
+            yield Skipped(reason, path, f"{type(e).__name__}: {e}"[:300] + kept)
 
 
 def _iter_text_file(spec, path, kind, max_doc_chars):
@@ -246,16 +299,16 @@ def _iter_text_file(spec, path, kind, max_doc_chars):
         return
     with open(path, "rb") as f:
         data = f.read()
-    text, reason = decode_bytes(data)
+    text, note = decode_bytes(data)
     if text is None:
-        yield Skipped(reason, path)
+        yield Skipped(note, path)
         return
     title = ""
     if kind == "html":
         text, title = html_to_text(text, Path(path).resolve().as_uri())
     for i, part in enumerate(_split_text(text, spec.split_text)):
         doc_id = f"{path}#{i}" if spec.split_text != "none" else path
-        yield _doc(part, doc_id, spec, path, title or Path(path).stem)
+        yield _doc(part, doc_id, spec, path, title or Path(path).stem, note=note)
 
 
 def _open_maybe_gz(path):
@@ -274,13 +327,16 @@ def _iter_jsonl(spec, path):
             where = f"{path}:{lineno}"
             try:
                 record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except UnicodeDecodeError as e:
+                yield Skipped("invalid UTF-8", where, str(e)[:200])
+                continue
+            except json.JSONDecodeError as e:
                 yield Skipped("malformed JSON line", where, str(e)[:200])
                 continue
             yield from _record_doc(spec, record, where)
 
 
-def _record_doc(spec, record, where):
+def _record_doc(spec, record, where, note=""):
     if not isinstance(record, dict):
         yield Skipped("record is not an object", where)
         return
@@ -290,16 +346,16 @@ def _record_doc(spec, record, where):
         yield Skipped("record lacks the text field", where, f"expected {wanted}")
         return
     title = str(record.get(spec.title_column) or "") if spec.title_column else str(record.get("title") or "")
-    yield _doc(text, str(record.get("id") or where), spec, where, title, str(record.get("license") or ""))
+    yield _doc(text, str(record.get("id") or where), spec, where, title, str(record.get("license") or ""), note)
 
 
 def _iter_json(spec, path, max_doc_chars):
     if os.path.getsize(path) > 64 * max_doc_chars:
         yield Skipped("JSON file too large to load whole", path, "use JSON Lines (.jsonl) for big data")
         return
-    text, reason = decode_bytes(Path(path).read_bytes())
+    text, note = decode_bytes(Path(path).read_bytes())
     if text is None:
-        yield Skipped(reason, path)
+        yield Skipped(note, path)
         return
     try:
         data = json.loads(text)
@@ -311,7 +367,7 @@ def _iter_json(spec, path, max_doc_chars):
         yield Skipped("JSON is neither a list of records nor a record", path)
         return
     for i, record in enumerate(records):
-        yield from _record_doc(spec, record, f"{path}[{i}]")
+        yield from _record_doc(spec, record, f"{path}[{i}]", note)
 
 
 def _iter_csv(spec, path):
@@ -322,9 +378,24 @@ def _iter_csv(spec, path):
     if reason and "binary" in reason:
         yield Skipped(reason, path)
         return
+    note = "" if _is_utf8(path) else "not valid UTF-8 (bad bytes replaced with U+FFFD)"
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         for i, record in enumerate(csv.DictReader(f)):
-            yield from _record_doc(spec, record, f"{path}:{i + 2}")
+            yield from _record_doc(spec, record, f"{path}:{i + 2}", note)
+
+
+def _is_utf8(path: str) -> bool:
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        try:
+            while block := f.read(1 << 20):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
 
 
 def _iter_parquet(spec, path):
@@ -341,8 +412,8 @@ def _iter_parquet(spec, path):
 def iter_warc(spec, path):
     """HTML responses of a WARC file, main text extracted; a corrupt record ends that file with a count."""
     from warcio.archiveiterator import ArchiveIterator
-    from warcio.exceptions import ArchiveLoadFailed
 
+    documents = 0
     with open(path, "rb") as f:
         try:
             for record in ArchiveIterator(f, arc2warc=True):
@@ -358,15 +429,43 @@ def iter_warc(spec, path):
                 if len(body) > spec.max_page_bytes:
                     yield Skipped("page too large", where, f"> {spec.max_page_bytes} bytes")
                     continue
-                html, reason = decode_bytes(body)
+                html, note = decode_bytes(body)
                 if html is None:
-                    yield Skipped(reason, where)
+                    yield Skipped(note, where)
                     continue
                 text, title = html_to_text(html, url) if "html" in ctype.lower() else (html, "")
-                yield _doc(text, url or where, spec, url or where, title)
-        except (ArchiveLoadFailed, ValueError, OSError, EOFError, AttributeError, TypeError) as e:
-            # warcio raises AttributeError/TypeError on some truncated headers, not only ArchiveLoadFailed
-            yield Skipped("malformed WARC record", path, f"{type(e).__name__}: {e}"[:200])
+                documents += 1
+                yield _doc(text, url or where, spec, url or where, title, note=note)
+        except Exception as e:  # noqa: BLE001  (warcio raises AttributeError/TypeError on truncated input too)
+            if _gzip_truncated(path):
+                yield Skipped(TRUNCATED, path, f"{type(e).__name__}; the {documents} documents before the cut are kept")
+            else:
+                yield Skipped("malformed WARC record", path, f"{type(e).__name__}: {e}"[:200])
+            return
+    # warcio ends quietly at some cuts (inside a gzip member's header or data): check the stream itself
+    if _gzip_truncated(path):
+        yield Skipped(TRUNCATED, path, f"the {documents} documents before the cut are kept")
+
+
+TRUNCATED = "truncated or corrupt compressed file"
+
+
+def _gzip_truncated(path: str) -> bool:
+    """Whether a .gz file's compressed stream is cut short or corrupt (read through to find out)."""
+    import gzip
+    import zlib
+
+    if not path.lower().endswith(".gz"):
+        return False
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 # ----------------------------------------------------------------------------------------------- Hub datasets
@@ -520,9 +619,9 @@ def iter_web_source(spec: SourceSpec) -> Iterator[dict | Skipped]:
             if body is None:
                 yield Skipped(reason, url)
                 continue
-            text, reason = decode_bytes(body)
+            text, note = decode_bytes(body)
             if text is None:
-                yield Skipped(reason, url)
+                yield Skipped(note, url)
                 continue
             title = ""
             if "html" in ctype.lower() or text.lstrip()[:1] == "<":
@@ -530,7 +629,7 @@ def iter_web_source(spec: SourceSpec) -> Iterator[dict | Skipped]:
             elif not ctype.lower().startswith("text/"):
                 yield Skipped("not an HTML or text page", url, ctype[:80])
                 continue
-            yield _doc(text, url, spec, url, title)
+            yield _doc(text, url, spec, url, title, note=note)
     finally:
         fetcher.close()
 
