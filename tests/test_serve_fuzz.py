@@ -11,8 +11,8 @@ import pytest
 
 from serve_helpers import running_server
 
-EXAMPLES = 80  # per operation and generation mode
-BUDGET_S = 50.0  # the fuzzing stops starting new operations after this
+EXAMPLES = 60  # per operation and generation mode
+BUDGET_S = 40.0  # the fuzzing stops starting new operations after this
 
 
 @pytest.fixture(scope="module")

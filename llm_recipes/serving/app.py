@@ -31,6 +31,7 @@ from starlette.routing import Match
 from .engine import GenerationEngine, GenerationRequest, QueueFullError
 from .feedback_store import FeedbackStore
 from .metrics import ServerMetrics
+from .structured import GrammarCompiler, StructuredOutputError
 from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, FeedbackRequest, TokenizeRequest
 from .text import StreamingDetokenizer, TokenText
 
@@ -202,6 +203,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     stop_ids = _stop_token_ids(engine.model, tokenizer)
     vocab_size = engine.model.get_input_embeddings().num_embeddings
     token_text = TokenText(tokenizer)
+    grammars = GrammarCompiler(tokenizer, engine.vocab_size, stop_ids)
     special_ids = frozenset(tokenizer.all_special_ids)
     created = int(time.time())
 
@@ -305,7 +307,15 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
         prompt_ids = await run_in_threadpool(_chat_prompt_ids, tokenizer, body.messages, True)
         if body.max_completion_tokens is not None and body.max_tokens is None:
             body.max_tokens = body.max_completion_tokens
-        return await _respond(body, [(prompt_ids, None)], chat=True)
+        grammar = None
+        if body.structured:
+            spec = body.response_format.json_schema
+            try:
+                grammar = await run_in_threadpool(grammars.compile, body.response_format.type,
+                                                  spec.json_schema if spec else None, bool(spec and spec.strict))
+            except StructuredOutputError as e:
+                raise APIError(400, str(e), param="response_format") from None
+        return await _respond(body, [(prompt_ids, None)], chat=True, grammar=grammar)
 
     # vLLM's tokenizer routes: lm-evaluation-harness's local-completions uses them when present, so it
     # needs no copy of the tokenizer on the client side
@@ -365,7 +375,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
 
     # -- generation ------------------------------------------------------------------------------
 
-    async def _respond(body, prompts: list[tuple[list[int], str | None]], chat: bool):
+    async def _respond(body, prompts: list[tuple[list[int], str | None]], chat: bool, grammar=None):
         """Generates `body.n` answers for each prompt (ids, text as sent or None) and answers in
         OpenAI's shape: choice `index` is prompt number x n + answer number, as in OpenAI and vLLM."""
         n = body.n
@@ -390,7 +400,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
                 sequences.append(_Sequence(index=p * n + k, prompt_ids=ids, max_tokens=max_tokens,
                                            seed=None if body.seed is None else body.seed + k,
                                            echo_text=_echo_text(tokenizer, ids, text) if echo else ""))
-        _submit_all(engine, sequences, body, top, echo and top is not None, stop_ids)
+        _submit_all(engine, sequences, body, top, echo and top is not None, stop_ids, grammar)
         metrics.prompt_tokens.inc(sum(len(ids) for ids, _ in prompts))
         pieces = _merged([_pieces(s, tokenizer, body.stop, settings.request_timeout_s, metrics, started)
                           for s in sequences], sequences)
@@ -540,7 +550,7 @@ def _stop_token_ids(model, tokenizer) -> frozenset[int]:
 
 
 def _submit_all(engine, sequences: list[_Sequence], body, top: int | None, prompt_logprobs: bool,
-                stop_ids: frozenset[int]) -> None:
+                stop_ids: frozenset[int], grammar=None) -> None:
     """Queues every answer's engine request; when the queue fills part-way, the ones queued are cancelled
     and the client gets a 503 (nothing half-answered)."""
     loop = asyncio.get_running_loop()
@@ -552,7 +562,7 @@ def _submit_all(engine, sequences: list[_Sequence], body, top: int | None, promp
             temperature=body.temperature, top_p=body.top_p, top_k=max(body.top_k, 0), min_p=body.min_p,
             presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
             repetition_penalty=body.repetition_penalty,
-            logit_bias={int(t): b for t, b in (body.logit_bias or {}).items()} or None,
+            logit_bias={int(t): b for t, b in (body.logit_bias or {}).items()} or None, grammar=grammar,
             stop_ids=frozenset() if body.ignore_eos else stop_ids, seed=seq.seed, logprobs=top,
             prompt_logprobs=prompt_logprobs)
         try:

@@ -76,6 +76,8 @@ class GenerationRequest:
         repetition_penalty: vLLM's / CTRL's, over prompt and answer (1.0 = off): a seen token's logit is
             divided by it when positive, multiplied when negative.
         logit_bias: token id -> value added to its logit.
+        grammar: a compiled grammar (`structured.GrammarCompiler.compile`) the answer must follow: tokens
+            that cannot continue it are masked out before choosing (greedy or sampled).
         stop_ids: token ids that end the sequence (not emitted).
         seed: makes sampling reproducible for this request.
         logprobs: None for no log-probabilities; k >= 0 for the chosen token's and the k most likely.
@@ -93,6 +95,7 @@ class GenerationRequest:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] | None = None
+    grammar: object | None = None
     stop_ids: frozenset[int] = frozenset()
     seed: int | None = None
     logprobs: int | None = None
@@ -107,7 +110,7 @@ class GenerationRequest:
 class _Row:
     """A running sequence: its request, its token ids so far, its random generator and logits processors."""
 
-    def __init__(self, request: GenerationRequest, device):
+    def __init__(self, request: GenerationRequest, device, vocab_size: int):
         import torch
         from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
                                   SequenceBiasLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper)
@@ -129,6 +132,11 @@ class _Row:
         if request.logit_bias:
             self.penalties.append(SequenceBiasLogitsProcessor([[[int(t)], float(b)]
                                                                for t, b in request.logit_bias.items()]))
+        self.grammar = None
+        if request.grammar is not None:
+            from .structured import GrammarState
+
+            self.grammar = GrammarState(request.grammar, vocab_size)
         self.filters = LogitsProcessorList()
         if request.top_k > 0:
             self.filters.append(TopKLogitsWarper(request.top_k))
@@ -179,6 +187,7 @@ class GenerationEngine:
         self._torch = torch
         self._cache_key = CACHE_KEY  # the forward's KV-cache argument name in the installed transformers
         self._num_threads = int(num_threads or decode_threads(model))
+        self.vocab_size = int(model.config.vocab_size)  # logits per position
         self._warm_up()
         self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
         self.running = 0  # sequences in the current batch
@@ -284,7 +293,7 @@ class GenerationEngine:
         rows = []
         for request in requests:
             try:
-                rows.append(_Row(request, self.device))
+                rows.append(_Row(request, self.device, self.vocab_size))
             except Exception as e:  # noqa: BLE001 - reported to that request only
                 logger.exception("request refused by the engine")
                 _fail(request, e)
@@ -392,6 +401,8 @@ class GenerationEngine:
                 if token in request.stop_ids:
                     request.emit(("done", "stop"))
                     continue
+                if row.grammar is not None:
+                    row.grammar.advance(token)
                 info = None
                 if request.logprobs is not None:
                     info = _logprobs(logits[i][None], torch.tensor([token], device=self.device), request.logprobs)[0]
@@ -429,12 +440,15 @@ class GenerationEngine:
         return cache, mask[:, start:], pos, tokens
 
     def _sample(self, logits, row: _Row) -> int:
-        """Penalties and bias, then greedy; or temperature, the top-k / top-p / min-p filters and a draw."""
+        """Penalties, bias and the grammar's mask, then greedy; or temperature, the top-k / top-p / min-p
+        filters and a draw."""
         torch = self._torch
         request = row.request
-        scores = logits.float()[None]  # (1, V)
+        scores = logits.float()[None]  # (1, V); a view of the batch's logits: nothing below writes into it...
         if row.penalties:
             scores = row.penalties(torch.tensor([row.ids], device=self.device), scores)
+        if row.grammar is not None:  # ...but the grammar's mask works in place: on a copy
+            scores = row.grammar.mask(scores.clone())
         if request.temperature <= 0:
             return int(scores.argmax())
         scores = scores / request.temperature

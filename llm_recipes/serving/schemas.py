@@ -1,9 +1,8 @@
 """Request bodies of the OpenAI-compatible API, validated by pydantic.
 
 Every field a request may carry is either honoured or refused with a 400 naming it, never accepted and
-ignored: fields of OpenAI's request types this server does not implement (tools, audio, structured
-output...) are declared here and refused unless they hold their neutral value (`None`, `false`,
-`tool_choice: "none"`, `response_format: {"type": "text"}`), and a field OpenAI does not have either is
+ignored: fields of OpenAI's request types this server does not implement (tools, audio...) are declared
+here and refused unless they hold their neutral value (`None`, `false`, `tool_choice: "none"`), and a field OpenAI does not have either is
 refused as unknown (`extra="forbid"`, as OpenAI itself answers "Unrecognized request argument").
 
 Every sampling value is checked against what the engine can honour, so one client's numbers never fail
@@ -83,18 +82,16 @@ _NEUTRAL = {
     "moderation": (None,), "metadata": (None, {}), "store": (None, False), "service_tier": (None, "auto", "default"),
     "prompt_cache_key": (None,), "prompt_cache_options": (None,), "prompt_cache_retention": (None,),
     "user": (None,), "safety_identifier": (None,), "suffix": (None, ""),
-    "response_format": (None, {"type": "text"}),
 }
 REFUSED_CHAT_FIELDS = ("tools", "functions", "function_call", "tool_choice", "parallel_tool_calls", "audio",
                        "modalities", "prediction", "reasoning_effort", "verbosity", "web_search_options", "moderation",
                        "metadata", "store", "service_tier", "prompt_cache_key", "prompt_cache_options",
-                       "prompt_cache_retention", "user", "safety_identifier", "response_format")
+                       "prompt_cache_retention", "user", "safety_identifier")
 REFUSED_COMPLETION_FIELDS = ("suffix", "user")
 
 _WHY = {
     "user": "this server keeps no per-user records",
     "safety_identifier": "this server keeps no per-user records",
-    "response_format": "structured output is not implemented; only {'type': 'text'} is accepted",
     "store": "this server does not store completions",
     "metadata": "this server does not store completions",
 }
@@ -105,6 +102,34 @@ def _refuse_unless_neutral(value, info):
         reason = _WHY.get(info.field_name, "not implemented")
         raise ValueError(f"{info.field_name} is not supported by this server ({reason})")
     return value
+
+
+class JSONSchemaFormat(BaseModel):
+    """`response_format.json_schema`: OpenAI's shape."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: Text = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: Text | None = None
+    json_schema: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`{"type": "text"}` (the default), `{"type": "json_object"}` (any JSON object) or
+    `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`: structured output by
+    grammar-constrained decoding (serving/structured.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type 'json_schema', and only then")
+        return self
 
 
 class SamplingFields(BaseModel):
@@ -201,7 +226,7 @@ class ChatCompletionRequest(SamplingFields):
     prompt_cache_options: Any = None
     prompt_cache_retention: Any = None
     safety_identifier: Any = None
-    response_format: Any = None
+    response_format: ResponseFormat | None = None
 
     @field_validator(*REFUSED_CHAT_FIELDS)
     @classmethod
@@ -214,7 +239,14 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("top_logprobs needs logprobs: true")
         if self.max_tokens == 0:
             raise ValueError("max_tokens must be at least 1 for a chat completion")
+        if self.structured and self.ignore_eos:
+            raise ValueError("ignore_eos cannot be combined with a JSON response_format (the answer ends "
+                             "where the JSON does)")
         return self
+
+    @property
+    def structured(self) -> bool:
+        return self.response_format is not None and self.response_format.type != "text"
 
 
 class CompletionRequest(SamplingFields):
