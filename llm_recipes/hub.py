@@ -57,14 +57,35 @@ def upload_files(model_dir: Path) -> list[Path]:
         raise PushError(f"{str(model_dir)!r} has no .safetensors weights{hint}")
     if "tokenizer.json" not in chosen and "tokenizer.model" not in chosen:
         raise PushError(f"{str(model_dir)!r} has no tokenizer (tokenizer.json): a Hub model must be usable on its own")
+    check_auto_map(model_dir / "config.json")
     return [model_dir / n for n in chosen]
 
 
+def check_auto_map(config_path: Path) -> None:
+    """A RecipeGPT folder must name every Auto class a loader without llm_recipes uses: AutoConfig and
+    AutoModelForCausalLM (transformers, pipeline) and AutoModel (vLLM's Transformers backend)."""
+    from .model.configuration_recipe_gpt import AUTO_MAP
+
+    config = _read_json(config_path) or {}
+    if config.get("model_type") != "recipe_gpt":
+        return
+    auto_map = config.get("auto_map") or {}
+    missing = [name for name in AUTO_MAP if name not in auto_map]
+    if missing:
+        entries = ", ".join(f'"{name}": "{AUTO_MAP[name]}"' for name in missing)
+        raise PushError(f"{str(config_path)!r}: auto_map lacks {', '.join(missing)} (it was saved by an older "
+                        f"llm_recipes); without it, loaders that do not import llm_recipes (vLLM builds AutoModel) "
+                        f"cannot build the model. Add {entries} to auto_map, or re-save the folder with "
+                        "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)` after `import llm_recipes`.")
+
+
 def fix_inference_settings(staging: Path) -> list[str]:
-    """Makes the staged config generate like a finished model: `use_cache` on (Trainer turns it off) and
-    `generation_config.eos_token_id` set (end of text and end of turn); returns what was changed."""
+    """Makes the staged config generate like a finished model: `use_cache` on (Trainer turns it off),
+    `generation_config.eos_token_id` set (end of text and end of turn) and `max_new_tokens` within the context;
+    returns what was changed."""
     from transformers import AutoTokenizer, GenerationConfig
 
+    from .model import DEFAULT_MAX_NEW_TOKENS, fitting_max_new_tokens
     from .tokenization import end_of_turn_token_ids
 
     changes = []
@@ -76,7 +97,8 @@ def fix_inference_settings(staging: Path) -> list[str]:
         changes.append("config.json: use_cache -> true")
     generation = (GenerationConfig.from_pretrained(staging) if (staging / "generation_config.json").is_file()
                   else GenerationConfig())
-    if generation.eos_token_id is None or generation.use_cache is False:
+    generation_changes = []
+    if generation.eos_token_id is None or generation.pad_token_id is None:
         tokenizer = AutoTokenizer.from_pretrained(staging)
         if generation.eos_token_id is None:
             eos = end_of_turn_token_ids(tokenizer)
@@ -84,13 +106,21 @@ def fix_inference_settings(staging: Path) -> list[str]:
                 raise PushError("the tokenizer has no eos token, so generation would never stop: set eos_token_id "
                                 "in generation_config.json")
             generation.eos_token_id = eos if len(eos) > 1 else eos[0]
-            changes.append(f"generation_config.json: eos_token_id -> {generation.eos_token_id}")
-        if generation.use_cache is False:
-            generation.use_cache = True
-            changes.append("generation_config.json: use_cache -> true")
+            generation_changes.append(f"eos_token_id -> {generation.eos_token_id}")
         if generation.pad_token_id is None and tokenizer.pad_token_id is not None:
             generation.pad_token_id = tokenizer.pad_token_id
+            generation_changes.append(f"pad_token_id -> {generation.pad_token_id}")
+    if generation.use_cache is False:
+        generation.use_cache = True
+        generation_changes.append("use_cache -> true")
+    fitting = fitting_max_new_tokens(config.get("max_position_embeddings") or 2 * DEFAULT_MAX_NEW_TOKENS)
+    if generation.max_new_tokens is None or generation.max_new_tokens > fitting:
+        # pipeline() with the defaults would otherwise run past the context the model was trained on
+        generation.max_new_tokens = fitting
+        generation_changes.append(f"max_new_tokens -> {fitting}")
+    if generation_changes:
         generation.save_pretrained(staging)
+        changes += [f"generation_config.json: {change}" for change in generation_changes]
     return changes
 
 
@@ -166,28 +196,52 @@ def training_summary(model_dir: Path) -> list[str]:
     return lines
 
 
+def find_eval_results(model_dir: Path) -> Path | None:
+    """The eval_results.json of the same run that scored this model (`runs/<recipe>/evaluate/`), if any."""
+    run_dir = model_dir.resolve().parent.parent
+    for candidate in sorted(run_dir.glob("*/eval_results.json")):
+        data = _read_json(candidate)
+        models = data.get("models") if isinstance(data, dict) else None
+        if isinstance(models, dict) and any(
+                isinstance(m, dict) and m.get("path") and Path(m["path"]).resolve() == model_dir.resolve()
+                for m in models.values()):
+            return candidate
+    return None
+
+
 def eval_results_table(path: str | os.PathLike | None, model_dir: Path) -> list[str]:
-    """A markdown table of `eval_results.json` (written by `llm-recipes evaluate`); this model's row first."""
+    """A markdown table of `eval_results.json` (written by `llm-recipes evaluate`); this model's row first. One
+    column per headline metric, headed with its item count (`acc (n=20)`): counts are not columns of their own."""
+    from .evaluation.report import HEADLINE
+
     if not path:
         return []
     data = _read_json(Path(path))
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise PushError(f"eval_results {str(path)!r} is not an eval_results.json written by `llm-recipes evaluate`")
-    models = data["models"]
+    models, tasks = data["models"], data.get("tasks") or {}
     this = [n for n, m in models.items() if m.get("path") and Path(m["path"]).resolve() == model_dir.resolve()]
     order = this + [n for n in models if n not in this]
     columns = []
     for name in order:
         for task, metrics in (models[name].get("results") or {}).items():
-            for metric, value in (metrics or {}).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and metric != "seconds" \
-                        and (task, metric) not in columns:
+            kind = (tasks.get(task) or {}).get("kind")
+            wanted = [m for m, _ in HEADLINE.get(kind, [])] or [
+                m for m, v in (metrics or {}).items() if isinstance(v, float) and m not in ("seconds", "chance")]
+            for metric in wanted:
+                if isinstance((metrics or {}).get(metric), (int, float)) and (task, metric) not in columns:
                     columns.append((task, metric))
-    columns = columns[:8]  # a card table, not the full report (eval_results.json is uploaded too)
+    columns = columns[:10]  # a card table, not the full report (eval_results.json has everything)
     if not columns:
         return []
-    lines = ["| model | " + " | ".join(f"{t} {m}" for t, m in columns) + " |",
-             "|---|" + "---|" * len(columns)]
+
+    def header(task: str, metric: str) -> str:
+        info = tasks.get(task) or {}
+        count = info.get("n")
+        unit = "documents" if info.get("kind") == "perplexity" else "items"
+        return f"{task} {metric}" + (f" ({count} {unit})" if isinstance(count, int) else "")
+
+    lines = ["| model | " + " | ".join(header(t, m) for t, m in columns) + " |", "|---|" + "---:|" * len(columns)]
     for name in order:
         results = models[name].get("results") or {}
         cells = []
@@ -199,13 +253,27 @@ def eval_results_table(path: str | os.PathLike | None, model_dir: Path) -> list[
     return lines
 
 
+def model_index_table(eval_results: list) -> list[str]:
+    """The card's own `model-index` results as a table, for a card pushed without an eval_results.json."""
+    lines = ["| task | dataset | metric | value |", "|---|---|---|---:|"]
+    for result in eval_results:
+        value = result.metric_value
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+        lines.append(f"| {result.task_name or result.task_type} | {result.dataset_name} | "
+                     f"{result.metric_name or result.metric_type} | {shown} |")
+    return lines
+
+
 def render_model_card(model_dir: Path, staging: Path, info: CardInfo) -> str:
     """README.md with Hub metadata and the sections a model card should have.
 
     The `model-index` (evaluation results) already in model_dir/README.md, written by `llm-recipes
-    evaluate`, is kept as it is; our metadata is merged around it.
+    evaluate`, is kept, with a readable model name and dataset ids; our metadata is merged around it.
     """
     from huggingface_hub import ModelCard, ModelCardData
+
+    from .model import DEFAULT_MAX_NEW_TOKENS, fitting_max_new_tokens
+    from .model_card import lineage, readable_dataset_id, training_data, training_details
 
     existing = model_dir / "README.md"
     data = ModelCardData()
@@ -213,23 +281,28 @@ def render_model_card(model_dir: Path, staging: Path, info: CardInfo) -> str:
         data = ModelCard(existing.read_text(encoding="utf-8"), ignore_metadata_errors=True).data
     config = _read_json(staging / "config.json") or {}
     custom_code = "auto_map" in config
+    stages = lineage(model_dir)
+    hub_datasets, data_lines = training_data(stages)
+    name = info.repo_id.split("/")[-1]
     data.license = info.license or data.license
-    data.datasets = sorted(set((data.datasets or []) + list(info.datasets))) or None
+    data.datasets = sorted(set((data.datasets or []) + list(info.datasets) + hub_datasets)) or None
     data.language = info.language or data.language
     data.library_name = "transformers"
     data.pipeline_tag = "text-generation"
     data.base_model = info.base_model or data.base_model
-    tags = list(data.tags or [])
-    for tag in ["llm_recipes", config.get("model_type"), "text-generation", "custom_code" if custom_code else None,
+    tags = [t for t in (data.tags or []) if t != "llm_recipes"]  # one spelling: the Hub's usual hyphen
+    for tag in ["llm-recipes", config.get("model_type"), "text-generation", "custom_code" if custom_code else None,
                 *info.tags]:
         if tag and tag not in tags:
             tags.append(tag)
     data.tags = tags
-    if data.eval_results and not data.model_name:
-        data.model_name = info.repo_id.split("/")[-1]
+    if data.eval_results:
+        data.model_name = name  # evaluate named it after its folder ("final"); on the Hub it is the repository
+        for result in data.eval_results:
+            result.dataset_type = readable_dataset_id(result.dataset_type)
 
-    name = info.repo_id.split("/")[-1]
     trust = ", trust_remote_code=True" if custom_code else ""
+    max_new_tokens = fitting_max_new_tokens(config.get("max_position_embeddings") or 2 * DEFAULT_MAX_NEW_TOKENS, 128)
     chat = (staging / "chat_template.jinja").is_file() or "chat_template" in (
         _read_json(staging / "tokenizer_config.json") or {})
     body = [f"# {name}", "",
@@ -239,10 +312,13 @@ def render_model_card(model_dir: Path, staging: Path, info: CardInfo) -> str:
              f'generator = pipeline("text-generation", model="{info.repo_id}"{trust})']
     if chat:
         body += ['messages = [{"role": "user", "content": "How do I join two paths in Python?"}]',
-                 'print(generator(messages, max_new_tokens=128)[0]["generated_text"][-1]["content"])']
+                 f'print(generator(messages, max_new_tokens={max_new_tokens})[0]["generated_text"][-1]["content"])']
     else:
-        body += ['print(generator("The os module", max_new_tokens=64)[0]["generated_text"])']
+        body += [f'print(generator("The os module", max_new_tokens={max_new_tokens})[0]["generated_text"])']
     body += ["```", ""]
+    if config.get("max_position_embeddings"):
+        body += [f"The model reads at most {config['max_position_embeddings']} tokens (prompt and answer together); "
+                 f"its generation config asks for {max_new_tokens} new tokens or fewer.", ""]
     if custom_code:
         body += ["The model type is not built into transformers: its code ships in this repository "
                  "(`auto_map` in config.json), hence `trust_remote_code=True`. Where the `llm_recipes` package is "
@@ -256,17 +332,23 @@ def render_model_card(model_dir: Path, staging: Path, info: CardInfo) -> str:
         "A small model trained on little data: it makes up facts, code and API names with confidence, repeats "
         "itself, and knows little outside its training text. It has had no safety training beyond what its "
         "fine-tuning data teaches; its output can be wrong or inappropriate. Check everything it says."), ""]
-    summary = training_summary(model_dir)
-    if data.datasets:
-        summary.insert(0, "- Training data: " + ", ".join(data.datasets) + ".")
+    extra_data = [f"- Also named by the publisher: `{d}`." for d in info.datasets if d not in hub_datasets]
+    if data_lines or extra_data:
+        body += ["## Training data", "", *data_lines, *extra_data, ""]
+    summary = training_summary(model_dir) + training_details(stages)
     if summary:
         body += ["## Training", "", *summary, ""]
-    table = eval_results_table(info.eval_results_path, model_dir)
+    results_path = info.eval_results_path or find_eval_results(model_dir)
+    table = eval_results_table(results_path, model_dir)
     if table or data.eval_results:
         body += ["## Evaluation", ""]
         if table:
-            body += ["From `eval_results.json` (`llm-recipes evaluate`):", "", *table, ""]
-        if data.eval_results:
+            body += ["From `eval_results.json` (`llm-recipes evaluate`; item counts in the column heads):", "",
+                     *table, ""]
+        elif data.eval_results:
+            body += ["From this card's `model-index` metadata (`llm-recipes evaluate`):", "",
+                     *model_index_table(data.eval_results), ""]
+        if table and data.eval_results:
             body += [f"{len(data.eval_results)} result(s) are also in this card's `model-index` metadata.", ""]
     resolved = model_dir.parent / "resolved_config.yaml"
     if resolved.is_file():

@@ -54,6 +54,10 @@ def test_artifacts_load_with_plain_libraries(debug_run):
         assert (final / "model.safetensors").is_file() and (final / "modeling_recipe_gpt.py").is_file(), stage
         model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
         assert model.generation_config.eos_token_id is not None
+        # vLLM's Transformers backend builds AutoModel.from_config: every saved folder names it
+        auto_map = json.loads((final / "config.json").read_text())["auto_map"]
+        assert {"AutoConfig", "AutoModel", "AutoModelForCausalLM"} <= set(auto_map), stage
+        assert model.generation_config.max_new_tokens <= model.config.max_position_embeddings // 2, stage
     results = json.loads((run_dir / "evaluate" / "eval_results.json").read_text())
     assert results
     assert (run_dir / "evaluate" / "comparison.md").is_file()
@@ -70,6 +74,57 @@ def test_hub_ready_folder_and_llama_export(debug_run):
     assert AutoModelForCausalLM.from_pretrained(upload, trust_remote_code=True).generation_config.eos_token_id
     llama = AutoModelForCausalLM.from_pretrained(run_dir / "export")
     assert isinstance(llama, LlamaForCausalLM)
+
+
+def test_model_card_the_hub_renders(debug_run, tmp_path):
+    """The card `push` prepares, read back with the Hub library's own parser (strict: invalid metadata or
+    model-index raises), with and without --eval_results: a real model name, dataset ids instead of paths, the
+    corpus described, training details, numbers with item counts, one tag spelling, generation that fits."""
+    import subprocess
+
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+    from transformers import GenerationConfig
+
+    run_dir, _ = debug_run
+    cards = {"recipe": run_dir / "push" / "upload" / "README.md"}
+    # the same folder pushed without --eval_results: the numbers come from the run's own evaluate stage
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-m", "llm_recipes", "push", str(run_dir / "dpo" / "final"), "--repo_id",
+                    "alice/debug-dpo", "--dry_run", "true", "--output_dir", str(tmp_path / "push")],
+                   check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    cards["plain"] = tmp_path / "push" / "upload" / "README.md"
+    context = json.loads((run_dir / "dpo" / "final" / "config.json").read_text())["max_position_embeddings"]
+    for kind, path in cards.items():
+        card = ModelCard.load(path, ignore_metadata_errors=False)
+        data = card.data
+        name, results = model_index_to_eval_results(data.to_dict()["model-index"])
+        assert name == data.model_name == {"recipe": "python-docs-gpt-debug", "plain": "debug-dpo"}[kind]
+        assert results and all(not r.dataset_type.startswith("/") and str(run_dir) not in r.dataset_type
+                               for r in results), (kind, [r.dataset_type for r in results])
+        assert "llm-recipes" in data.tags and "llm_recipes" not in data.tags
+        body = card.text
+        assert "## Training data" in body and "python-docs" in body and "documents kept" in body
+        assert "`llm-recipes pretrain`: 20 steps, 10,240 tokens" in body and "wall time" in body and "CPU cores" in body
+        assert "## Evaluation" in body and "(8 items)" in body and "**dpo** (this model)" in body, kind
+        snippet = int(body.split("max_new_tokens=")[1].split(")")[0])
+        assert snippet <= context // 2
+        generation = GenerationConfig.from_pretrained(path.parent)
+        assert generation.max_new_tokens <= context // 2
+
+
+def test_pipeline_with_defaults_stays_inside_the_context(debug_run):
+    from transformers import AutoTokenizer, pipeline
+
+    run_dir, _ = debug_run
+    folder = run_dir / "push" / "upload"
+    generator = pipeline("text-generation", model=str(folder), trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    context = generator.model.config.max_position_embeddings
+    messages = [{"role": "user", "content": "How do I join two paths in Python?"}]
+    out = generator(messages, do_sample=False)[0]["generated_text"]
+    total = len(tokenizer.apply_chat_template(out, tokenize=True))
+    assert total <= context, (total, context)
 
 
 def test_report_card(debug_run):
@@ -106,5 +161,7 @@ def test_training_stage_under_accelerate_launch(debug_run, tmp_path, stage):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (out_dir / "stage_complete.json").is_file() and (out_dir / "final" / "model.safetensors").is_file()
     from transformers import AutoModelForCausalLM
+
+    import llm_recipes  # noqa: F401  (registers the model in this process: no remote code, no prompt)
 
     assert AutoModelForCausalLM.from_pretrained(out_dir / "final").config.model_type == "recipe_gpt"

@@ -86,7 +86,7 @@ def test_push_uploads_exact_files_and_card(model_folder, tmp_path):
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["license"] == "apache-2.0" and meta["pipeline_tag"] == "text-generation"
     assert meta["datasets"] == ["alice/python-docs"] and meta["library_name"] == "transformers"
-    assert {"custom_code", "llm_recipes", "recipe_gpt"} <= set(meta["tags"])
+    assert {"custom_code", "llm-recipes", "recipe_gpt"} <= set(meta["tags"]) and "llm_recipes" not in meta["tags"]
     # the model-index written by `llm-recipes evaluate` survives the push untouched
     index = meta["model-index"][0]
     assert index["name"] == "tiny-chat"
@@ -131,6 +131,15 @@ def test_push_dry_run_and_bad_input(model_folder, tmp_path, monkeypatch, capsys)
     (empty / "pytorch_model.bin").write_bytes(b"x")
     assert main(["push", str(empty), "--repo_id", "alice/x", "--dry_run", "true", "--output_dir",
                  str(tmp_path / "e")]) == 2
+    # a folder saved before auto_map named AutoModel: vLLM could not build it, so push says what to add
+    old_folder = shutil.copytree(folder, tmp_path / "old")
+    config = json.loads((old_folder / "config.json").read_text())
+    del config["auto_map"]["AutoModel"]
+    (old_folder / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["push", str(old_folder), "--repo_id", "alice/x", "--dry_run", "true", "--output_dir",
+                 str(tmp_path / "o")]) == 2
+    assert 'auto_map lacks AutoModel' in capsys.readouterr().err and not (tmp_path / "o" / "upload").exists()
 
     # the upload path in-process (a subprocess per case costs ~10 s of imports): online, no stored login
     from huggingface_hub import constants

@@ -116,14 +116,21 @@ def run_task(scorer, task: Task, cfg) -> dict[str, Any]:
     return evaluate_preferences(scorer, task.payload)
 
 
+# what each kind of task measures, as the model card's model-index names it
+TASK_NAMES = {"perplexity": "Language modeling (held-out text)", "choice": "Multiple choice",
+              "qa": "Question answering", "preferences": "Preference accuracy"}
+
+
 def model_index_entries(task: Task, result: dict[str, Any]) -> list[dict[str, Any]]:
-    """EvalResult fields for the model card, one per headline metric."""
+    """EvalResult fields for the model card, one per headline metric; dataset ids, not local paths."""
+    from ..model_card import readable_dataset_id
     from .report import HEADLINE
 
     entries = []
     for metric, _ in HEADLINE[task.kind]:
         if isinstance(result.get(metric), (int, float)):
-            entries.append(dict(task_type="text-generation", dataset_type=task.source, dataset_name=task.name,
+            entries.append(dict(task_type="text-generation", task_name=TASK_NAMES.get(task.kind, task.kind),
+                                dataset_type=readable_dataset_id(str(task.source)), dataset_name=task.name,
                                 dataset_split="validation" if task.kind == "perplexity" else None,
                                 metric_type=metric, metric_value=round(float(result[metric]), 6)))
     return entries

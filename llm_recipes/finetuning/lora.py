@@ -81,9 +81,11 @@ def merge_adapter(model):
 
 def save_model_folder(model, tokenizer, path: str | os.PathLike) -> Path:
     """Saves a standalone HF model folder atomically: safetensors, config (with auto_map for custom models),
-    tokenizer, and a generation config that stops at the end of a chat turn; `use_cache` back on (the
+    tokenizer, and a generation config that stops at the end of a chat turn and asks for no more new tokens
+    than fit the context; `use_cache` back on (the
     Trainer turns it off while training)."""
     from ..fileio import atomic_directory
+    from ..model import fitting_max_new_tokens
     from ..tokenization import end_of_turn_token_ids, save_tokenizer
 
     model.config.use_cache = True
@@ -93,6 +95,9 @@ def save_model_folder(model, tokenizer, path: str | os.PathLike) -> Path:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if tokenizer.bos_token_id is not None:
         model.generation_config.bos_token_id = tokenizer.bos_token_id
+    fitting = fitting_max_new_tokens(model.config.max_position_embeddings)
+    if (model.generation_config.max_new_tokens or fitting + 1) > fitting:
+        model.generation_config.max_new_tokens = fitting
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)

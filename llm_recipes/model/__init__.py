@@ -2,7 +2,8 @@
 
 from .configuration_recipe_gpt import RecipeGPTConfig
 from .modeling_recipe_gpt import RecipeGPTForCausalLM, RecipeGPTModel, RecipeGPTPreTrainedModel
+from .generation import DEFAULT_MAX_NEW_TOKENS, fitting_max_new_tokens
 from .presets import PRESETS, config_from_preset
 
-__all__ = ["PRESETS", "RecipeGPTConfig", "RecipeGPTForCausalLM", "RecipeGPTModel", "RecipeGPTPreTrainedModel",
-           "config_from_preset"]
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "PRESETS", "RecipeGPTConfig", "RecipeGPTForCausalLM", "RecipeGPTModel", "RecipeGPTPreTrainedModel",
+           "config_from_preset", "fitting_max_new_tokens"]

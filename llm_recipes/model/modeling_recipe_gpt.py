@@ -2,7 +2,8 @@
 
 Deviations from GPT-2 (the same choices as Llama 3 / nanochat / modded-nanogpt):
 - RMSNorm instead of LayerNorm, pre-norm, no biases anywhere;
-- rotary position embeddings instead of learned positions;
+- rotary position embeddings instead of learned positions, with transformers' scaled variants (linear,
+  dynamic NTK, YaRN, llama3) for longer contexts;
 - SwiGLU MLP instead of GELU;
 - grouped-query attention (num_key_value_heads <= num_attention_heads);
 - optional RMSNorm on queries and keys (qk_norm);
@@ -11,6 +12,8 @@ Deviations from GPT-2 (the same choices as Llama 3 / nanochat / modded-nanogpt):
 This file is copied next to every saved checkpoint (Hub remote code): it imports only torch,
 transformers and its sibling configuration file. Module names match Llama's (`q_proj` ... `down_proj`,
 `input_layernorm`, `embed_tokens`, `lm_head`) so PEFT, FSDP wrapping and the Llama export need no glue.
+It behaves as transformers' own models do where their test suite looks: hidden states and attentions
+through transformers' output-capturing hooks, tuples with `return_dict=False`, `rope_parameters`.
 """
 
 import dataclasses

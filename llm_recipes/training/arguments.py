@@ -39,6 +39,11 @@ class PretrainConfig:
         "help": "Per-key overrides of the preset config, a mapping (YAML) or JSON string, e.g. "
                 "{\"num_hidden_layers\": 4, \"hidden_size\": 128}."})
     seq_len: int = field(default=256, metadata={"help": "Tokens per packed training row (context length)."})
+    rope_scaling: Optional[Union[dict, str]] = field(default=None, metadata={
+        "help": "Context extension with init_from: continue pretraining at a seq_len longer than the checkpoint's "
+                "context with scaled RoPE, a mapping (YAML) or JSON string of transformers' rope_parameters, e.g. "
+                "{\"rope_type\": \"yarn\"} (linear, dynamic, yarn, llama3; `factor` defaults to seq_len / the "
+                "old context, `original_max_position_embeddings` to the old context)."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2, ..."})
     document_masking: bool = field(default=True, metadata={
         "help": "Keep packed documents from attending to each other (position_ids restart per document). "
@@ -160,6 +165,18 @@ class PretrainConfig:
                 raise ConfigError(f"model_overrides must be a mapping or a JSON object string: {e}") from e
         if self.model_overrides is not None and not isinstance(self.model_overrides, dict):
             raise ConfigError(f"model_overrides must be a mapping, got {type(self.model_overrides).__name__}")
+        if isinstance(self.rope_scaling, str):
+            try:
+                self.rope_scaling = json.loads(self.rope_scaling)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"rope_scaling must be a mapping or a JSON object string: {e}") from e
+        if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, dict) or "rope_type" not in self.rope_scaling:
+                raise ConfigError(f"rope_scaling must be a mapping with a rope_type (linear, dynamic, yarn, llama3), "
+                                  f"got {self.rope_scaling!r}")
+            if not self.init_from:
+                raise ConfigError("rope_scaling extends the context of a trained model: set init_from to its folder "
+                                  "(a new model takes its RoPE from model_overrides.rope_parameters)")
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         if isinstance(self.sample_prompts, str):

@@ -28,7 +28,7 @@ def load_tokenizer(cfg):
 def build_model(cfg, tokenizer):
     """A new RecipeGPT from `model_preset` (+ `model_overrides`), or the model in `init_from`."""
     import llm_recipes  # noqa: F401  (registers RecipeGPT with the Auto classes)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..model import config_from_preset
     from ..tokenization import round_vocab_size
@@ -39,13 +39,17 @@ def build_model(cfg, tokenizer):
                               f"folder written by save_pretrained, e.g. <run>/pretrain/final")
         if cfg.model_overrides:
             raise ConfigError("model_overrides cannot change a model loaded with init_from (its weights fix its shape)")
-        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32,
+        config = AutoConfig.from_pretrained(cfg.init_from, trust_remote_code=True)
+        limit = getattr(config, "max_position_embeddings", None)
+        if cfg.rope_scaling:
+            config = extended_context_config(config, cfg.rope_scaling, cfg.seq_len, cfg.init_from)
+        elif limit is not None and cfg.seq_len > limit:
+            raise ConfigError(f"seq_len {cfg.seq_len} is longer than the context of init_from {cfg.init_from!r} "
+                              f"(max_position_embeddings {limit}); to extend the context, set rope_scaling "
+                              f"(e.g. {{\"rope_type\": \"yarn\"}})")
+        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, config=config, dtype=torch.float32,
                                                      attn_implementation=cfg.attn_implementation,
                                                      trust_remote_code=True)
-        limit = getattr(model.config, "max_position_embeddings", None)
-        if limit is not None and cfg.seq_len > limit:
-            raise ConfigError(f"seq_len {cfg.seq_len} is longer than the context of init_from {cfg.init_from!r} "
-                              f"(max_position_embeddings {limit})")
     else:
         overrides = dict(cfg.model_overrides or {})
         overrides.setdefault("vocab_size", round_vocab_size(len(tokenizer)))
@@ -67,6 +71,31 @@ def build_model(cfg, tokenizer):
     check_vocab(model, tokenizer, cfg.tokenizer_path or cfg.init_from)
     model.config.use_cache = False  # training: no KV cache, and packed rows need no attention mask
     return model
+
+
+def extended_context_config(config, rope_scaling: dict, seq_len: int, source: str):
+    """The checkpoint's config stretched to `seq_len` positions with scaled RoPE (the YaRN / Code Llama recipe:
+    keep the weights, rescale the rotary frequencies, continue pretraining on longer rows). The trained context
+    becomes `original_max_position_embeddings`; `factor` defaults to how many times longer the new one is."""
+    old = int(config.max_position_embeddings)
+    original = config.rope_parameters.get("original_max_position_embeddings", old)
+    if config.rope_parameters.get("rope_type", "default") != "default":
+        raise ConfigError(f"init_from {source!r} already uses scaled RoPE ({config.rope_parameters}); extend a "
+                          "model trained with plain RoPE")
+    if seq_len <= old:
+        raise ConfigError(f"rope_scaling is for a seq_len longer than the context of init_from {source!r} "
+                          f"({old} positions); got seq_len {seq_len}")
+    parameters = {"rope_theta": config.rope_parameters["rope_theta"], "factor": seq_len / original, **rope_scaling}
+    if parameters["rope_type"] in ("yarn", "llama3", "longrope"):
+        parameters.setdefault("original_max_position_embeddings", original)
+    try:
+        extended = type(config).from_dict({**config.to_dict(), "max_position_embeddings": seq_len,
+                                           "rope_parameters": parameters})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"rope_scaling {rope_scaling}: {e}") from e
+    print(f"pretrain: extending the context of {source} from {old} to {seq_len} positions with "
+          f"{extended.rope_parameters}")
+    return extended
 
 
 def check_vocab(model, tokenizer, tokenizer_path) -> None:

@@ -336,6 +336,7 @@ def save_final_model(accelerator, model, tokenizer, final_dir: Path, cfg, result
     from transformers import GenerationConfig
 
     from ..fileio import atomic_directory
+    from ..model import fitting_max_new_tokens
     from ..tokenization import save_tokenizer
 
     state_dict = accelerator.get_state_dict(model)
@@ -346,7 +347,8 @@ def save_final_model(accelerator, model, tokenizer, final_dir: Path, cfg, result
         raw.config.use_cache = True  # training turned it off; generation wants it back
         raw.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, eos_token_id=_eos_ids(tokenizer),
-            pad_token_id=tokenizer.pad_token_id, max_new_tokens=256, do_sample=True, temperature=0.8, top_k=50)
+            pad_token_id=tokenizer.pad_token_id, do_sample=True, temperature=0.8, top_k=50,
+            max_new_tokens=fitting_max_new_tokens(raw.config.max_position_embeddings))
         with atomic_directory(final_dir) as tmp:
             raw.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             save_tokenizer(tokenizer, tmp)
