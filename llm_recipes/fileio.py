@@ -121,6 +121,14 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in `path`, or None when it is missing or not JSON (reports and summaries that may not exist)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def mark_complete(output_dir: str | os.PathLike, **info: Any) -> None:
     """Marks a stage's output folder as finished; `run` skips stages whose folder has this marker."""
     atomic_write_json(Path(output_dir) / COMPLETE_MARKER, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})

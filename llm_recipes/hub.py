@@ -14,7 +14,8 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from .fileio import read_json
 
 # what a model repository needs; everything else in a model folder (optimizer state, logs) stays home
 UPLOAD_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "*.py",
@@ -66,7 +67,7 @@ def check_auto_map(config_path: Path) -> None:
     AutoModelForCausalLM (transformers, pipeline) and AutoModel (vLLM's Transformers backend)."""
     from .model.configuration_recipe_gpt import AUTO_MAP
 
-    config = _read_json(config_path) or {}
+    config = read_json(config_path) or {}
     if config.get("model_type") != "recipe_gpt":
         return
     auto_map = config.get("auto_map") or {}
@@ -148,17 +149,12 @@ def prepare_upload(model_dir: str | os.PathLike, staging: str | os.PathLike, inf
 
 # -- the model card ------------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def training_summary(model_dir: Path) -> list[str]:
     """Lines about how the model was made, from the files its stage left next to it."""
     lines = []
-    config = _read_json(model_dir / "config.json") or {}
+    config = read_json(model_dir / "config.json") or {}
     if config.get("model_type") == "recipe_gpt":
         lines.append(
             f"- Architecture: RecipeGPT (Llama-style decoder: RMSNorm, rotary embeddings, SwiGLU, grouped-query "
@@ -169,7 +165,7 @@ def training_summary(model_dir: Path) -> list[str]:
     elif config:
         lines.append(f"- Architecture: `{config.get('model_type')}` ({', '.join(config.get('architectures') or [])}).")
     stage_dir = model_dir.parent
-    run_info = _read_json(stage_dir / "run_info.json") or {}
+    run_info = read_json(stage_dir / "run_info.json") or {}
     resolved = stage_dir / "resolved_config.yaml"
     if run_info.get("stage"):
         lines.append(f"- Last training stage: `llm-recipes {run_info['stage']}`"
@@ -200,7 +196,7 @@ def find_eval_results(model_dir: Path) -> Path | None:
     """The eval_results.json of the same run that scored this model (`runs/<recipe>/evaluate/`), if any."""
     run_dir = model_dir.resolve().parent.parent
     for candidate in sorted(run_dir.glob("*/eval_results.json")):
-        data = _read_json(candidate)
+        data = read_json(candidate)
         models = data.get("models") if isinstance(data, dict) else None
         if isinstance(models, dict) and any(
                 isinstance(m, dict) and m.get("path") and Path(m["path"]).resolve() == model_dir.resolve()
@@ -216,7 +212,7 @@ def eval_results_table(path: str | os.PathLike | None, model_dir: Path) -> list[
 
     if not path:
         return []
-    data = _read_json(Path(path))
+    data = read_json(Path(path))
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise PushError(f"eval_results {str(path)!r} is not an eval_results.json written by `llm-recipes evaluate`")
     models, tasks = data["models"], data.get("tasks") or {}
@@ -279,7 +275,7 @@ def render_model_card(model_dir: Path, staging: Path, info: CardInfo) -> str:
     data = ModelCardData()
     if existing.is_file():
         data = ModelCard(existing.read_text(encoding="utf-8"), ignore_metadata_errors=True).data
-    config = _read_json(staging / "config.json") or {}
+    config = read_json(staging / "config.json") or {}
     custom_code = "auto_map" in config
     stages = lineage(model_dir)
     hub_datasets, data_lines = training_data(stages)
@@ -304,7 +300,7 @@ def render_model_card(model_dir: Path, staging: Path, info: CardInfo) -> str:
     trust = ", trust_remote_code=True" if custom_code else ""
     max_new_tokens = fitting_max_new_tokens(config.get("max_position_embeddings") or 2 * DEFAULT_MAX_NEW_TOKENS, 128)
     chat = (staging / "chat_template.jinja").is_file() or "chat_template" in (
-        _read_json(staging / "tokenizer_config.json") or {})
+        read_json(staging / "tokenizer_config.json") or {})
     body = [f"# {name}", "",
             f"A {'chat ' if chat else ''}language model built from scratch with "
             "llm_recipes on the Hugging Face stack (transformers, datasets, TRL).", ""]

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_json
 
 RESULT_KEYS = ("task_type", "dataset_type", "dataset_name", "metric_type", "metric_value")
 
@@ -119,13 +119,6 @@ def _yaml(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _json(path: Path) -> Any:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _is_hub_id(name: Any) -> bool:
@@ -144,9 +137,9 @@ def lineage(model_dir: str | os.PathLike, limit: int = 12) -> list[dict[str, Any
             continue
         seen.add(stage_dir)
         config = _yaml(stage_dir / "resolved_config.yaml")
-        run_info = _json(stage_dir / "run_info.json") or {}
+        run_info = read_json(stage_dir / "run_info.json") or {}
         found.append({"stage": run_info.get("stage") or stage_dir.name, "dir": stage_dir, "config": config,
-                      "run_info": run_info, "complete": _json(stage_dir / "stage_complete.json") or {}})
+                      "run_info": run_info, "complete": read_json(stage_dir / "stage_complete.json") or {}})
         for key in ("model_name_or_path", "init_from", "dataset_path", "input_dir"):
             value = config.get(key)
             if isinstance(value, str) and value and Path(value).exists():
@@ -160,7 +153,7 @@ def training_data(stages: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     for entry in stages:
         config, stage = entry["config"], entry["stage"]
         if stage == "gather":
-            report = _json(entry["dir"] / "gather_report.json") or {}
+            report = read_json(entry["dir"] / "gather_report.json") or {}
             counts = {s.get("name"): s for s in report.get("sources") or [] if isinstance(s, dict)}
             for source in config.get("sources") or []:
                 if not isinstance(source, dict):
@@ -180,7 +173,7 @@ def training_data(stages: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
                 elif kind == "web":
                     lines.append(f"- Pretraining text: web pages{size}.")
         elif stage == "clean":
-            report = _json(entry["dir"] / "report.json") or {}
+            report = read_json(entry["dir"] / "report.json") or {}
             if isinstance(report.get("output_documents"), int) and isinstance(report.get("input_documents"), int):
                 lines.append(f"- Cleaned by `llm-recipes clean` (markup and boilerplate removed, quality filters, exact "
                              f"and near-duplicate removal, personal data scrubbed): {report['output_documents']:,} of "
@@ -221,7 +214,7 @@ def training_details(stages: list[dict[str, Any]]) -> list[str]:
     for entry in reversed(stages):  # oldest first, as it happened
         if entry["stage"] not in ("pretrain", "sft", "dpo", "kto"):
             continue
-        summary = _json(entry["dir"] / "train_summary.json") or _last_trainer_record(entry["dir"] / "metrics.jsonl")
+        summary = read_json(entry["dir"] / "train_summary.json") or _last_trainer_record(entry["dir"] / "metrics.jsonl")
         facts = []
         if isinstance(summary.get("steps"), int):
             facts.append(f"{summary['steps']:,} steps")

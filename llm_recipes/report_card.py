@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_json
 from .training.monitor import read_metrics
 
 SAMPLE_PROMPTS = [
@@ -23,11 +23,6 @@ SAMPLE_PROMPTS = [
 CHAT_PROMPTS = ["What does json.dumps do?", "Explain the for statement."]
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _fmt(value: Any) -> str:
@@ -90,7 +85,7 @@ def sample_generations(model_dir: Path, chat: bool, max_new_tokens: int = 40) ->
 
 def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, samples: bool = True) -> Path:
     run_dir = Path(run_dir)
-    summary = _read_json(run_dir / "run_summary.json") or {"stages": {}}
+    summary = read_json(run_dir / "run_summary.json") or {"stages": {}}
     lines = [f"# Report card: `{run_dir}`", ""]
     if recipe_dir or summary.get("recipe"):
         lines += [f"Recipe: `{recipe_dir or summary.get('recipe')}`", ""]
@@ -113,7 +108,7 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
     clean_report = run_dir / "clean" / "report.md"
     if clean_report.is_file():
         lines += ["## Cleaning", "", "Full report: [`clean/report.md`](clean/report.md)", ""]
-        clean_json = _read_json(run_dir / "clean" / "report.json")
+        clean_json = read_json(run_dir / "clean" / "report.json")
         if isinstance(clean_json, dict):
             lines += [f"{clean_json.get('input_documents')} documents ({clean_json.get('input_bytes', 0) / 1e6:.1f} MB) in, "
                       f"{clean_json.get('train_documents')} train + {clean_json.get('validation_documents')} validation "
@@ -127,7 +122,7 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
             lines += ["![cleaning](clean/report.png)", ""]
 
     # -- tokenizer compression
-    tok_json = _read_json(run_dir / "train_tokenizer" / "tokenizer_report.json") or _read_json(
+    tok_json = read_json(run_dir / "train_tokenizer" / "tokenizer_report.json") or read_json(
         run_dir / "tokenizer" / "tokenizer_report.json")
     if isinstance(tok_json, dict):
         lines += ["## Tokenizer", "", "| tokenizer | key | value |", "|---|---|---|"]
@@ -159,7 +154,7 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
         if (run_dir / "evaluate" / "comparison.png").is_file():
             lines += ["![evaluation](evaluate/comparison.png)", ""]
     for stage in ("sft", "dpo"):
-        heldout = _read_json(run_dir / stage / "eval_heldout.json")
+        heldout = read_json(run_dir / stage / "eval_heldout.json")
         if isinstance(heldout, dict):
             lines += [f"Held-out measurement of `{stage}`:", "", "```json", json.dumps(heldout, indent=2), "```", ""]
 
@@ -190,7 +185,7 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
         lines += ["## Deliverables", ""] + [f"- `{p}`: {what}" for p, what in present] + [""]
 
     # -- versions and configs
-    info = next((i for i in (_read_json(p) for p in sorted(run_dir.glob("*/run_info.json"))) if i), None)
+    info = next((i for i in (read_json(p) for p in sorted(run_dir.glob("*/run_info.json"))) if i), None)
     if info:
         lines += ["## Versions", "", "| package | version |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in info.get("versions", {}).items()]
