@@ -52,7 +52,8 @@ class ServeConfig:
     max_body_bytes: int = field(default=1_000_000, metadata={"help": "largest request body in bytes (HTTP 413 above)"})
     torch_num_threads: int | None = field(default=None, metadata={
         "help": "CPU threads for decoding; default: 1 for a model under 10M parameters on the CPU (faster: fewer "
-                "thread synchronisations per tiny operation), else torch's"})
+                "thread synchronisations per tiny operation), else torch's, capped at the CPUs free at start "
+                "(printed at start)"})
     seed: int = field(default=0, metadata={"help": "global torch seed (requests may pass their own `seed`)"})
 
 
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = app.state.settings
     server = ServerThread(app, host=cfg.host, port=cfg.port, log_level="info")
     print(f"serving {settings.model_name!r} from {cfg.model_path} (context {settings.context_window} tokens, "
-          f"batch {cfg.max_batch_size}, {engine.num_threads} CPU thread(s) for decoding, "
+          f"batch {cfg.max_batch_size}, {engine.num_threads} CPU thread(s) for decoding"
+          f"{'' if engine.free_cpus is None else f' ({engine.free_cpus} of {os.cpu_count()} CPUs free at start)'}, "
           f"{'API key required' if api_key else 'no API key'})")
     print(f"feedback is stored in {feedback_path}")
     def stop_on_sigterm(signum, frame):  # `kill`, systemd, docker stop: shut down like Ctrl+C

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -176,7 +177,8 @@ def test_scoring_and_generating_requests_together(model_and_tokenizer):
 
 def test_decoding_threads(model_and_tokenizer, monkeypatch):
     """A small model on the CPU decodes on one thread (faster: benchmarks/README.md), a larger one with torch's
-    setting; an explicit number wins."""
+    setting capped at the CPUs free at start (OpenMP threads on a busy machine spin and wait on each other);
+    an explicit number wins."""
     import torch
 
     from llm_recipes.serving import engine as engine_module
@@ -185,9 +187,12 @@ def test_decoding_threads(model_and_tokenizer, monkeypatch):
     model, tok = model_and_tokenizer
     assert decode_threads(model) == 1
     monkeypatch.setattr(engine_module, "SMALL_MODEL_PARAMETERS", 1000)  # the tiny model counts as large
-    assert decode_threads(model) == torch.get_num_threads()
+    assert decode_threads(model, free=64) == torch.get_num_threads()
+    assert decode_threads(model, free=1) == 1 and decode_threads(model, free=0) == 1
+    assert 1 <= engine_module.free_cpus(sample_s=0.05) <= (os.cpu_count() or 1)  # the real measurement
     engine = GenerationEngine(model, tok.pad_token_id, num_threads=3)
     try:
         assert engine.num_threads == 3
     finally:
         engine.shutdown()
+

@@ -240,21 +240,19 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     async def _unexpected(request, exc: Exception):
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
 
-    # -- auth ------------------------------------------------------------------------------------
+    # -- auth and request counts ------------------------------------------------------------------
 
-    @app.middleware("http")
-    async def _check_api_key(request: Request, call_next):
+    @app.middleware("http")  # one middleware layer for both (each layer wraps every streamed answer)
+    async def _check_api_key_and_count(request: Request, call_next):
+        response = None
         if settings.api_key and (request.url.path.startswith("/v1/") or request.url.path in KEYED_ROUTES):
             given = request.headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-                return error_response(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
-                                      code="invalid_api_key")
-        return await call_next(request)
-
-    @app.middleware("http")  # registered after the key check, so it runs outside it and counts its 401s
-    async def _count_requests(request: Request, call_next):
-        response = await call_next(request)
+                response = error_response(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                                          code="invalid_api_key")
+        if response is None:
+            response = await call_next(request)
         # the route's template (/v1/models/{model_id}), not the raw path; a request refused before routing
         # (401) is matched here
         route = request.scope.get("route") or next(

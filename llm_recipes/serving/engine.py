@@ -33,21 +33,49 @@ logger = logging.getLogger(__name__)
 SMALL_MODEL_PARAMETERS = 10_000_000
 
 
-def decode_threads(model) -> int:
-    """CPU threads for decoding: one for a small model on the CPU, else torch's setting.
+def decode_threads(model, free: int | None = None) -> int:
+    """CPU threads for decoding: one for a small model on the CPU, else torch's setting capped at the CPUs
+    actually free (`free_cpus()`, measured at start).
 
     Measured on 2 cores (benchmarks/README.md, "Serving"): a decode step of a small model is many tiny
     operations, and splitting each over two OpenMP threads costs more in synchronisation than it saves.
     With one thread the quickstart's 4.3M-parameter model decodes 2.4x faster for 1 client (450 vs 186
     tokens/s) and 1.4x for 32; a 5.9M model 1.1-2.5x. From ~28M parameters two threads win once several
-    requests share a step (1.2-1.5x at 8-32 clients), so larger models keep torch's setting.
+    requests share a step (1.2-1.5x at 8-32 clients), so larger models keep torch's setting, but never more
+    threads than free CPUs: with 2 busy processes on 2 cores, a step ran 1.7x faster on one thread than on
+    two (OpenMP threads spin and wait on each other; /work/shared/REFERENCE.md).
     """
     import torch
 
     on_cpu = next(model.parameters()).device.type == "cpu"
-    if on_cpu and model.num_parameters() < SMALL_MODEL_PARAMETERS:
+    if not on_cpu:
+        return torch.get_num_threads()
+    if model.num_parameters() < SMALL_MODEL_PARAMETERS:
         return 1
-    return torch.get_num_threads()
+    return max(1, min(torch.get_num_threads(), free_cpus() if free is None else free))
+
+
+def free_cpus(sample_s: float = 0.25) -> int:
+    """CPUs of this process's affinity that are idle now: the idle share of all CPU time over `sample_s`
+    (Linux /proc/stat) times the CPUs we may run on, at least 1; without /proc, the load average."""
+    import os
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    def times():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + (values[4] if len(values) > 4 else 0)  # total, idle + iowait
+
+    try:
+        total0, idle0 = times()
+        time.sleep(sample_s)
+        total1, idle1 = times()
+        idle_share = (idle1 - idle0) / max(1, total1 - total0)
+    except (OSError, ValueError, IndexError):
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        idle_share = max(0.0, 1.0 - busy / max(1, os.cpu_count() or 1))
+    return max(1, min(usable, round(idle_share * (os.cpu_count() or usable))))
 
 
 class QueueFullError(RuntimeError):
@@ -169,7 +197,8 @@ class GenerationEngine:
         pad_token_id: id used for left padding (any id works: padded positions are masked out).
         max_batch_size: most sequences decoded together.
         max_queue: most requests waiting for a slot; `submit` raises QueueFullError beyond it.
-        num_threads: CPU threads for torch on the decoding thread; default: `decode_threads(model)`.
+        num_threads: CPU threads for torch on the decoding thread; default: `decode_threads(model)` with the
+            CPUs free at start (`free_cpus`).
     """
 
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64,
@@ -186,7 +215,10 @@ class GenerationEngine:
         self._stop = threading.Event()
         self._torch = torch
         self._cache_key = CACHE_KEY  # the forward's KV-cache argument name in the installed transformers
-        self._num_threads = int(num_threads or decode_threads(model))
+        self.free_cpus = None  # measured at start when the thread count is ours to choose (on the CPU)
+        if not num_threads and self.device.type == "cpu":
+            self.free_cpus = free_cpus()
+        self._num_threads = int(num_threads or decode_threads(model, free=self.free_cpus))
         self.vocab_size = int(model.config.vocab_size)  # logits per position
         self._warm_up()
         self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
