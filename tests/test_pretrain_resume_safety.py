@@ -30,11 +30,16 @@ def _corrupt(folder):
     weights.write_bytes(bytes(data))
 
 
-def test_retention_keeps_the_newest_valid_checkpoints(tmp_path, clean_dir, tiny_tokenizer_dir):
-    """A corrupt newer checkpoint never costs the good ones written after resuming (save_total_limit 1)."""
+@pytest.mark.parametrize("fault", ["corrupt", "partial"])
+def test_retention_keeps_the_newest_valid_checkpoints(tmp_path, clean_dir, tiny_tokenizer_dir, fault):
+    """A corrupt (or partial: no manifest) newer checkpoint never costs the good ones written after resuming
+    (save_total_limit 1)."""
     root = tmp_path / "checkpoints"
     _run(tmp_path, clean_dir, tiny_tokenizer_dir)
-    _corrupt(root / "step-00000004")
+    if fault == "corrupt":
+        _corrupt(root / "step-00000004")
+    else:
+        (root / "step-00000004" / "checkpoint.json").unlink()
     result = _run(tmp_path, clean_dir, tiny_tokenizer_dir, max_steps=3, save_steps=1, save_total_limit=1,
                   resume_from_checkpoint="latest")
     assert len(result.losses) == 1

@@ -147,7 +147,7 @@ def resolve_resume(resume: str | None, root: str | os.PathLike, warn: Callable[[
     return Path(resume)
 
 
-_verified: dict[Path, int | None] = {}  # checkpoints prune_checkpoints has verified, with their manifest's mtime
+_verified: dict[Path, int] = {}  # checkpoints prune_checkpoints has verified, with their manifest's mtime
 
 
 def prune_checkpoints(root: str | os.PathLike, keep: int, known_good: Path | None = None) -> list[Path]:
@@ -166,8 +166,9 @@ def prune_checkpoints(root: str | os.PathLike, keep: int, known_good: Path | Non
             deleted.append(folder)
             continue
         try:
-            stamp = (folder / MANIFEST).stat().st_mtime_ns if (folder / MANIFEST).is_file() else None
-            if folder != known_good and _verified.get(folder) != stamp:
+            manifest = folder / MANIFEST
+            stamp = manifest.stat().st_mtime_ns if manifest.is_file() else None
+            if folder != known_good and (stamp is None or _verified.get(folder) != stamp):
                 verify_checkpoint(folder)  # hashed once per process, not at every save
                 _verified[folder] = stamp
             kept += 1
