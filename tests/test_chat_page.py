@@ -114,9 +114,9 @@ def small_context_model_dir(tiny_model_dir, tmp_path):
 
 
 def test_long_conversation_with_a_128_token_model_never_fails(browser_page, small_context_model_dir, tmp_path):
-    """Eight turns with a 128-position model: the page's defaults come from the model (answers of up to a
-    quarter of the context), the oldest turns are left out when the conversation outgrows the context,
-    a note says so, and no turn ends in an error."""
+    """Eight turns with a 128-position model and a system prompt: the page's defaults come from the model
+    (answers of up to a quarter of the context), the oldest turns are left out when the conversation
+    outgrows the context (the system prompt always stays), a note says so, and no turn ends in an error."""
     from playwright.sync_api import expect
 
     page = browser_page
@@ -130,6 +130,8 @@ def test_long_conversation_with_a_128_token_model_never_fails(browser_page, smal
         expect(page.locator("#model-name")).to_contain_text("context 128 tokens")
         assert page.input_value("#max-tokens") == "32"  # a quarter of the context, not the server's 256
         assert int(page.get_attribute("#max-tokens", "max")) < 128
+        system = "You answer questions about Python in one sentence."
+        page.fill("#system-prompt", system)
         questions = ["How do I join two paths in Python?", "And how do I split one into its parts?",
                      "What does os.path.exists return for a broken symbolic link?",
                      "How do I list the files of a folder, newest first?", "Can I do that with pathlib too?",
@@ -148,6 +150,13 @@ def test_long_conversation_with_a_128_token_model_never_fails(browser_page, smal
         assert len(sent) == len(questions)
         assert len(sent[-1]) < 2 * len(questions) - 1  # the last request no longer carried everything
         assert sent[-1][-1] == {"role": "user", "content": questions[-1]}
+        assert all(messages[0] == {"role": "system", "content": system} for messages in sent)
+        assert len(sent[-1]) >= 2
+        # feedback on the last answer records the conversation as the user saw it, system prompt first
+        page.locator(".msg.assistant").nth(len(questions) - 1).locator("button.up").click()
+        expect(page.locator(".msg.assistant").nth(len(questions) - 1).locator(".status")).to_contain_text("saved")
+        row = list(store.rows())[-1]
+        assert row["messages"][0]["role"] == "system" and len(row["messages"]) == 2 * len(questions)
         shot = tmp_path / "chat_page_small_context.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000

@@ -69,6 +69,16 @@ def test_every_openai_request_field_is_honoured_or_refused_by_name(server):
         assert "unknown field" in response.json()["error"]["message"]
 
 
+def test_the_responses_api_is_a_404_that_says_what_to_use(server):
+    import openai
+    from openai import OpenAI
+
+    url, *_ = server
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="use /v1/chat/completions"):
+        client.responses.create(model="tiny", input="hi")
+
+
 def test_neutral_values_of_unsupported_fields_are_accepted(server):
     """What OpenAI clients send by default or echo back (`tool_choice: "none"`, `response_format` text,
     `store: false`, null message fields) is not a request for the unsupported feature."""

@@ -14,6 +14,12 @@ const $ = (id) => document.getElementById(id);
 
 function save() { sessionStorage.setItem("conversation", JSON.stringify(state.messages)); }
 
+// the system prompt (optional, from the settings row) goes first in every request and is never left out
+function withSystem(messages) {
+  const system = $("system-prompt").value.trim();
+  return system ? [{ role: "system", content: system }, ...messages] : messages;
+}
+
 function headers() {
   const h = { "Content-Type": "application/json" };
   const key = $("api-key").value || localStorage.getItem("apiKey");
@@ -68,7 +74,7 @@ function addFeedbackControls(box, index) {
 
 async function sendFeedback(index, fields, status) {
   status.textContent = "saving…";
-  const body = { messages: state.messages.slice(0, index), completion: state.messages[index].content,
+  const body = { messages: withSystem(state.messages.slice(0, index)), completion: state.messages[index].content,
                  model: state.model, ...fields };
   const response = await fetch("/v1/feedback", { method: "POST", headers: headers(), body: JSON.stringify(body) });
   status.textContent = response.ok ? "thanks, saved" : "not saved: " + (await errorText(response));
@@ -112,8 +118,7 @@ function showTrimNote(left, maxTokens, asked) {
                                     "to fit it." : "";
   document.querySelectorAll("#conversation .msg").forEach((box) => {
     const index = Number(box.dataset.index);
-    box.classList.toggle("trimmed", index < left + (state.messages[0]?.role === "system" ? 1 : 0) &&
-                                    state.messages[index]?.role !== "system");
+    box.classList.toggle("trimmed", index < left);
   });
 }
 
@@ -131,7 +136,7 @@ async function send(text) {
   const out = box.querySelector(".text");
   try {
     const asked = Math.max(1, Math.min(Number($("max-tokens").value) || limits.maxTokens, limits.maxTokens));
-    const fitted = await fitToContext(state.messages, asked);
+    const fitted = await fitToContext(withSystem(state.messages), asked);
     showTrimNote(fitted.left, fitted.maxTokens, asked);
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(),
@@ -193,6 +198,8 @@ async function init() {
   $("max-tokens").max = limits.maxTokens;
   $("max-tokens").value = Math.max(1, Math.min(limits.maxTokens, health.default_max_tokens,
                                                Math.floor(health.context_window / 4)));
+  $("system-prompt").value = sessionStorage.getItem("systemPrompt") || "";
+  $("system-prompt").onchange = () => sessionStorage.setItem("systemPrompt", $("system-prompt").value);
   state.messages.forEach(render);
 }
 
