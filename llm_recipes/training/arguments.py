@@ -109,7 +109,8 @@ class PretrainConfig:
     save_total_limit: int = field(default=2, metadata={"help": "Complete checkpoints kept (older ones are deleted)."})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={
         "help": "Checkpoint folder to continue from, or 'latest' (the newest complete checkpoint in "
-                "output_dir/checkpoints; starts fresh when there is none)."})
+                "output_dir/checkpoints; starts fresh when there is no checkpoint at all, and stops with an error "
+                "when there are checkpoints but none is complete: overwrite_output_dir: true then starts over)."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Start from scratch even though output_dir already holds checkpoints (they are deleted)."})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
