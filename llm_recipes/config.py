@@ -191,7 +191,9 @@ def _fit(value: Any, tp: Any) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, (int, float, bool)):
+        if isinstance(value, bool):  # `resume_from_checkpoint: false` reads as the string the CLI would give
+            return str(value).lower()
+        if isinstance(value, (int, float)):
             return str(value)
         raise _Mismatch("a string")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):

@@ -122,3 +122,9 @@ def test_source_values_are_checked(tmp_path):
     with pytest.raises(ValueError, match="sources\\[1\\] \\(web\\): max_page_bytes must be > 0, got -1"):
         SourceSpec.from_dict(1, {"type": "web", "urls": ["http://x"], "max_page_bytes": -1})
     assert SourceSpec.from_dict(0, {"type": "files", "paths": "notes/*.md"}).paths == ["notes/*.md"]
+
+
+def test_yaml_booleans_for_resume_mean_off_and_latest(tmp_path):
+    (off,) = _parse(tmp_path, "pretrain", {"output_dir": "o", "resume_from_checkpoint": False})
+    (on,) = _parse(tmp_path, "pretrain", {"output_dir": "o", "resume_from_checkpoint": True})
+    assert off.resume_from_checkpoint is None and on.resume_from_checkpoint == "latest"

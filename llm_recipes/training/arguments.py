@@ -178,6 +178,12 @@ class PretrainConfig:
             if not self.init_from:
                 raise ConfigError("rope_scaling extends the context of a trained model: set init_from to its folder "
                                   "(a new model takes its RoPE from model_overrides.rope_parameters)")
+        if isinstance(self.resume_from_checkpoint, str):  # the spellings fine-tuning's resume accepts too
+            lowered = self.resume_from_checkpoint.lower()
+            if lowered in ("", "false", "none", "no"):
+                self.resume_from_checkpoint = None
+            elif lowered in ("true", "last", "auto", "latest"):
+                self.resume_from_checkpoint = "latest"
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         if isinstance(self.sample_prompts, str):
