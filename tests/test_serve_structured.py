@@ -119,3 +119,12 @@ def test_ignore_eos_with_json_is_refused(server):
                                                                "ignore_eos": True,
                                                                "response_format": {"type": "json_object"}})
     assert response.status_code == 400 and "ignore_eos" in response.json()["error"]["message"]
+
+
+def test_a_schema_that_compiles_longer_than_a_request_may_is_refused(tiny_model_dir, tmp_path):
+    with running_server(tiny_model_dir, tmp_path / "f.sqlite", request_timeout_s=1e-6) as (url, *_):
+        response = httpx.post(f"{url}/v1/chat/completions", json={
+            "model": "tiny", "messages": MESSAGES, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "f", "schema": FileInfo.model_json_schema()}}})
+        assert response.status_code == 400 and "to compile" in response.json()["error"]["message"]
+        assert httpx.get(f"{url}/health").status_code == 200

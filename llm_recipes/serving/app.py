@@ -314,11 +314,15 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
         grammar = None
         if body.structured:
             spec = body.response_format.json_schema
-            try:
-                grammar = await run_in_threadpool(grammars.compile, body.response_format.type,
-                                                  spec.json_schema if spec else None, bool(spec and spec.strict))
+            try:  # compiled on a worker thread; a schema that takes longer than a request may is refused
+                grammar = await asyncio.wait_for(run_in_threadpool(
+                    grammars.compile, body.response_format.type, spec.json_schema if spec else None,
+                    bool(spec and spec.strict)), timeout=settings.request_timeout_s)
             except StructuredOutputError as e:
                 raise APIError(400, str(e), param="response_format") from None
+            except asyncio.TimeoutError:
+                raise APIError(400, f"the JSON schema took longer than {settings.request_timeout_s:g} s to compile",
+                               param="response_format") from None
         return await _respond(body, [(prompt_ids, None)], chat=True, grammar=grammar)
 
     # vLLM's tokenizer routes: lm-evaluation-harness's local-completions uses them when present, so it
