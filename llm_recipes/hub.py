@@ -243,10 +243,29 @@ def eval_results_table(path: str | os.PathLike | None, model_dir: Path) -> list[
         cells = []
         for task, metric in columns:
             value = (results.get(task) or {}).get(metric)
-            cells.append(f"{value:.4g}" if isinstance(value, (int, float)) else "")
+            interval = ((results.get(task) or {}).get("intervals") or {}).get(metric)
+            cell = f"{value:.4g}" if isinstance(value, (int, float)) else ""
+            cells.append(f"{cell} [{interval[0]:.3g}, {interval[1]:.3g}]" if cell and interval else cell)
         label = f"**{name}** (this model)" if name in this else name
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
+
+
+def evaluation_verdicts(path: str | os.PathLike, model_dir: Path) -> list[str]:
+    """What the paired comparisons in eval_results.json say about this model against the reference model, and
+    the warnings about sets too small to tell."""
+    data = read_json(Path(path)) or {}
+    models, comparisons = data.get("models") or {}, data.get("comparisons") or {}
+    this = [n for n, m in models.items() if m.get("path") and Path(m["path"]).resolve() == model_dir.resolve()]
+    lines = []
+    for name in this:
+        for task, metrics in (comparisons.get("models") or {}).get(name, {}).items():
+            for metric, d in metrics.items():
+                low, high = d["interval"]
+                lines.append(f"- {task} {metric} against {comparisons['reference']}: {d['difference']:+.4g} "
+                             f"[{low:+.3g}, {high:+.3g}], {d['verdict']} (paired, {d['items']} items)")
+    lines += [f"- Warning: {warning}" for warning in data.get("warnings") or []]
+    return lines + [""] if lines else []
 
 
 def model_index_table(eval_results: list) -> list[str]:
@@ -339,8 +358,9 @@ def render_model_card(model_dir: Path, staging: Path, info: CardInfo) -> str:
     if table or data.eval_results:
         body += ["## Evaluation", ""]
         if table:
-            body += ["From `eval_results.json` (`llm-recipes evaluate`; item counts in the column heads):", "",
-                     *table, ""]
+            body += ["From `eval_results.json` (`llm-recipes evaluate`; item counts in the column heads, 95% "
+                     "intervals in brackets, bootstrap over the items):", "", *table, ""]
+            body += evaluation_verdicts(results_path, model_dir)
         elif data.eval_results:
             body += ["From this card's `model-index` metadata (`llm-recipes evaluate`):", "",
                      *model_index_table(data.eval_results), ""]

@@ -7,12 +7,12 @@ rebuilt at any time: `python -m llm_recipes.report_card runs/quickstart`.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_write_text, read_json
+from .finetuning.heldout import verdict_text
 from .training.monitor import read_metrics
 
 SAMPLE_PROMPTS = [
@@ -155,8 +155,10 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
             lines += ["![evaluation](evaluate/comparison.png)", ""]
     for stage in ("sft", "dpo"):
         heldout = read_json(run_dir / stage / "eval_heldout.json")
-        if isinstance(heldout, dict):
-            lines += [f"Held-out measurement of `{stage}`:", "", "```json", json.dumps(heldout, indent=2), "```", ""]
+        if isinstance(heldout, dict) and "metric" in heldout:
+            lines += [f"Held-out {heldout['metric']} of `{stage}` ({stage}/eval_heldout.json): base "
+                      f"{_fmt(heldout['base_value'])} -> trained {_fmt(heldout['trained_value'])}; "
+                      f"{verdict_text(heldout)}.", ""]
 
     # -- sample generations
     if samples:

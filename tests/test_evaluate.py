@@ -237,8 +237,18 @@ def test_stage_writes_results_comparison_and_model_cards_and_resumes(tiny_model_
     # same weights, same numbers
     assert sft_results == {k: {**v, "seconds": sft_results[k]["seconds"]}
                            for k, v in results["models"]["base"]["results"].items()}
+    # every headline metric has a 95% interval around it; the same weights compared pairwise cannot be told apart
+    for task, result in sft_results.items():
+        for metric, (low, high) in result["intervals"].items():
+            assert low <= result[metric] <= high, (task, metric)
+    assert results["comparisons"]["reference"] == "sft"
+    for metrics in results["comparisons"]["models"]["base"].values():
+        for d in metrics.values():
+            assert d["difference"] == 0 and d["interval"] == [0, 0] and d["verdict"] == "cannot tell"
+    assert any("english_cloze: 8 items is too few" in w for w in results["warnings"])
     table = (out / "comparison.md").read_text()
     assert "| base |" in table and "| sft |" in table and "heldout bits_per_byte" in table and "Training curves" in table
+    assert "Paired differences against sft" in table and "cannot tell" in table and "## Warnings" in table
     assert (out / "comparison.png").stat().st_size > 10_000
     assert is_complete(out) and (out / "resolved_config.yaml").is_file()
 

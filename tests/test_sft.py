@@ -47,6 +47,9 @@ def test_full_sft_on_python_docs_trains_saves_and_improves_heldout(tiny_model_di
     assert record["base"]["examples"] == len(held_rows) == record["trained"]["examples"]
     # measured, not assumed: six steps at a high rate already lower the held-out answer loss of a random model
     assert record["trained_value"] < record["base_value"] and record["improved"] is True
+    # "improved" is a paired bootstrap over the same held-out rows whose 95% interval excludes zero
+    assert record["verdict"] == "better" and record["difference"]["interval"][1] < 0
+    assert record["difference"]["items"] == len(held_rows)
 
 
 def test_lora_sft_changes_only_the_adapter_and_merges_to_the_same_logits(tiny_model_dir, tmp_path):

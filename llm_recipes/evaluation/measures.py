@@ -24,6 +24,29 @@ def _credit(scores: Sequence[float], gold: int) -> float:
     return 1.0 / len(top) if gold in top else 0.0
 
 
+def choice_credits(logprobs: Sequence[Sequence[float]], golds: Sequence[int],
+                   choice_lengths: Sequence[Sequence[int]] | None = None) -> dict[str, list[float]]:
+    """Per item: `acc` credit (1, 1/k for a k-way tie at the top, else 0), `acc_norm` credit when lengths are
+    given, and `chance` (1 / number of choices). The item-level numbers behind `choice_accuracy`, kept for
+    bootstrap intervals and paired comparisons."""
+    if len(logprobs) == 0:
+        raise ValueError("choice accuracy needs at least one item; got an empty set")
+    if len(logprobs) != len(golds):
+        raise ValueError(f"got {len(logprobs)} items but {len(golds)} gold labels")
+    items: dict[str, list[float]] = {"acc": [], "chance": []}
+    if choice_lengths is not None:
+        items["acc_norm"] = []
+    for index, (scores, gold) in enumerate(zip(logprobs, golds)):
+        if not 0 <= int(gold) < len(scores):
+            raise ValueError(f"item #{index}: gold index {gold} is outside its {len(scores)} choices")
+        items["acc"].append(_credit(list(scores), int(gold)))
+        items["chance"].append(1.0 / len(scores))
+        if choice_lengths is not None:
+            lengths = choice_lengths[index]
+            items["acc_norm"].append(_credit([s / max(1, n) for s, n in zip(scores, lengths)], int(gold)))
+    return items
+
+
 def choice_accuracy(logprobs: Sequence[Sequence[float]], golds: Sequence[int],
                     choice_lengths: Sequence[Sequence[int]] | None = None) -> dict[str, float]:
     """Multiple-choice accuracy from per-choice log-likelihoods.
@@ -38,24 +61,9 @@ def choice_accuracy(logprobs: Sequence[Sequence[float]], golds: Sequence[int],
     Returns:
         {"acc", "acc_norm" (when lengths are given), "chance", "n"}.
     """
-    if len(logprobs) == 0:
-        raise ValueError("choice accuracy needs at least one item; got an empty set")
-    if len(logprobs) != len(golds):
-        raise ValueError(f"got {len(logprobs)} items but {len(golds)} gold labels")
-    acc, acc_norm, chance = 0.0, 0.0, 0.0
-    for index, (scores, gold) in enumerate(zip(logprobs, golds)):
-        if not 0 <= int(gold) < len(scores):
-            raise ValueError(f"item #{index}: gold index {gold} is outside its {len(scores)} choices")
-        acc += _credit(list(scores), int(gold))
-        chance += 1.0 / len(scores)
-        if choice_lengths is not None:
-            lengths = choice_lengths[index]
-            acc_norm += _credit([s / max(1, n) for s, n in zip(scores, lengths)], int(gold))
-    n = len(logprobs)
-    out = {"acc": acc / n, "chance": chance / n, "n": n}
-    if choice_lengths is not None:
-        out["acc_norm"] = acc_norm / n
-    return out
+    items = choice_credits(logprobs, golds, choice_lengths)
+    n = len(items["acc"])
+    return {**{key: math.fsum(values) / n for key, values in items.items()}, "n": n}
 
 
 # -- generation QA ----------------------------------------------------------------------------------
@@ -79,13 +87,11 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def qa_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:
-    """Exact match, token F1 (SQuAD) and ROUGE-1/2/L F-measure, each the best over an item's references.
+QA_METRICS = ("exact_match", "f1", "rouge1", "rouge2", "rougeL")
 
-    Args:
-        predictions: generated answers.
-        references: per item, the reference answer or a list of acceptable answers.
-    """
+
+def qa_item_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, list[float]]:
+    """Per item: exact match, token F1 (SQuAD) and ROUGE-1/2/L F-measure, each the best over its references."""
     from rouge_score import rouge_scorer
 
     if len(predictions) == 0:
@@ -93,31 +99,48 @@ def qa_scores(predictions: Sequence[str], references: Sequence[str | Sequence[st
     if len(predictions) != len(references):
         raise ValueError(f"got {len(predictions)} predictions but {len(references)} references")
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
-    totals = Counter()
+    items: dict[str, list[float]] = {key: [] for key in QA_METRICS}
     for prediction, refs in zip(predictions, references):
         refs = [refs] if isinstance(refs, str) else list(refs)
         if not refs:
             raise ValueError("every QA item needs at least one reference answer")
-        totals["exact_match"] += max(float(normalize_answer(prediction) == normalize_answer(r)) for r in refs)
-        totals["f1"] += max(token_f1(prediction, r) for r in refs)
+        items["exact_match"].append(max(float(normalize_answer(prediction) == normalize_answer(r)) for r in refs))
+        items["f1"].append(max(token_f1(prediction, r) for r in refs))
         rouge = [scorer.score(r, prediction) for r in refs]
         for key in ("rouge1", "rouge2", "rougeL"):
-            totals[key] += max(s[key].fmeasure for s in rouge)
+            items[key].append(max(s[key].fmeasure for s in rouge))
+    return items
+
+
+def qa_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:
+    """Exact match, token F1 (SQuAD) and ROUGE-1/2/L F-measure, each the best over an item's references.
+
+    Args:
+        predictions: generated answers.
+        references: per item, the reference answer or a list of acceptable answers.
+    """
+    items = qa_item_scores(predictions, references)
     n = len(predictions)
-    return {**{k: totals[k] / n for k in ("exact_match", "f1", "rouge1", "rouge2", "rougeL")}, "n": n}
+    return {**{key: math.fsum(items[key]) / n for key in QA_METRICS}, "n": n}
 
 
 # -- preferences ------------------------------------------------------------------------------------
+
+def preference_items(chosen: Sequence[float], rejected: Sequence[float]) -> dict[str, list[float]]:
+    """Per pair: `accuracy` credit (1 when chosen scores higher, 1/2 for a tie) and `margin` (chosen - rejected)."""
+    if len(chosen) == 0:
+        raise ValueError("preference accuracy needs at least one pair; got an empty set")
+    if len(chosen) != len(rejected):
+        raise ValueError(f"got {len(chosen)} chosen scores but {len(rejected)} rejected scores")
+    return {"accuracy": [_credit([c, r], 0) for c, r in zip(chosen, rejected)],
+            "margin": [c - r for c, r in zip(chosen, rejected)]}
+
 
 def preference_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> dict[str, float]:
     """How often the model gives the chosen response a higher log-likelihood than the rejected one.
 
     Ties count half (see `_credit`). `margin` is the mean log-likelihood difference in nats.
     """
-    if len(chosen) == 0:
-        raise ValueError("preference accuracy needs at least one pair; got an empty set")
-    if len(chosen) != len(rejected):
-        raise ValueError(f"got {len(chosen)} chosen scores but {len(rejected)} rejected scores")
-    acc = sum(_credit([c, r], 0) for c, r in zip(chosen, rejected)) / len(chosen)
-    margin = math.fsum(c - r for c, r in zip(chosen, rejected)) / len(chosen)
-    return {"accuracy": acc, "margin": margin, "n": len(chosen)}
+    items = preference_items(chosen, rejected)
+    n = len(chosen)
+    return {"accuracy": math.fsum(items["accuracy"]) / n, "margin": math.fsum(items["margin"]) / n, "n": n}

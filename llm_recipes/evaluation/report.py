@@ -23,6 +23,13 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def format_with_interval(result: dict[str, Any], metric: str) -> str:
+    """`0.312 [0.27, 0.35]`: the value and its 95% interval where eval_results has one."""
+    text = _fmt(result.get(metric))
+    interval = (result.get("intervals") or {}).get(metric)
+    return f"{text} [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else text
+
+
 def headline_columns(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """(task, metric, lower_is_better) for every column of the comparison, in task order."""
     columns = []
@@ -33,14 +40,32 @@ def headline_columns(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return columns
 
 
+def comparison_lines(results: dict[str, Any]) -> list[str]:
+    """Paired differences against the first model: the change, its 95% interval, and what it means."""
+    comparisons = results.get("comparisons") or {}
+    if not comparisons.get("models"):
+        return []
+    lines = ["", f"## Paired differences against {comparisons['reference']}", "",
+             "The same items scored by both models; the difference is the model's value minus "
+             f"{comparisons['reference']}'s. Better or worse only when the 95% interval excludes zero; otherwise "
+             "the set cannot tell.", "", "| model | task | metric | difference | 95% interval | verdict |",
+             "|---|---|---|---:|---|---|"]
+    for name, tasks in comparisons["models"].items():
+        for task, metrics in tasks.items():
+            for metric, d in metrics.items():
+                lines.append(f"| {name} | {task} | {metric} | {d['difference']:+.4g} | "
+                             f"[{_fmt(d['interval'][0])}, {_fmt(d['interval'][1])}] | {d['verdict']} |")
+    return lines
+
+
 def comparison_markdown(results: dict[str, Any], curves: dict[str, list[dict]] | None = None) -> str:
     """A table with one row per model and one column per headline metric; the best value is bold."""
     columns = headline_columns(results)
     models = results["models"]
     lines = ["# Evaluation", "",
              "One row per model; bold marks the best value of each column (lower is better for bits per byte "
-             "and perplexity, higher for the rest). Choice tasks are scored by log-likelihood; chance is the "
-             "accuracy of guessing.", ""]
+             "and perplexity, higher for the rest), brackets its 95% interval (bootstrap over the task's items "
+             "or documents). Choice tasks are scored by log-likelihood; chance is the accuracy of guessing.", ""]
     header = ["model", "parameters"] + [f"{task} {metric}" for task, metric, _ in columns]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {}
@@ -54,8 +79,13 @@ def comparison_markdown(results: dict[str, Any], curves: dict[str, list[dict]] |
         for task, metric, _ in columns:
             value = model["results"].get(task, {}).get(metric)
             text = _fmt(value)
-            row.append(f"**{text}**" if best.get((task, metric)) == value and value is not None else text)
+            text = f"**{text}**" if best.get((task, metric)) == value and value is not None else text
+            interval = (model["results"].get(task, {}).get("intervals") or {}).get(metric)
+            row.append(f"{text} [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else text)
         lines.append("| " + " | ".join(row) + " |")
+    lines += comparison_lines(results)
+    if results.get("warnings"):
+        lines += ["", "## Warnings", "", *[f"- {w}" for w in results["warnings"]]]
     lines += ["", "## Tasks", "", "| task | kind | source | items | chance |", "|---|---|---|---|---|"]
     for task, info in results["tasks"].items():
         lines.append(f"| {task} | {info['kind']} | {info.get('source', '')} | {info.get('n', '')} | "

@@ -193,7 +193,9 @@ def run_evaluation(cfg, start: Callable[[], Any] | None = None) -> dict[str, Any
         cached = partial.get(name, {})
         if cached.get("path") != path or cached.get("fingerprint") != fingerprint:
             cached = {"path": path, "fingerprint": fingerprint, "tasks": {}}
-        todo = [t for t in tasks if cached["tasks"].get(t.name, {}).get("signature") != t.signature]
+        # results cached before item-level numbers were kept have no intervals: score those again
+        todo = [t for t in tasks if cached["tasks"].get(t.name, {}).get("signature") != t.signature
+                or "per_item" not in cached["tasks"][t.name].get("result", {})]
         entry = {"path": path, "parameters": cached.get("parameters"), "results": {}}
         if todo:
             print(f"[evaluate] {name}: loading {path}")
@@ -215,6 +217,7 @@ def run_evaluation(cfg, start: Callable[[], Any] | None = None) -> dict[str, Any
             entry["results"][task.name] = cached["tasks"][task.name]["result"]
         results["models"][name] = entry
 
+    add_intervals(results, seed=cfg.seed)
     # not atomic_write_json: it sorts keys, and the order of models and tasks is the order asked for
     atomic_write_text(output_dir / "eval_results.json", json.dumps(results, indent=2, default=str) + "\n")
     atomic_write_text(output_dir / "comparison.md", comparison_markdown(results, curves))
@@ -231,14 +234,52 @@ def run_evaluation(cfg, start: Callable[[], Any] | None = None) -> dict[str, Any
     return results
 
 
+def add_intervals(results: dict[str, Any], seed: int = 0) -> None:
+    """Adds to eval_results: each result's 95% `intervals` (bootstrap over its items), `comparisons` of every
+    model with the first one (paired: the same items, the difference and its interval, a verdict), and
+    `warnings` for sets too small to tell models apart."""
+    from .intervals import metric_intervals, paired_difference, small_set_warning
+    from .report import HEADLINE
+
+    warnings = []
+    for task, info in results["tasks"].items():
+        metrics = [metric for metric, _ in HEADLINE.get(info["kind"], [])]
+        for model in results["models"].values():
+            result = model["results"][task]
+            result["intervals"] = metric_intervals(result.get("per_item") or {}, metrics, seed)
+        first = next(iter(results["models"].values()))["results"][task]
+        warning = small_set_warning(task, first.get("per_item") or {}, first["intervals"], info["kind"])
+        if warning:
+            warnings.append(warning)
+    names = list(results["models"])
+    reference = names[0]
+    comparisons: dict[str, Any] = {}
+    for name in names[1:]:
+        for task, info in results["tasks"].items():
+            a = results["models"][reference]["results"][task].get("per_item") or {}
+            b = results["models"][name]["results"][task].get("per_item") or {}
+            for metric, lower in HEADLINE.get(info["kind"], []):
+                difference = paired_difference(a, b, metric, lower, seed)
+                if difference is not None:
+                    comparisons.setdefault(name, {}).setdefault(task, {})[metric] = difference
+    results["comparisons"] = {"reference": reference, "models": comparisons} if comparisons else {}
+    results["warnings"] = warnings
+
+
 def print_summary(results, output_dir: Path, cards, lm_eval_dir, seconds: float) -> None:
-    from .report import headline_columns
+    from .report import format_with_interval, headline_columns
 
     print(f"[evaluate] {len(results['models'])} model(s) x {len(results['tasks'])} task(s) in {seconds:.1f}s")
     for name, model in results["models"].items():
-        parts = [f"{task} {metric}={model['results'][task][metric]:.4g}" for task, metric, _ in
-                 headline_columns(results) if metric in model["results"][task]]
+        parts = [f"{task} {metric}={format_with_interval(model['results'][task], metric)}"
+                 for task, metric, _ in headline_columns(results) if metric in model["results"][task]]
         print(f"  {name}: " + ", ".join(parts))
+    for name, tasks in (results.get("comparisons") or {}).get("models", {}).items():
+        verdicts = [f"{task} {metric} {d['verdict']} ({d['difference']:+.3g})" for task, metrics in tasks.items()
+                    for metric, d in metrics.items()]
+        print(f"  {name} vs {results['comparisons']['reference']} (paired, 95%): " + ", ".join(verdicts))
+    for warning in results.get("warnings", []):
+        print(f"[evaluate] warning: {warning}")
     print(f"[evaluate] wrote {output_dir / 'eval_results.json'}, {output_dir / 'comparison.md'}, "
           f"{output_dir / 'comparison.png'}")
     for card in cards:

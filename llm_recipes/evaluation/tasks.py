@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from .data import ChoiceTask, PreferencePair, QAItem, chat_messages
-from .measures import choice_accuracy, preference_accuracy, qa_scores
+from .measures import QA_METRICS, choice_credits, preference_items, qa_item_scores
 from .scoring import LMScorer, perplexity_summary
 
 
@@ -13,7 +14,11 @@ def evaluate_perplexity(scorer: LMScorer, texts: Sequence[str], stride: int | No
     """Perplexity, loss per token, bits per byte, byte and word perplexity over held-out documents."""
     if not texts:
         raise ValueError("perplexity needs at least one held-out text; got an empty set")
-    result = perplexity_summary(scorer.score_texts(texts, stride=stride, desc="held-out text"))
+    scores = scorer.score_texts(texts, stride=stride, desc="held-out text")
+    result = perplexity_summary(scores)
+    # per document, for bootstrap intervals over documents (intervals.py)
+    result["per_item"] = {"nll": [s.nll for s in scores], "tokens": [s.tokens for s in scores],
+                          "bytes": [s.bytes for s in scores]}
     result["stride"] = stride or scorer.max_length
     result["max_length"] = scorer.max_length
     return result
@@ -29,7 +34,8 @@ def evaluate_choice_task(scorer: LMScorer, task: ChoiceTask) -> dict[str, float]
     for item in task.items:
         logprobs.append([s.logprob for s in scores[position:position + len(item.choices)]])
         position += len(item.choices)
-    return choice_accuracy(logprobs, [item.gold for item in task.items], [item.lengths for item in task.items])
+    per_item = choice_credits(logprobs, [item.gold for item in task.items], [item.lengths for item in task.items])
+    return _means(per_item)
 
 
 def format_prompt(tokenizer, messages: list[dict[str, str]], prompt_format: str = "auto") -> str:
@@ -48,7 +54,8 @@ def evaluate_qa(scorer: LMScorer, items: Sequence[QAItem], max_new_tokens: int =
         raise ValueError("QA needs at least one item; got an empty set")
     prompts = [format_prompt(scorer.tokenizer, item.messages, prompt_format) for item in items]
     answers = scorer.generate(prompts, max_new_tokens=max_new_tokens, desc="qa")
-    result: dict[str, Any] = qa_scores(answers, [item.references for item in items])
+    per_item = qa_item_scores(answers, [item.references for item in items])
+    result: dict[str, Any] = _means({key: per_item[key] for key in QA_METRICS})
     result["samples"] = [{"prompt": item.messages[-1]["content"], "reference": item.references[0], "prediction": a}
                          for item, a in list(zip(items, answers))[:samples]]
     return result
@@ -76,4 +83,10 @@ def evaluate_preferences(scorer: LMScorer, pairs: Sequence[PreferencePair]) -> d
         requests.append(preference_request(scorer.tokenizer, pair.prompt, pair.chosen))
         requests.append(preference_request(scorer.tokenizer, pair.prompt, pair.rejected))
     scores = scorer.score_continuations(requests, desc="preferences")
-    return preference_accuracy([s.logprob for s in scores[0::2]], [s.logprob for s in scores[1::2]])
+    return _means(preference_items([s.logprob for s in scores[0::2]], [s.logprob for s in scores[1::2]]))
+
+
+def _means(per_item: dict[str, list[float]]) -> dict[str, Any]:
+    """Each metric's mean over the items, the item count, and the items themselves (for intervals)."""
+    n = len(next(iter(per_item.values())))
+    return {**{key: math.fsum(values) / n for key, values in per_item.items()}, "n": n, "per_item": per_item}

@@ -113,7 +113,9 @@ def answer_loss(model, tokenizer, rows: Sequence[dict[str, Any]], fmt: str, batc
     loss = -sum(s for s, _ in scored) / tokens
     per_example = [-s / c for s, c in scored if c > 0]
     return {"answer_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "answer_tokens": tokens,
-            "examples": len(rows), "answer_loss_mean_per_example": sum(per_example) / len(per_example)}
+            "examples": len(rows), "answer_loss_mean_per_example": sum(per_example) / len(per_example),
+            # per row, for a paired bootstrap of base vs trained (evaluation/intervals.py)
+            "per_item": {"nll": [-s for s, _ in scored], "tokens": [c for _, c in scored]}}
 
 
 def preference_logps(model, tokenizer, rows, batch_size: int = 8, max_length: int | None = None):
@@ -132,7 +134,8 @@ def preference_metrics(chosen, rejected, ref_chosen=None, ref_rejected=None) -> 
     out = {"pairs": n, "preference_accuracy": sum(m > 0 for m in margins) / n,
            "mean_logp_margin": sum(margins) / n,
            "preference_accuracy_per_token": sum(c[0] / max(c[1], 1) > r[0] / max(r[1], 1)
-                                                for c, r in zip(chosen, rejected)) / n}
+                                                for c, r in zip(chosen, rejected)) / n,
+           "per_item": {"preference_accuracy": [float(m > 0) for m in margins], "mean_logp_margin": margins}}
     if ref_chosen is not None:
         rewards = [(c[0] - rc[0]) - (r[0] - rr[0]) for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)]
         out["reward_accuracy"] = sum(x > 0 for x in rewards) / n
@@ -153,7 +156,9 @@ def unpaired_metrics(rows, logps, ref_logps=None) -> dict[str, float]:
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     out = {"examples": len(rows), "desirable": len(good), "undesirable": len(bad),
            "desirable_logp_per_token": mean(good), "undesirable_logp_per_token": mean(bad),
-           "desirable_logp_gap": mean(good) - mean(bad)}
+           "desirable_logp_gap": mean(good) - mean(bad),
+           "per_item": {"logp_per_token": [s / max(c, 1) for s, c in logps],
+                        "label": [float(bool(r["label"])) for r in rows]}}
     if ref_logps is not None:
         rewards = [s - rs for (s, _), (rs, _) in zip(logps, ref_logps)]
         out["reward_label_accuracy"] = sum((x > 0) == bool(r["label"]) and x != 0
@@ -161,9 +166,30 @@ def unpaired_metrics(rows, logps, ref_logps=None) -> dict[str, float]:
     return out
 
 
+# the name of each headline metric among the per-item statistics of evaluation/intervals.py
+PAIRED_STATISTIC = {"answer_loss": "loss", "preference_accuracy": "preference_accuracy",
+                    "desirable_logp_gap": "labelled_gap"}
+
+
 def summarize(stage: str, metric: str, higher_is_better: bool, base: dict, trained: dict, **info) -> dict[str, Any]:
-    """The eval_heldout.json record: both models' metrics and whether the headline metric improved."""
+    """The eval_heldout.json record: both models' metrics, the paired difference of the headline metric with its
+    95% interval (bootstrap over the same held-out rows), and `improved` only when that interval excludes zero
+    on the good side (`verdict`: better, worse or cannot tell)."""
+    from ..evaluation.intervals import paired_difference
+
     b, t = base[metric], trained[metric]
-    improved = (t > b) if higher_is_better else (t < b)
+    difference = paired_difference(base.get("per_item") or {}, trained.get("per_item") or {},
+                                   PAIRED_STATISTIC[metric], lower_is_better=not higher_is_better)
+    verdict = difference["verdict"] if difference else "cannot tell"
     return {"stage": stage, "metric": metric, "higher_is_better": higher_is_better, "base_value": b,
-            "trained_value": t, "improved": bool(improved), "base": base, "trained": trained, **info}
+            "trained_value": t, "improved": verdict == "better", "verdict": verdict,
+            "difference": difference, "base": base, "trained": trained, **info}
+
+
+def verdict_text(record: dict[str, Any]) -> str:
+    """`better: -0.41 [-0.52, -0.30], 64 rows` for logs and cards."""
+    d = record.get("difference")
+    if not d:
+        return record.get("verdict", "cannot tell")
+    low, high = d["interval"]
+    return f"{d['verdict']}: {d['difference']:+.4g} [{low:+.4g}, {high:+.4g}] over {d['items']} rows (paired, 95%)"

@@ -21,6 +21,7 @@ from typing import Any
 from ..config import ConfigError
 from ..fileio import atomic_directory, atomic_write_json, atomic_write_text
 from .data import BUILTIN_DATASETS, DatasetFormatError
+from .heldout import verdict_text
 
 STAGE_BUILTIN_KIND = {"python-docs-qa": "qa", "python-docs-preferences": "preferences", "python-docs-kto": "kto"}
 
@@ -361,7 +362,7 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
                                 dataset=args.dataset_name, format=fmt)
         atomic_write_json(output_dir / "eval_heldout.json", record)
         print(f"[{stage}] held-out {record['metric']}: base {record['base_value']:.4f} -> trained "
-              f"{record['trained_value']:.4f} ({'better' if record['improved'] else 'NOT better'})")
+              f"{record['trained_value']:.4f} ({verdict_text(record)})")
     write_model_card(output_dir / "final", stage, args, fmt, len(train), record)
     mark_complete(output_dir, stage=stage, train_rows=len(train), train_tokens=tokens_trained(trainer),
                   heldout=record.get("trained_value"))
@@ -495,7 +496,7 @@ def write_model_card(folder: Path, stage: str, args: FinetuneArguments, fmt: str
               f"({rows} rows, format `{fmt}`{', LoRA merged' if args.use_peft else ', full fine-tuning'}).", ""]
     if record:
         lines += [f"Held-out {record['metric']}: base {record['base_value']:.4f}, this model "
-                  f"{record['trained_value']:.4f} ({'better' if record['improved'] else 'not better'}).", ""]
+                  f"{record['trained_value']:.4f} ({verdict_text(record)}).", ""]
     lines += ["Load with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`.", ""]
     atomic_write_text(folder / "README.md", "\n".join(lines))
 
