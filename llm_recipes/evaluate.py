@@ -35,10 +35,13 @@ class EvaluateConfig:
         "help": "Sliding-window step for texts longer than max_length; default max_length (disjoint windows, as "
                 "lm-evaluation-harness does). Smaller gives every token more context, at more compute."})
     choice_tasks: list[str] = field(default_factory=list, metadata={
-        "help": "Cloze / multiple-choice tasks: builtin:english_cloze, builtin:python_docs_cloze, "
-                "builtin:python_docs_mc, a .jsonl/.json/.parquet file, or hub:path[:config][@split]; name=spec "
+        "help": "Cloze / multiple-choice tasks: generated:next_word and generated:continuation (built from "
+                "heldout_data: frequency-matched word cloze, true vs other documents' continuations), "
+                "builtin:english_cloze, builtin:python_docs_cloze, builtin:python_docs_mc, a .jsonl/.json/.parquet file, or hub:path[:config][@split]; name=spec "
                 "renames. Layout is detected from the fields (see docs/evaluate.md)."})
     max_items_per_task: int | None = field(default=None, metadata={"help": "Use at most this many items per task."})
+    generated_items: int = field(default=500, metadata={
+        "help": "Items of each generated:* choice task (built from heldout_data with a fixed seed)."})
     qa_data: str | None = field(default=None, metadata={
         "help": "Generation QA file (prompt/question + answer, or messages); scored by exact match, token F1, ROUGE."})
     qa_max_items: int | None = field(default=50, metadata={"help": "Use at most this many QA items."})
@@ -61,6 +64,11 @@ class EvaluateConfig:
     update_model_card: bool = field(default=True, metadata={
         "help": "Merge the results into each local model folder's README.md model-index."})
     seed: int = field(default=0, metadata={"help": "Random seed (generation is greedy; kept for reproducibility)."})
+
+    def __post_init__(self):
+        from .config import check_range
+
+        check_range(self, "generated_items", 1)
 
 
 def main(argv=None) -> int:

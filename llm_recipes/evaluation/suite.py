@@ -79,8 +79,16 @@ def load_tasks(cfg) -> list[Task]:
                 "bytes": sum(len(t.encode("utf-8")) for t in texts)}
         tasks.append(Task("heldout", "perplexity", cfg.heldout_data, texts, info,
                           _digest([texts, cfg.stride, cfg.max_length])))
+    full_heldout = None
     for spec in cfg.choice_tasks:
-        task: ChoiceTask = load_choice_task(spec, cfg.max_items_per_task)
+        if spec.split("=", 1)[-1].startswith("generated:") or spec.startswith("generated:"):
+            from .generated import generated_task
+
+            if full_heldout is None and cfg.heldout_data:  # the whole held-out split, not the perplexity budget
+                full_heldout = load_heldout_texts(cfg.heldout_data, cfg.text_field)
+            task = generated_task(spec, full_heldout, cfg.generated_items, cfg.seed)
+        else:
+            task = load_choice_task(spec, cfg.max_items_per_task)
         chance = sum(1 / len(i.choices) for i in task.items) / len(task.items)
         info = {"kind": "choice", "source": task.source, "layout": task.layout, "n": len(task.items), "chance": chance}
         tasks.append(Task(task.name, "choice", task.source, task, info,
