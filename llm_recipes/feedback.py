@@ -54,6 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     save_resolved_config(out, cfg, stage="feedback")
     print(f"[feedback] {counts['rows']} feedback rows from {path} -> {len(dpo)} DPO pairs in {out / 'dpo.jsonl'}, "
           f"{len(kto)} KTO rows ({counts['kto_desirable']} thumbs up) in {out / 'kto.jsonl'}")
+    if not dpo:
+        # a DPO run on this file would train on nothing: say why, and what would give pairs
+        print(f"[feedback] no DPO pairs: none of the {counts['rows']} feedback rows has a suggested better answer, "
+              "and no prompt has both a thumbs-up and a thumbs-down answer. Use \"suggest a better answer\" on the "
+              f"chat page; {'kto.jsonl can train KTO on the thumbs meanwhile' if kto else 'there is nothing to train on'}.",
+              file=sys.stderr)
+    if not dpo and not kto:
+        print(f"llm-recipes feedback: error: {path} holds no usable feedback (no thumbs, no corrections): nothing to "
+              "train on", file=sys.stderr)
+        return 1
     if min(len(dpo), len(kto)) < cfg.min_rows:
         print(f"llm-recipes feedback: error: fewer than min_rows={cfg.min_rows} DPO pairs or KTO rows; collect more "
               "feedback first", file=sys.stderr)

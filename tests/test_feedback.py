@@ -69,5 +69,14 @@ def test_feedback_export_bad_input(tmp_path, capsys):
     store.close()
     assert main(["feedback", str(tmp_path / "few.sqlite"), "--output_dir", str(tmp_path / "f"), "--min_rows", "5"]) == 1
     assert not (tmp_path / "f" / "stage_complete.json").exists()
+    # only thumbs up: no correction to learn from, said plainly (KTO still has its rows)
+    capsys.readouterr()
+    assert main(["feedback", str(tmp_path / "few.sqlite"), "--output_dir", str(tmp_path / "g")]) == 0
+    assert "no DPO pairs: none of the 1 feedback rows has a suggested better answer" in capsys.readouterr().err
+    # an empty store: nothing at all to train on is an error, and the stage is not marked finished
+    FeedbackStore(tmp_path / "empty.sqlite").close()
+    assert main(["feedback", str(tmp_path / "empty.sqlite"), "--output_dir", str(tmp_path / "h")]) == 1
+    assert "holds no usable feedback" in capsys.readouterr().err
+    assert not (tmp_path / "h" / "stage_complete.json").exists()
     with pytest.raises(ValueError, match="rating or a suggestion"):
         FeedbackStore(tmp_path / "x.sqlite").add(model="m", messages=[], completion="a", rating=None, suggestion=None)
