@@ -252,7 +252,8 @@ def expand_paths(patterns: list[str], problems: list[tuple[str, str]] | None = N
 
 def file_kind(path: str) -> str:
     name = path.lower()
-    for suffix in (".jsonl.gz", ".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".warc.gz", ".warc", ".arc.gz"):
+    for suffix in (".jsonl.gz", ".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".warc.gz", ".warc", ".arc.gz",
+                   ".pdf", ".epub", ".docx"):
         if name.endswith(suffix):
             return {".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".arc.gz": "warc", ".warc.gz": "warc"}.get(suffix, suffix[1:])
     if name.endswith(HTML_SUFFIXES):
@@ -275,10 +276,13 @@ def iter_files_source(spec: SourceSpec, max_doc_chars: int) -> Iterator[dict | S
                "jsonl": lambda p: _iter_jsonl(spec, p), "json": lambda p: _iter_json(spec, p, max_doc_chars),
                "csv": lambda p: _iter_csv(spec, p), "parquet": lambda p: _iter_parquet(spec, p),
                "warc": lambda p: iter_warc(spec, p)}
+    for kind in ("pdf", "epub", "docx"):  # books and articles (books.py)
+        readers[kind] = lambda p, kind=kind: _iter_book(spec, p, kind)
     for path in files:
         kind = file_kind(path)
         if kind == "unknown":
-            yield Skipped("unsupported file type", path, "expected .txt .md .rst .html .json .jsonl .csv .parquet .warc[.gz]")
+            yield Skipped("unsupported file type", path,
+                          "expected .txt .md .rst .html .json .jsonl .csv .parquet .warc[.gz] .pdf .epub .docx")
             continue
         documents = 0
         try:
@@ -309,6 +313,12 @@ def _iter_text_file(spec, path, kind, max_doc_chars):
     for i, part in enumerate(_split_text(text, spec.split_text)):
         doc_id = f"{path}#{i}" if spec.split_text != "none" else path
         yield _doc(part, doc_id, spec, path, title or Path(path).stem, note=note)
+
+
+def _iter_book(spec, path, kind):
+    from .books import iter_book
+
+    return iter_book(spec, path, kind)
 
 
 def _open_maybe_gz(path):
