@@ -56,7 +56,7 @@ class EvaluateConfig:
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps."})
     torch_num_threads: int | None = field(default=None, metadata={
-        "help": "CPU threads for torch (default: torch's choice, one per core). On a machine shared with other "
+        "help": "CPU threads for torch (default: the CPUs free at the start). On a machine shared with other "
                 "busy processes, 1 is often several times faster for small models."})
     torch_dtype: str = field(default="auto", metadata={
         "help": "auto (bfloat16 on a GPU that has it, else float32), float32, bfloat16, float16."})

@@ -144,6 +144,11 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
                                                       if isinstance(v, (int, float))), ""]
         if plot:
             lines += ["![loss curves](report_loss.png)", ""]
+        cpu = (read_json(run_dir / "pretrain" / "train_summary.json") or {}).get("cpu") or {}
+        if cpu.get("busy"):
+            lines += [f"**The machine was busy while pretraining**: {cpu['cpus_free_mean']} of {cpu['cpus']} CPUs "
+                      "were free on average, so a time-budgeted run trained on fewer tokens than a quiet machine "
+                      "gives (`pretrain/train_summary.json`).", ""]
 
     # -- evaluation across stages
     comparison = run_dir / "evaluate" / "comparison.md"

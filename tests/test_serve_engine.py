@@ -189,7 +189,7 @@ def test_decoding_threads(model_and_tokenizer, monkeypatch):
     monkeypatch.setattr(engine_module, "SMALL_MODEL_PARAMETERS", 1000)  # the tiny model counts as large
     assert decode_threads(model, free=64) == torch.get_num_threads()
     assert decode_threads(model, free=1) == 1 and decode_threads(model, free=0) == 1
-    assert 1 <= engine_module.free_cpus(sample_s=0.05) <= (os.cpu_count() or 1)  # the real measurement
+    assert 0 <= engine_module.free_cpus(sample_s=0.05) <= (os.cpu_count() or 1)  # the real measurement
     engine = GenerationEngine(model, tok.pad_token_id, num_threads=3)
     try:
         assert engine.num_threads == 3

@@ -173,13 +173,14 @@ def run_evaluation(cfg, start: Callable[[], Any] | None = None) -> dict[str, Any
     import torch
 
     from ..model_card import update_model_index
+    from ..threads import ThreadGovernor
     from .report import comparison_markdown, comparison_plot, read_metrics_file
     from .scoring import LMScorer
 
     started = time.time()
     torch.manual_seed(cfg.seed)
-    if cfg.torch_num_threads:
-        torch.set_num_threads(cfg.torch_num_threads)
+    on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    ThreadGovernor("[evaluate]", print, cfg.torch_num_threads, active=on_cpu)  # the CPUs actually free
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     models = parse_models(cfg.models)

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..threads import choose, free_cpus
+
 logger = logging.getLogger(__name__)
 
 
@@ -52,30 +54,7 @@ def decode_threads(model, free: int | None = None) -> int:
         return torch.get_num_threads()
     if model.num_parameters() < SMALL_MODEL_PARAMETERS:
         return 1
-    return max(1, min(torch.get_num_threads(), free_cpus() if free is None else free))
-
-
-def free_cpus(sample_s: float = 0.25) -> int:
-    """CPUs of this process's affinity that are idle now: the idle share of all CPU time over `sample_s`
-    (Linux /proc/stat) times the CPUs we may run on, at least 1; without /proc, the load average."""
-    import os
-
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-    def times():
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + (values[4] if len(values) > 4 else 0)  # total, idle + iowait
-
-    try:
-        total0, idle0 = times()
-        time.sleep(sample_s)
-        total1, idle1 = times()
-        idle_share = (idle1 - idle0) / max(1, total1 - total0)
-    except (OSError, ValueError, IndexError):
-        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        idle_share = max(0.0, 1.0 - busy / max(1, os.cpu_count() or 1))
-    return max(1, min(usable, round(idle_share * (os.cpu_count() or usable))))
+    return choose(free_cpus() if free is None else free, limit=torch.get_num_threads())
 
 
 class QueueFullError(RuntimeError):
@@ -217,7 +196,7 @@ class GenerationEngine:
         self._cache_key = CACHE_KEY  # the forward's KV-cache argument name in the installed transformers
         self.free_cpus = None  # measured at start when the thread count is ours to choose (on the CPU)
         if not num_threads and self.device.type == "cpu":
-            self.free_cpus = free_cpus()
+            self.free_cpus = round(free_cpus(), 1)
         self._num_threads = int(num_threads or decode_threads(model, free=self.free_cpus))
         self.vocab_size = int(model.config.vocab_size)  # logits per position
         self._warm_up()

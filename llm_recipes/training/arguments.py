@@ -44,6 +44,9 @@ class PretrainConfig:
                 "context with scaled RoPE, a mapping (YAML) or JSON string of transformers' rope_parameters, e.g. "
                 "{\"rope_type\": \"yarn\"} (linear, dynamic, yarn, llama3; `factor` defaults to seq_len / the "
                 "old context, `original_max_position_embeddings` to the old context)."})
+    torch_num_threads: Optional[int] = field(default=None, metadata={
+        "help": "CPU threads for torch on the CPU; default: the CPUs free at the start (other busy processes "
+                "make extra threads spin and wait), re-checked at every log line."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2, ..."})
     document_masking: bool = field(default=True, metadata={
         "help": "Keep packed documents from attending to each other (position_ids restart per document). "

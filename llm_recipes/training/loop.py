@@ -96,6 +96,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
 
     from ..fileio import atomic_write_json, mark_complete
     from ..launch import check_process_group
+    from ..threads import ThreadGovernor
     from .building import build_model, check_vocab, enable_activation_checkpointing, load_tokenizer, make_optimizer
     from .checkpoint import check_resume, load_checkpoint, resolve_resume, save_checkpoint, tokenizer_fingerprint
     from .data import build_eval_batches, build_train_batches
@@ -110,6 +111,9 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     say = accelerator.print
     _check_output_dir(cfg, checkpoints)
     set_seed(cfg.seed)
+    # CPU threads from the CPUs actually free (one process on the CPU; several share the cores already)
+    threads = ThreadGovernor("pretrain", say, cfg.torch_num_threads,
+                             active=accelerator.device.type == "cpu" and accelerator.num_processes == 1)
 
     # ---- model, data, optimizer -------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg)
@@ -219,6 +223,10 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
             elapsed = float(broadcast(elapsed)[0]) if world > 1 else float(elapsed[0])  # every process decides alike
             if elapsed >= budget:
                 say(f"pretrain: wall-clock budget of {budget:g}s reached at step {step}")
+                if threads.busy():
+                    free = threads.summary()
+                    say(f"pretrain: the machine was busy: {free['cpus_free_mean']:.1f} of {free['cpus']} CPUs free on "
+                        f"average, so this budget trained {tokens:,} tokens, fewer than a quiet machine gives")
                 break
             progress = elapsed / budget
         t0 = time.perf_counter()
@@ -283,6 +291,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
                 metrics.write(record)
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}, step=step)
             window_tokens, window_time = 0, 0.0
+            threads.recheck()
         if cfg.eval_steps and step % cfg.eval_steps == 0:
             result.eval_metrics = run_eval()
             last_eval_step = step
@@ -307,7 +316,8 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     accelerator.end_training()
     if accelerator.is_main_process:
         summary = {"steps": step, "tokens": tokens, "skipped_steps": skipped,
-                   "eval": result.eval_metrics, "final_dir": str(result.final_dir)}
+                   "eval": result.eval_metrics, "final_dir": str(result.final_dir),
+                   **({"cpu": {**threads.summary(), "busy": threads.busy()}} if threads.summary() else {})}
         atomic_write_json(out / "train_summary.json", summary)
         mark_complete(out, **summary)
         say(f"pretrain: {step} steps, {tokens:,} tokens, {skipped} skipped updates; "
