@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from .config import parse_config, save_resolved_config
+from .config import parse_config, start_stage_output
 
 
 @dataclass
@@ -46,12 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm-recipes feedback: error: {e}", file=sys.stderr)
         return 2
     dpo, kto, counts = feedback_to_datasets(rows, max_pairs_per_prompt=cfg.max_pairs_per_prompt)
-    out = Path(cfg.output_dir)
+    out = start_stage_output(cfg.output_dir, cfg, stage="feedback")  # the store was read: new files replace the old
     for name, records in (("dpo.jsonl", dpo), ("kto.jsonl", kto)):
         atomic_write_text(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     counts["source"] = str(path)
     atomic_write_json(out / "feedback_summary.json", counts)
-    save_resolved_config(out, cfg, stage="feedback")
     print(f"[feedback] {counts['rows']} feedback rows from {path} -> {len(dpo)} DPO pairs in {out / 'dpo.jsonl'}, "
           f"{len(kto)} KTO rows ({counts['kto_desirable']} thumbs up) in {out / 'kto.jsonl'}")
     if not dpo:

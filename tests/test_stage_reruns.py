@@ -167,3 +167,17 @@ def test_finetuning_resume_skips_broken_checkpoints_and_refuses_when_all_are(tmp
     with pytest.raises(ConfigError, match="is partial"):
         resolve_resume(str(good), tmp_path)
     assert resolve_resume("latest", tmp_path / "fresh") is None
+
+
+def test_feedback_rerun_that_writes_new_files_but_fails_is_not_marked_finished(tmp_path, capsys):
+    from llm_recipes import feedback
+    from llm_recipes.serving.feedback_store import FeedbackStore
+
+    out = _finished(tmp_path / "feedback", "dpo.jsonl", "kto.jsonl")
+    assert feedback.main([str(tmp_path / "nowhere.sqlite"), "--output_dir", str(out)]) == 2  # refused: untouched
+    assert _untouched(out, "dpo.jsonl", "kto.jsonl")
+    FeedbackStore(tmp_path / "empty.sqlite").close()
+    assert feedback.main([str(tmp_path / "empty.sqlite"), "--output_dir", str(out)]) == 1
+    assert "holds no usable feedback" in capsys.readouterr().err
+    # the old exports were replaced by empty ones: `run` must not skip this stage as finished
+    assert (out / "dpo.jsonl").read_text() == "" and not (out / "stage_complete.json").exists()
