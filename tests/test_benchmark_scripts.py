@@ -73,3 +73,16 @@ def test_gpu_mfu_script_refuses_without_a_gpu_or_a_text(tmp_path, capsys):
     (tmp_path / "input.txt").write_text("some text", encoding="utf-8")
     assert script.main(["--text", str(tmp_path / "input.txt")]) == 2
     assert "no CUDA GPU here" in capsys.readouterr().err
+
+
+def test_contention_benchmark_records_rows(tmp_path):
+    out = tmp_path / "contention.jsonl"
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "contention.py"), "--steps", "1", "--hogs",
+                           "0", "--threads", "auto", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["hogs"], r["threads"]) for r in rows] == [(0, "auto"), (0, "1")]
+    assert rows[1]["threads_used"] == 1 and all(r["tokens_per_sec"] > 0 for r in rows)
