@@ -26,6 +26,8 @@ import json
 import os
 import sys
 import time
+import types
+import typing
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -120,12 +122,13 @@ class _Mismatch(Exception):
     """A value that does not fit a field type (carries what was expected)."""
 
 
-def _type_name(tp: Any) -> str:
-    import typing
+_UNIONS = (typing.Union, types.UnionType)  # Optional[int] and int | None
 
+
+def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(tp) in _UNIONS:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of " + ", ".join(repr(m.value) for m in tp)
@@ -137,13 +140,10 @@ def _type_name(tp: Any) -> str:
 def _fit(value: Any, tp: Any) -> Any:
     """`value` as a value of field type `tp` (int, float, bool, str, list[...], dict, Optional/Union, Enum,
     Literal); raises _Mismatch. Types it does not know are accepted as they are."""
-    import types
-    import typing
-
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any or isinstance(tp, (str, typing.TypeVar)):
         return value
-    if origin in (typing.Union, getattr(types, "UnionType", None)):
+    if origin in _UNIONS:
         if value is None:
             if type(None) in args:
                 return None
@@ -213,8 +213,6 @@ def _fit(value: Any, tp: Any) -> Any:
 
 
 def _field_types(config_classes: Sequence[type]) -> dict[str, Any]:
-    import typing
-
     types_by_name: dict[str, Any] = {}
     for cls in config_classes:
         try:
