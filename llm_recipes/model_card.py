@@ -88,12 +88,12 @@ BUILTIN_DATA = {
 
 
 def readable_model_name(model_dir: str | os.PathLike) -> str:
-    """`runs/quickstart/dpo/final` -> `quickstart-dpo`: a run's stage folders all end in `final`."""
-    path = Path(model_dir).resolve()
-    if path.name in ("final", "model") and path.parent.name:
-        stage, run = path.parent.name, path.parent.parent.name
-        return f"{run}-{stage}" if run else stage
-    return path.name
+    """`runs/quickstart/dpo/final` -> `quickstart-dpo`: the stage that made it (as `serve` names it), after its run."""
+    from .serving import default_model_name
+
+    path, name = Path(model_dir).resolve(), default_model_name(model_dir)
+    run = path.parent.parent.name if name != path.name else ""
+    return f"{run}-{name}" if run else name
 
 
 def readable_dataset_id(source: str) -> str:
