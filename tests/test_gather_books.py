@@ -189,6 +189,20 @@ def test_pdf_reading_order_columns_and_indented_paragraphs(tmp_path):
     assert book.title == ""  # a converter's file name is not a title: gather uses the file's name
 
 
+def test_pdf_metadata_from_xmp_and_bulleted_lines(tmp_path):
+    from llm_recipes.data.books import _xmp_title_author, read_pdf
+
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title><rdf:Alt>'
+           b'<rdf:li xml:lang="x-default">Deltas</rdf:li></rdf:Alt></dc:title><dc:creator><rdf:Seq><rdf:li>A. Author'
+           b'</rdf:li><rdf:li>B. Author</rdf:li></rdf:Seq></dc:creator></rdf:Description></rdf:RDF></x:xmpmeta>')
+    assert _xmp_title_author(xmp) == ("Deltas", "A. Author, B. Author")
+    write_pdf(tmp_path / "list.pdf", [[(72, 700, "Three things shape a delta:"), (72, 686, "• the river's sediment,"),
+                                       (72, 672, "• the tides,"), (72, 658, "• and the waves.")]])
+    assert read_pdf(str(tmp_path / "list.pdf")).text.split("\n\n") == [
+        "Three things shape a delta:", "• the river's sediment,", "• the tides,", "• and the waves."]
+
+
 def test_pdf_of_repeated_lines_keeps_them_and_damage_after_some_pages_keeps_those(tmp_path, monkeypatch):
     from pdfminer.pdfinterp import PDFPageInterpreter
     from pdfminer.pdfparser import PDFSyntaxError

@@ -10,8 +10,8 @@ One document per file (a whole book), the form text files take too; `split_text:
   A chapter heading at the top of a page stays (it does not recur on the neighbouring pages). Words
   hyphenated at a line end are joined ("exam-" + "ple" -> "example") unless the book itself writes the
   hyphenated form and never the joined one ("well-known"). Paragraphs are pdfminer's text boxes, split
-  at indented first lines (books set paragraphs without space between them); one broken by a page end
-  is joined. Ligatures (U+FB00-FB06) are spelled out.
+  at indented first lines (books set paragraphs without space between them) and at bullets; one broken
+  by a page end is joined. Ligatures (U+FB00-FB06) are spelled out.
 - EPUB (zipfile + lxml): the chapters of the OPF spine, in spine order; the navigation document (EPUB 3
   `properties="nav"`), the NCX and a table of contents in the EPUB 2 guide are dropped.
 - DOCX (python-docx): paragraphs and tables in document order, headings kept as their own paragraphs;
@@ -88,6 +88,7 @@ JUNK_TITLE = re.compile(r"^(microsoft (word|powerpoint) - .*|untitled.*|.*\.(doc
                         re.I)
 LIGATURES = str.maketrans({"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl",
                            "\ufb05": "st", "\ufb06": "st"})
+BULLETS = ("•", "◦", "▪", "‣", "●", "■")
 HYPHENS = "-\u2010\u00ad"  # hyphen-minus, hyphen, soft hyphen
 EDGE_LINES = 2  # lines at the top and at the bottom of a page that may be running headers/footers
 NEIGHBOURS = 2  # pages before and after to compare with (2: left and right pages differ)
@@ -270,16 +271,18 @@ def _rejoin_boxes(boxes: list[list[_Line]]) -> list[list[_Line]]:
 def _split_indented(boxes: list[list[_Line]]) -> list[list[_Line]]:
     """Splits a text box at indented first lines: books set paragraphs without space between them, so
     pdfminer puts a page of them in one box. A line starts a paragraph when it is indented (by more than half
-    a line height) and the line before it is not, or ends short of the right margin."""
+    a line height) and the line before it is not, or ends short of the right edge of the lines that start
+    where it starts (so the lines of an indented block quote stay together); a bulleted line starts one."""
     out = []
     for box in boxes:
-        left, right = min(line.left for line in box), max(line.right for line in box)
+        left = min(line.left for line in box)
         start = 0
         for k in range(1, len(box)):
-            em = box[k].top - box[k].bottom
-            indented = box[k].left > left + em / 2
-            previous_indented, previous_short = box[k - 1].left > left + em / 2, box[k - 1].right < right - 2 * em
-            if indented and (not previous_indented or previous_short):
+            em, previous = box[k].top - box[k].bottom, box[k - 1]
+            right = max(line.right for line in box if abs(line.left - previous.left) <= em / 2)
+            indented, previous_indented = box[k].left > left + em / 2, previous.left > left + em / 2
+            if (indented and (not previous_indented or previous.right < right - 2 * em)) \
+                    or box[k].text.startswith(BULLETS):
                 out.append(box[start:k])
                 start = k
         out.append(box[start:])
