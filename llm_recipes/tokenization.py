@@ -54,6 +54,17 @@ def load_definition(path: str | os.PathLike | None = None) -> tuple[dict, str]:
     return specials, template
 
 
+def check_vocab_size(vocab_size: int, specials: dict) -> int:
+    """The vocabulary size rounded up to a multiple of 64; a ValueError when it cannot hold the 256 byte
+    tokens plus the special tokens."""
+    rounded = round_vocab_size(vocab_size)
+    minimum = BYTE_ALPHABET_SIZE + len(special_token_list(specials))
+    if int(vocab_size) <= 0 or rounded < minimum:
+        raise ValueError(f"vocab_size {rounded} is too small: a byte-level BPE needs at least {BYTE_ALPHABET_SIZE} "
+                         f"byte tokens plus {minimum - BYTE_ALPHABET_SIZE} special tokens = {minimum}")
+    return rounded
+
+
 def special_token_list(specials: dict) -> list[str]:
     """Special tokens in id order: bos, eos, pad, then the additional ones."""
     tokens = [specials["bos_token"], specials["eos_token"], specials["pad_token"]]
@@ -102,13 +113,7 @@ def train_bpe(
 
     specials, chat_template = load_definition(definition_dir)
     special_tokens = special_token_list(specials)
-    vocab_size = round_vocab_size(vocab_size)
-    minimum = BYTE_ALPHABET_SIZE + len(special_tokens)
-    if int(vocab_size) <= 0 or vocab_size < minimum:
-        raise ValueError(
-            f"vocab_size {vocab_size} is too small: a byte-level BPE needs at least {BYTE_ALPHABET_SIZE} byte tokens "
-            f"plus {len(special_tokens)} special tokens = {minimum}"
-        )
+    vocab_size = check_vocab_size(vocab_size, specials)
 
     tokenizer = Tokenizer(models.BPE(byte_fallback=False))
     # split with the GPT-4 regex, then map bytes to printable characters (no unknown tokens possible)

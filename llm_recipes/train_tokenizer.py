@@ -62,19 +62,21 @@ def run(cfg: TrainTokenizerConfig) -> Path:
     """Trains, saves and reports; returns the output folder."""
     import time
 
-    from .config import ConfigError, start_stage_output
+    from .config import check_range, start_stage_output
     from .fileio import atomic_write_json, atomic_write_text, mark_complete
-    from .tokenization import load_definition, save_tokenizer_atomically, text_stream, train_bpe
+    from .tokenization import check_vocab_size, load_definition, save_tokenizer_atomically, text_stream, train_bpe
     from .tokenizer_report import PeakMemory, report_markdown, tokenizer_report
 
-    if cfg.max_document_chars < 0 or cfg.max_train_chars < 0 or cfg.model_max_length <= 0 or cfg.min_frequency < 1:
-        raise ConfigError("max_document_chars and max_train_chars must be >= 0, model_max_length > 0, min_frequency >= 1")
+    for key, low in (("max_document_chars", 0), ("max_train_chars", 0), ("report_max_chars", 0),
+                     ("model_max_length", 1), ("min_frequency", 1)):
+        check_range(cfg, key, low)
     output_dir = Path(cfg.output_dir)
 
     # Load the data (a refused run leaves a previous tokenizer and its completion marker as they were)
     train_files, validation_files = clean_data_files(cfg.dataset_path)
     texts, num_docs = text_stream(train_files, cfg.text_column, max_chars=cfg.max_train_chars, seed=cfg.seed)
-    load_definition(cfg.tokenizer_definition_dir)  # special tokens and chat template: a missing folder fails now
+    specials, _ = load_definition(cfg.tokenizer_definition_dir)  # a missing definition folder fails now
+    check_vocab_size(cfg.vocab_size, specials)
     start_stage_output(output_dir, cfg, stage="train-tokenizer")
     print(f"train-tokenizer: training a {cfg.vocab_size}-token BPE on {len(train_files)} file(s), {num_docs:,} documents"
           + (f" (a sample of about {cfg.max_train_chars:,} characters)" if cfg.max_train_chars else ""))

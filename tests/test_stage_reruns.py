@@ -101,6 +101,11 @@ def test_train_tokenizer_refused_run_keeps_the_finished_tokenizer(tmp_path, caps
                                  "--tokenizer_definition_dir", str(tmp_path / "no_definition")]) == 1
     assert "special_tokens.yaml" in capsys.readouterr().err
     assert _untouched(out, "tokenizer.json")
+    for flag, value, message in (("--vocab_size", "10", "vocab_size 64 is too small"),
+                                 ("--max_train_chars", "-1", "max_train_chars must be >= 0, got -1")):
+        assert train_tokenizer.main(["--output_dir", str(out), "--dataset_path", str(empty), flag, value]) == 1
+        assert message in capsys.readouterr().err
+        assert _untouched(out, "tokenizer.json")
 
 
 def test_evaluate_refused_run_keeps_its_marker_and_a_failed_run_clears_it(tmp_path, tiny_model_dir, monkeypatch):
