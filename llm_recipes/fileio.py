@@ -147,6 +147,21 @@ _TEMPORARY = re.compile(r"^\..+\.tmp$")  # .<name>.<random>.tmp, .step-00000100.
 _MOVED_ASIDE = re.compile(r"^\.(?P<name>.+)\.old(?:-\d+)?$")  # .<name>.old-<pid>, .step-00000100.old
 
 
+def replace_folder(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Puts the finished folder `new` (on the same filesystem) where `target` is: the old `target` is moved
+    aside to `.<name>.old-<pid>`, `new` renamed into place, the old one removed. A kill in between leaves the
+    moved-aside copy, which `remove_leftovers` puts back at the next start."""
+    new, target = Path(new), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+    _fsync_dir(target.parent)
+
+
 def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
     """Removes what killed atomic writes left directly in `folder`: the `.<name>.*.tmp` files and folders of
     `atomic_open` / `atomic_directory` (and checkpoint saves), and the `.<name>.old[-pid]` copies that a

@@ -258,11 +258,37 @@ def test_interrupted_clean_resumes(tmp_path, monkeypatch):
     work = tmp_path / "out" / "work"
     done = sorted(p.name for p in (work / "logs" / "final" / "completions").iterdir())
     assert done == ["00000", "00001"]  # tasks finished before the crash are recorded
-    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "train").glob("0000[01]-*.parquet")}
+    # the new splits are written under work/ and moved into place only when all of them are written
+    finished = {p.name: p.stat().st_mtime_ns for p in (work / "splits" / "train").glob("0000[01]-*.parquet")}
+    assert finished and not (tmp_path / "out" / "train").exists()
     monkeypatch.setattr(textops, "scrub_pii", real)
     report = clean(settings(tmp_path, workers=1))
-    assert all(p.stat().st_mtime_ns == m for p, m in finished.items())  # not redone
+    train = tmp_path / "out" / "train"
+    assert all((train / name).stat().st_mtime_ns == m for name, m in finished.items())  # not redone
     assert report["output_documents"] == 32 and report["count_problems"] == []
+
+
+def test_failed_rerun_keeps_the_previous_splits(tmp_path, monkeypatch):
+    """A re-run that crashes half-way leaves the finished train/ and validation/ in place (the new ones are
+    written beside them and swapped in at the end); the next successful run replaces them."""
+    rng = random.Random(6)
+    write_input(tmp_path / "in", [[row(prose(rng, 150), f"s{k}-{i}") for i in range(6)] for k in range(2)])
+    first = clean(settings(tmp_path, workers=1))
+    before = {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").glob("*/*.parquet")}
+    assert first["output_documents"] == 12 and before
+    real = textops.scrub_pii
+
+    def failing(text):
+        raise RuntimeError("simulated crash in the final phase")
+
+    monkeypatch.setattr(textops, "scrub_pii", failing)
+    with pytest.raises(Exception):
+        clean(settings(tmp_path, workers=1, seed=7))  # other settings: a new run, not a resume
+    assert {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").glob("*/*.parquet")} == before
+    monkeypatch.setattr(textops, "scrub_pii", real)
+    second = clean(settings(tmp_path, workers=1, seed=7))
+    assert second["output_documents"] == 12 and not (tmp_path / "out" / "work").exists()
+    assert not list((tmp_path / "out").glob(".*"))
 
 
 def test_cli_and_recipes(tmp_path):

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..fileio import atomic_open, atomic_write_json
+from ..fileio import atomic_open, atomic_write_json, replace_folder
 from . import steps as S
 
 WORK = "work"
+SPLITS = "splits"  # under work/: the new train/ and validation/, moved into place when everything is written
 
 
 @dataclass
@@ -122,9 +123,7 @@ def clean(settings: CleanSettings, start: Callable[[], Any] | None = None) -> di
     if marker.exists() and json.loads(marker.read_text()).get("fingerprint") != fingerprint:
         print("clean: the input or the settings changed since the interrupted run; starting over")
         shutil.rmtree(work)
-    if not marker.exists():
-        for split in ("train", "validation"):
-            shutil.rmtree(out / split, ignore_errors=True)
+    if not marker.exists():  # the previous train/ and validation/ stay until the new ones replace them
         atomic_write_json(marker, {"fingerprint": fingerprint})
     elif (work / "logs").exists():
         print(f"clean: resuming; finished tasks recorded in {work / 'logs'} are skipped")
@@ -195,15 +194,22 @@ def clean(settings: CleanSettings, start: Callable[[], Any] | None = None) -> di
         final_chain.append(S.Decontaminate(str(ngram_file), settings.decontamination_ngram))
     final_reader = S.ShardReader(filtered_files, tallied=final_chain, progress=settings.progress, desc="clean: write")
     _phase("4/4 dedup filter, PII scrubbing, decontamination, train/validation split")
+    splits = work / SPLITS
     _executor([final_reader, *final_chain,
-               S.SplitWriter(str(out), settings.validation_fraction, settings.seed, str(work / "ledger" / "final"),
+               S.SplitWriter(str(splits), settings.validation_fraction, settings.seed, str(work / "ledger" / "final"),
                              final_chain)],
               n, settings.workers, work / "logs" / "final").run()
-    ensure_split_files(out)
+    swapped = work / "swapped.json"  # written before the first split moves: a resumed run must not redo them
+    if not swapped.exists():
+        ensure_split_files(splits)
     timings["final"] = time.time() - t
     timings["total"] = time.time() - started
 
     report = build_report(work / "ledger", n, settings, timings, gather_report_path(settings.input_dir))
+    atomic_write_json(swapped, {"splits": ["train", "validation"]})
+    for split in ("train", "validation"):
+        if (splits / split).is_dir():
+            replace_folder(splits / split, out / split)  # moved aside, replaced, old removed
     write_report(report, out)
     if not settings.keep_work:
         shutil.rmtree(work, ignore_errors=True)
