@@ -203,6 +203,16 @@ def test_pdf_metadata_from_xmp_and_bulleted_lines(tmp_path):
         "Three things shape a delta:", "• the river's sediment,", "• the tides,", "• and the waves."]
 
 
+def test_pdf_lone_page_numbers_go_and_roman_chapter_headings_stay(tmp_path):
+    from llm_recipes.data.books import read_pdf
+
+    body = ["The fourth part begins with a storm that comes in from the west over the hills and",
+            "the long low valley where the river runs, and nobody in the village is ready for it."]
+    for number in ("7", "- 7 -", "xiv", "Page 7 of 9"):
+        write_pdf(tmp_path / "one.pdf", [[(300, 750, "IV"), (72, 700, body[0]), (72, 686, body[1]), (300, 40, number)]])
+        assert read_pdf(str(tmp_path / "one.pdf")).text == "IV\n\n" + " ".join(body), number
+
+
 def test_pdf_of_repeated_lines_keeps_them_and_damage_after_some_pages_keeps_those(tmp_path, monkeypatch):
     from pdfminer.pdfinterp import PDFPageInterpreter
     from pdfminer.pdfparser import PDFSyntaxError

@@ -80,10 +80,9 @@ CORRUPT_PDF = "corrupt PDF"
 DAMAGED_PDF = "damaged PDF (the pages before the damage kept)"
 
 # The outermost line of a page that is only a page number: 12, - 12 -, (12), xiv, Page 3, 3 of 9, 3/9.
-# Lower-case Roman numerals only: "IV" alone is more often a chapter heading than a page number.
-PAGE_NUMBER = re.compile(r"^[-–—(\[]?\s*(?:page\s+)?(?:\d+|[ivxlcdm]+)\s*(?:(?:of|/)\s*\d+)?\s*[-–—)\]]?$",
-                         re.I)
-ROMAN_UPPER = re.compile(r"^[-–—(\[]?\s*[IVXLCDM]+\s*[-–—)\]]?$")
+# Roman numerals in lower case only, up to xxxix (front matter): "IV" alone is more often a chapter heading.
+PAGE_NUMBER = re.compile(r"^[-–—(\[]?\s*(?:(?i:page)\s+)?(?:\d+|x{0,3}(?:ix|iv|v?i{0,3}))"
+                         r"\s*(?:(?:of|/)\s*\d+)?\s*[-–—)\]]?$")
 JUNK_TITLE = re.compile(r"^(microsoft (word|powerpoint) - .*|untitled.*|.*\.(docx?|odt|rtf|pdf|tex|dvi|indd|qxd))$",
                         re.I)
 LIGATURES = str.maketrans({"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl",
@@ -213,7 +212,7 @@ def _remove_running_lines(pages: list[list[list[_Line]]]) -> None:
             near = set().union(*(keys[j] for j in range(max(0, i - NEIGHBOURS), min(len(pages), i + NEIGHBOURS + 1))
                                  if j != i))
             for rank, line in enumerate(page):
-                if rank == 0 and PAGE_NUMBER.match(line.text) and not ROMAN_UPPER.match(line.text):
+                if rank == 0 and PAGE_NUMBER.match(line.text):
                     numbers.add(id(line))
                 elif _edge_key(line.text) in near:
                     running.add(id(line))
