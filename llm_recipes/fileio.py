@@ -108,14 +108,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
                 os.chmod(file, stat.S_IMODE(os.stat(file).st_mode) | readable)
                 with open(file, "rb") as f:
                     os.fsync(f.fileno())
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
