@@ -87,6 +87,45 @@ def test_gather_refused_run_keeps_the_finished_gather(tmp_path):
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == finished
 
 
+def test_gather_overwrite_that_fails_halfway_keeps_the_previous_data(tmp_path, monkeypatch):
+    import llm_recipes.data.gathering as gathering
+    from llm_recipes import gather
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(3):
+        (notes / f"{i}.txt").write_text(f"Note {i}: a note with enough words to be a document of its own.")
+        (notes / f"{i}.md").write_text(f"Markdown {i}: another note with enough words to be a document.")
+    out = tmp_path / "gather"
+    sources = json.dumps([{"type": "files", "paths": [str(notes / "*.txt")]}])
+    assert gather.main(["--output_dir", str(out), "--sources", sources]) == 0
+    finished = {p.relative_to(out): p.read_bytes() for p in (out / "data").rglob("*") if p.is_file()}
+    other = json.dumps([{"type": "files", "paths": [str(notes / "*.md")]}])
+
+    real = gathering.iter_source
+
+    def dies_after_one(spec, *args, **kwargs):  # the new sources fail halfway (a network error, a kill)
+        for n, item in enumerate(real(spec, *args, **kwargs)):
+            if n == 1:
+                raise OSError("connection reset")
+            yield item
+
+    monkeypatch.setattr(gathering, "iter_source", dies_after_one)
+    with pytest.raises(OSError, match="connection reset"):
+        gather.main(["--output_dir", str(out), "--sources", other, "--overwrite_output_dir", "true"])
+    assert {p.relative_to(out): p.read_bytes() for p in (out / "data").rglob("*") if p.is_file()} == finished
+    monkeypatch.setattr(gathering, "iter_source", real)
+    # the same overwrite, now succeeding, replaces the data in one swap and leaves no staging folder behind
+    assert gather.main(["--output_dir", str(out), "--sources", other, "--overwrite_output_dir", "true"]) == 0
+    texts = [p.name for p in (out / "data").glob("*.parquet")]
+    assert texts and all("files" in name for name in texts)
+    import pyarrow.parquet as pq
+
+    rows = [r for f in (out / "data").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert sorted(r["text"][:10] for r in rows) == ["Markdown 0", "Markdown 1", "Markdown 2"]
+    assert not (out / ".data.overwrite.tmp").exists() and (out / "stage_complete.json").is_file()
+
+
 def test_train_tokenizer_refused_run_keeps_the_finished_tokenizer(tmp_path, capsys):
     from llm_recipes import train_tokenizer
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, replace_folder
 from .documents import ShardWriter, Skipped
 from .sources import SourceSpec, iter_source, keep_fraction
 
@@ -103,8 +105,14 @@ def gather(raw_sources: list[dict], output_dir: str | Path, *, total_mb: float |
     state = _check_state(state_path, fingerprint, overwrite)
     if start is not None:
         start()
+    final_data_dir, final_state_path, staging = data_dir, state_path, None
     if overwrite and state is None:
-        _remove_previous(state_path, data_dir)
+        # the previous gather stays until this one has finished: write beside it, swap at the end (a run that
+        # fails halfway leaves the old data as it was; its staging folder is removed at the next start)
+        staging = output_dir / ".data.overwrite.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        data_dir, state_path = staging / "data", staging / STATE_FILE
+        data_dir.mkdir(parents=True)
         state = {}
     progress_list = [SourceProgress(**p) for p in state.get("sources", [])] or [SourceProgress(s.name) for s in specs]
     budgets = source_budgets(specs, total_mb)
@@ -173,6 +181,10 @@ def gather(raw_sources: list[dict], output_dir: str | Path, *, total_mb: float |
         prog.notes, prog.note_examples = dict(notes), note_examples
         save_state()
     bar.close()
+    if staging is not None:
+        replace_folder(data_dir, final_data_dir)
+        os.replace(state_path, final_state_path)
+        shutil.rmtree(staging, ignore_errors=True)
     report = _report(specs, progress_list, budgets, time.time() - started)
     atomic_write_json(output_dir / REPORT_FILE, report)
     return report
@@ -206,11 +218,6 @@ def _check_state(state_path: Path, fingerprint: str, overwrite: bool) -> dict | 
     raise ValueError(f"{state_path} belongs to a gather with different sources or limits; "
                      "set overwrite_output_dir: true to start over, or use another output_dir")
 
-
-def _remove_previous(state_path: Path, data_dir: Path) -> None:
-    for shard in data_dir.glob("*.parquet"):
-        shard.unlink()
-    state_path.unlink()
 
 
 def _report(specs, progress_list, budgets, seconds) -> dict[str, Any]:
