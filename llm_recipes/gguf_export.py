@@ -27,6 +27,38 @@ LLAMA_CPP_PRE_TOKENIZER = "bailingmoe"  # llama.cpp's name for SPLIT_PATTERN (sa
 GGUF_DTYPES = {"float32": "ALL_F32", "float16": "MOSTLY_F16", "bfloat16": "MOSTLY_BF16"}
 
 
+# the rope types llama.cpp computes, and how each is written: linear and yarn as rope.scaling.* keys (what
+# llama.cpp's converter writes), llama3 as a `rope_freqs` tensor; dynamic NTK has no llama.cpp equivalent
+GGUF_ROPE_TYPES = ("default", "linear", "yarn", "llama3")
+
+
+def write_rope_scaling(writer, config) -> None:
+    import gguf
+
+    rope = config.rope_parameters
+    if rope["rope_type"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    elif rope["rope_type"] == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+        writer.add_rope_scaling_yarn_beta_fast(float(rope.get("beta_fast") or 32.0))
+        writer.add_rope_scaling_yarn_beta_slow(float(rope.get("beta_slow") or 1.0))
+
+
+def rope_frequency_factors(config):
+    """Per rotary frequency, the plain frequency over the scaled one (transformers' llama3 rule), float32."""
+    import numpy as np
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from .model.modeling_recipe_gpt import RecipeGPTRotaryEmbedding
+
+    plain, _ = RecipeGPTRotaryEmbedding.compute_default_rope_parameters(config)
+    scaled, _ = ROPE_INIT_FUNCTIONS[config.rope_parameters["rope_type"]](config)
+    return (plain / scaled).numpy().astype(np.float32)
+
+
 def check_tokenizer(model_dir: Path) -> dict:
     """The folder's tokenizer.json, if llama.cpp's `bailingmoe` pre-tokenizer reproduces it: byte-level BPE
     split by our pattern. Raises ExportError otherwise (llama.cpp would cut the text differently)."""
@@ -110,12 +142,11 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     config = model.config
     llama_config_from(config)  # refuses what Llama (and so llama.cpp's Llama graph) cannot compute
-    if config.rope_parameters["rope_type"] != "default":
-        # llama.cpp names each scaling scheme its own way (rope.scaling.* keys, a rope_freqs tensor for llama3);
-        # none of them is checked against llama.cpp here yet, so none is written rather than one written wrongly
-        raise ExportError(f"this model uses scaled RoPE (rope_type {config.rope_parameters['rope_type']!r}); the GGUF "
-                          "export writes plain RoPE only. Use `--to llama` (Llama computes every scaled type) and "
-                          "llama.cpp's convert_hf_to_gguf.py, or serve it with `llm-recipes serve`.")
+    rope = config.rope_parameters
+    if rope["rope_type"] not in GGUF_ROPE_TYPES:
+        raise ExportError(f"this model uses rope_type {rope['rope_type']!r}, which llama.cpp does not compute (it has "
+                          f"{', '.join(GGUF_ROPE_TYPES)}); use `--to llama` (Llama computes every type) or serve it "
+                          "with `llm-recipes serve`.")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if dtype is None:
         dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(model.dtype, "float32")
@@ -140,7 +171,8 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
         writer.add_key_length(config.head_dim)
         writer.add_value_length(config.head_dim)
         writer.add_rope_dimension_count(config.head_dim)
-        writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+        writer.add_rope_freq_base(float(rope["rope_theta"]))
+        write_rope_scaling(writer, config)
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
         writer.add_vocab_size(config.vocab_size)
         writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
@@ -174,6 +206,10 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
             else:
                 writer.add_tensor(f"{target}.{suffix}", gguf.quants.quantize(array, gguf.GGMLQuantizationType.BF16),
                                   raw_dtype=gguf.GGMLQuantizationType.BF16)
+            count += 1
+        if rope["rope_type"] == "llama3":
+            # llama.cpp applies Llama 3's per-frequency scaling as divisors of the plain frequencies
+            writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope_frequency_factors(config))
             count += 1
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

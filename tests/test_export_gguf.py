@@ -104,10 +104,11 @@ def test_refuses_what_llama_cpp_would_compute_differently(tmp_path, tiny_tokeniz
     assert main(["export", str(qk), "--to", "gguf", "--output_dir", str(tmp_path / "out")]) == 2
     assert "qk_norm" in capsys.readouterr().err
 
-    yarn = tmp_path / "yarn"
-    _save_model(yarn, tiny_tokenizer_dir, rope_parameters={"rope_type": "yarn", "factor": 2.0})
-    assert main(["export", str(yarn), "--to", "gguf", "--output_dir", str(tmp_path / "out")]) == 2
-    assert "scaled RoPE (rope_type 'yarn')" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    dynamic = tmp_path / "dynamic"  # dynamic NTK has no llama.cpp equivalent
+    _save_model(dynamic, tiny_tokenizer_dir, rope_parameters={"rope_type": "dynamic", "factor": 2.0})
+    assert main(["export", str(dynamic), "--to", "gguf", "--output_dir", str(tmp_path / "out")]) == 2
+    assert "rope_type 'dynamic', which llama.cpp does not compute" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
     assert main(["export", str(tmp_path / "nothing"), "--to", "gguf"]) == 2
     assert "config.json" in capsys.readouterr().err
@@ -186,3 +187,42 @@ def test_padded_vocabulary_rows_become_unused_tokens(tmp_path, tiny_tokenizer_di
         expected = model.eval()(torch.tensor([ids])).logits[0].numpy()
     assert np.asarray(llm.scores[: len(ids)]).shape == expected.shape
     assert np.abs(np.asarray(llm.scores[: len(ids)]) - expected).max() < 1e-3
+
+
+SCALED_ROPE = [{"rope_type": "linear", "factor": 2.0},
+               {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+               {"rope_type": "llama3", "factor": 4.0, "original_max_position_embeddings": 16}]
+
+
+@pytest.mark.parametrize("rope", SCALED_ROPE, ids=lambda r: r["rope_type"])
+def test_scaled_rope_is_written_the_way_llama_cpp_reads_it(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, rope):
+    import numpy as np
+    from gguf import GGUFReader
+
+    model, path = _export(tmp_path, tiny_tokenizer_dir, max_position_embeddings=64, rope_parameters=rope)
+    reader = GGUFReader(path)
+    keys = set(reader.fields)
+    tensors = {t.name: t for t in reader.tensors}
+    if rope["rope_type"] == "llama3":
+        # Llama 3's rule as divisors of the plain frequencies: rising from ~1 (fast) to the factor (slowest)
+        factors = np.asarray(tensors["rope_freqs.weight"].data)
+        assert factors.shape == (model.config.head_dim // 2,) and np.all(np.diff(factors) >= 0)
+        assert 1.0 <= factors[0] < factors[-1] == pytest.approx(rope["factor"]) and "llama.rope.scaling.type" not in keys
+    else:
+        assert _field(reader, "llama.rope.scaling.type") == rope["rope_type"]
+        assert _field(reader, "llama.rope.scaling.factor") == rope["factor"]
+        assert "rope_freqs.weight" not in tensors
+    if rope["rope_type"] == "yarn":
+        assert _field(reader, "llama.rope.scaling.original_context_length") == 16
+
+    # where llama.cpp is installed: its logits over 48 positions (3x the trained 16) equal ours
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (compiles llama.cpp) is not installed")
+    import torch
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2, seed=0)
+    ids = tiny_tokenizer(" ".join(PROBES))["input_ids"][:48]
+    llm.eval(ids)
+    theirs = np.asarray(llm.scores[: len(ids)])
+    with torch.inference_mode():
+        expected = model.eval()(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(theirs - expected).max() < 1e-3
