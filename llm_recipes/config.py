@@ -18,6 +18,7 @@ reads the tokenizer from `runs/quickstart/tokenizer` whether it runs alone or as
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import difflib
@@ -302,7 +303,7 @@ def parse_config(config_classes: Sequence[type], argv: Sequence[str] | None = No
                 # convert here, so a bad recipe value is a ConfigError naming the key
                 try:
                     action.default = action.type(action.default)
-                except (TypeError, ValueError) as e:
+                except (TypeError, ValueError, argparse.ArgumentTypeError) as e:  # the last: HF's string_to_bool
                     raise ConfigError(f"{action.dest!r}: invalid value {values[action.dest]!r} ({e})") from None
     try:
         *configs, leftover = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
