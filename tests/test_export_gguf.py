@@ -215,10 +215,15 @@ def test_scaled_rope_is_written_the_way_llama_cpp_reads_it(tmp_path, tiny_tokeni
     if rope["rope_type"] == "yarn":
         assert _field(reader, "llama.rope.scaling.original_context_length") == 16
 
-    # where llama.cpp is installed: its logits over 48 positions (3x the trained 16) equal ours
+
+@pytest.mark.parametrize("rope", SCALED_ROPE, ids=lambda r: r["rope_type"])
+def test_llama_cpp_computes_our_scaled_rope(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, rope):
+    """Its logits over 48 positions, 3x the trained 16, equal ours (where llama-cpp-python is installed)."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (compiles llama.cpp) is not installed")
+    import numpy as np
     import torch
 
+    model, path = _export(tmp_path, tiny_tokenizer_dir, max_position_embeddings=64, rope_parameters=rope)
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2, seed=0)
     ids = tiny_tokenizer(" ".join(PROBES))["input_ids"][:48]
     llm.eval(ids)
