@@ -11,6 +11,7 @@ Every error is a JSON body in OpenAI's shape `{"error": {"message", "type", "par
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import hmac
 import json
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -290,8 +292,14 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
         _check_model(model_id, settings)
         return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "llm_recipes"}
 
-    # Tokenizing and templating run on a worker thread (run_in_threadpool), never on the event loop: a
-    # 1 MB prompt takes about a second to tokenize, and /health and streams must answer meanwhile.
+    # Tokenizing and templating run on a worker thread, never on the event loop: a 1 MB prompt takes about a
+    # second to tokenize, and /health and streams must answer meanwhile. At most two at a time: each holds the
+    # GIL through long C calls (turning 500,000 ids into a list, serialising them), and twelve at once kept the
+    # event loop waiting behind all of them (/health up to 1.3 s on a quiet machine, 2026-12-05).
+    tokenizing = anyio.CapacityLimiter(2)
+
+    async def off_loop(func, *args, **kwargs):
+        return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs), limiter=tokenizing)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
@@ -299,7 +307,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
         prompts = []
         for prompt in body.prompts:
             if isinstance(prompt, str):
-                prompts.append((await run_in_threadpool(_encode, tokenizer, prompt), prompt))
+                prompts.append((await off_loop(_encode, tokenizer, prompt), prompt))
                 continue
             _check_token_ids(prompt, vocab_size, "prompt")
             prompts.append((list(prompt), None))
@@ -308,7 +316,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
         _check_model(body.model, settings)
-        prompt_ids = await run_in_threadpool(_chat_prompt_ids, tokenizer, body.messages, True)
+        prompt_ids = await off_loop(_chat_prompt_ids, tokenizer, body.messages, True)
         if body.max_completion_tokens is not None and body.max_tokens is None:
             body.max_tokens = body.max_completion_tokens
         grammar = None
@@ -345,7 +353,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
                 ids = _encode(tokenizer, body.prompt, add_special_tokens=body.add_special_tokens)
             return json.dumps({"tokens": ids, "count": len(ids), "max_model_len": settings.context_window}).encode()
 
-        return Response(await run_in_threadpool(work), media_type="application/json")
+        return Response(await off_loop(work), media_type="application/json")
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
