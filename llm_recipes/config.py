@@ -241,6 +241,11 @@ def check_types(values: dict[str, Any], config_classes: Sequence[type], where: s
     return checked
 
 
+# the spellings of `resume_from_checkpoint` every training stage accepts besides a checkpoint path
+RESUME_OFF = ("false", "none", "no")
+RESUME_LATEST = ("latest", "true", "last", "auto")
+
+
 def check_range(config, key: str, low: float | None = None, high: float | None = None, *,
                 low_open: bool = False, high_open: bool = False) -> None:
     """Raises a ConfigError naming `key` unless getattr(config, key) is None or within [low, high] (an open

@@ -172,13 +172,11 @@ def training_summary(model_dir: Path) -> list[str]:
                      + (" (its full configuration is below)." if resolved.is_file() else "."))
     metrics = stage_dir / "metrics.jsonl"
     if metrics.is_file():
+        from .training.monitor import read_metrics
+
         last = None
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and any(k in record for k in ("loss", "train_loss", "eval_loss")):
+        for record in read_metrics(metrics):
+            if any(k in record for k in ("loss", "train_loss", "eval_loss")):
                 last = record
         if last:
             shown = {k: v for k, v in last.items() if isinstance(v, (int, float)) and k in

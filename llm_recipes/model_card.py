@@ -119,8 +119,6 @@ def _yaml(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-
-
 def _is_hub_id(name: Any) -> bool:
     return isinstance(name, str) and name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/"))
 
@@ -192,16 +190,12 @@ def training_data(stages: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 def _last_trainer_record(path: Path) -> dict[str, Any]:
     """steps (and tokens where logged) from the last records of a TRL stage's metrics.jsonl."""
-    import json
+    from .training.monitor import read_metrics
 
     steps, tokens = None, None
-    with contextlib.suppress(OSError):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    steps = record.get("step", steps)
-                    tokens = record.get("num_tokens", tokens)
+    for record in read_metrics(path) if path.is_file() else []:
+        steps = record.get("step", steps)
+        tokens = record.get("num_tokens", tokens)
     return {"steps": int(steps) if isinstance(steps, (int, float)) else None,
             "tokens": int(tokens) if isinstance(tokens, (int, float)) else None}
 

@@ -79,13 +79,13 @@ class ThreadGovernor:
     def __init__(self, stage: str, say, fixed: int | None = None, active: bool = True):
         import torch
 
-        self.stage, self.say, self.active = stage, say, active and not fixed
+        self.stage, self.say = stage, say
         self.samples: list[float] = []
+        self.share: CpuShare | None = None  # None: the thread count is not ours to follow
         if fixed:
             torch.set_num_threads(int(fixed))
             say(f"{stage}: {fixed} CPU thread(s) (torch_num_threads)")
-        if not self.active:
-            self.share = None
+        if fixed or not active:
             return
         free = free_cpus()
         self.samples.append(free)

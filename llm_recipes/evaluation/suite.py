@@ -81,7 +81,7 @@ def load_tasks(cfg) -> list[Task]:
                           _digest([texts, cfg.stride, cfg.max_length])))
     full_heldout = None
     for spec in cfg.choice_tasks:
-        if spec.split("=", 1)[-1].startswith("generated:") or spec.startswith("generated:"):
+        if spec.split("=", 1)[-1].startswith("generated:"):  # generated:<set> or name=generated:<set>
             from .generated import generated_task
 
             if full_heldout is None and cfg.heldout_data:  # the whole held-out split, not the perplexity budget

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..config import RESUME_LATEST, RESUME_OFF, ConfigError
 from ..fileio import atomic_directory, atomic_write_json, atomic_write_text
 from .data import BUILTIN_DATASETS, DatasetFormatError
 from .heldout import verdict_text
@@ -418,9 +418,9 @@ def resolve_resume(value: str | None, output_dir: Path) -> str | None:
     """
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    if value is None or str(value).lower() in ("false", "none", "no"):
+    if value is None or str(value).lower() in RESUME_OFF:
         return None
-    if str(value).lower() not in ("latest", "true", "last", "auto"):
+    if str(value).lower() not in RESUME_LATEST:
         problem = checkpoint_problem(Path(value))
         if problem:
             raise ConfigError(f"resume_from_checkpoint {value!r} {problem}")

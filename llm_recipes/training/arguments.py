@@ -124,7 +124,7 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Raises ConfigError naming the key for values that cannot work."""
-        from ..config import ConfigError, check_range
+        from ..config import RESUME_LATEST, RESUME_OFF, ConfigError, check_range
 
         if self.max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
@@ -183,9 +183,9 @@ class PretrainConfig:
                                   "(a new model takes its RoPE from model_overrides.rope_parameters)")
         if isinstance(self.resume_from_checkpoint, str):  # the spellings fine-tuning's resume accepts too
             lowered = self.resume_from_checkpoint.lower()
-            if lowered in ("", "false", "none", "no"):
+            if lowered in ("", *RESUME_OFF):
                 self.resume_from_checkpoint = None
-            elif lowered in ("true", "last", "auto", "latest"):
+            elif lowered in RESUME_LATEST:
                 self.resume_from_checkpoint = "latest"
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]

@@ -78,16 +78,15 @@ def extended_context_config(config, rope_scaling: dict, seq_len: int, source: st
     keep the weights, rescale the rotary frequencies, continue pretraining on longer rows). The trained context
     becomes `original_max_position_embeddings`; `factor` defaults to how many times longer the new one is."""
     old = int(config.max_position_embeddings)
-    original = config.rope_parameters.get("original_max_position_embeddings", old)
     if config.rope_parameters.get("rope_type", "default") != "default":
         raise ConfigError(f"init_from {source!r} already uses scaled RoPE ({config.rope_parameters}); extend a "
                           "model trained with plain RoPE")
     if seq_len <= old:
         raise ConfigError(f"rope_scaling is for a seq_len longer than the context of init_from {source!r} "
                           f"({old} positions); got seq_len {seq_len}")
-    parameters = {"rope_theta": config.rope_parameters["rope_theta"], "factor": seq_len / original, **rope_scaling}
+    parameters = {"rope_theta": config.rope_parameters["rope_theta"], "factor": seq_len / old, **rope_scaling}
     if parameters["rope_type"] in ("yarn", "llama3", "longrope"):
-        parameters.setdefault("original_max_position_embeddings", original)
+        parameters.setdefault("original_max_position_embeddings", old)
     try:
         extended = type(config).from_dict({**config.to_dict(), "max_position_embeddings": seq_len,
                                            "rope_parameters": parameters})

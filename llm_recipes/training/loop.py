@@ -315,9 +315,10 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     accelerator.free_memory()
     accelerator.end_training()
     if accelerator.is_main_process:
+        cpu = threads.summary()
         summary = {"steps": step, "tokens": tokens, "skipped_steps": skipped,
                    "eval": result.eval_metrics, "final_dir": str(result.final_dir),
-                   **({"cpu": {**threads.summary(), "busy": threads.busy()}} if threads.summary() else {})}
+                   **({"cpu": {**cpu, "busy": threads.busy()}} if cpu else {})}
         atomic_write_json(out / "train_summary.json", summary)
         mark_complete(out, **summary)
         say(f"pretrain: {step} steps, {tokens:,} tokens, {skipped} skipped updates; "
