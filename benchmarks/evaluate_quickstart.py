@@ -45,7 +45,7 @@ def build_run(run: Path) -> None:
 
     import llm_recipes  # noqa: F401
     from llm_recipes.model import RecipeGPTForCausalLM, config_from_preset
-    from llm_recipes.tokenization import save_tokenizer, train_bpe
+    from llm_recipes.tokenizer.bpe import save_tokenizer, train_bpe
 
     docs = stdlib_docs()
     held = docs[::10]

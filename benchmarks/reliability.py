@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import io
 import json
 import os
@@ -148,12 +147,12 @@ def bad_inputs(tmp: Path, model_dir: Path, tokenizer_dir: Path, clean_dir: Path)
 
 def checkpoint_faults(tmp: Path, clean_dir: Path, tokenizer_dir: Path, kills: int) -> list[tuple[str, bool, str]]:
     """(fault, handled, what happened) for each checkpoint fault."""
+    from conftest import tiny_corpus
     from pretrain_helpers import tiny_config
 
-    from llm_recipes.tokenization import save_tokenizer, train_bpe
+    from llm_recipes.tokenizer.bpe import save_tokenizer, train_bpe
     from llm_recipes.training.checkpoint import CheckpointError, find_latest, list_checkpoints
     from llm_recipes.training.loop import pretrain
-    from conftest import tiny_corpus
 
     quiet = contextlib.redirect_stdout(io.StringIO())
 
@@ -253,14 +252,14 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    import llm_recipes  # noqa: F401
     from conftest import make_tiny_config, tiny_corpus
     from pretrain_helpers import write_clean_dataset
     from transformers import AutoTokenizer, GenerationConfig
 
+    import llm_recipes  # noqa: F401
     from llm_recipes.cli import STAGES
     from llm_recipes.model import RecipeGPTForCausalLM
-    from llm_recipes.tokenization import save_tokenizer, train_bpe
+    from llm_recipes.tokenizer.bpe import save_tokenizer, train_bpe
 
     tmp = Path(tempfile.mkdtemp(prefix="reliability-"))
     tokenizer_dir = save_tokenizer(train_bpe(tiny_corpus(), vocab_size=512, model_max_length=256), tmp / "tok")

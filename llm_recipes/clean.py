@@ -11,6 +11,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+import yaml
+
+from .cli import entry_point
+from .config import ConfigError, check_range, parse_config
+from .data.cleaning import CleanSettings, clean
+from .data.steps import DEFAULT_PROFILE_FOR_SOURCE
+from .pipeline.envelope import StageRun
+
 
 @dataclass
 class CleanConfig:
@@ -41,10 +49,6 @@ class CleanConfig:
     keep_work: bool = field(default=False, metadata={"help": "Keep output_dir/work (intermediate shards, MinHash files, datatrove logs) after success."})
 
     def __post_init__(self):
-        import yaml
-
-        from .config import ConfigError, check_range
-
         for key in ("profiles", "profile_for_source"):
             value = getattr(self, key)
             if isinstance(value, str):
@@ -68,13 +72,13 @@ class CleanConfig:
             check_range(self, key, 1)
 
 
-def main(argv=None) -> int:
-    from .config import ConfigError, parse_config, start_stage_output
-    from .data.cleaning import CleanSettings, clean
-    from .data.steps import DEFAULT_PROFILE_FOR_SOURCE
-    from .fileio import mark_complete
+def config_classes() -> tuple[type, ...]:
+    return (CleanConfig,)
 
-    (cfg,) = parse_config([CleanConfig], argv, stage="clean")
+
+def main(argv=None) -> int:
+    (cfg,) = parse_config(config_classes(), argv, stage="clean")
+    run = StageRun("clean", cfg.output_dir, cfg)
     settings = CleanSettings(
         input_dir=cfg.input_dir, output_dir=cfg.output_dir, profiles=cfg.profiles or {},
         profile_for_source=cfg.profile_for_source or dict(DEFAULT_PROFILE_FOR_SOURCE),
@@ -87,10 +91,10 @@ def main(argv=None) -> int:
         decontamination_files=cfg.decontamination_files or [], decontamination_ngram=cfg.decontamination_ngram,
         validation_fraction=cfg.validation_fraction, seed=cfg.seed, workers=cfg.num_workers, keep_work=cfg.keep_work)
     try:
-        report = clean(settings, start=lambda: start_stage_output(cfg.output_dir, cfg, stage="clean"))
+        report = clean(settings, start=run.start)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    mark_complete(cfg.output_dir, documents=report["output_documents"], bytes=report["output_bytes"])
+    run.complete(documents=report["output_documents"], bytes=report["output_bytes"])
     print(f"clean: kept {report['output_documents']} of {report['input_documents']} documents "
           f"({report['output_bytes'] / 2**20:.1f} of {report['input_bytes'] / 2**20:.1f} MB) in "
           f"{report['seconds']['total']:.0f} s: {report['train_documents']} train -> {cfg.output_dir}/train/, "
@@ -100,6 +104,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .launch import entry_point
-
     sys.exit(entry_point("clean", main))

@@ -1,37 +1,36 @@
 """`llm-recipes <stage> [--config recipe.yaml] [--key value ...]`: one subcommand per stage.
 
-Each stage is a module `llm_recipes.<module>` with a `main(argv)`; the CLI only dispatches, so
-`python -m llm_recipes.pretrain ...` and `accelerate launch -m llm_recipes.pretrain ...` run the very
-same code. Heavy imports happen inside the stage, so `llm-recipes --help` stays quick.
+The stages come from the registry (`llm_recipes.pipeline.stages`); each is a module `llm_recipes.<module>`
+with a `main(argv)`. The CLI only dispatches, so `python -m llm_recipes.pretrain ...` and
+`accelerate launch -m llm_recipes.pretrain ...` run the very same code (both through `entry_point`). A stage
+module is imported only when its stage runs, so `llm-recipes --help` stays quick.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from typing import Callable
 
-# subcommand -> (module, one-line description), in pipeline order
-STAGES: dict[str, tuple[str, str]] = {
-    "gather": ("gather", "collect text from Hub datasets, local files, web pages or the built-in python-docs corpus"),
-    "clean": ("clean", "repair, filter, deduplicate, scrub and split the gathered text; write a report"),
-    "train-tokenizer": ("train_tokenizer", "train a byte-level BPE tokenizer with chat template on the cleaned text"),
-    "pretrain": ("pretrain", "pretrain a GPT on the tokenized text with Accelerate"),
-    "sft": ("sft", "supervised fine-tuning (domain text or instructions/chat) with TRL, full or LoRA"),
-    "dpo": ("dpo", "direct preference optimization from prompt/chosen/rejected with TRL"),
-    "kto": ("kto", "KTO alignment from thumbs-up/down feedback with TRL"),
-    "evaluate": ("evaluate", "score a model: perplexity, bits per byte, cloze, multiple choice, QA, preferences"),
-    "push": ("push", "upload a model folder with its card to the Hugging Face Hub"),
-    "serve": ("serve", "serve a model over an OpenAI-compatible API with a chat page that collects feedback"),
-    "feedback": ("feedback", "export collected feedback as DPO or KTO datasets"),
-    "export": ("export", "export a model as a standard Llama checkpoint for vLLM / TGI / llama.cpp"),
-    "run": ("run", "run every stage of a recipe folder in order, skipping finished ones"),
-}
+from . import __version__
+from .config import ConfigError
+from .pipeline.stages import BY_NAME, STAGES
+
+
+def entry_point(stage: str, main: Callable[[], int | None]) -> int:
+    """Runs a stage's `main()` as its `python -m` entry point: a config error prints one line naming the
+    stage and exits 2, as `llm-recipes <stage>` does, instead of a traceback from every process."""
+    try:
+        return int(main() or 0)
+    except ConfigError as e:
+        print(f"llm-recipes {stage}: error: {e}", file=sys.stderr)
+        return 2
 
 
 def usage() -> str:
-    width = max(map(len, STAGES))
+    width = max(len(s.name) for s in STAGES)
     lines = ["usage: llm-recipes <stage> [--config recipe.yaml] [--key value ...]", "", "stages:"]
-    lines += [f"  {name.ljust(width)}  {desc}" for name, (_, desc) in STAGES.items()]
+    lines += [f"  {s.name.ljust(width)}  {s.description}" for s in STAGES]
     lines += ["", "`llm-recipes <stage> --help` lists a stage's keys."]
     return "\n".join(lines)
 
@@ -42,15 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     if argv[0] == "--version":
-        from . import __version__
-
         print(__version__)
         return 0
     name, rest = argv[0], argv[1:]
-    if name not in STAGES:
-        print(f"llm-recipes: unknown stage {name!r}; expected one of: {', '.join(STAGES)}", file=sys.stderr)
+    if name not in BY_NAME:
+        print(f"llm-recipes: unknown stage {name!r}; expected one of: {', '.join(BY_NAME)}", file=sys.stderr)
         return 2
-    module_name = f"llm_recipes.{STAGES[name][0]}"
+    module_name = f"llm_recipes.{BY_NAME[name].module}"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -58,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"llm-recipes: stage {name!r} is not built yet (no module {module_name})", file=sys.stderr)
         return 3
-    from .launch import entry_point
-
     return entry_point(name, lambda: module.main(rest))
 
 

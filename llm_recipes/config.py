@@ -60,6 +60,12 @@ def beside_model(model_path: str, stage: str) -> str:
     return str(Path("runs") / "default" / stage)
 
 
+def default_model_name(model_path: str | os.PathLike) -> str:
+    """`runs/quickstart/sft/final` -> `sft`: the stage that made it says more than `final`."""
+    path = Path(model_path).resolve()
+    return path.parent.name if path.name in ("final", "model") and path.parent.name else path.name
+
+
 def _expand(value: Any, run_dir: str) -> Any:
     if isinstance(value, str):
         return value.replace("${run_dir}", run_dir)
@@ -356,23 +362,6 @@ def save_resolved_config(output_dir: str | os.PathLike, *configs, stage: str) ->
     atomic_write_text(path, f"# resolved configuration of stage {stage!r}\n" + yaml.safe_dump(merged, sort_keys=True))
     atomic_write_text(output_dir / "run_info.json", json.dumps(run_info(stage), indent=2) + "\n")
     return path
-
-
-def start_stage_output(output_dir: str | os.PathLike, *configs, stage: str) -> Path:
-    """The moment a stage starts replacing its previous output: call it only after the whole config and
-    every input have been checked, so a refused re-run leaves a finished stage as it was.
-
-    Removes what killed atomic writes left in output_dir, removes the completion marker (the stage writes
-    it again with `fileio.mark_complete` as its very last act, on success only) and writes the resolved
-    config of this run. Returns output_dir.
-    """
-    from .fileio import clear_complete, remove_leftovers
-
-    output_dir = Path(output_dir)
-    remove_leftovers(output_dir)
-    clear_complete(output_dir)
-    save_resolved_config(output_dir, *configs, stage=stage)
-    return output_dir
 
 
 def run_info(stage: str) -> dict[str, Any]:

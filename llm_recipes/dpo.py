@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import sys
 
+from .cli import entry_point
+from .finetuning import training
+
+
+def config_classes() -> tuple[type, ...]:
+    return training.config_classes("dpo")
+
 
 def main(argv: list[str] | None = None) -> int:
-    from trl import DPOConfig
-
-    from .finetuning.training import stage_main
-
-    return stage_main("dpo", DPOConfig, argv)
+    return training.stage_main("dpo", argv)
 
 
 if __name__ == "__main__":
-    from .launch import entry_point
-
     sys.exit(entry_point("dpo", main))

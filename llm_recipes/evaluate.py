@@ -10,7 +10,14 @@ preference data; write eval_results.json, a comparison table and plot, and each 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+
+from .cli import entry_point
+from .config import check_range, parse_config
+from .evaluation.models import EvalInputError
+from .evaluation.suite import run_evaluation
+from .pipeline.envelope import StageRun
 
 
 @dataclass
@@ -66,32 +73,24 @@ class EvaluateConfig:
     seed: int = field(default=0, metadata={"help": "Random seed (generation is greedy; kept for reproducibility)."})
 
     def __post_init__(self):
-        from .config import check_range
-
         check_range(self, "generated_items", 1)
 
 
+def config_classes() -> tuple[type, ...]:
+    return (EvaluateConfig,)
+
+
 def main(argv=None) -> int:
-    from .config import parse_config, start_stage_output
-    from .evaluation.models import EvalInputError
-    from .evaluation.suite import run_evaluation
-    from .fileio import mark_complete
-
-    (cfg,) = parse_config([EvaluateConfig], argv, stage="evaluate")
+    (cfg,) = parse_config(config_classes(), argv, stage="evaluate")
+    run = StageRun("evaluate", cfg.output_dir, cfg)
     try:
-        results = run_evaluation(cfg, start=lambda: start_stage_output(cfg.output_dir, cfg, stage="evaluate"))
+        results = run_evaluation(cfg, start=run.start)
     except (EvalInputError, FileNotFoundError) as e:
-        import sys
-
         print(f"llm-recipes evaluate: error: {e}", file=sys.stderr)
         return 2
-    mark_complete(cfg.output_dir, models=list(results["models"]), tasks=list(results["tasks"]))
+    run.complete(models=list(results["models"]), tasks=list(results["tasks"]))
     return 0
 
 
 if __name__ == "__main__":
-    import sys
-
-    from .launch import entry_point
-
     sys.exit(entry_point("evaluate", main))

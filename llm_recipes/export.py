@@ -12,7 +12,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from .config import parse_config, save_resolved_config
+from .cli import entry_point
+from .config import ConfigError, beside_model, parse_config
+from .exporting.gguf import export_to_gguf
+from .exporting.llama import ExportError, export_to_llama
+from .pipeline.envelope import StageRun
 
 FORMATS = ("llama", "gguf")
 
@@ -31,30 +35,28 @@ class ExportConfig:
                 "norm weights in float32, as llama.cpp's converter does)"})
 
 
+def config_classes() -> tuple[type, ...]:
+    return (ExportConfig,)
+
+
 def main(argv: list[str] | None = None) -> int:
-    (cfg,) = parse_config([ExportConfig], argv, stage="export", positional="model_path")
-    from .config import ConfigError, beside_model
+    (cfg,) = parse_config(config_classes(), argv, stage="export", positional="model_path")
 
     if cfg.to not in FORMATS:
         raise ConfigError(f"--to {cfg.to!r} is not a supported export format; expected one of: {', '.join(FORMATS)}")
     if cfg.dtype not in (None, "float32", "bfloat16", "float16"):
         raise ConfigError(f"--dtype {cfg.dtype!r} is not supported; expected float32, bfloat16 or float16")
     cfg.output_dir = cfg.output_dir or beside_model(cfg.model_path, "export" if cfg.to == "llama" else cfg.to)
-    from . import fileio
-    from .llama_export import ExportError, export_to_llama
-
+    run = StageRun("export", cfg.output_dir, cfg)
     try:
         if cfg.to == "gguf":
-            from .gguf_export import export_to_gguf
-
-            summary = export_to_gguf(cfg.model_path, cfg.output_dir, dtype=cfg.dtype)
+            summary = export_to_gguf(cfg.model_path, cfg.output_dir, dtype=cfg.dtype, start=run.start)
         else:
-            summary = export_to_llama(cfg.model_path, cfg.output_dir, dtype=cfg.dtype)
+            summary = export_to_llama(cfg.model_path, cfg.output_dir, dtype=cfg.dtype, start=run.start)
     except ExportError as e:
         print(f"llm-recipes export: error: {e}", file=sys.stderr)
         return 2
-    save_resolved_config(cfg.output_dir, cfg, stage="export")
-    fileio.mark_complete(cfg.output_dir, format=cfg.to, **summary)
+    run.complete(format=cfg.to, **summary)
     if cfg.to == "gguf":
         print(f"wrote a GGUF file for llama.cpp ({summary['parameters']:,} parameters, {summary['dtype']}, "
               f"{summary['bytes'] / 2**20:.1f} MiB, pre-tokenizer {summary['pre_tokenizer']!r}) to {summary['file']}")
@@ -65,6 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .launch import entry_point
-
     sys.exit(entry_point("export", main))

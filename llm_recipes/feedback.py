@@ -9,10 +9,17 @@ conversational format, and `feedback_summary.json` with the counts.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .config import parse_config, start_stage_output
+from .cli import entry_point
+from .config import parse_config
+from .fileio import atomic_write_json, atomic_write_text
+from .pipeline.envelope import StageRun
+from .serving.feedback_store import open_readonly_rows
+from .serving.preferences import feedback_to_datasets
 
 
 @dataclass
@@ -28,15 +35,12 @@ class FeedbackConfig:
         "help": "fail (exit 1) when fewer than this many DPO pairs or KTO rows come out, e.g. before training"})
 
 
+def config_classes() -> tuple[type, ...]:
+    return (FeedbackConfig,)
+
+
 def main(argv: list[str] | None = None) -> int:
-    (cfg,) = parse_config([FeedbackConfig], argv, stage="feedback", positional="feedback_path")
-    import json
-    from pathlib import Path
-
-    from .fileio import atomic_write_json, atomic_write_text, mark_complete
-    from .serving.feedback_store import open_readonly_rows
-    from .serving.preferences import feedback_to_datasets
-
+    (cfg,) = parse_config(config_classes(), argv, stage="feedback", positional="feedback_path")
     path = Path(cfg.feedback_path)
     if path.is_dir():
         path = path / "feedback.sqlite"
@@ -46,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm-recipes feedback: error: {e}", file=sys.stderr)
         return 2
     dpo, kto, counts = feedback_to_datasets(rows, max_pairs_per_prompt=cfg.max_pairs_per_prompt)
-    out = start_stage_output(cfg.output_dir, cfg, stage="feedback")  # the store was read: new files replace the old
+    run = StageRun("feedback", cfg.output_dir, cfg)
+    out = run.start()  # the store was read: new files replace the old
     for name, records in (("dpo.jsonl", dpo), ("kto.jsonl", kto)):
         atomic_write_text(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     counts["source"] = str(path)
@@ -67,11 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm-recipes feedback: error: fewer than min_rows={cfg.min_rows} DPO pairs or KTO rows; collect more "
               "feedback first", file=sys.stderr)
         return 1
-    mark_complete(out, **{k: v for k, v in counts.items() if k != "source"})
+    run.complete(**{k: v for k, v in counts.items() if k != "source"})
     return 0
 
 
 if __name__ == "__main__":
-    from .launch import entry_point
-
     sys.exit(entry_point("feedback", main))

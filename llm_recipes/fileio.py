@@ -85,8 +85,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary sibling folder; on success it replaces `path` in one rename.
+def atomic_directory(path: str | os.PathLike, keep: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yields a temporary sibling folder; on success it replaces `path` in one rename. Files named in `keep`
+    that the old `path` holds and the new folder does not are carried over (a stage's record of its run).
 
     On an exception the temporary folder is removed and `path` is left as it was.
     """
@@ -96,6 +97,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         _as_if_created_normally(tmp, directory=True)
         yield tmp
+        for name in keep:
+            if (path / name).is_file() and not (tmp / name).exists():
+                shutil.copy2(path / name, tmp / name)
         readable = 0o444 & ~current_umask()  # r--r--r-- less the umask
         for root, folders, files in os.walk(tmp):
             for name in folders:  # and searchable, like a folder made by mkdir

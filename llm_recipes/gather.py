@@ -11,6 +11,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+import yaml
+
+from .cli import entry_point
+from .config import ConfigError, check_range, parse_config
+from .data.gathering import gather
+from .pipeline.envelope import StageRun
+
 DEFAULT_SOURCES = [{"type": "python-docs"}]
 
 
@@ -26,13 +33,9 @@ class GatherConfig:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over when output_dir holds a gather of other sources (otherwise that is an error)."})
 
     def __post_init__(self):
-        from .config import ConfigError, check_range
-
         if self.sources is None:
             self.sources = DEFAULT_SOURCES
         elif isinstance(self.sources, str):
-            import yaml
-
             try:
                 self.sources = yaml.safe_load(self.sources)
             except yaml.YAMLError as e:
@@ -44,24 +47,25 @@ class GatherConfig:
         check_range(self, "num_proc", 1)
 
 
-def main(argv=None) -> int:
-    from .config import ConfigError, parse_config, start_stage_output
-    from .data.gathering import gather
-    from .fileio import mark_complete
+def config_classes() -> tuple[type, ...]:
+    return (GatherConfig,)
 
-    (cfg,) = parse_config([GatherConfig], argv, stage="gather")
+
+def main(argv=None) -> int:
+    (cfg,) = parse_config(config_classes(), argv, stage="gather")
+    run = StageRun("gather", cfg.output_dir, cfg)
     try:
         report = gather(cfg.sources, cfg.output_dir, total_mb=cfg.total_mb, max_doc_chars=cfg.max_doc_chars,
                         min_doc_chars=cfg.min_doc_chars, shard_mb=cfg.shard_mb, num_proc=cfg.num_proc,
                         overwrite=cfg.overwrite_output_dir,
-                        start=lambda: start_stage_output(cfg.output_dir, cfg, stage="gather"))
+                        start=run.start)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if report["documents"] == 0:
         print(f"gather: no documents were gathered (skipped: {report['skipped']}); see {cfg.output_dir}/gather_report.json",
               file=sys.stderr)
         return 1
-    mark_complete(cfg.output_dir, documents=report["documents"], bytes=report["bytes"])
+    run.complete(documents=report["documents"], bytes=report["bytes"])
     skipped = sum(report["skipped"].values())
     print(f"gather: wrote {report['documents']} documents ({report['bytes'] / 2**20:.1f} MB) in {report['shards']} shards "
           f"to {cfg.output_dir}/data/ ; skipped {skipped} inputs ({report['skipped'] or 'none'}); "
@@ -71,6 +75,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .launch import entry_point
-
     sys.exit(entry_point("gather", main))

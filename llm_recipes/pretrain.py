@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import sys
 
+from .cli import entry_point
+from .config import parse_config
+from .pipeline.envelope import StageRun
+from .training.arguments import PretrainConfig
+from .training.checkpoint import CheckpointError
+from .training.data import DataError
+from .training.loop import pretrain
+
+
+def config_classes() -> tuple[type, ...]:
+    return (PretrainConfig,)
+
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import parse_config
-    from .training.arguments import PretrainConfig
-
-    # the loop writes resolved_config.yaml once every input has been checked
-    (cfg,) = parse_config([PretrainConfig], argv, stage="pretrain")
-    from .training.checkpoint import CheckpointError
-    from .training.data import DataError
-    from .training.loop import pretrain
-
+    (cfg,) = parse_config(config_classes(), argv, stage="pretrain")
     try:
-        pretrain(cfg)
+        # the loop starts the envelope once every input has been checked, and completes it
+        pretrain(cfg, run=StageRun("pretrain", cfg.output_dir, cfg))
     except (CheckpointError, DataError) as e:
         print(f"llm-recipes pretrain: error: {e}", file=sys.stderr)
         return 1
@@ -30,6 +35,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .launch import entry_point
-
     sys.exit(entry_point("pretrain", main))

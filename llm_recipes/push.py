@@ -11,8 +11,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .config import beside_model, parse_config, save_resolved_config
+from huggingface_hub.errors import HfHubHTTPError
+
+from .cli import entry_point
+from .config import ConfigError, beside_model, parse_config
+from .fileio import atomic_write_json
+from .pipeline.envelope import StageRun
+from .publishing.hub import PushError, prepare_upload, upload
+from .publishing.model_card import CardError, CardInfo
 
 
 @dataclass
@@ -43,15 +51,14 @@ class PushConfig:
     limitations: str | None = field(default=None, metadata={"help": "the card's limitations text (a default is given)"})
 
 
+def config_classes() -> tuple[type, ...]:
+    return (PushConfig,)
+
+
 def main(argv: list[str] | None = None) -> int:
-    (cfg,) = parse_config([PushConfig], argv, stage="push", positional="model_path")
+    (cfg,) = parse_config(config_classes(), argv, stage="push", positional="model_path")
     cfg.output_dir = cfg.output_dir or beside_model(cfg.model_path, "push")
-    from pathlib import Path
-
-    from .config import ConfigError
-    from .fileio import atomic_write_json, mark_complete
-    from .hub import CardInfo, PushError, prepare_upload, upload
-
+    run = StageRun("push", cfg.output_dir, cfg)
     if cfg.repo_id.count("/") != 1 or not all(cfg.repo_id.split("/")):
         raise ConfigError(f"repo_id {cfg.repo_id!r} must look like 'user/name'")
     staging = Path(cfg.output_dir) / "upload"
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                     base_model=cfg.base_model, tags=list(cfg.tags), eval_results_path=cfg.eval_results,
                     intended_use=cfg.intended_use, limitations=cfg.limitations)
     try:
-        files = prepare_upload(cfg.model_path, staging, info)
+        files = prepare_upload(cfg.model_path, staging, info, start=run.start)
         sizes = {name: (staging / name).stat().st_size for name in files}
         print(f"[push] {'would upload' if cfg.dry_run else 'uploading'} {len(files)} files "
               f"({sum(sizes.values()) / 1e6:.1f} MB) to {cfg.repo_id}{' (private)' if cfg.private else ''}:")
@@ -69,19 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.dry_run:
             result.update(upload(staging, cfg.repo_id, private=cfg.private, revision=cfg.revision,
                                  commit_message=cfg.commit_message))
-    except PushError as e:
+    except (PushError, CardError) as e:
         print(f"llm-recipes push: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # the Hub said no (401, 403, 404, 5xx) or could not be reached
-        from huggingface_hub.errors import HfHubHTTPError
-
-        if not isinstance(e, (HfHubHTTPError, OSError)):
-            raise
+    except (HfHubHTTPError, OSError) as e:  # the Hub said no (401, 403, 404, 5xx) or could not be reached
         print(f"llm-recipes push: the upload to {cfg.repo_id} failed: {e}", file=sys.stderr)
         return 1
-    save_resolved_config(cfg.output_dir, cfg, stage="push")
     atomic_write_json(Path(cfg.output_dir) / "push_result.json", result)
-    mark_complete(cfg.output_dir, repo_id=cfg.repo_id, dry_run=cfg.dry_run, commit=result.get("commit_url"))
+    run.complete(repo_id=cfg.repo_id, dry_run=cfg.dry_run, commit=result.get("commit_url"))
     if cfg.dry_run:
         print(f"[push] dry run: nothing uploaded; the staged files and model card are in {staging}")
     else:
@@ -91,6 +93,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .launch import entry_point
-
     sys.exit(entry_point("push", main))

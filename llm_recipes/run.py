@@ -12,7 +12,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cli import entry_point
 from .config import parse_config
+from .pipeline.report_card import write_report_card
+from .pipeline.runner import PipelineError, run_recipe
 
 
 @dataclass
@@ -29,9 +32,12 @@ class RunConfig:
     report: bool = field(default=True, metadata={"help": "write report.md with plots into run_dir at the end"})
 
 
+def config_classes() -> tuple[type, ...]:
+    return (RunConfig,)
+
+
 def main(argv=None) -> int:
-    (cfg,) = parse_config([RunConfig], argv, stage="run", positional="recipe_dir")
-    from .pipeline import PipelineError, run_recipe
+    (cfg,) = parse_config(config_classes(), argv, stage="run", positional="recipe_dir")
 
     run_dir = Path(cfg.run_dir or Path("runs") / Path(cfg.recipe_dir).resolve().name)
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()] if cfg.stages else None
@@ -42,8 +48,6 @@ def main(argv=None) -> int:
         print(f"llm-recipes run: error: {e}", file=sys.stderr)
         return 1
     if cfg.report:
-        from .report_card import write_report_card
-
         path = write_report_card(run_dir, recipe_dir=cfg.recipe_dir)
         print(f"[run] report card: {path}")
     print(f"[run] finished: everything is in {run_dir}/")
@@ -51,6 +55,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .launch import entry_point
-
     sys.exit(entry_point("run", main))

@@ -11,7 +11,15 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
-from .config import beside_model, parse_config, save_resolved_config
+import torch
+
+from .cli import entry_point
+from .config import beside_model, parse_config
+from .pipeline.envelope import StageRun
+from .serving import build_server
+from .serving.feedback_store import FeedbackStoreError
+from .serving.loading import ModelLoadError
+from .serving.runner import ServerThread
 
 API_KEY_ENV = "LLM_RECIPES_API_KEY"
 
@@ -57,31 +65,13 @@ class ServeConfig:
     seed: int = field(default=0, metadata={"help": "global torch seed (requests may pass their own `seed`)"})
 
 
-def _mask_secret_in_run_info(path: str, secret: str | None) -> None:
-    """run_info.json records the command line; an `--api_key` given there must not land on disk."""
-    import json
-
-    from .fileio import atomic_write_text
-
-    if not secret or not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if secret in text:
-        atomic_write_text(path, text.replace(json.dumps(secret)[1:-1], "***"))
+def config_classes() -> tuple[type, ...]:
+    return (ServeConfig,)
 
 
 def main(argv: list[str] | None = None) -> int:
-    (cfg,) = parse_config([ServeConfig], argv, stage="serve", positional="model_path")
+    (cfg,) = parse_config(config_classes(), argv, stage="serve", positional="model_path")
     cfg.output_dir = cfg.output_dir or beside_model(cfg.model_path, "serve")
-    import torch
-
-    from . import fileio
-    from .serving import build_server
-    from .serving.feedback_store import FeedbackStoreError
-    from .serving.loading import ModelLoadError
-    from .serving.runner import ServerThread
-
     if cfg.torch_num_threads:
         torch.set_num_threads(cfg.torch_num_threads)
     torch.manual_seed(cfg.seed)
@@ -98,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, FeedbackStoreError, OSError) as e:
         print(f"llm-recipes serve: error: {e}", file=sys.stderr)
         return 2
-    save_resolved_config(cfg.output_dir, ServeConfig(**{**cfg.__dict__, "api_key": "***" if api_key else None}),
-                         stage="serve")
-    _mask_secret_in_run_info(os.path.join(cfg.output_dir, "run_info.json"), api_key)
+    # the model loaded and the store opened: this run's record replaces the last one (no key on disk)
+    run = StageRun("serve", cfg.output_dir, ServeConfig(**{**cfg.__dict__, "api_key": "***" if api_key else None}),
+                   secrets=(api_key,))
+    run.start()
     settings = app.state.settings
     server = ServerThread(app, host=cfg.host, port=cfg.port, log_level="info")
     print(f"serving {settings.model_name!r} from {cfg.model_path} (context {settings.context_window} tokens, "
@@ -123,12 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         engine.shutdown()
         rows = store.count()
         store.close()
-    fileio.mark_complete(cfg.output_dir, feedback_rows=rows, feedback_path=feedback_path)
+    run.complete(feedback_rows=rows, feedback_path=feedback_path)
     print(f"stopped; {rows} feedback rows in {feedback_path}")
     return 0
 
 
 if __name__ == "__main__":
-    from .launch import entry_point
-
     sys.exit(entry_point("serve", main))

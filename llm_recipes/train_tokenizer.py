@@ -11,8 +11,17 @@ that `AutoTokenizer.from_pretrained` loads, and writes `tokenizer_report.{md,jso
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .cli import entry_point
+from .config import check_range, parse_config
+from .data.splits import split_files
+from .fileio import atomic_write_json, atomic_write_text
+from .pipeline.envelope import StageRun
+from .tokenizer.bpe import check_vocab_size, load_definition, save_tokenizer_atomically, text_stream, train_bpe
+from .tokenizer.report import PeakMemory, report_markdown, tokenizer_report
 
 
 @dataclass
@@ -46,10 +55,12 @@ class TrainTokenizerConfig:
     show_progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .config import parse_config
+def config_classes() -> tuple[type, ...]:
+    return (TrainTokenizerConfig,)
 
-    (cfg,) = parse_config([TrainTokenizerConfig], argv, stage="train-tokenizer")
+
+def main(argv: list[str] | None = None) -> int:
+    (cfg,) = parse_config(config_classes(), argv, stage="train-tokenizer")
     try:
         run(cfg)
     except (ValueError, FileNotFoundError) as e:
@@ -60,13 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg: TrainTokenizerConfig) -> Path:
     """Trains, saves and reports; returns the output folder."""
-    import time
-
-    from .config import check_range, start_stage_output
-    from .fileio import atomic_write_json, atomic_write_text, mark_complete
-    from .tokenization import check_vocab_size, load_definition, save_tokenizer_atomically, text_stream, train_bpe
-    from .tokenizer_report import PeakMemory, report_markdown, tokenizer_report
-
     for key, low in (("max_document_chars", 0), ("max_train_chars", 0), ("report_max_chars", 0),
                      ("model_max_length", 1), ("min_frequency", 1)):
         check_range(cfg, key, low)
@@ -77,7 +81,8 @@ def run(cfg: TrainTokenizerConfig) -> Path:
     texts, num_docs = text_stream(train_files, cfg.text_column, max_chars=cfg.max_train_chars, seed=cfg.seed)
     specials, _ = load_definition(cfg.tokenizer_definition_dir)  # a missing definition folder fails now
     check_vocab_size(cfg.vocab_size, specials)
-    start_stage_output(output_dir, cfg, stage="train-tokenizer")
+    run = StageRun("train-tokenizer", output_dir, cfg)
+    run.start()
     print(f"train-tokenizer: training a {cfg.vocab_size}-token BPE on {len(train_files)} file(s), {num_docs:,} documents"
           + (f" (a sample of about {cfg.max_train_chars:,} characters)" if cfg.max_train_chars else ""))
 
@@ -102,7 +107,7 @@ def run(cfg: TrainTokenizerConfig) -> Path:
                               max_chars=cfg.report_max_chars)
     atomic_write_json(output_dir / "tokenizer_report.json", report)
     atomic_write_text(output_dir / "tokenizer_report.md", report_markdown(report))
-    mark_complete(output_dir, vocab_size=len(tokenizer), seconds=training["seconds"])
+    run.complete(vocab_size=len(tokenizer), seconds=training["seconds"])
 
     val = report.get("validation", {})
     ref = report.get("reference", {})
@@ -123,8 +128,7 @@ def clean_data_files(dataset_path: str) -> tuple[list[str], list[str]]:
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset_path {dataset_path!r} is not a folder (expected the clean stage's output "
                                 "with train/*.parquet and validation/*.parquet)")
-    train = sorted(str(p) for p in (folder / "train").glob("*.parquet"))
-    validation = sorted(str(p) for p in (folder / "validation").glob("*.parquet"))
+    train, validation = split_files(folder, "train"), split_files(folder, "validation")
     if not train:
         train = sorted(str(p) for p in folder.glob("*.parquet"))
     if not train:
@@ -133,6 +137,4 @@ def clean_data_files(dataset_path: str) -> tuple[list[str], list[str]]:
 
 
 if __name__ == "__main__":
-    from .launch import entry_point
-
     sys.exit(entry_point("train-tokenizer", main))

@@ -44,7 +44,7 @@ def tiny_corpus() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
-    from llm_recipes.tokenization import save_tokenizer, train_bpe
+    from llm_recipes.tokenizer.bpe import save_tokenizer, train_bpe
 
     path = tmp_path_factory.mktemp("tokenizer")
     save_tokenizer(train_bpe(tiny_corpus(), vocab_size=512, model_max_length=256), path)
@@ -76,7 +76,7 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 
     import llm_recipes  # noqa: F401  (registers the model)
     from llm_recipes.model import RecipeGPTForCausalLM
-    from llm_recipes.tokenization import end_of_turn_token_ids, save_tokenizer
+    from llm_recipes.tokenizer.bpe import end_of_turn_token_ids, save_tokenizer
 
     torch.manual_seed(0)
     config = make_tiny_config(len(tiny_tokenizer), bos_token_id=tiny_tokenizer.bos_token_id,

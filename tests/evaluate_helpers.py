@@ -23,8 +23,8 @@ def uniform_model(tokenizer):
     """A tiny RecipeGPT whose logits are all equal: the final norm's weight is zero, so the last hidden
     state is zero and the (bias-free) head gives 0 for every token: p = 1/V everywhere."""
     import torch
-
     from conftest import make_tiny_config
+
     from llm_recipes.model import RecipeGPTForCausalLM
 
     torch.manual_seed(0)
@@ -37,8 +37,8 @@ def uniform_model(tokenizer):
 def memorizing_model(tokenizer, sentence: str, steps: int = 120):
     """A tiny RecipeGPT trained on one sentence (BOS + sentence + EOS) until it knows it by heart."""
     import torch
-
     from conftest import make_tiny_config
+
     from llm_recipes.model import RecipeGPTForCausalLM
 
     torch.manual_seed(0)

@@ -14,7 +14,6 @@ API_NAMES = ("os.path.join", "os.path.split", "os.path.exists", "json.dumps", "j
 def python_docs_records(topics: int = 24) -> list[dict[str, str]]:
     """Documents shaped like the clean stage's rows: text, title, source, location."""
     import importlib
-
     import pydoc_data.topics
 
     records = []

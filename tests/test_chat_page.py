@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from serve_helpers import running_server
 
 CHROMIUM = "/usr/bin/chromium"

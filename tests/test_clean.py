@@ -7,7 +7,6 @@ import json
 import random
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from datatrove.data import Document
 

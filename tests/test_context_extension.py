@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from pretrain_helpers import tiny_config, write_clean_dataset
 
 
@@ -37,6 +36,7 @@ def short_model(tmp_path_factory, tiny_tokenizer_dir):
 
 def test_extended_context_beats_the_unextended_model_on_long_sequences(short_model, tiny_tokenizer_dir, tiny_tokenizer):
     from conftest import tiny_corpus
+
     from llm_recipes.training.loop import pretrain
 
     root, clean = short_model

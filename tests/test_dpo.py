@@ -128,7 +128,9 @@ def test_unknown_negatives_source_is_a_clear_error(tiny_model_dir, tmp_path, cap
         dpo.main(["--config", str(recipe)])
     from llm_recipes import sft
 
-    with pytest.raises(ConfigError, match="preference_negatives: model is for the dpo and kto stages, not 'sft'"):
+    # the list of stages comes from the methods table (issue 19 added orpo to it)
+    with pytest.raises(ConfigError, match=r"preference_negatives: model is for the preference stages \(dpo, kto, orpo\), "
+                                          "not 'sft'"):
         sft.main(stage_argv(tiny_model_dir, tmp_path / "s", dataset_name="x.jsonl", preference_negatives="model"))
     with pytest.raises(SystemExit):
         dpo.main(stage_argv(tiny_model_dir, tmp_path / "o", dataset_name="x.jsonl", preference_negatives="mine"))

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from evaluate_helpers import copy_model, memorizing_model, single_token_words, uniform_model, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +34,7 @@ def _scorer(model, tokenizer, **kwargs):
 
 def test_uniform_logits_give_vocab_size_perplexity_and_chance_accuracy(tiny_tokenizer):
     from conftest import tiny_corpus
+
     from llm_recipes.evaluation.data import ChoiceItem, ChoiceTask
     from llm_recipes.evaluation.tasks import evaluate_choice_task, evaluate_perplexity
 
@@ -111,6 +111,7 @@ def test_sliding_windows_score_every_token_once_with_bounded_length(tiny_model_d
 
 def test_sliding_window_with_overlap_gives_no_worse_context(tiny_model_dir):
     from conftest import tiny_corpus
+
     from llm_recipes.evaluation import load_model_and_tokenizer, perplexity_summary
 
     model, tokenizer, _ = load_model_and_tokenizer(tiny_model_dir, device="cpu")
@@ -151,10 +152,10 @@ def test_perplexity_and_cloze_agree_with_lm_evaluation_harness(tiny_model_dir, t
     """Our numbers against lm_eval's HFLM on the same saved model: the task YAML the stage writes for
     the held-out text, and the shipped english_cloze task."""
     import lm_eval
+    from conftest import tiny_corpus
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from conftest import tiny_corpus
     from llm_recipes.evaluate import main
 
     texts = [t[:1500] for t in tiny_corpus()[:4]]
@@ -180,12 +181,12 @@ def test_perplexity_and_cloze_agree_with_lm_evaluation_harness(tiny_model_dir, t
     # log-likelihoods are the same; lm_eval breaks exact ties by taking the first choice where we share the
     # credit, so allow one item of difference
     lm = HFLM(pretrained=str(model_dir), trust_remote_code=True, batch_size=8, device="cpu")
-    manager = TaskManager(include_path=[str(REPO / "llm_recipes" / "lm_eval_tasks")])
+    manager = TaskManager(include_path=[str(REPO / "llm_recipes" / "evaluation" / "lm_eval_tasks")])
     names = ["english_cloze", "python_docs_cloze", "python_docs_mc"]
     theirs = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager)["results"]
     for name in names:
         items = ours[name]["n"]
-        assert items == sum(1 for line in (REPO / "llm_recipes" / "lm_eval_tasks" / f"{name}.jsonl").open() if line.strip())
+        assert items == sum(1 for line in (REPO / "llm_recipes" / "evaluation" / "lm_eval_tasks" / f"{name}.jsonl").open() if line.strip())
         assert ours[name]["acc"] == pytest.approx(theirs[name]["acc,none"], abs=1 / items + 1e-9), name
         assert ours[name]["acc_norm"] == pytest.approx(theirs[name]["acc_norm,none"], abs=1 / items + 1e-9), name
 
@@ -195,7 +196,6 @@ def test_perplexity_and_cloze_agree_with_lm_evaluation_harness(tiny_model_dir, t
 def _stage_inputs(tmp_path, tiny_model_dir):
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     from conftest import tiny_corpus
 
     clean = tmp_path / "clean"
@@ -272,7 +272,7 @@ def test_stage_writes_results_comparison_and_model_cards_and_resumes(tiny_model_
 def test_model_index_merge_replaces_same_metric_and_keeps_others(tmp_path):
     from huggingface_hub import ModelCard
 
-    from llm_recipes.model_card import update_model_index
+    from llm_recipes.publishing.model_card import update_model_index
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -402,7 +402,7 @@ def test_stock_transformers_model_is_scored_next_to_ours(tiny_model_dir, tiny_to
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from llm_recipes.evaluate import main
-    from llm_recipes.tokenization import save_tokenizer
+    from llm_recipes.tokenizer.bpe import save_tokenizer
 
     torch.manual_seed(0)
     stock = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=128, n_embd=32, n_layer=1,

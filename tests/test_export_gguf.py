@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_export_llama import _save_model
 
 # text that exercises the pre-tokenizer: digits (split one by one), runs of spaces and newlines,
@@ -41,7 +40,7 @@ def test_gguf_holds_the_model_and_its_tokenizer(tmp_path, tiny_tokenizer_dir, ti
     import numpy as np
     from gguf import GGUFReader
 
-    from llm_recipes.gguf_export import rotate_pairs
+    from llm_recipes.exporting.gguf import rotate_pairs
 
     model, path = _export(tmp_path, tiny_tokenizer_dir, tie_word_embeddings=tied, rope_theta=500000.0)
     reader = GGUFReader(path)

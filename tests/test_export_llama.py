@@ -13,8 +13,8 @@ def _save_model(path, tokenizer_dir, vocab_size=512, **overrides):
     import shutil
 
     import torch
-
     from conftest import make_tiny_config
+
     from llm_recipes.model import RecipeGPTForCausalLM
 
     torch.manual_seed(1)

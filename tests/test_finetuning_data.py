@@ -9,8 +9,14 @@ import pytest
 from conftest import shared_file
 from finetuning_helpers import preference_rows, python_docs_records, qa_rows, write_clean_folder
 
-from llm_recipes.finetuning.data import (DatasetFormatError, convert_for_stage, detect_format, load_raw_dataset,
-                                         parse_label, split_heldout)
+from llm_recipes.finetuning.data import (
+    DatasetFormatError,
+    convert_for_stage,
+    detect_format,
+    load_raw_dataset,
+    parse_label,
+    split_heldout,
+)
 from llm_recipes.finetuning.python_docs import build_python_docs_data, load_corpus
 
 
@@ -123,9 +129,10 @@ def test_python_docs_generator_makes_disjoint_heldout_and_hard_negatives(tmp_pat
 
 def test_assistant_only_loss_masks_exactly_the_non_assistant_tokens(tiny_model_dir, tiny_tokenizer, tmp_path):
     """TRL's labels under our chat template: assistant contents + their <|im_end|> are trained, nothing else."""
-    import llm_recipes  # noqa: F401
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
+
+    import llm_recipes  # noqa: F401
 
     tok = tiny_tokenizer
     conversation = [{"role": "system", "content": "You answer questions about Python."},

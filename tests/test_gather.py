@@ -7,7 +7,6 @@ import functools
 import http.server
 import io
 import json
-import sys
 import threading
 from pathlib import Path
 

@@ -7,8 +7,8 @@ import math
 from collections import Counter
 
 import pytest
-
 from conftest import tiny_corpus
+
 from llm_recipes.evaluation.generated import continuation_items, generated_task, next_word_items
 from llm_recipes.evaluation.intervals import metric_intervals
 from llm_recipes.evaluation.measures import choice_credits

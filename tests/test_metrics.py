@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-METRICS = Path(__file__).resolve().parent.parent / "llm_recipes" / "metrics"
+METRICS = Path(__file__).resolve().parent.parent / "llm_recipes" / "evaluation" / "metrics"
 
 
 def _load(name):
@@ -55,6 +55,7 @@ def test_preference_accuracy_by_hand():
 
 def test_perplexity_module_matches_the_scorer(tiny_model_dir):
     from conftest import tiny_corpus
+
     from llm_recipes.evaluation import LMScorer, load_model_and_tokenizer, perplexity_summary
 
     texts = [t[:300] for t in tiny_corpus()[:3]]

@@ -10,13 +10,18 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_recipes.packing import (IGNORE_INDEX, PackedStreamDataset, TokenShardDataset, _token_dtype, pack_documents,
-                                 pretokenize)
-
-from conftest import tiny_corpus
+from llm_recipes.training.packing import (
+    IGNORE_INDEX,
+    PackedStreamDataset,
+    TokenShardDataset,
+    _token_dtype,
+    pack_documents,
+    pretokenize,
+)
 
 BOS, EOS = 0, 1
 
@@ -113,7 +118,7 @@ def test_stream_and_shards_give_the_same_rows(tiny_tokenizer, docs_dataset, tmp_
     assert len(blob) < shards.num_tokens  # the uint16 tokens alone would take 2 bytes each
     assert torch.equal(pickle.loads(blob)[5]["input_ids"], shards[5]["input_ids"])
     # and both equal plain pack_documents over the tokenized texts
-    from llm_recipes.tokenization import DocumentEncoder
+    from llm_recipes.tokenizer.bpe import DocumentEncoder
 
     ids = DocumentEncoder(tiny_tokenizer)(docs_dataset["text"])
     reference = list(pack_documents(ids, 64, tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id))
@@ -233,14 +238,14 @@ def test_pretokenize_resumes_after_a_crash(tiny_tokenizer, tmp_path):
 
 
 def test_pretokenize_redoes_shards_of_another_tokenizer(tiny_tokenizer, tmp_path):
-    from llm_recipes.tokenization import train_bpe
+    from llm_recipes.tokenizer.bpe import train_bpe
 
     data = datasets.Dataset.from_dict({"text": numbered_docs(50)})
     pretokenize(data, tiny_tokenizer, tmp_path / "tok", show_progress=False)
     other = train_bpe(numbered_docs(50), vocab_size=320)
     pretokenize(data, other, tmp_path / "tok", show_progress=False)
     meta = json.loads((tmp_path / "tok" / "meta.json").read_text())
-    from llm_recipes.tokenization import tokenizer_sha256
+    from llm_recipes.tokenizer.bpe import tokenizer_sha256
 
     assert meta["tokenizer_sha256"] == tokenizer_sha256(other)
 
@@ -266,8 +271,9 @@ def test_bad_inputs_get_clear_errors(tiny_tokenizer, tmp_path):
 
 def test_packed_documents_do_not_see_each_other(tiny_tokenizer):
     """The point of restarting position_ids: a document's logits are the same alone and packed behind another."""
-    import llm_recipes  # noqa: F401
     from conftest import make_tiny_config
+
+    import llm_recipes  # noqa: F401
     from llm_recipes.model import RecipeGPTForCausalLM
 
     torch.manual_seed(0)

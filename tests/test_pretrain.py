@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-
-from pretrain_helpers import tiny_config, write_clean_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
+from pretrain_helpers import one_torch_thread, tiny_config, write_clean_dataset  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +63,10 @@ def _grads_after_one_step(tmp_path, clean_dir, tokens_dir, tokenizer_dir, batch,
     from llm_recipes.training.loop import pretrain
 
     torch.manual_seed(0)
+    from conftest import make_tiny_config
     from transformers import AutoTokenizer
 
     import llm_recipes  # noqa: F401
-    from conftest import make_tiny_config
     from llm_recipes.model import RecipeGPTForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -96,7 +95,7 @@ def test_accumulation_invariance(tmp_path, clean_dir, tokens_dir, tiny_tokenizer
 def test_final_model_loads_with_plain_transformers(tmp_path, clean_dir, tokens_dir, tiny_tokenizer_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm_recipes.tokenization import end_of_turn_token_ids
+    from llm_recipes.tokenizer.bpe import end_of_turn_token_ids
     from llm_recipes.training.loop import pretrain
 
     result = pretrain(tiny_config(tmp_path, clean_dir, tiny_tokenizer_dir, max_steps=3, tokenized_path=str(tokens_dir),
@@ -168,11 +167,11 @@ def test_continued_pretraining_from_model_folder(tmp_path, clean_dir, tokens_dir
 
 
 def test_muon_takes_the_block_matrices_and_adamw_the_rest(tiny_tokenizer_dir):
-    from llm_recipes.training.building import MuonWithAdamW, make_optimizer
-    from llm_recipes.training.arguments import PretrainConfig
-
     from conftest import make_tiny_config
     from transformers import AutoModelForCausalLM
+
+    from llm_recipes.training.arguments import PretrainConfig
+    from llm_recipes.training.building import MuonWithAdamW, make_optimizer
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(make_tiny_config())
@@ -255,6 +254,7 @@ def test_outlier_guard():
 @pytest.mark.parametrize("recipe", ["quickstart", "debug"])
 def test_recipe_parses(recipe):
     from conftest import REPO_ROOT
+
     from llm_recipes.config import parse_config
     from llm_recipes.training import PretrainConfig
 

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from pretrain_helpers import launch_two_processes, train_and_record, write_clean_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
+from pretrain_helpers import launch_two_processes, one_torch_thread, train_and_record, write_clean_dataset  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +97,7 @@ def test_launch_without_a_process_group_is_refused(tmp_path, clean_dir, tiny_tok
 
 def test_process_group_check(monkeypatch):
     from llm_recipes.config import ConfigError
-    from llm_recipes.launch import check_process_group
+    from llm_recipes.training.processes import check_process_group
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     check_process_group(1, "sft")  # a plain single-process run

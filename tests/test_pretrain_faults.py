@@ -11,8 +11,7 @@ import time
 
 import pytest
 import torch
-
-from pretrain_helpers import tiny_config, write_clean_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
+from pretrain_helpers import one_torch_thread, tiny_config, write_clean_dataset  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +20,10 @@ def clean_dir(tmp_path_factory):
 
 
 def test_nan_loss_skips_the_update_and_is_logged(tmp_path, clean_dir, tiny_tokenizer_dir):
+    from conftest import make_tiny_config
     from transformers import AutoTokenizer
 
     import llm_recipes  # noqa: F401
-    from conftest import make_tiny_config
     from llm_recipes.model import RecipeGPTForCausalLM
     from llm_recipes.training.loop import pretrain
     from llm_recipes.training.monitor import read_metrics
@@ -51,10 +50,10 @@ def test_nan_loss_skips_the_update_and_is_logged(tmp_path, clean_dir, tiny_token
 def test_gradient_norm_outlier_skips_the_update_and_is_logged(tmp_path, clean_dir, tiny_tokenizer_dir):
     """After the guard's 32 steps of history, one step whose gradient is blown up 10,000x is skipped
     (its norm is a z-score outlier), logged with the reason, and training carries on."""
+    from conftest import make_tiny_config
     from transformers import AutoTokenizer
 
     import llm_recipes  # noqa: F401
-    from conftest import make_tiny_config
     from llm_recipes.model import RecipeGPTForCausalLM
     from llm_recipes.training.loop import pretrain
     from llm_recipes.training.monitor import read_metrics
@@ -190,8 +189,9 @@ def test_missing_dataset_and_wrong_column(tmp_path, tiny_tokenizer_dir):
 
 def test_tokenizer_model_vocab_mismatch(tmp_path, clean_dir, tiny_tokenizer_dir, tiny_model_dir):
     from conftest import tiny_corpus
+
     from llm_recipes.config import ConfigError
-    from llm_recipes.tokenization import save_tokenizer, train_bpe
+    from llm_recipes.tokenizer.bpe import save_tokenizer, train_bpe
     from llm_recipes.training.loop import pretrain
 
     with pytest.raises(ConfigError, match="embedding has only 320 rows"):

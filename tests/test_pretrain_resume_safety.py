@@ -7,8 +7,7 @@ import json
 import shutil
 
 import pytest
-
-from pretrain_helpers import tiny_config, write_clean_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
+from pretrain_helpers import one_torch_thread, tiny_config, write_clean_dataset  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,8 @@ def test_trainer_state_step_must_match_the_folder(tmp_path, clean_dir, tiny_toke
 
 def test_resume_checks_tokenizer_and_context_length(tmp_path, clean_dir, tiny_tokenizer_dir):
     from conftest import tiny_corpus
-    from llm_recipes.tokenization import save_tokenizer, train_bpe
+
+    from llm_recipes.tokenizer.bpe import save_tokenizer, train_bpe
     from llm_recipes.training.checkpoint import CheckpointError
 
     _run(tmp_path, clean_dir, tiny_tokenizer_dir)

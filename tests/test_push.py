@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from hub_standin import create_hub_app
 
 TOKEN = "hf_standin_write_token"
@@ -31,7 +30,7 @@ def _push(args, endpoint, tmp_path, token=TOKEN):
 def model_folder(tiny_model_dir, tmp_path):
     """A model folder as fine-tuning leaves it: use_cache off, no eos in generation_config, a model-index
     from `llm-recipes evaluate`, and the stage's files next to it."""
-    from llm_recipes.model_card import update_model_index
+    from llm_recipes.publishing.model_card import update_model_index
 
     stage = tmp_path / "sft"
     folder = stage / "final"

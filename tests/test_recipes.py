@@ -1,35 +1,20 @@
 """Every shipped recipe YAML parses against its stage's configuration (unknown keys are errors),
 and every recipe folder has a README."""
 
-import importlib
-import os
 from pathlib import Path
 
 import pytest
 
 from llm_recipes.config import parse_config
+from llm_recipes.pipeline import stages
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
 
 
-def stage_config_classes(stage: str) -> list[type]:
-    """The config dataclasses a stage parses, looked up the way each stage module declares them."""
-    if stage in ("sft", "dpo", "kto"):
-        import trl
-
-        from llm_recipes.finetuning.training import FinetuneArguments
-
-        return [FinetuneArguments, getattr(trl, f"{stage.upper()}Config")]
-    if stage == "pretrain":
-        from llm_recipes.training.arguments import PretrainConfig
-
-        return [PretrainConfig]
-    module = importlib.import_module(f"llm_recipes.{stage}")
-    classes = [v for k, v in vars(module).items() if k.endswith("Config") and isinstance(v, type)
-               and v.__module__ == module.__name__]
-    assert len(classes) == 1, f"llm_recipes.{stage} should define one *Config class, found {classes}"
-    return classes
+def stage_config_classes(stage: str) -> tuple[type, ...]:
+    """The config dataclasses a stage parses, as its entry module exposes them (through the registry)."""
+    return stages.stage(stage).config_classes()
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -38,7 +23,7 @@ def test_recipe_parses(path, monkeypatch):
     # the fine-tuning stages parse with this machine's defaults (no bf16 without a GPU), as `stage_main` does
     from llm_recipes.finetuning.training import device_defaults
 
-    defaults = device_defaults() if path.stem in ("sft", "dpo", "kto") else None
+    defaults = device_defaults() if stages.stage(path.stem).kind == stages.FINETUNING else None
     configs = parse_config(stage_config_classes(path.stem), ["--config", str(path)], stage=path.stem, defaults=defaults)
     output_dir = getattr(configs[-1], "output_dir", None) or getattr(configs[0], "output_dir", None)
     if output_dir is not None:

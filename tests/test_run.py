@@ -3,7 +3,7 @@
 import pytest
 
 from llm_recipes import cli
-from llm_recipes.pipeline import PipelineError, plan
+from llm_recipes.pipeline.runner import PipelineError, plan
 
 
 def write(path, text):
@@ -55,7 +55,7 @@ def test_optional_stages_run_only_when_named(tmp_path):
 
 
 def test_force_removes_only_stage_folders(tmp_path):
-    from llm_recipes.pipeline import remove_stage_output
+    from llm_recipes.pipeline.runner import remove_stage_output
 
     stage = tmp_path / "pretrain"
     (stage / "checkpoints" / "step-1").mkdir(parents=True)

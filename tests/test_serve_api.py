@@ -8,7 +8,6 @@ import threading
 
 import httpx
 import pytest
-
 from serve_helpers import running_server
 
 

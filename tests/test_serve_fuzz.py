@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from serve_helpers import running_server
 
 EXAMPLES = 60  # per operation and generation mode

@@ -11,7 +11,6 @@ import time
 
 import httpx
 import pytest
-
 from serve_helpers import running_server
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from serve_helpers import running_server
 
 
@@ -149,11 +148,10 @@ def test_lm_evaluation_harness_local_completions_matches_its_hf_backend(server, 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-
     from test_evaluate import REPO
 
     url, *_ = server
-    manager = TaskManager(include_path=[str(REPO / "llm_recipes" / "lm_eval_tasks")])
+    manager = TaskManager(include_path=[str(REPO / "llm_recipes" / "evaluation" / "lm_eval_tasks")])
     tasks = ["english_cloze", "python_docs_mc"]
     served = lm_eval.simple_evaluate(
         model="local-completions", model_args=f"model=tiny,base_url={url}/v1/completions,max_length=256,"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 
 import httpx
-
 from serve_helpers import running_server
 
 KEY = {"Authorization": "Bearer m3trics"}

@@ -9,7 +9,6 @@ import math
 
 import httpx
 import pytest
-
 from serve_helpers import running_server
 
 
@@ -45,8 +44,12 @@ def _openai_fields():
 def test_every_openai_request_field_is_honoured_or_refused_by_name(server):
     """The fields come from the installed `openai` package's own request types: a field a new release adds
     fails this test until the server honours or refuses it."""
-    from llm_recipes.serving.schemas import (REFUSED_CHAT_FIELDS, REFUSED_COMPLETION_FIELDS, ChatCompletionRequest,
-                                             CompletionRequest)
+    from llm_recipes.serving.schemas import (
+        REFUSED_CHAT_FIELDS,
+        REFUSED_COMPLETION_FIELDS,
+        ChatCompletionRequest,
+        CompletionRequest,
+    )
 
     url, *_ = server
     bases = {"/v1/chat/completions": {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],

@@ -10,7 +10,6 @@ from typing import Literal
 import httpx
 import pytest
 from pydantic import BaseModel
-
 from serve_helpers import running_server
 
 pytest.importorskip("xgrammar")

@@ -34,7 +34,7 @@ def test_full_sft_on_python_docs_trains_saves_and_improves_heldout(tiny_model_di
     gen = json.loads((final / "generation_config.json").read_text())
     from transformers import AutoTokenizer
 
-    from llm_recipes.tokenization import end_of_turn_token_ids
+    from llm_recipes.tokenizer.bpe import end_of_turn_token_ids
     assert gen["eos_token_id"] == end_of_turn_token_ids(AutoTokenizer.from_pretrained(final))
     assert json.loads((final / "config.json").read_text())["use_cache"] is True
     assert (out / "stage_complete.json").is_file() and (out / "resolved_config.yaml").is_file()

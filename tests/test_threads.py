@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from llm_recipes.threads import CpuShare, ThreadGovernor, choose, free_cpus, usable_cpus
+from llm_recipes.runtime.threads import CpuShare, ThreadGovernor, choose, free_cpus, usable_cpus
 
 
 def test_choose_rounds_free_cpus_to_threads():

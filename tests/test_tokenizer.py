@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_corpus
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from llm_recipes.tokenization import (DocumentEncoder, replace_lone_surrogates, round_vocab_size, save_tokenizer,
-                                      tokenizer_sha256, train_bpe)
-
-from conftest import tiny_corpus
+from llm_recipes.tokenizer.bpe import (
+    DocumentEncoder,
+    replace_lone_surrogates,
+    round_vocab_size,
+    save_tokenizer,
+    tokenizer_sha256,
+    train_bpe,
+)
 
 HARD_TEXTS = [
     "emoji 😀 👩‍👩‍👧‍👦 🇫🇷 👍🏽 ❤️",

@@ -9,10 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO_ROOT, SHARED_DATA, tiny_corpus
 
 from llm_recipes.train_tokenizer import TrainTokenizerConfig, main
-
-from conftest import REPO_ROOT, SHARED_DATA, tiny_corpus
 
 
 def write_clean_folder(folder: Path, texts: list[str], validation: list[str] | None = None, column: str = "text") -> Path:
@@ -76,7 +75,7 @@ def test_report_compares_with_gpt2_where_available(stage_output):
 
 
 def test_gpt2_reference_tokenizer_is_the_real_one():
-    from llm_recipes.tokenizer_report import load_reference_tokenizer
+    from llm_recipes.tokenizer.report import load_reference_tokenizer
 
     folder = SHARED_DATA / "rasbt" / "gpt2_tokenizer"
     if not folder.exists():
@@ -158,7 +157,7 @@ def test_recipes_exist_for_both_pipelines():
 
 
 def test_text_stream_samples_across_files_deterministically(tmp_path):
-    from llm_recipes.tokenization import text_stream
+    from llm_recipes.tokenizer.bpe import text_stream
 
     for k in range(3):
         pq.write_table(pa.table({"text": [f"file{k} doc{i} " + "x" * 100 for i in range(200)]}), tmp_path / f"p{k}.parquet")
@@ -180,7 +179,7 @@ def test_definition_folder_is_found_in_a_non_editable_install(tmp_path, monkeypa
     import sys
     import zipfile
 
-    from llm_recipes import tokenization
+    from llm_recipes.tokenizer import bpe as tokenization
 
     share = tmp_path / "prefix" / "share" / "llm_recipes"
     shutil.copytree(REPO_ROOT / "tokenizer", share / "tokenizer")

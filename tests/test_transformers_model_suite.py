@@ -11,7 +11,6 @@ import importlib
 import unittest
 
 import pytest
-
 from transformers_tests import load
 
 PACKAGE, WHERE = load()
@@ -19,11 +18,11 @@ if PACKAGE is None:
     pytest.skip(WHERE, allow_module_level=True)
 
 import torch  # noqa: E402
+from recipe_gpt_mixins import GenerationTesterMixin  # noqa: E402
 from transformers.models.auto import modeling_auto  # noqa: E402
 
 import llm_recipes  # noqa: E402,F401  (registers the model with the Auto classes)
 from llm_recipes.model import RecipeGPTConfig, RecipeGPTForCausalLM, RecipeGPTModel  # noqa: E402
-from recipe_gpt_mixins import GenerationTesterMixin  # noqa: E402
 
 common = importlib.import_module(f"{PACKAGE}.test_modeling_common")
 

@@ -1,5 +1,5 @@
 """Training tokens/s of the quickstart-size model with 0, 1 and 2 busy processes beside it, for the automatic
-thread choice (llm_recipes/threads.py) against fixed 2 and 1 threads: does a shared machine keep its fair share?
+thread choice (llm_recipes/runtime/threads.py) against fixed 2 and 1 threads: does a shared machine keep its fair share?
 
     python benchmarks/pretrain/contention.py --steps 40 --out benchmarks/pretrain/contention.jsonl
 
@@ -22,7 +22,7 @@ def tokens_per_second(threads: str, steps: int) -> tuple[int, float]:
 
     from llm_recipes.model import config_from_preset
     from llm_recipes.model.modeling_recipe_gpt import RecipeGPTForCausalLM
-    from llm_recipes.threads import ThreadGovernor
+    from llm_recipes.runtime.threads import ThreadGovernor
 
     if threads == "auto":
         governor = ThreadGovernor("benchmark", lambda message: None)

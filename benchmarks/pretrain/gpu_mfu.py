@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from llm_recipes.tokenization import save_tokenizer, train_bpe
+    from llm_recipes.tokenizer.bpe import save_tokenizer, train_bpe
     from llm_recipes.training import PretrainConfig
     from llm_recipes.training.loop import pretrain
     from llm_recipes.training.monitor import read_metrics

@@ -33,7 +33,7 @@ def prepare(input_path: Path, work: Path, vocab: int) -> tuple[Path, Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from llm_recipes.tokenization import save_tokenizer, train_bpe
+    from llm_recipes.tokenizer.bpe import save_tokenizer, train_bpe
 
     text = input_path.read_text(encoding="utf-8")
     n = len(text)

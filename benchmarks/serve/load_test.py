@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -31,11 +30,12 @@ import httpx
 def build_random_model(folder: Path, preset: str) -> Path:
     """A RecipeGPT of the given preset with random weights and a BPE tokenizer trained on the pydoc topics."""
     import pydoc_data.topics
+
     import torch
     from transformers import GenerationConfig
 
     from llm_recipes.model import RecipeGPTForCausalLM, config_from_preset
-    from llm_recipes.tokenization import end_of_turn_token_ids, save_tokenizer, train_bpe
+    from llm_recipes.tokenizer.bpe import end_of_turn_token_ids, save_tokenizer, train_bpe
 
     texts = [t for t in pydoc_data.topics.topics.values() if len(t) > 200]
     tok = train_bpe(texts, vocab_size=4096, model_max_length=512)

@@ -26,9 +26,10 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength
 
 def tokenizer_of_size(vocab_size: int):
     import pydoc_data.topics
+
     from transformers import AutoTokenizer
 
-    from llm_recipes.tokenization import save_tokenizer, train_bpe
+    from llm_recipes.tokenizer.bpe import save_tokenizer, train_bpe
 
     corpus = [t for t in pydoc_data.topics.topics.values() if len(t) > 200]
     path = tempfile.mkdtemp()

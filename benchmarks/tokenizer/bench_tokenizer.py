@@ -31,7 +31,7 @@ def plain_bpe(files: list[str], vocab_size: int, max_document_chars: int) -> flo
     import pyarrow.parquet as pq
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from llm_recipes.tokenization import SPLIT_PATTERN, load_definition, round_vocab_size, special_token_list
+    from llm_recipes.tokenizer.bpe import SPLIT_PATTERN, load_definition, round_vocab_size, special_token_list
 
     started = time.perf_counter()
     texts = [t[:max_document_chars] for f in files for t in pq.read_table(f, columns=["text"]).column("text").to_pylist() if t]
@@ -48,7 +48,7 @@ def plain_bpe(files: list[str], vocab_size: int, max_document_chars: int) -> flo
 
 
 def ours_train(files: list[str], vocab_size: int, max_document_chars: int) -> float:
-    from llm_recipes.tokenization import text_stream, train_bpe
+    from llm_recipes.tokenizer.bpe import text_stream, train_bpe
 
     started = time.perf_counter()
     texts, num_docs = text_stream(files, "text")
@@ -83,7 +83,7 @@ def packing(corpus: str, tokenizer_dir: str, seq_len: int) -> dict:
     import datasets
     from transformers import AutoTokenizer
 
-    from llm_recipes.packing import PackedStreamDataset, TokenShardDataset, pretokenize
+    from llm_recipes.training.packing import PackedStreamDataset, TokenShardDataset, pretokenize
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     files = sorted(str(p) for p in Path(corpus, "train").glob("*.parquet"))

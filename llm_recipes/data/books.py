@@ -36,6 +36,7 @@ from typing import Iterator
 
 from .documents import Skipped
 
+
 @dataclass
 class Book:
     text: str

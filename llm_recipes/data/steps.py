@@ -84,8 +84,12 @@ def resolve_profiles(overrides: dict | None) -> dict[str, dict[str, Any]]:
 
 
 def build_filters(profile: dict[str, Any]) -> list[tuple[str, Any]]:
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
 
     classes = {"gopher_repetition": GopherRepetitionFilter, "gopher_quality": GopherQualityFilter,
                "c4": C4QualityFilter, "fineweb": FineWebQualityFilter}
@@ -250,9 +254,8 @@ class ShardReader(PipelineStep):
         path = self.files[rank]
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
-
             import pyarrow.parquet as pq
+            from tqdm.auto import tqdm
 
             bar = tqdm(total=pq.ParquetFile(path).metadata.num_rows, unit="doc", leave=False, dynamic_ncols=True,
                        desc=f"{self.desc} shard {rank}", position=rank % 2, mininterval=1.0)

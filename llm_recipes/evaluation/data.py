@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.splits import split_files
 from .models import EvalInputError
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "lm_eval_tasks"
+BUILTIN_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 BUILTIN_SETS = ("english_cloze", "python_docs_cloze", "python_docs_mc")
 
 
@@ -178,7 +179,9 @@ def heldout_files(path: str) -> list[str]:
     """A clean stage folder means its validation split; otherwise a file, glob or folder of parquet/jsonl."""
     p = Path(path)
     if p.is_dir():
-        for pattern in ("validation/*.parquet", "*.parquet", "*.jsonl", "*.txt"):
+        if split_files(p, "validation"):
+            return split_files(p, "validation")
+        for pattern in ("*.parquet", "*.jsonl", "*.txt"):
             files = sorted(glob.glob(str(p / pattern)))
             if files:
                 return files

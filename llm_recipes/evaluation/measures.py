@@ -1,6 +1,6 @@
 """Pure scoring functions: from log-likelihoods or generated text to accuracies and overlaps.
 
-The `evaluate` modules under `llm_recipes/metrics/` wrap these, so `evaluate.load(path)` and the
+The `evaluate` modules under `llm_recipes/evaluation/metrics/` wrap these, so `evaluate.load(path)` and the
 `evaluate` stage give the same numbers.
 """
 

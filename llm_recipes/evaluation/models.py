@@ -73,8 +73,9 @@ def load_model_and_tokenizer(model_path: str | os.PathLike, tokenizer_path: str 
     Returns:
         (model, tokenizer, device)
     """
-    import llm_recipes  # noqa: F401  registers RecipeGPT, so our folders load without remote code
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import llm_recipes  # noqa: F401  registers RecipeGPT, so our folders load without remote code
 
     check_model_dir(model_path, tokenizer_path)
     device = resolve_device(device)

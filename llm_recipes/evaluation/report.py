@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..training.monitor import read_metrics
+
 # the numbers worth a column, per kind of task, with whether lower is better
 HEADLINE = {
     "perplexity": [("bits_per_byte", True), ("perplexity", True)],
@@ -125,8 +127,6 @@ def _thin(rows: list[dict], keep: int = 10) -> list[dict]:
 
 def read_metrics_file(path: str | Path) -> list[dict]:
     """Records of a metrics.jsonl; lines cut by a kill are skipped."""
-    from ..training.monitor import read_metrics
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"metrics file {str(path)!r} does not exist (expected a metrics.jsonl)")

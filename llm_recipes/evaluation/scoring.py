@@ -1,4 +1,6 @@
-"""Log-likelihood scoring of text under any causal LM, batched: the one primitive behind every score.
+"""Log-likelihood scoring of text under any causal LM, batched: the one primitive behind every score
+(`evaluate`'s tasks, the fine-tuning stages' held-out measurement through `LMScorer.score_masked`, and
+pretraining's validation loss through `next_token_logprobs`).
 
 Every sequence starts with a prefix token (the tokenizer's BOS, else EOS, as GPT-2 separates documents
 with it), so the first real token is predicted too and scores do not depend on whether a tokenizer
@@ -19,6 +21,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Sequence
+
+
+def next_token_logprobs(logits, targets):
+    """log p(targets[..., t]) under logits[..., t, :] in float32 (callers align targets: the logits at position
+    t predict the token at t + 1), as logit - logsumexp: no full log-softmax tensor is made."""
+    import torch
+
+    logits = logits.float()
+    return logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
 
 
 @dataclass
@@ -137,8 +148,7 @@ class LMScorer:
             n = len(seq) - 1
             row_logits = logits[row, n - keep:n].float()  # (keep, V); row by row keeps the float32 copy small
             targets = torch.tensor(seq[len(seq) - keep:], device=row_logits.device)
-            # log p(target) = logit[target] - logsumexp(logits): no full log-softmax tensor needed
-            picked = row_logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(row_logits, dim=-1)
+            picked = next_token_logprobs(row_logits, targets)
             greedy = row_logits.argmax(-1) == targets
             out.append((picked.tolist(), greedy.tolist()))
         return out
@@ -159,10 +169,15 @@ class LMScorer:
         Windows are run longest first, so a batch holds sequences of similar length (little padding)."""
         order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
         results: list = [None] * len(windows)
-        for batch in self._batches(order, desc, unit):
-            scored = self._token_logprobs([windows[i][0] for i in batch], [windows[i][1] for i in batch])
-            for i, result in zip(batch, scored):
-                results[i] = result
+        was_training = self.model.training  # a model fresh from training would score with dropout on
+        self.model.eval()
+        try:
+            for batch in self._batches(order, desc, unit):
+                scored = self._token_logprobs([windows[i][0] for i in batch], [windows[i][1] for i in batch])
+                for i, result in zip(batch, scored):
+                    results[i] = result
+        finally:
+            self.model.train(was_training)
         return results
 
     # -- public scoring -----------------------------------------------------------------------------
@@ -237,6 +252,19 @@ class LMScorer:
             logprobs[index] += window_logprobs
             greedy[index] = greedy[index] and all(window_greedy)
         return [ContinuationScore(logprob=math.fsum(lp), tokens=len(lp), greedy=g) for lp, g in zip(logprobs, greedy)]
+
+    def score_masked(self, encoded: Sequence[tuple[list[int], list[int]]], desc: str = "log-likelihood"
+                     ) -> list[tuple[float, int]]:
+        """(summed log-probability, token count) of the tokens whose mask is 1, for sequences given as token
+        ids (scored as they are, no prefix token added, cut to max_length), in input order."""
+        cut = [(list(ids[:self.max_length]), list(mask[:self.max_length])) for ids, mask in encoded]
+        scorable = [i for i, (ids, _) in enumerate(cut) if len(ids) > 1]  # one token predicts nothing
+        scored = self._score_windows([(cut[i][0], len(cut[i][0]) - 1) for i in scorable], desc, "sequences")
+        results = [(0.0, 0)] * len(cut)
+        for i, (logps, _) in zip(scorable, scored):
+            counted = cut[i][1][1:]  # logps[j] is log p(ids[j + 1])
+            results[i] = (float(sum(lp for lp, m in zip(logps, counted) if m)), int(sum(bool(m) for m in counted)))
+        return results
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, desc: str = "generate") -> list[str]:
         """Greedy completions of prompts (already formatted, e.g. by a chat template), batched with left padding."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..fileio import atomic_write_json, atomic_write_text
-from .data import ChoiceTask, load_choice_task, load_heldout_texts, load_preferences, load_qa
+from .data import load_choice_task, load_heldout_texts, load_preferences, load_qa
 from .models import EvalInputError, check_model_dir, count_parameters, load_model_and_tokenizer
 
 PARTIAL = "partial_results.json"
@@ -131,7 +131,7 @@ TASK_NAMES = {"perplexity": "Language modeling (held-out text)", "choice": "Mult
 
 def model_index_entries(task: Task, result: dict[str, Any]) -> list[dict[str, Any]]:
     """EvalResult fields for the model card, one per headline metric; dataset ids, not local paths."""
-    from ..model_card import readable_dataset_id
+    from ..publishing.model_card import readable_dataset_id
     from .report import HEADLINE
 
     entries = []
@@ -172,8 +172,8 @@ def run_evaluation(cfg, start: Callable[[], Any] | None = None) -> dict[str, Any
     """
     import torch
 
-    from ..model_card import update_model_index
-    from ..threads import ThreadGovernor
+    from ..publishing.model_card import update_model_index
+    from ..runtime.threads import ThreadGovernor
     from .report import comparison_markdown, comparison_plot, read_metrics_file
     from .scoring import LMScorer
 

@@ -25,15 +25,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..fileio import atomic_write_text
+from .methods import method
 
 ROLES = ("system", "user", "assistant", "tool")
 BUILTIN_DATASETS = ("python-docs-qa", "python-docs-preferences", "python-docs-kto")
-# which formats each stage trains on, in order of preference when a dataset could be read several ways
-STAGE_FORMATS = {
-    "sft": ("messages", "prompt_completion", "text"),
-    "dpo": ("preference",),
-    "kto": ("unpaired",),
-}
 FORMAT_COLUMNS = {
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
@@ -159,20 +154,22 @@ def _user(text: str, system_prompt: str | None) -> list[dict[str, str]]:
     return turns + [{"role": "user", "content": text}]
 
 
-def convert_for_stage(dataset, stage: str, name: str = "dataset", system_prompt: str | None = None):
-    """Converts a loaded Dataset into the format the stage trains on, keeping only those columns.
+def convert_for_stage(dataset, stage, name: str = "dataset", system_prompt: str | None = None):
+    """Converts a loaded Dataset into one of the formats fine-tuning method `stage` (a `methods.Method` or its
+    name) trains on, preferred first, keeping only those columns.
 
-    Alpaca records become conversations (sft) or conversational preference pairs (dpo, kto); preference
-    pairs feed KTO as one desirable and one undesirable row each; a preference dataset can feed SFT
-    through its chosen answers.
+    Alpaca records become conversations (for `messages`) or conversational preference pairs; preference
+    pairs feed unpaired training (KTO) as one desirable and one undesirable row each, and supervised training
+    (`prompt_completion`) through their chosen answers.
 
     Raises:
-        DatasetFormatError: when the columns fit none of the stage's formats.
+        DatasetFormatError: when the columns fit none of the formats.
     """
+    m = method(stage) if isinstance(stage, str) else stage
+    formats = m.formats
     fmt = detect_format(dataset.column_names)
-    wanted = STAGE_FORMATS[stage]
     if fmt in ("alpaca", "alpaca_preference"):
-        if stage == "sft":
+        if "messages" in formats:
             dataset = dataset.map(lambda r: {"messages": _user(alpaca_prompt(r), system_prompt)
                                              + [{"role": "assistant", "content": str(r["output"])}]},
                                   remove_columns=dataset.column_names, desc="Alpaca -> messages")
@@ -190,18 +187,20 @@ def convert_for_stage(dataset, stage: str, name: str = "dataset", system_prompt:
         dataset = dataset.map(maybe_extract_prompt, desc="Extracting the shared prompt")
     if fmt == "messages" and "messages" not in dataset.column_names:
         dataset = dataset.rename_column("conversations", "messages")
-    if stage == "kto" and fmt == "preference":
-        dataset = unpair_preferences(dataset)
-        fmt = "unpaired"
-    if stage == "sft" and fmt == "preference" and "prompt" in dataset.column_names:
-        dataset = dataset.rename_column("chosen", "completion").select_columns(["prompt", "completion"])
-        fmt = "prompt_completion"
-    if fmt not in wanted:
-        expected = " | ".join("/".join(FORMAT_COLUMNS[f]) for f in wanted)
+    if fmt == "preference" and "preference" not in formats:
+        if "unpaired" in formats:
+            dataset = unpair_preferences(dataset)
+            fmt = "unpaired"
+        elif "prompt_completion" in formats and "prompt" in dataset.column_names:
+            dataset = dataset.rename_column("chosen", "completion").select_columns(["prompt", "completion"])
+            fmt = "prompt_completion"
+    if fmt not in formats:
+        expected = " | ".join("/".join(FORMAT_COLUMNS[f]) for f in formats)
+        alpaca = ("instruction/input/output" if "messages" in formats else
+                  "instruction/input/chosen/rejected" if {"preference", "unpaired"} & set(formats) else None)
         raise DatasetFormatError(
-            f"{name}: columns {sorted(dataset.column_names)} do not fit stage {stage!r}; expected columns "
-            f"{expected}" + (" (or Alpaca-style instruction/input/output)" if stage == "sft" else "")
-            + (" (or Alpaca-style instruction/input/chosen/rejected)" if stage in ("dpo", "kto") else ""))
+            f"{name}: columns {sorted(dataset.column_names)} do not fit stage {m.name!r}; expected columns {expected}"
+            + (f" (or Alpaca-style {alpaca})" if alpaca else ""))
     dataset = dataset.select_columns(list(FORMAT_COLUMNS[fmt]))
     if fmt in ("preference", "unpaired", "prompt_completion") and not isinstance(dataset[0]["prompt"], str):
         dataset = dataset.map(_completions_as_turns, desc="Wrapping completions as assistant turns")

@@ -19,6 +19,9 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from ..evaluation.intervals import paired_difference
+from ..evaluation.scoring import LMScorer
+
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
@@ -66,47 +69,19 @@ def encode_row(tokenizer, row: dict[str, Any], fmt: str) -> tuple[list[int], lis
     raise ValueError(f"answer loss needs a messages, prompt_completion or text row, got format {fmt!r}")
 
 
-def sequence_logps(model, encoded: list[tuple[list[int], list[int]]], batch_size: int = 8,
+def sequence_logps(model, tokenizer, encoded: list[tuple[list[int], list[int]]], batch_size: int = 8,
                    max_length: int | None = None) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of the masked tokens of each sequence, in input order."""
-    import torch
-
-    device = next(model.parameters()).device
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    """(summed log-probability, token count) of the masked tokens of each sequence, in input order
+    (`evaluation.scoring.LMScorer.score_masked`)."""
     max_length = max_length or getattr(model.config, "max_position_embeddings", None)
-    was_training = model.training
-    model.eval()
-    results: list[tuple[float, int]] = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(encoded), batch_size):
-                chunk = [(ids[:max_length], mask[:max_length]) if max_length else (ids, mask)
-                         for ids, mask in encoded[start:start + batch_size]]
-                width = max(len(ids) for ids, _ in chunk)
-                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                attention = torch.zeros((len(chunk), width), dtype=torch.long)
-                loss_mask = torch.zeros((len(chunk), width), dtype=torch.bool)
-                for i, (ids, mask) in enumerate(chunk):
-                    input_ids[i, : len(ids)] = torch.tensor(ids)
-                    attention[i, : len(ids)] = 1
-                    loss_mask[i, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                               use_cache=False).logits.float()
-                # the logits at t predict token t+1
-                logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None].to(device))[..., 0]
-                target_mask = loss_mask[:, 1:].to(device)
-                sums = (logps * target_mask).sum(-1)
-                counts = target_mask.sum(-1)
-                results += [(float(s), int(c)) for s, c in zip(sums.cpu(), counts.cpu())]
-    finally:
-        model.train(was_training)
-    return results
+    scorer = LMScorer(model, tokenizer, batch_size=batch_size, max_length=max_length, progress=False)
+    return scorer.score_masked(encoded)
 
 
 def answer_loss(model, tokenizer, rows: Sequence[dict[str, Any]], fmt: str, batch_size: int = 8,
                 max_length: int | None = None) -> dict[str, float]:
     """Mean NLL (nats per answer token) over held-out rows, token-weighted, with its perplexity."""
-    scored = sequence_logps(model, [encode_row(tokenizer, r, fmt) for r in rows], batch_size, max_length)
+    scored = sequence_logps(model, tokenizer, [encode_row(tokenizer, r, fmt) for r in rows], batch_size, max_length)
     tokens = sum(c for _, c in scored)
     if tokens == 0:
         raise ValueError("the held-out rows have no answer tokens to score")
@@ -122,8 +97,8 @@ def preference_logps(model, tokenizer, rows, batch_size: int = 8, max_length: in
     """Summed log-probabilities of chosen and rejected completions: two lists of (logp, tokens)."""
     chosen = [encode_prompt_completion(tokenizer, r["prompt"], r["chosen"]) for r in rows]
     rejected = [encode_prompt_completion(tokenizer, r["prompt"], r["rejected"]) for r in rows]
-    return (sequence_logps(model, chosen, batch_size, max_length),
-            sequence_logps(model, rejected, batch_size, max_length))
+    return (sequence_logps(model, tokenizer, chosen, batch_size, max_length),
+            sequence_logps(model, tokenizer, rejected, batch_size, max_length))
 
 
 def preference_metrics(chosen, rejected, ref_chosen=None, ref_rejected=None) -> dict[str, float]:
@@ -144,8 +119,8 @@ def preference_metrics(chosen, rejected, ref_chosen=None, ref_rejected=None) -> 
 
 
 def unpaired_logps(model, tokenizer, rows, batch_size: int = 8, max_length: int | None = None):
-    return sequence_logps(model, [encode_prompt_completion(tokenizer, r["prompt"], r["completion"]) for r in rows],
-                          batch_size, max_length)
+    return sequence_logps(model, tokenizer, [encode_prompt_completion(tokenizer, r["prompt"], r["completion"])
+                                             for r in rows], batch_size, max_length)
 
 
 def unpaired_metrics(rows, logps, ref_logps=None) -> dict[str, float]:
@@ -175,8 +150,6 @@ def summarize(stage: str, metric: str, higher_is_better: bool, base: dict, train
     """The eval_heldout.json record: both models' metrics, the paired difference of the headline metric with its
     95% interval (bootstrap over the same held-out rows), and `improved` only when that interval excludes zero
     on the good side (`verdict`: better, worse or cannot tell)."""
-    from ..evaluation.intervals import paired_difference
-
     b, t = base[metric], trained[metric]
     difference = paired_difference(base.get("per_item") or {}, trained.get("per_item") or {},
                                    PAIRED_STATISTIC[metric], lower_is_better=not higher_is_better)

@@ -8,6 +8,10 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from ..fileio import atomic_directory
+from ..model import fitting_max_new_tokens
+from ..tokenizer.bpe import end_of_turn_token_ids, save_tokenizer
+
 
 class LoraTargetError(ValueError):
     """A LoRA target_modules entry that matches no layer of the model."""
@@ -84,10 +88,6 @@ def save_model_folder(model, tokenizer, path: str | os.PathLike) -> Path:
     tokenizer, and a generation config that stops at the end of a chat turn and asks for no more new tokens
     than fit the context; `use_cache` back on (the
     Trainer turns it off while training)."""
-    from ..fileio import atomic_directory
-    from ..model import fitting_max_new_tokens
-    from ..tokenization import end_of_turn_token_ids, save_tokenizer
-
     model.config.use_cache = True
     eos_ids = end_of_turn_token_ids(tokenizer)
     model.generation_config.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]

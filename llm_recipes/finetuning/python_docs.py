@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .data import DatasetFormatError
+from .data import DatasetFormatError, load_raw_dataset
 
 TOPIC_PREFIX = "pydoc topic:"
 API_QUESTIONS = (
@@ -92,8 +92,6 @@ def lead_in(kind: str, name: str) -> str:
 def load_corpus(path: str) -> list[dict[str, Any]]:
     """Reads the documents (text, title, ...) of a clean-stage folder, a parquet/jsonl file or a folder of them."""
     import datasets
-
-    from .data import load_raw_dataset
 
     if not Path(path).exists():
         raise DatasetFormatError(f"corpus_path {path!r} does not exist (expected the clean stage's output folder "

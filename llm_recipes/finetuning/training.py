@@ -1,11 +1,13 @@
-"""The fine-tuning stages (sft, dpo, kto) share one flow around TRL's trainers:
+"""The fine-tuning stages (one per row of `methods.METHODS`: sft, dpo, kto, orpo) share one flow around TRL's
+trainers:
 
     load data -> convert + check -> split held-out -> write data/ -> load model -> measure the base
     -> train (full or LoRA) -> save adapter/ + merged final/ -> measure the trained model
     -> eval_heldout.json, metrics.jsonl -> mark complete
 
 Our own options (model, data, LoRA) live in `FinetuneArguments`; everything about training is TRL's
-own config class (`SFTConfig`, `DPOConfig`, `KTOConfig`), parsed together from one recipe.
+own config class (`SFTConfig`, `DPOConfig`, ...: the method's row names it), parsed together from one recipe.
+Nothing here branches on a method's name: what differs between methods is data in its row.
 """
 
 from __future__ import annotations
@@ -18,17 +20,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import RESUME_LATEST, RESUME_OFF, ConfigError
+from ..config import ConfigError, parse_config
+from ..evaluation.scoring import LMScorer
 from ..fileio import atomic_directory, atomic_write_json, atomic_write_text
-from .data import BUILTIN_DATASETS, DatasetFormatError
-from .heldout import verdict_text
-
-STAGE_BUILTIN_KIND = {"python-docs-qa": "qa", "python-docs-preferences": "preferences", "python-docs-kto": "kto"}
+from ..pipeline.envelope import StageRun
+from ..publishing.model_card import write_stage_card
+from ..training.processes import check_process_group
+from ..training.resume import resolve_resume as resume_from
+from . import heldout
+from .data import BUILTIN_DATASETS, DatasetFormatError, convert_for_stage, load_raw_dataset, split_heldout, write_jsonl
+from .heldout import summarize, verdict_text
+from .lora import LoraTargetError, build_lora_config, merge_adapter, save_model_folder
+from .methods import BUILTIN_KIND, METHODS, PAIRED, UNPAIRED, Method, method
+from .python_docs import build_python_docs_data, load_corpus
 
 
 @dataclass
 class FinetuneArguments:
-    """Model, data and LoRA options of the sft / dpo / kto stages (training options are TRL's)."""
+    """Model, data and LoRA options of the fine-tuning stages (training options are TRL's)."""
 
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Model to fine-tune: an HF model folder (e.g. ${run_dir}/pretrain/final) or "
@@ -99,27 +108,24 @@ class FinetuneArguments:
 # -- data --------------------------------------------------------------------------------------------
 
 
-def prepare_data(stage: str, args: FinetuneArguments, seed: int = 42):
-    """Loads, converts, checks and splits the stage's data.
+def prepare_data(m: Method, args: FinetuneArguments, seed: int = 42):
+    """Loads, converts, checks and splits the method's data.
 
     Returns:
         (train Dataset, held-out Dataset or None, format name).
     """
     from datasets import Dataset
 
-    from .data import convert_for_stage, load_raw_dataset, split_heldout
-    from .python_docs import build_python_docs_data, load_corpus
-
     name = args.dataset_name or (args.data_files[0] if args.data_files else None)
     if name is None:
-        raise ConfigError(f"stage {stage!r} needs dataset_name (a file, folder, Hub id or one of "
+        raise ConfigError(f"stage {m.name!r} needs dataset_name (a file, folder, Hub id or one of "
                           f"{', '.join(BUILTIN_DATASETS)}) or data_files")
     if args.dataset_name in BUILTIN_DATASETS:
         if not args.corpus_path:
             raise ConfigError(f"dataset_name {args.dataset_name!r} is made from the python-docs corpus: set "
                               "corpus_path to the clean stage's output folder (e.g. ${run_dir}/clean)")
         rows_train, rows_held = build_python_docs_data(
-            load_corpus(args.corpus_path), kind=STAGE_BUILTIN_KIND[args.dataset_name],
+            load_corpus(args.corpus_path), kind=BUILTIN_KIND[args.dataset_name],
             heldout_fraction=args.heldout_fraction, questions_per_document=args.questions_per_document,
             max_answer_chars=args.max_answer_chars, max_documents=args.max_documents, seed=seed,
             negatives="random" if args.preference_negatives == "model" else args.preference_negatives)
@@ -139,10 +145,10 @@ def prepare_data(stage: str, args: FinetuneArguments, seed: int = 42):
         elif held_split not in loaded:
             raise DatasetFormatError(f"dataset {name!r} has no split {held_split!r} (splits: {list(loaded)})")
         held = loaded[held_split] if held_split else None
-    train, fmt = convert_for_stage(train, stage, name=f"{name} [{args.dataset_train_split}]",
+    train, fmt = convert_for_stage(train, m, name=f"{name} [{args.dataset_train_split}]",
                                    system_prompt=args.system_prompt)
     if held is not None:
-        held, _ = convert_for_stage(held, stage, name=f"{name} [held-out]", system_prompt=args.system_prompt)
+        held, _ = convert_for_stage(held, m, name=f"{name} [held-out]", system_prompt=args.system_prompt)
     elif args.heldout_fraction > 0:
         train, held = split_heldout(train, args.heldout_fraction)
     if held is not None and args.max_heldout_samples is not None and len(held) > args.max_heldout_samples:
@@ -152,16 +158,17 @@ def prepare_data(stage: str, args: FinetuneArguments, seed: int = 42):
     return train, held, fmt
 
 
-def model_answers_as_negatives(stage: str, dataset, model, tokenizer, max_new_tokens: int, batch_size: int):
-    """The input model's own greedy answers become the rejected side: `rejected` of DPO pairs, the
-    `completion` of KTO's undesirable rows. Pairs whose generated answer equals the chosen one are dropped
-    (nothing to learn from them). Returns (dataset, number of rows dropped)."""
+def model_answers_as_negatives(m: Method, dataset, model, tokenizer, max_new_tokens: int, batch_size: int):
+    """The input model's own greedy answers become the rejected side: `rejected` of preference pairs, the
+    `completion` of unpaired (KTO) undesirable rows. Pairs whose generated answer equals the chosen one are
+    dropped (nothing to learn from them). `m` is a `methods.Method` or its name. Returns (dataset, number of rows
+    dropped)."""
     from datasets import Dataset
 
-    from ..evaluation.scoring import LMScorer
+    m = method(m) if isinstance(m, str) else m
 
     rows = list(dataset)
-    if stage == "kto":
+    if m.measure == UNPAIRED:
         targets = [i for i, r in enumerate(rows) if not r["label"]]
         answer_key = "completion"
     else:
@@ -176,11 +183,11 @@ def model_answers_as_negatives(stage: str, dataset, model, tokenizer, max_new_to
         return value if isinstance(value, str) else value[-1]["content"]
 
     scorer = LMScorer(model, tokenizer, batch_size=batch_size)
-    answers = scorer.generate([as_prompt(rows[i]["prompt"]) for i in targets], max_new_tokens, desc=f"[{stage}] own answers")
+    answers = scorer.generate([as_prompt(rows[i]["prompt"]) for i in targets], max_new_tokens, desc=f"[{m.name}] own answers")
     drop = set()
     for i, answer in zip(targets, answers):
         row = rows[i]
-        if stage == "dpo" and answer.strip() == content(row["chosen"]).strip():
+        if m.measure == PAIRED and answer.strip() == content(row["chosen"]).strip():
             drop.add(i)
         row[answer_key] = answer if isinstance(row[answer_key], str) else [{"role": "assistant", "content": answer}]
     kept = [r for i, r in enumerate(rows) if i not in drop]
@@ -220,64 +227,50 @@ def _is_conversational(dataset) -> bool:
 
 
 class HeldoutScorer:
-    """Scores models on the held-out rows with the stage's measure; keeps the base model's scores as reference."""
+    """Scores models on the held-out rows with the method's measure; keeps the base model's scores as reference."""
 
-    def __init__(self, stage: str, rows: list[dict[str, Any]], fmt: str, tokenizer, batch_size: int, max_length):
-        self.stage, self.rows, self.fmt, self.tokenizer = stage, rows, fmt, tokenizer
+    def __init__(self, m: Method, rows: list[dict[str, Any]], fmt: str, tokenizer, batch_size: int, max_length):
+        self.method, self.rows, self.fmt, self.tokenizer = m, rows, fmt, tokenizer
         self.batch_size, self.max_length = batch_size, max_length
         self.reference = None
 
     def score(self, model, is_base: bool) -> dict[str, Any]:
-        from . import heldout
-
         kw = dict(batch_size=self.batch_size, max_length=self.max_length)
-        if self.stage == "sft":
-            return heldout.answer_loss(model, self.tokenizer, self.rows, self.fmt, **kw)
-        if self.stage == "dpo":
+        if self.method.measure == PAIRED:
             chosen, rejected = heldout.preference_logps(model, self.tokenizer, self.rows, **kw)
             if is_base:
                 self.reference = (chosen, rejected)
                 return heldout.preference_metrics(chosen, rejected)
             return heldout.preference_metrics(chosen, rejected, *self.reference)
-        logps = heldout.unpaired_logps(model, self.tokenizer, self.rows, **kw)
-        if is_base:
-            self.reference = logps
-            return heldout.unpaired_metrics(self.rows, logps)
-        return heldout.unpaired_metrics(self.rows, logps, self.reference)
+        if self.method.measure == UNPAIRED:
+            logps = heldout.unpaired_logps(model, self.tokenizer, self.rows, **kw)
+            if is_base:
+                self.reference = logps
+                return heldout.unpaired_metrics(self.rows, logps)
+            return heldout.unpaired_metrics(self.rows, logps, self.reference)
+        return heldout.answer_loss(model, self.tokenizer, self.rows, self.fmt, **kw)
 
     def summary(self, base: dict, trained: dict, **info) -> dict[str, Any]:
-        from .heldout import summarize
-
-        metric, higher = {"sft": ("answer_loss", False), "dpo": ("preference_accuracy", True),
-                          "kto": ("desirable_logp_gap", True)}[self.stage]
-        return summarize(self.stage, metric, higher, base, trained, **info)
+        return summarize(self.method.name, self.method.metric, self.method.higher_is_better, base, trained, **info)
 
 
 # -- the stage ---------------------------------------------------------------------------------------------
 
 
-def build_trainer(stage: str, model, tokenizer, train_cfg, train, held, peft_config):
-    from trl import DPOTrainer, KTOTrainer, SFTTrainer
-
+def build_trainer(m: Method, model, tokenizer, train_cfg, train, held, peft_config):
     eval_dataset = held if held is not None and str(train_cfg.eval_strategy) not in ("no", "IntervalStrategy.NO") else None
-    cls = {"sft": SFTTrainer, "dpo": DPOTrainer, "kto": KTOTrainer}[stage]
-    return cls(model=model, args=train_cfg, train_dataset=train, eval_dataset=eval_dataset,
-               processing_class=tokenizer, peft_config=peft_config)
+    return m.trainer_class()(model=model, args=train_cfg, train_dataset=train, eval_dataset=eval_dataset,
+                             processing_class=tokenizer, peft_config=peft_config)
 
 
-def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
+def run_stage(m: Method, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     """Runs one fine-tuning stage end to end; returns the eval_heldout record (or {} without held-out data)."""
-    from ..config import start_stage_output
-    from ..fileio import mark_complete
-    from .data import write_jsonl
-    from .lora import build_lora_config, merge_adapter, save_model_folder
-
     from accelerate import PartialState
 
-    from ..launch import check_process_group
-
-    if args.preference_negatives == "model" and stage not in ("dpo", "kto"):  # before any data or model is loaded
-        raise ConfigError(f"preference_negatives: model is for the dpo and kto stages, not {stage!r}")
+    stage = m.name
+    if args.preference_negatives == "model" and not m.own_answers:  # before any data or model is loaded
+        takers = ", ".join(x.name for x in METHODS if x.own_answers)
+        raise ConfigError(f"preference_negatives: model is for the preference stages ({takers}), not {stage!r}")
     # under `accelerate launch` every process runs this function; only the main process writes files
     state = PartialState()
     check_process_group(state.num_processes, stage)
@@ -285,28 +278,29 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     output_dir = Path(train_cfg.output_dir)
 
     # Load datasets and model (nothing in output_dir changes until every check has passed)
-    train, held, fmt = prepare_data(stage, args, seed=train_cfg.seed)
+    train, held, fmt = prepare_data(m, args, seed=train_cfg.seed)
     model, tokenizer = load_model_and_tokenizer(args, train_cfg.trust_remote_code)
     conversational = _is_conversational(train)
     if conversational and not tokenizer.chat_template and not getattr(train_cfg, "chat_template_path", None):
         raise ConfigError(f"the training data is conversational but tokenizer {args.tokenizer_name_or_path or args.model_name_or_path!r} "
                           "has no chat template; set chat_template_path (sft) or use a tokenizer with one")
-    if stage == "sft" and train_cfg.assistant_only_loss and not conversational:
+    if getattr(train_cfg, "assistant_only_loss", False) and not conversational:  # SFTConfig's option
         raise ConfigError(f"assistant_only_loss: true needs conversational data (messages), but the data is {fmt!r}; "
                           "set assistant_only_loss: false (prompt/completion data gets completion-only loss by default)")
     resume = resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     if args.preference_negatives == "model":
         # every process generates the same greedy answers, so no broadcast is needed
         model.to(state.device)
-        train, dropped = model_answers_as_negatives(stage, train, model, tokenizer, args.negatives_max_new_tokens,
+        train, dropped = model_answers_as_negatives(m, train, model, tokenizer, args.negatives_max_new_tokens,
                                                     train_cfg.per_device_eval_batch_size)
         print(f"[{stage}] rejected answers are the model's own ({dropped} training rows dropped: answer already right)")
         if held is not None:
-            held, _ = model_answers_as_negatives(stage, held, model, tokenizer, args.negatives_max_new_tokens,
+            held, _ = model_answers_as_negatives(m, held, model, tokenizer, args.negatives_max_new_tokens,
                                                  train_cfg.per_device_eval_batch_size)
     data_dir = output_dir / "data"
+    run = StageRun(stage, output_dir, args, train_cfg)
     if main:
-        start_stage_output(output_dir, args, train_cfg, stage=stage)
+        run.start()
         if resume:
             set_aside_broken_checkpoints(output_dir, after=resume)
         write_jsonl(train, data_dir / "train.jsonl")
@@ -323,7 +317,7 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
         train_cfg.max_length = limit
     scorer, base_scores = None, None
     if held is not None and args.evaluate_heldout:
-        scorer = HeldoutScorer(stage, list(held), fmt, tokenizer, train_cfg.per_device_eval_batch_size,
+        scorer = HeldoutScorer(m, list(held), fmt, tokenizer, train_cfg.per_device_eval_batch_size,
                                train_cfg.max_length)
         base_scores = scorer.score(model.to(state.device), is_base=True)
         print(f"[{stage}] base model on held-out: {json.dumps(_short(base_scores))}")
@@ -334,7 +328,7 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
         peft_config = build_lora_config(model, args.lora_r, args.lora_alpha, args.lora_dropout,
                                         args.lora_target_modules, args.lora_modules_to_save,
                                         args.use_rslora, args.use_dora)
-    trainer = build_trainer(stage, model, tokenizer, train_cfg, train, held, peft_config)
+    trainer = build_trainer(m, model, tokenizer, train_cfg, train, held, peft_config)
     if args.max_train_seconds:
         trainer.add_callback(time_budget_callback(args.max_train_seconds, stage))
     if resume:
@@ -364,7 +358,7 @@ def run_stage(stage: str, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
         print(f"[{stage}] held-out {record['metric']}: base {record['base_value']:.4f} -> trained "
               f"{record['trained_value']:.4f} ({verdict_text(record)})")
     write_model_card(output_dir / "final", stage, args, fmt, len(train), record)
-    mark_complete(output_dir, stage=stage, train_rows=len(train), train_tokens=tokens_trained(trainer),
+    run.complete(stage=stage, train_rows=len(train), train_tokens=tokens_trained(trainer),
                   heldout=record.get("trained_value"))
     wrote = ["final/", "data/", "metrics.jsonl"] + (["adapter/"] if args.use_peft else []) + \
         (["eval_heldout.json"] if record else [])
@@ -408,37 +402,22 @@ def time_budget_callback(seconds: float, stage: str):
 
 
 def resolve_resume(value: str | None, output_dir: Path) -> str | None:
-    """The checkpoint to resume from: an explicit path; "latest" (or "true") = the newest checkpoint-N in
-    output_dir that is complete (see `checkpoint_problem`; broken newer ones are reported and skipped), so a
-    killed stage continues where it stopped; unset = start fresh.
+    """The Trainer checkpoint to resume from (`training.resume.resolve_resume`'s rules): an explicit path;
+    "latest" = the newest checkpoint-N in output_dir that is complete (see `checkpoint_problem`), so a killed
+    stage continues where it stopped; unset = start fresh.
 
     Raises:
         ConfigError: an explicit path that is not a complete checkpoint, or "latest" when output_dir holds
-            checkpoints but none is complete (starting over would be silent; delete or move them to do so).
+            checkpoints but none is complete.
     """
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    if value is None or str(value).lower() in RESUME_OFF:
-        return None
-    if str(value).lower() not in RESUME_LATEST:
-        problem = checkpoint_problem(Path(value))
-        if problem:
-            raise ConfigError(f"resume_from_checkpoint {value!r} {problem}")
-        return str(value)
     found = sorted((int(p.name.split("-")[1]), p) for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
                    if p.is_dir() and p.name.split("-")[1].isdigit()) if output_dir.is_dir() else []
-    problems = []
-    for _, folder in reversed(found):
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            return str(folder)
-        problems.append(f"{folder.name} {problem}")
-        print(f"[finetune] skipping checkpoint {str(folder)!r}: {problem}")
-    if problems:
-        raise ConfigError(f"none of the {len(problems)} checkpoint(s) in {str(output_dir)!r} can be resumed ("
-                          + "; ".join(problems[:3]) + "): move or delete them to start over, or point "
-                          "resume_from_checkpoint at a good one")
-    return None
+    folder = resume_from(value, [p for _, p in found], checkpoint_problem, where=str(output_dir), error=ConfigError,
+                         warn=lambda m: print(f"[finetune] {m}"),
+                         start_over="move or delete them to start over, or point resume_from_checkpoint at a good one")
+    return None if folder is None else str(folder)
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -486,19 +465,17 @@ def write_metrics(log_history: list[dict], path: Path) -> None:
 
 
 def write_model_card(folder: Path, stage: str, args: FinetuneArguments, fmt: str, rows: int, record: dict) -> None:
-    """A short README.md model card; the evaluate stage adds its model-index later."""
-    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- llm-recipes",
-             f"- {stage}"]
-    if args.model_name_or_path and not os.path.isdir(args.model_name_or_path):
-        lines.append(f"base_model: {args.model_name_or_path}")
-    lines += ["---", "", f"# {folder.parent.name}: {stage.upper()} fine-tune", "",
-              f"Fine-tuned by `llm-recipes {stage}` from `{args.model_name_or_path}` on `{args.dataset_name}` "
-              f"({rows} rows, format `{fmt}`{', LoRA merged' if args.use_peft else ', full fine-tuning'}).", ""]
+    """A short README.md model card (`publishing.model_card.write_stage_card`); evaluate adds its model-index later."""
+    base = args.model_name_or_path if args.model_name_or_path and not os.path.isdir(args.model_name_or_path) else None
+    lines = [f"# {folder.parent.name}: {stage.upper()} fine-tune", "",
+             f"Fine-tuned by `llm-recipes {stage}` from `{args.model_name_or_path}` on `{args.dataset_name}` "
+             f"({rows} rows, format `{fmt}`{', LoRA merged' if args.use_peft else ', full fine-tuning'}).", ""]
     if record:
         lines += [f"Held-out {record['metric']}: base {record['base_value']:.4f}, this model "
                   f"{record['trained_value']:.4f} ({verdict_text(record)}).", ""]
     lines += ["Load with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`.", ""]
-    atomic_write_text(folder / "README.md", "\n".join(lines))
+    write_stage_card(folder, {"library_name": "transformers", "pipeline_tag": "text-generation",
+                              "tags": ["llm-recipes", stage], "base_model": base}, lines)
 
 
 def device_defaults() -> dict[str, Any]:
@@ -510,15 +487,17 @@ def device_defaults() -> dict[str, Any]:
     return {"use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported()}
 
 
-def stage_main(stage: str, config_class, argv=None) -> int:
-    """Parses the recipe for a fine-tuning stage and runs it; data and LoRA errors exit with status 2."""
-    from ..config import parse_config
-    from .lora import LoraTargetError
+def config_classes(name: str) -> tuple[type, ...]:
+    """The config dataclasses of fine-tuning stage `name`: ours, then the method's TRL config."""
+    return FinetuneArguments, method(name).config_class()
 
-    args, train_cfg = parse_config([FinetuneArguments, config_class], argv, stage=stage, defaults=device_defaults())
+
+def stage_main(name: str, argv=None) -> int:
+    """Parses the recipe for fine-tuning stage `name` and runs it; data and LoRA errors exit with status 2."""
+    args, train_cfg = parse_config(config_classes(name), argv, stage=name, defaults=device_defaults())
     try:
-        run_stage(stage, args, train_cfg)
+        run_stage(method(name), args, train_cfg)
     except (DatasetFormatError, LoraTargetError) as e:
-        print(f"llm-recipes {stage}: error: {e}", file=sys.stderr)
+        print(f"llm-recipes {name}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from ..config import default_model_name
 
 
 def build_server(model_path: str | os.PathLike, feedback_path: str | os.PathLike, *, model_name: str | None = None,
@@ -40,9 +41,3 @@ def build_server(model_path: str | os.PathLike, feedback_path: str | os.PathLike
                               num_threads=num_threads)
     app = create_app(engine, tokenizer, store, settings)
     return app, engine, store
-
-
-def default_model_name(model_path: str | os.PathLike) -> str:
-    """`runs/quickstart/sft/final` -> `sft`: the stage that made it says more than `final`."""
-    path = Path(model_path).resolve()
-    return path.parent.name if path.name in ("final", "model") and path.parent.name else path.name

@@ -11,8 +11,8 @@ Every error is a JSON body in OpenAI's shape `{"error": {"message", "type", "par
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import hmac
 import json
 import time
@@ -33,11 +33,11 @@ from starlette.routing import Match
 from .engine import GenerationEngine, GenerationRequest, QueueFullError
 from .feedback_store import FeedbackStore
 from .metrics import ServerMetrics
-from .structured import GrammarCompiler, StructuredOutputError
 from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, FeedbackRequest, TokenizeRequest
+from .structured import GrammarCompiler, StructuredOutputError
 from .text import StreamingDetokenizer, TokenText
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 TOKENIZER_ROUTES = ("/tokenizer_info", "/tokenize", "/detokenize")  # vLLM's paths, outside /v1
 KEYED_ROUTES = (*TOKENIZER_ROUTES, "/metrics")  # behind the API key (when one is set), as /v1/ is
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..threads import choose, free_cpus
+from ..runtime.threads import choose, free_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +119,14 @@ class _Row:
 
     def __init__(self, request: GenerationRequest, device, vocab_size: int):
         import torch
-        from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
-                                  SequenceBiasLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper)
+        from transformers import (
+            LogitsProcessorList,
+            MinPLogitsWarper,
+            RepetitionPenaltyLogitsProcessor,
+            SequenceBiasLogitsProcessor,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         self.request = request
         self.ids = list(request.prompt_ids)  # prompt + answer: what the penalties look at

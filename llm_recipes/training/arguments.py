@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from ..config import RESUME_LATEST, RESUME_OFF, ConfigError, check_range
+
 SCHEDULES = ("cosine", "wsd", "linear", "constant")
 DATA_MODES = ("stream", "shards")
 OPTIMIZERS = ("adamw", "muon")
@@ -124,8 +126,6 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Raises ConfigError naming the key for values that cannot work."""
-        from ..config import RESUME_LATEST, RESUME_OFF, ConfigError, check_range
-
         if self.max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
         for key in ("seq_len", "per_device_train_batch_size", "gradient_accumulation_steps"):

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
+from ..model import config_from_preset
+from ..tokenizer.bpe import round_vocab_size
 
 
 def load_tokenizer(cfg):
@@ -27,11 +29,9 @@ def load_tokenizer(cfg):
 
 def build_model(cfg, tokenizer):
     """A new RecipeGPT from `model_preset` (+ `model_overrides`), or the model in `init_from`."""
-    import llm_recipes  # noqa: F401  (registers RecipeGPT with the Auto classes)
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..model import config_from_preset
-    from ..tokenization import round_vocab_size
+    import llm_recipes  # noqa: F401  (registers RecipeGPT with the Auto classes)
 
     if cfg.init_from:
         if not (Path(cfg.init_from) / "config.json").is_file():

@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from .resume import resolve_resume as resume_from
+
 MANIFEST = "checkpoint.json"
 TRAINER_STATE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d{8,})$")
@@ -122,29 +124,27 @@ def find_latest(root: str | os.PathLike, warn: Callable[[str], None] = print) ->
     return None
 
 
+def checkpoint_problem(folder: Path) -> str | None:
+    """What makes a pretraining checkpoint unusable (`verify_checkpoint`'s finding), or None."""
+    try:
+        verify_checkpoint(folder)
+    except CheckpointError as e:
+        return str(e).removeprefix(f"checkpoint {str(folder)!r} ")
+    return None
+
+
 def resolve_resume(resume: str | None, root: str | os.PathLike, warn: Callable[[str], None] = print) -> Path | None:
-    """Turns `resume_from_checkpoint` into a verified folder: None (fresh start), 'latest' (the newest
-    complete checkpoint under root; None when root holds no checkpoint at all), or a path (which must be
-    complete: an explicit request for a broken checkpoint is an error, not a silent fallback).
+    """Turns `resume_from_checkpoint` into a verified folder under root (`training.resume.resolve_resume`'s
+    rules): None (fresh start), 'latest' (the newest complete checkpoint; None when root holds none), or a
+    path, which must be complete.
 
     Raises:
-        CheckpointError: 'latest' when root holds checkpoints but none of them verifies: starting over
-            silently would later prune them; the message says how to start over on purpose.
+        CheckpointError: a broken explicit checkpoint, or 'latest' when root holds checkpoints but none
+            verifies; the message says how to start over on purpose.
     """
-    if not resume:
-        return None
-    if resume == "latest":
-        problems: list[str] = []
-        found = find_latest(root, warn=lambda m: (problems.append(m), warn(m)))
-        if found is None and problems:
-            raise CheckpointError(
-                f"none of the {len(problems)} checkpoint(s) in {str(root)!r} can be resumed ("
-                + "; ".join(p.removeprefix("skipping ") for p in problems[:3]) + (" ..." if len(problems) > 3 else "")
-                + "): repair or move them, point resume_from_checkpoint at a good copy, or set "
-                  "overwrite_output_dir: true to delete them and start over")
-        return found
-    verify_checkpoint(resume)
-    return Path(resume)
+    return resume_from(resume, list_checkpoints(root), checkpoint_problem, where=str(root), error=CheckpointError,
+                       warn=warn, start_over="repair or move them, point resume_from_checkpoint at a good copy, "
+                                             "or set overwrite_output_dir: true to delete them and start over")
 
 
 _verified: dict[Path, int] = {}  # checkpoints prune_checkpoints has verified, with their manifest's mtime

@@ -15,7 +15,6 @@ with the next unseen batch.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -25,13 +24,17 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..data.splits import split_files
+from ..fileio import atomic_write_text
+from . import packing
+
 
 class DataError(ValueError):
     """A dataset that cannot feed pretraining (missing, empty, shorter than one sequence)."""
 
 
 def parquet_files(dataset_path: str | os.PathLike, split: str) -> list[str]:
-    files = sorted(glob.glob(os.path.join(str(dataset_path), split, "*.parquet")))
+    files = split_files(dataset_path, split)
     if not files:
         raise DataError(
             f"dataset {str(dataset_path)!r} has no {split}/*.parquet files (expected the output folder of "
@@ -153,8 +156,6 @@ def _fingerprint(files: list[str], tokenizer) -> str:
 
 def token_shards(cfg, tokenizer, split: str, accelerator) -> Path:
     """Pre-tokenized shards of a split (written by the main process once, reused while inputs match)."""
-    from .. import packing
-
     root = Path(cfg.tokenized_path or Path(cfg.output_dir) / "tokens")
     out = root / split
     files = parquet_files(cfg.dataset_path, split)
@@ -167,7 +168,6 @@ def token_shards(cfg, tokenizer, split: str, accelerator) -> Path:
             shutil.rmtree(out, ignore_errors=True)
             dataset = load_split(cfg.dataset_path, split, cfg.text_column, streaming=False)
             packing.pretokenize(dataset, tokenizer, out, text_column=cfg.text_column, num_proc=cfg.tokenize_num_proc)
-            from ..fileio import atomic_write_text
 
             atomic_write_text(stamp, fingerprint + "\n")
     return out
@@ -176,8 +176,6 @@ def token_shards(cfg, tokenizer, split: str, accelerator) -> Path:
 def build_train_batches(cfg, tokenizer, accelerator) -> TrainBatches:
     """The training micro-batches of this process."""
     from torch.utils.data import DataLoader
-
-    from .. import packing
 
     rank, world = accelerator.process_index, accelerator.num_processes
     batch = cfg.per_device_train_batch_size
@@ -205,8 +203,6 @@ def build_eval_batches(cfg, tokenizer, accelerator) -> list[dict[str, torch.Tens
     """The first eval_max_batches validation batches of this process (processes get disjoint rows),
     held in memory so every evaluation scores the same tokens."""
     from torch.utils.data import DataLoader
-
-    from .. import packing
 
     rank, world = accelerator.process_index, accelerator.num_processes
     batch = cfg.per_device_eval_batch_size or cfg.per_device_train_batch_size

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..evaluation.scoring import next_token_logprobs
+
 
 def _byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's byte-to-printable-character map used by byte-level BPE vocabularies."""
@@ -69,8 +71,10 @@ def evaluate(model, batches: list[dict[str, torch.Tensor]], accelerator, byte_le
         kwargs = {"position_ids": batch["position_ids"].to(device)} if document_masking else {}
         with accelerator.autocast():
             logits = model(input_ids=input_ids, use_cache=False, **kwargs).logits
-        nats, count = token_loss_sum(logits, labels)
         targets = shifted_targets(labels)
+        counted = targets != -100
+        nats = -next_token_logprobs(logits, targets.clamp(min=0)).masked_fill(~counted, 0).sum()
+        count = counted.sum()
         n_bytes = byte_lengths[targets.clamp(min=0)].masked_fill(targets == -100, 0).sum()
         totals += torch.stack([nats.double(), count.double(), n_bytes.double()])
     totals = accelerator.reduce(totals, reduction="sum")

@@ -18,6 +18,28 @@ from typing import Any, Callable
 
 import torch
 
+from ..config import ConfigError, config_to_dict
+from ..fileio import atomic_directory, atomic_write_json, remove_leftovers
+from ..model import fitting_max_new_tokens
+from ..pipeline.envelope import StageRun
+from ..publishing.model_card import write_stage_card
+from ..runtime.threads import ThreadGovernor
+from ..tokenizer.bpe import end_of_turn_token_ids, save_tokenizer
+from .building import build_model, check_vocab, enable_activation_checkpointing, load_tokenizer, make_optimizer
+from .checkpoint import (
+    check_resume,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    tokenizer_fingerprint,
+)
+from .data import build_eval_batches, build_train_batches
+from .evaluation import evaluate, generate_samples, shifted_targets, token_byte_lengths, token_loss_sum
+from .monitor import MetricsLog, OutlierGuard, model_flops_utilization, peak_flops
+from .processes import check_process_group
+from .schedule import learning_rate_at
+
 
 @dataclass
 class PretrainResult:
@@ -47,9 +69,6 @@ def _make_accelerator(cfg):
 
 def _check_output_dir(cfg, checkpoints: Path) -> None:
     """Refuses to silently restart over existing checkpoints (nothing is touched yet)."""
-    from ..config import ConfigError
-    from .checkpoint import list_checkpoints
-
     existing = list_checkpoints(checkpoints)
     if existing and not cfg.resume_from_checkpoint and not cfg.overwrite_output_dir:
         raise ConfigError(
@@ -57,14 +76,11 @@ def _check_output_dir(cfg, checkpoints: Path) -> None:
             f"resume_from_checkpoint: latest to continue that run, or overwrite_output_dir: true to start over")
 
 
-def _start_output_dir(cfg, accelerator, checkpoints: Path) -> None:
-    """After every check passed: clears the previous run's marker and leftovers, deletes the checkpoints
-    of an overwrite, writes the resolved config."""
-    from ..config import start_stage_output
-    from ..fileio import remove_leftovers
-
+def _start_output_dir(cfg, run: StageRun, accelerator, checkpoints: Path) -> None:
+    """After every check passed: starts the stage's envelope (marker cleared, resolved config written),
+    deletes the checkpoints of an overwrite, clears the leftovers of killed checkpoint saves."""
     if accelerator.is_main_process:
-        start_stage_output(cfg.output_dir, cfg, stage="pretrain")
+        run.start()
         if cfg.overwrite_output_dir:
             shutil.rmtree(checkpoints, ignore_errors=True)
         remove_leftovers(checkpoints)
@@ -72,13 +88,12 @@ def _start_output_dir(cfg, accelerator, checkpoints: Path) -> None:
 
 
 def _tracker_config(cfg) -> dict[str, Any]:
-    from ..config import config_to_dict
-
     # TensorBoard's hparams accept only scalars
     return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config_to_dict(cfg).items()}
 
 
-def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None = None) -> PretrainResult:
+def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None = None,
+             run: StageRun | None = None) -> PretrainResult:
     """Trains a causal LM on the packed text of `cfg.dataset_path`; see `PretrainConfig` for the knobs.
 
     Args:
@@ -87,22 +102,13 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
             inject faults); the tokenizer still comes from cfg.
         on_batch: called with (step, micro-batches) on every process before each step (tests record
             which rows each process saw).
+        run: the stage envelope (default: a new one for cfg.output_dir).
 
     Returns:
         A `PretrainResult`. The model is saved in `output_dir/final` (loads with plain transformers).
     """
     from accelerate.utils import broadcast, is_compiled_module, set_seed
     from tqdm.auto import tqdm
-
-    from ..fileio import atomic_write_json, mark_complete
-    from ..launch import check_process_group
-    from ..threads import ThreadGovernor
-    from .building import build_model, check_vocab, enable_activation_checkpointing, load_tokenizer, make_optimizer
-    from .checkpoint import check_resume, load_checkpoint, resolve_resume, save_checkpoint, tokenizer_fingerprint
-    from .data import build_eval_batches, build_train_batches
-    from .evaluation import evaluate, generate_samples, shifted_targets, token_byte_lengths, token_loss_sum
-    from .monitor import MetricsLog, OutlierGuard, model_flops_utilization, peak_flops
-    from .schedule import learning_rate_at
 
     accelerator = _make_accelerator(cfg)
     check_process_group(accelerator.num_processes, "pretrain")
@@ -123,8 +129,6 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
         check_vocab(model, tokenizer, cfg.tokenizer_path)
         model.config.use_cache = False
     if cfg.dataset_path is None:
-        from ..config import ConfigError
-
         raise ConfigError("dataset_path is required (the folder written by `llm-recipes clean`)")
     train_batches = build_train_batches(cfg, tokenizer, accelerator)
     eval_batches = build_eval_batches(cfg, tokenizer, accelerator)
@@ -137,7 +141,8 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
         resume = resolve_resume(cfg.resume_from_checkpoint, checkpoints, warn=lambda m: say(f"pretrain: {m}"))
     if resume is not None:
         check_resume(resume, run_identity, accelerator.num_processes)
-    _start_output_dir(cfg, accelerator, checkpoints)  # every check passed: from here on the old output goes
+    run = run or StageRun("pretrain", cfg.output_dir, cfg)
+    _start_output_dir(cfg, run, accelerator, checkpoints)  # every check passed: from here on the old output goes
     byte_lengths = token_byte_lengths(tokenizer, model.config.vocab_size)
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
@@ -320,7 +325,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
                    "eval": result.eval_metrics, "final_dir": str(result.final_dir),
                    **({"cpu": {**cpu, "busy": threads.busy()}} if cpu else {})}
         atomic_write_json(out / "train_summary.json", summary)
-        mark_complete(out, **summary)
+        run.complete(**summary)
         say(f"pretrain: {step} steps, {tokens:,} tokens, {skipped} skipped updates; "
             f"val loss {result.eval_metrics.get('val_loss', float('nan')):.4f}, "
             f"bits/byte {result.eval_metrics.get('val_bits_per_byte', float('nan')):.4f}\n"
@@ -336,8 +341,6 @@ def _model_shape(model) -> dict[str, Any]:
 
 
 def _eos_ids(tokenizer) -> list[int]:
-    from ..tokenization import end_of_turn_token_ids
-
     return end_of_turn_token_ids(tokenizer)
 
 
@@ -345,10 +348,6 @@ def save_final_model(accelerator, model, tokenizer, final_dir: Path, cfg, result
     """`save_pretrained` of model + tokenizer + generation config, written atomically; every process
     must call this (gathering a sharded state dict is collective)."""
     from transformers import GenerationConfig
-
-    from ..fileio import atomic_directory
-    from ..model import fitting_max_new_tokens
-    from ..tokenization import save_tokenizer
 
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
@@ -363,18 +362,19 @@ def save_final_model(accelerator, model, tokenizer, final_dir: Path, cfg, result
         with atomic_directory(final_dir) as tmp:
             raw.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             save_tokenizer(tokenizer, tmp)
-            (tmp / "README.md").write_text(_model_card(cfg, result, raw), encoding="utf-8")
+            write_stage_card(tmp, {"library_name": "transformers", "tags": ["llm-recipes", "text-generation"]},
+                             _card_lines(cfg, result, raw))
         raw.config.use_cache = False
     accelerator.wait_for_everyone()
     return final_dir
 
 
-def _model_card(cfg, result: PretrainResult, model) -> str:
+def _card_lines(cfg, result: PretrainResult, model) -> list[str]:
+    """The body of the pretrained model's card (`publishing.model_card.write_stage_card` adds the metadata)."""
     m = result.eval_metrics
     n_params = sum(p.numel() for p in model.parameters())
     source = f"continued from `{cfg.init_from}`" if cfg.init_from else f"preset `{cfg.model_preset}`"
     lines = [
-        "---", "library_name: transformers", "tags:", "- llm-recipes", "- text-generation", "---", "",
         "# Pretrained with llm_recipes", "",
         f"A {n_params / 1e6:.1f}M-parameter {model.config.model_type} ({source}) pretrained with "
         f"`llm-recipes pretrain` on `{cfg.dataset_path}`.", "",
@@ -389,4 +389,4 @@ def _model_card(cfg, result: PretrainResult, model) -> str:
               "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "model = AutoModelForCausalLM.from_pretrained(PATH)", "tokenizer = AutoTokenizer.from_pretrained(PATH)",
               "```", ""]
-    return "\n".join(lines)
+    return lines

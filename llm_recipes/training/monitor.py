@@ -9,6 +9,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from ..fileio import atomic_write_text
+
 # Dense bf16 tensor-core peak per GPU in FLOP/s (vendor data sheets, without sparsity). Matched by
 # substring of torch.cuda.get_device_name(), most specific first.
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
@@ -103,7 +105,6 @@ class MetricsLog:
         """On resume: drop lines of steps after the checkpoint, so the file tells one consistent run."""
         if not self.path.is_file():
             return
-        from ..fileio import atomic_write_text
 
         kept = []
         for line in self.path.read_text(encoding="utf-8").splitlines():

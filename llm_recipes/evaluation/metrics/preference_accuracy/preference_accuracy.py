@@ -1,7 +1,7 @@
 """Preference accuracy as an offline `evaluate` module: how often the chosen response scores higher than
 the rejected one (ties count half), and the mean margin.
 
-    pref = evaluate.load("llm_recipes/metrics/preference_accuracy")
+    pref = evaluate.load("llm_recipes/evaluation/metrics/preference_accuracy")
     pref.compute(predictions=[-10.2, -8.0], references=[-12.5, -7.1])   # chosen, rejected log-likelihoods
     # {'accuracy': 0.5, 'margin': 0.7, 'n': 2}
 """

@@ -20,29 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import RUN_DIR_ENV, load_yaml_config
-from .fileio import atomic_write_text, clear_complete, is_complete
-
-# (recipe file stem, module); the order is the pipeline's
-STAGE_ORDER: list[tuple[str, str]] = [
-    ("gather", "gather"),
-    ("clean", "clean"),
-    ("train_tokenizer", "train_tokenizer"),
-    ("pretrain", "pretrain"),
-    ("sft", "sft"),
-    ("dpo", "dpo"),
-    ("kto", "kto"),
-    ("evaluate", "evaluate"),
-    ("push", "push"),
-    ("export", "export"),
-    ("serve", "serve"),
-    ("feedback", "feedback"),
-]
-TRAINING_STAGES = {"pretrain", "sft", "dpo", "kto"}
-# run only when named with --stages (a recipe may carry them as ready-made examples)
-OPTIONAL_STAGES = {"kto", "serve", "feedback"}
-# services run until stopped (Ctrl+C): never skipped as "complete", and stopping them is not a failure
-SERVICE_STAGES = {"serve"}
+from ..config import RUN_DIR_ENV, load_yaml_config
+from ..fileio import atomic_write_text, clear_complete, is_complete
+from .stages import Stage, recipe_stages
 
 
 class PipelineError(RuntimeError):
@@ -51,10 +31,13 @@ class PipelineError(RuntimeError):
 
 @dataclass
 class PlannedStage:
-    name: str
-    module: str
+    stage: Stage
     recipe: Path
     output_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.stage.recipe
 
 
 def plan(recipe_dir: str | os.PathLike, run_dir: str | os.PathLike, stages: list[str] | None = None) -> list[PlannedStage]:
@@ -62,22 +45,23 @@ def plan(recipe_dir: str | os.PathLike, run_dir: str | os.PathLike, stages: list
     recipe_dir = Path(recipe_dir)
     if not recipe_dir.is_dir():
         raise PipelineError(f"recipe folder {str(recipe_dir)!r} does not exist (expected e.g. recipes/quickstart)")
-    known = [name for name, _ in STAGE_ORDER]
+    known = [s.recipe for s in recipe_stages()]
     if stages:
         unknown = [s for s in stages if s.replace("-", "_") not in known]
         if unknown:
             raise PipelineError(f"unknown stage(s) {', '.join(unknown)}; expected some of: {', '.join(known)}")
         stages = [s.replace("-", "_") for s in stages]
     planned = []
-    for name, module in STAGE_ORDER:
+    for stage in recipe_stages():
+        name = stage.recipe
         recipe = recipe_dir / f"{name}.yaml"
         if not recipe.is_file() or (stages and name not in stages):
             continue
-        if not stages and name in OPTIONAL_STAGES:
+        if not stages and stage.optional:
             continue
         values = load_yaml_config(recipe, run_dir=run_dir)
         output_dir = values.get("output_dir") or str(Path(run_dir) / name)
-        planned.append(PlannedStage(name, module, recipe, Path(output_dir)))
+        planned.append(PlannedStage(stage, recipe, Path(output_dir)))
     if stages:
         missing = [s for s in stages if s not in {p.name for p in planned}]
         if missing:
@@ -88,12 +72,13 @@ def plan(recipe_dir: str | os.PathLike, run_dir: str | os.PathLike, stages: list
 
 
 def stage_command(stage: PlannedStage, launcher: str, accelerate_config: str | None) -> list[str]:
-    if launcher == "accelerate" and stage.name in TRAINING_STAGES:
+    module = f"llm_recipes.{stage.stage.module}"
+    if launcher == "accelerate" and stage.stage.training:
         command = [sys.executable, "-m", "accelerate.commands.launch"]
         if accelerate_config:
             command += ["--config_file", accelerate_config]
-        return command + ["-m", f"llm_recipes.{stage.module}", "--config", str(stage.recipe)]
-    return [sys.executable, "-m", f"llm_recipes.{stage.module}", "--config", str(stage.recipe)]
+        return command + ["-m", module, "--config", str(stage.recipe)]
+    return [sys.executable, "-m", module, "--config", str(stage.recipe)]
 
 
 def run_stage(stage: PlannedStage, command: list[str], run_dir: Path, log_path: Path) -> float:
@@ -112,7 +97,7 @@ def run_stage(stage: PlannedStage, command: list[str], run_dir: Path, log_path: 
                 log.write(chunk)
         except KeyboardInterrupt:
             # Ctrl+C reached the stage too (same process group): let it finish shutting down
-            if stage.name not in SERVICE_STAGES:
+            if not stage.stage.service:
                 process.wait()
                 raise
             rest = process.stdout.read()  # the service's goodbye: what it stored, where
@@ -137,7 +122,7 @@ def run_recipe(recipe_dir, run_dir, stages=None, force=False, launcher="python",
     summary.update(recipe=str(recipe_dir), run_dir=str(run_dir))
     print(f"[run] recipe {recipe_dir} -> {run_dir}: {', '.join(p.name for p in planned)}", flush=True)
     for stage in planned:
-        if is_complete(stage.output_dir) and not force and stage.name not in SERVICE_STAGES:
+        if is_complete(stage.output_dir) and not force and not stage.stage.service:
             print(f"[run] {stage.name}: complete in {stage.output_dir}, skipped (--force redoes it)", flush=True)
             summary["stages"].setdefault(stage.name, {})["skipped_last_run"] = True
             continue
@@ -167,6 +152,6 @@ def remove_stage_output(output_dir: Path) -> None:
 
 def write_summary(path: Path, summary: dict) -> None:
     # stages keep pipeline order (atomic_write_json would sort them by name)
-    order = {name: i for i, (name, _) in enumerate(STAGE_ORDER)}
+    order = {s.recipe: i for i, s in enumerate(recipe_stages())}
     summary["stages"] = dict(sorted(summary["stages"].items(), key=lambda kv: order.get(kv[0], 99)))
     atomic_write_text(path, json.dumps(summary, indent=2) + "\n")

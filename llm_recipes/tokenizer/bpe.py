@@ -24,7 +24,7 @@ BYTE_ALPHABET_SIZE = 256
 # The tokenizer definition lives in the repository's top-level `tokenizer/` folder. An editable install
 # (the README's) reads it there; a wheel installs a copy as data files under <prefix>/share/llm_recipes/
 # (setup.cfg's data_files), which is where a non-editable install finds it.
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 INSTALLED_DATA_DIRS = [Path(sys.prefix) / "share" / "llm_recipes", Path(site.getuserbase()) / "share" / "llm_recipes"]
 
 

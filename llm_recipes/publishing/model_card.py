@@ -1,31 +1,31 @@
-"""Publishing a model folder on the Hugging Face Hub: what to upload, the model card, the upload itself.
+"""The `model-index` block of a model folder's README.md (Hub model card metadata) for evaluation results.
 
-`prepare_upload` copies the files a Hub user needs (weights, our model code for `auto_map`, tokenizer,
-generation config) into a staging folder, fixes the two settings training leaves wrong for inference
-(`use_cache`, the end-of-turn `eos_token_id`) and renders README.md. `upload` sends the staging folder
-as one commit with `huggingface_hub`, so the repository is never left half-updated.
+`update_model_index(model_dir, results)` merges results into the card's YAML front matter and leaves the
+rest of the card as it is; the push stage builds the full card around what is there. A result with the
+same task, dataset (type, name, config, split) and metric replaces the old one; others are kept.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import json
+import contextlib
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable
 
-from .fileio import read_json
+import yaml
 
-# what a model repository needs; everything else in a model folder (optimizer state, logs) stays home
-UPLOAD_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "*.py",
-                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
-PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model-*.bin", "*.pt", "*.pth", "*.ckpt")
+from ..config import default_model_name
+from ..evaluation.report import HEADLINE
+from ..fileio import atomic_write_text, read_json
+from ..model import DEFAULT_MAX_NEW_TOKENS, fitting_max_new_tokens
+from ..training.monitor import read_metrics
+
+RESULT_KEYS = ("task_type", "dataset_type", "dataset_name", "metric_type", "metric_value")
 
 
-class PushError(ValueError):
-    """A model folder that is not ready to publish, or a Hub that refused it."""
+class CardError(ValueError):
+    """Card input that cannot be used (an eval_results.json that `llm-recipes evaluate` did not write)."""
 
 
 @dataclass
@@ -43,108 +43,218 @@ class CardInfo:
     limitations: str | None = None
 
 
-def upload_files(model_dir: Path) -> list[Path]:
-    """The files of model_dir that go to the Hub; raises PushError for a folder that is not a model."""
-    if not model_dir.is_dir():
-        raise PushError(f"model folder {str(model_dir)!r} does not exist")
-    names = sorted(p.name for p in model_dir.iterdir() if p.is_file())
-    chosen = [n for n in names if any(fnmatch.fnmatch(n, pat) for pat in UPLOAD_PATTERNS)]
-    if "config.json" not in chosen:
-        raise PushError(f"{str(model_dir)!r} has no config.json: not a model folder (expected e.g. "
-                        "runs/quickstart/sft/final)")
-    if not any(n.endswith(".safetensors") for n in chosen):
-        pickled = [n for n in names if any(fnmatch.fnmatch(n, pat) for pat in PICKLE_WEIGHTS)]
-        hint = f" (found pickle weights {pickled}: re-save with safe_serialization)" if pickled else ""
-        raise PushError(f"{str(model_dir)!r} has no .safetensors weights{hint}")
-    if "tokenizer.json" not in chosen and "tokenizer.model" not in chosen:
-        raise PushError(f"{str(model_dir)!r} has no tokenizer (tokenizer.json): a Hub model must be usable on its own")
-    check_auto_map(model_dir / "config.json")
-    return [model_dir / n for n in chosen]
+def _as_eval_result(result: Any):
+    from huggingface_hub import EvalResult
 
-
-def check_auto_map(config_path: Path) -> None:
-    """A RecipeGPT folder must name every Auto class a loader without llm_recipes uses: AutoConfig and
-    AutoModelForCausalLM (transformers, pipeline) and AutoModel (vLLM's Transformers backend)."""
-    from .model.configuration_recipe_gpt import AUTO_MAP
-
-    config = read_json(config_path) or {}
-    if config.get("model_type") != "recipe_gpt":
-        return
-    auto_map = config.get("auto_map") or {}
-    missing = [name for name in AUTO_MAP if name not in auto_map]
+    if isinstance(result, EvalResult):
+        return result
+    if not isinstance(result, dict):
+        raise TypeError(f"an eval result must be a huggingface_hub.EvalResult or a dict, got {type(result).__name__}")
+    missing = [k for k in RESULT_KEYS if k not in result]
     if missing:
-        entries = ", ".join(f'"{name}": "{AUTO_MAP[name]}"' for name in missing)
-        raise PushError(f"{str(config_path)!r}: auto_map lacks {', '.join(missing)} (it was saved by an older "
-                        f"llm_recipes); without it, loaders that do not import llm_recipes (vLLM builds AutoModel) "
-                        f"cannot build the model. Add {entries} to auto_map, or re-save the folder with "
-                        "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)` after `import llm_recipes`.")
+        raise ValueError(f"eval result {result!r} is missing {missing}; expected at least {', '.join(RESULT_KEYS)}")
+    return EvalResult(**result)
 
 
-def fix_inference_settings(staging: Path) -> list[str]:
-    """Makes the staged config generate like a finished model: `use_cache` on (Trainer turns it off),
-    `generation_config.eos_token_id` set (end of text and end of turn) and `max_new_tokens` within the context;
-    returns what was changed."""
-    from transformers import AutoTokenizer, GenerationConfig
-
-    from .model import DEFAULT_MAX_NEW_TOKENS, fitting_max_new_tokens
-    from .tokenization import end_of_turn_token_ids
-
-    changes = []
-    config_path = staging / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    if config.get("use_cache") is not True:
-        config["use_cache"] = True
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        changes.append("config.json: use_cache -> true")
-    generation = (GenerationConfig.from_pretrained(staging) if (staging / "generation_config.json").is_file()
-                  else GenerationConfig())
-    generation_changes = []
-    if generation.eos_token_id is None or generation.pad_token_id is None:
-        tokenizer = AutoTokenizer.from_pretrained(staging)
-        if generation.eos_token_id is None:
-            eos = end_of_turn_token_ids(tokenizer)
-            if not eos or eos[0] is None:
-                raise PushError("the tokenizer has no eos token, so generation would never stop: set eos_token_id "
-                                "in generation_config.json")
-            generation.eos_token_id = eos if len(eos) > 1 else eos[0]
-            generation_changes.append(f"eos_token_id -> {generation.eos_token_id}")
-        if generation.pad_token_id is None and tokenizer.pad_token_id is not None:
-            generation.pad_token_id = tokenizer.pad_token_id
-            generation_changes.append(f"pad_token_id -> {generation.pad_token_id}")
-    if generation.use_cache is False:
-        generation.use_cache = True
-        generation_changes.append("use_cache -> true")
-    fitting = fitting_max_new_tokens(config.get("max_position_embeddings") or 2 * DEFAULT_MAX_NEW_TOKENS)
-    if generation.max_new_tokens is None or generation.max_new_tokens > fitting:
-        # pipeline() with the defaults would otherwise run past the context the model was trained on
-        generation.max_new_tokens = fitting
-        generation_changes.append(f"max_new_tokens -> {fitting}")
-    if generation_changes:
-        generation.save_pretrained(staging)
-        changes += [f"generation_config.json: {change}" for change in generation_changes]
-    return changes
+def _key(result) -> tuple:
+    return (result.task_type, result.dataset_type, result.dataset_name, result.dataset_config, result.dataset_split,
+            result.metric_type, result.metric_config)
 
 
-def prepare_upload(model_dir: str | os.PathLike, staging: str | os.PathLike, info: CardInfo) -> list[str]:
-    """Fills `staging` with exactly what will be uploaded (files + README.md); returns their names."""
-    model_dir, staging = Path(model_dir), Path(staging)
-    files = upload_files(model_dir)
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    for path in files:
-        shutil.copy2(path, staging / path.name)
-    if info.eval_results_path:
-        if not Path(info.eval_results_path).is_file():
-            raise PushError(f"eval_results {info.eval_results_path!r} does not exist (expected the eval_results.json "
-                            "that `llm-recipes evaluate` writes)")
-        shutil.copy2(info.eval_results_path, staging / "eval_results.json")
-    changes = fix_inference_settings(staging)
-    for change in changes:
-        print(f"[push] fixed for inference: {change}")
-    card = render_model_card(model_dir, staging, info)
-    (staging / "README.md").write_text(card, encoding="utf-8")
-    return sorted(p.name for p in staging.iterdir())
+def write_stage_card(folder: str | os.PathLike, metadata: dict[str, Any], body: list[str]) -> Path:
+    """The README.md a training stage leaves in its model folder: Hub metadata (front matter) and the stage's
+    lines. `evaluate` extends it with a `model-index` (`update_model_index`), `push` renders the publishing
+    card from it (`render_model_card`): every card is written here."""
+    path = Path(folder) / "README.md"
+    front = yaml.safe_dump({k: v for k, v in metadata.items() if v is not None}, sort_keys=False).strip()
+    atomic_write_text(path, "\n".join(["---", front, "---", "", *body]))
+    return path
+
+
+def update_model_index(model_dir: str | os.PathLike, results: Iterable[Any], model_name: str | None = None) -> Path:
+    """Writes/merges `model-index` results into `model_dir/README.md`, atomically.
+
+    Args:
+        model_dir: the model folder (its README.md is created when missing).
+        results: `huggingface_hub.EvalResult`s or dicts with EvalResult's fields (task_type, dataset_type,
+            dataset_name, metric_type, metric_value, and optionally dataset_split, metric_name, source_name...).
+        model_name: the name under `model-index`; default: the card's, else `readable_model_name(model_dir)`.
+
+    Returns:
+        The README.md path.
+    """
+    from huggingface_hub import ModelCard
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder {str(model_dir)!r} does not exist")
+    path = model_dir / "README.md"
+    new = [_as_eval_result(r) for r in results]
+    if path.is_file():
+        card = ModelCard(path.read_text(encoding="utf-8"), ignore_metadata_errors=True)
+    else:
+        name = model_name or readable_model_name(model_dir)
+        card = ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {name}\n\nEvaluation results are in the "
+                         "`model-index` metadata above (written by `llm-recipes evaluate`).\n")
+    data = card.data
+    merged = {_key(r): r for r in (data.eval_results or [])}
+    for r in new:
+        merged[_key(r)] = r
+    data.eval_results = list(merged.values())
+    # model-index needs a name; keep the card's own when it has one
+    if data.model_name in ("final", "model"):  # named after its folder by an earlier version
+        data.model_name = None
+    data.model_name = model_name or data.model_name or readable_model_name(model_dir)
+    atomic_write_text(path, str(card))
+    return path
+
+
+# -- what made a model: the stages behind a model folder ------------------------------------------------
+
+# what the built-in corpora are, for a card's reader who has never run llm_recipes
+BUILTIN_DATA = {
+    "python-docs": "python-docs: the documentation that ships with a Python installation (docstrings of the standard "
+                   "library and of installed packages, and the pydoc topics), gathered offline by `llm-recipes gather`",
+    "python-docs-preferences": "python-docs-preferences: the python-docs questions with their documented answer "
+                               "preferred over the model's own earlier answer (the feedback loop of `llm-recipes dpo`)",
+    "python-docs-kto": "python-docs-kto: python-docs answers marked good or bad, for `llm-recipes kto`",
+    "python-docs-qa": "python-docs-qa: question/answer chats that `llm-recipes sft` builds from the cleaned python-docs "
+                      "corpus (\"What does `os.path.join` do?\" answered by the first sentence of its docstring)",
+}
+
+
+def readable_model_name(model_dir: str | os.PathLike) -> str:
+    """`runs/quickstart/dpo/final` -> `quickstart-dpo`: the stage that made it (as `serve` names it), after its run."""
+    path, name = Path(model_dir).resolve(), default_model_name(model_dir)
+    run = path.parent.parent.name if name != path.name else ""
+    return f"{run}-{name}" if run else name
+
+
+def readable_dataset_id(source: str) -> str:
+    """A model-index dataset `type` for a source of ours: `builtin:english_cloze` -> `llm-recipes/english_cloze`,
+    a local path -> `local/<grandparent>-<parent>-<name>` (the Hub wants an id, not a path of the machine that evaluated)."""
+    if source.startswith("builtin:"):
+        return "llm-recipes/" + source.split(":", 1)[1]
+    path = Path(source)
+    if path.is_absolute() or os.sep in source or path.exists():
+        # three levels tell sft/data/heldout.jsonl from dpo/data/heldout.jsonl
+        parts = [p for p in path.with_suffix("").parts[-3:] if p not in (os.sep, "")]
+        return "local/" + "-".join(parts)
+    return source
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_hub_id(name: Any) -> bool:
+    return isinstance(name, str) and name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/"))
+
+
+def lineage(model_dir: str | os.PathLike, limit: int = 12) -> list[dict[str, Any]]:
+    """The stage folders that made a model, newest first, found through each stage's resolved config: a
+    fine-tuning stage's `model_name_or_path`, pretraining's `dataset_path` / `init_from`, clean's `input_dir`.
+    Each entry: stage, dir, config (resolved_config.yaml), run_info, complete (stage_complete.json)."""
+    found, queue, seen = [], [Path(model_dir).resolve()], set()
+    while queue and len(found) < limit:
+        path = queue.pop(0)
+        stage_dir = path.parent if (path / "config.json").is_file() and path.name in ("final", "model") else path
+        if stage_dir in seen or not (stage_dir / "resolved_config.yaml").is_file():
+            continue
+        seen.add(stage_dir)
+        config = _yaml(stage_dir / "resolved_config.yaml")
+        run_info = read_json(stage_dir / "run_info.json") or {}
+        found.append({"stage": run_info.get("stage") or stage_dir.name, "dir": stage_dir, "config": config,
+                      "run_info": run_info, "complete": read_json(stage_dir / "stage_complete.json") or {}})
+        for key in ("model_name_or_path", "init_from", "dataset_path", "input_dir"):
+            value = config.get(key)
+            if isinstance(value, str) and value and Path(value).exists():
+                queue.append(Path(value).resolve())
+    return found
+
+
+def training_data(stages: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(Hub dataset ids for the card's `datasets` metadata, sentences describing every corpus used)."""
+    hub_ids, lines = [], []
+    for entry in stages:
+        config, stage = entry["config"], entry["stage"]
+        if stage == "gather":
+            report = read_json(entry["dir"] / "gather_report.json") or {}
+            counts = {s.get("name"): s for s in report.get("sources") or [] if isinstance(s, dict)}
+            for source in config.get("sources") or []:
+                if not isinstance(source, dict):
+                    continue
+                kind = source.get("type")
+                name = source.get("name") or (f"hub:{source.get('dataset')}" if kind == "hub" else kind)
+                count = counts.get(name) or {}
+                size = (f" ({count['documents']:,} documents, {count['bytes'] / 1e6:.1f} MB)"
+                        if isinstance(count.get("documents"), int) and isinstance(count.get("bytes"), int) else "")
+                if kind == "hub" and _is_hub_id(source.get("dataset")):
+                    hub_ids.append(source["dataset"])
+                    lines.append(f"- Pretraining text: the Hub dataset `{source['dataset']}`{size}.")
+                elif kind in BUILTIN_DATA:
+                    lines.append(f"- Pretraining text: {BUILTIN_DATA[kind]}{size}.")
+                elif kind == "files":
+                    lines.append(f"- Pretraining text: local files ({', '.join(map(str, source.get('paths') or []))[:200]}){size}.")
+                elif kind == "web":
+                    lines.append(f"- Pretraining text: web pages{size}.")
+        elif stage == "clean":
+            report = read_json(entry["dir"] / "report.json") or {}
+            if isinstance(report.get("output_documents"), int) and isinstance(report.get("input_documents"), int):
+                lines.append(f"- Cleaned by `llm-recipes clean` (markup and boilerplate removed, quality filters, exact "
+                             f"and near-duplicate removal, personal data scrubbed): {report['output_documents']:,} of "
+                             f"{report['input_documents']:,} documents kept.")
+        elif stage in ("sft", "dpo", "kto"):
+            dataset = config.get("dataset_name")
+            if _is_hub_id(dataset):
+                hub_ids.append(dataset)
+                lines.append(f"- {stage.upper()} data: the Hub dataset `{dataset}`.")
+            elif dataset in BUILTIN_DATA:
+                lines.append(f"- {stage.upper()} data: {BUILTIN_DATA[dataset]}.")
+            elif dataset:
+                lines.append(f"- {stage.upper()} data: `{Path(str(dataset)).name}` (a local file).")
+    return sorted(set(hub_ids)), lines
+
+
+def _last_trainer_record(path: Path) -> dict[str, Any]:
+    """steps (and tokens where logged) from the last records of a TRL stage's metrics.jsonl."""
+    steps, tokens = None, None
+    for record in read_metrics(path) if path.is_file() else []:
+        steps = record.get("step", steps)
+        tokens = record.get("num_tokens", tokens)
+    return {"steps": int(steps) if isinstance(steps, (int, float)) else None,
+            "tokens": int(tokens) if isinstance(tokens, (int, float)) else None}
+
+
+def training_details(stages: list[dict[str, Any]]) -> list[str]:
+    """One line per training stage: steps, tokens, wall time, hardware."""
+    import datetime
+
+    lines = []
+    for entry in reversed(stages):  # oldest first, as it happened
+        if entry["stage"] not in ("pretrain", "sft", "dpo", "kto"):
+            continue
+        summary = read_json(entry["dir"] / "train_summary.json") or _last_trainer_record(entry["dir"] / "metrics.jsonl")
+        facts = []
+        if isinstance(summary.get("steps"), int):
+            facts.append(f"{summary['steps']:,} steps")
+        if isinstance(summary.get("tokens"), int):
+            facts.append(f"{summary['tokens']:,} tokens")
+        started, finished = entry["run_info"].get("started_at"), entry["complete"].get("finished_at")
+        if started and finished:
+            with contextlib.suppress(ValueError):
+                seconds = (datetime.datetime.fromisoformat(finished) - datetime.datetime.fromisoformat(started))
+                facts.append(f"{seconds.total_seconds():,.0f} s wall time")
+        if entry["run_info"].get("hardware"):
+            facts.append(f"on {entry['run_info']['hardware']}")
+        lines.append(f"- `llm-recipes {entry['stage']}`" + (": " + ", ".join(facts) if facts else "") + ".")
+    return lines
 
 
 # -- the model card ------------------------------------------------------------------------------------
@@ -172,8 +282,6 @@ def training_summary(model_dir: Path) -> list[str]:
                      + (" (its full configuration is below)." if resolved.is_file() else "."))
     metrics = stage_dir / "metrics.jsonl"
     if metrics.is_file():
-        from .training.monitor import read_metrics
-
         last = None
         for record in read_metrics(metrics):
             if any(k in record for k in ("loss", "train_loss", "eval_loss")):
@@ -206,13 +314,11 @@ def find_eval_results(model_dir: Path) -> Path | None:
 def eval_results_table(path: str | os.PathLike | None, model_dir: Path) -> list[str]:
     """A markdown table of `eval_results.json` (written by `llm-recipes evaluate`); this model's row first. One
     column per headline metric, headed with its item count (`acc (n=20)`): counts are not columns of their own."""
-    from .evaluation.report import HEADLINE
-
     if not path:
         return []
     data = read_json(Path(path))
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
-        raise PushError(f"eval_results {str(path)!r} is not an eval_results.json written by `llm-recipes evaluate`")
+        raise CardError(f"eval_results {str(path)!r} is not an eval_results.json written by `llm-recipes evaluate`")
     models, tasks = data["models"], data.get("tasks") or {}
     this = [n for n, m in models.items() if m.get("path") and Path(m["path"]).resolve() == model_dir.resolve()]
     order = this + [n for n in models if n not in this]
@@ -284,9 +390,6 @@ def render_model_card(model_dir: Path, staging: Path, info: CardInfo) -> str:
     evaluate`, is kept, with a readable model name and dataset ids; our metadata is merged around it.
     """
     from huggingface_hub import ModelCard, ModelCardData
-
-    from .model import DEFAULT_MAX_NEW_TOKENS, fitting_max_new_tokens
-    from .model_card import lineage, readable_dataset_id, training_data, training_details
 
     existing = model_dir / "README.md"
     data = ModelCardData()
@@ -370,43 +473,3 @@ def render_model_card(model_dir: Path, staging: Path, info: CardInfo) -> str:
                  "```yaml", resolved.read_text(encoding="utf-8").strip(), "```", "", "</details>", ""]
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(body))
     return str(card)
-
-
-# -- upload ------------------------------------------------------------------------------------------
-
-def resolve_token() -> str:
-    """The Hub token from $HF_TOKEN or the `hf auth login` store; a PushError when there is none."""
-    from huggingface_hub import get_token
-
-    token = get_token()
-    if not token:
-        raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a write token is needed)")
-    return token
-
-
-def upload(staging: str | os.PathLike, repo_id: str, private: bool = False, revision: str | None = None,
-           commit_message: str = "Upload model with llm_recipes") -> dict[str, str]:
-    """Creates the repo if needed and uploads every file of `staging` in one commit.
-
-    Args:
-        staging: folder prepared by `prepare_upload`.
-        repo_id: "user/name".
-        private: create the repository private (an existing repository keeps its visibility).
-        revision: branch to commit to; default main.
-
-    Returns:
-        {"repo_url", "commit_url", "commit_oid"}
-    """
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
-
-    if constants.is_offline_mode():
-        raise PushError("HF_HUB_OFFLINE is set, so the Hub cannot be reached: unset it to push, or use --dry_run true")
-    staging = Path(staging)
-    # HF_ENDPOINT is read at call time, so a self-hosted Hub or a local stand-in works without re-import
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=resolve_token())
-    repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
-                  for p in sorted(staging.iterdir()) if p.is_file()]
-    commit = api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message,
-                               repo_type="model", revision=revision)
-    return {"repo_url": str(repo_url), "commit_url": commit.commit_url, "commit_oid": commit.oid}

@@ -34,7 +34,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from .fileio import atomic_open, atomic_write_json
+from ..fileio import atomic_open, atomic_write_json
+from ..tokenizer.bpe import DocumentEncoder, tokenizer_sha256
 
 IGNORE_INDEX = -100
 SHARD_FORMAT_VERSION = 1
@@ -175,8 +176,6 @@ class PackedStreamDataset(torch.utils.data.IterableDataset):
         import datasets
         from datasets.distributed import split_dataset_by_node
 
-        from .tokenization import DocumentEncoder
-
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         _check_text_column(dataset, text_column)
@@ -306,8 +305,6 @@ def pretokenize(dataset, tokenizer, output_dir: str | os.PathLike, text_column: 
     """
     import datasets
     from tqdm.auto import tqdm
-
-    from .tokenization import DocumentEncoder, tokenizer_sha256
 
     output_dir = Path(output_dir)
     _check_text_column(dataset, text_column)

@@ -1,7 +1,7 @@
 """Generation QA scores as an offline `evaluate` module: exact match and token F1 (SQuAD normalisation:
 lower case, no punctuation or articles) and ROUGE-1/2/L F-measure, each the best over an item's references.
 
-    qa = evaluate.load("llm_recipes/metrics/generation_qa")
+    qa = evaluate.load("llm_recipes/evaluation/metrics/generation_qa")
     qa.compute(predictions=["Paris"], references=[["Paris", "Paris, France"]])
 """
 

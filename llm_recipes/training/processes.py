@@ -1,23 +1,10 @@
-"""How a stage is started: `python -m llm_recipes.<stage>` (what `accelerate launch -m` runs) and the check
-that a multi-process launch really formed one process group."""
+"""The check that a multi-process launch (`accelerate launch`, torchrun) really formed one process group."""
 
 from __future__ import annotations
 
 import os
-import sys
-from typing import Callable
 
-from .config import ConfigError
-
-
-def entry_point(stage: str, main: Callable[[], int | None]) -> int:
-    """Runs a stage's `main()` as its `python -m` entry point: a config error prints one line naming the
-    stage and exits 2, as `llm-recipes <stage>` does, instead of a traceback from every process."""
-    try:
-        return int(main() or 0)
-    except ConfigError as e:
-        print(f"llm-recipes {stage}: error: {e}", file=sys.stderr)
-        return 2
+from ..config import ConfigError
 
 
 def check_process_group(num_processes: int, stage: str) -> None:

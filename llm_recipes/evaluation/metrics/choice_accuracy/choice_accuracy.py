@@ -1,6 +1,6 @@
 """Multiple-choice / cloze accuracy from per-choice log-likelihoods, as an offline `evaluate` module:
 
-    acc = evaluate.load("llm_recipes/metrics/choice_accuracy")
+    acc = evaluate.load("llm_recipes/evaluation/metrics/choice_accuracy")
     acc.compute(predictions=[[-3.1, -7.0, -5.2]], references=[0], choice_lengths=[[3, 5, 4]])
     # {'acc': 1.0, 'chance': 0.333, 'n': 1, 'acc_norm': 1.0}
 

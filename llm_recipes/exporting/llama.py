@@ -13,6 +13,10 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
+
+from ..fileio import atomic_directory
+from ..pipeline.envelope import RECORD_FILES
 
 # files of a model folder that are not the model itself and carry over unchanged
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -74,7 +78,8 @@ def llama_state_dict(model) -> dict:
     return state
 
 
-def export_to_llama(model_dir: str | os.PathLike, output_dir: str | os.PathLike, dtype: str | None = None) -> dict:
+def export_to_llama(model_dir: str | os.PathLike, output_dir: str | os.PathLike, dtype: str | None = None,
+                    start: Callable[[], object] | None = None) -> dict:
     """Writes `output_dir` as a plain Llama model folder (safetensors, config, generation config, tokenizer)
     and checks that Llama's logits equal RecipeGPT's on a probe batch.
 
@@ -83,6 +88,9 @@ def export_to_llama(model_dir: str | os.PathLike, output_dir: str | os.PathLike,
         output_dir: where the Llama folder goes (replaced atomically).
         dtype: "float32", "bfloat16" or "float16"; default: the checkpoint's dtype.
 
+        start: called once every check has passed, before the folder is replaced (the stage envelope's
+            start: its record files are carried into the new folder).
+
     Returns:
         a summary: parameters, max absolute logit difference, files written.
     """
@@ -90,8 +98,6 @@ def export_to_llama(model_dir: str | os.PathLike, output_dir: str | os.PathLike,
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     import llm_recipes  # noqa: F401  (registers RecipeGPT)
-
-    from .fileio import atomic_directory
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     check_model_folder(model_dir, "Llama")
@@ -112,14 +118,16 @@ def export_to_llama(model_dir: str | os.PathLike, output_dir: str | os.PathLike,
     if torch_dtype is not None:
         llama = llama.to(torch_dtype)
     llama.generation_config = source.generation_config
-    with atomic_directory(output_dir) as tmp:
+    if start is not None:
+        start()
+    with atomic_directory(output_dir, keep=RECORD_FILES) as tmp:
         llama.save_pretrained(tmp)
         _add_legacy_rope_theta(tmp / "config.json", float(source.config.rope_parameters["rope_theta"]))
         for name in TOKENIZER_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
     return {"parameters": sum(p.numel() for p in llama.parameters()), "max_abs_logit_diff": max_diff,
-            "files": sorted(p.name for p in output_dir.iterdir())}
+            "files": sorted(p.name for p in output_dir.iterdir() if p.name not in RECORD_FILES)}
 
 
 def check_model_folder(model_dir: Path, target: str) -> None:

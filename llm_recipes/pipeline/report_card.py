@@ -2,18 +2,23 @@
 
 It only reads what the stages wrote (run_summary.json, each stage's reports, metrics.jsonl,
 eval_results.json) plus a few greedy sample generations from the trained models, so it can be
-rebuilt at any time: `python -m llm_recipes.report_card runs/quickstart`.
+rebuilt at any time: `python -m llm_recipes.pipeline.report_card runs/quickstart`. Each stage's folder is
+the one run_summary.json records (a recipe may set its own output_dir), else `<run_dir>/<stage>`.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write_text, read_json
-from .finetuning.heldout import verdict_text
-from .training.monitor import read_metrics
+import llm_recipes  # noqa: F401  (registers RecipeGPT with the Auto classes for the sample generations)
+
+from ..fileio import atomic_write_text, read_json
+from ..finetuning.heldout import verdict_text
+from ..training.monitor import read_metrics
+from .stages import FINETUNING, PRETRAINING, recipe_stages
 
 SAMPLE_PROMPTS = [
     "The os.path module",
@@ -21,8 +26,6 @@ SAMPLE_PROMPTS = [
     "This function raises ValueError if",
 ]
 CHAT_PROMPTS = ["What does json.dumps do?", "Explain the for statement."]
-
-
 
 
 def _fmt(value: Any) -> str:
@@ -62,8 +65,6 @@ def sample_generations(model_dir: Path, chat: bool, max_new_tokens: int = 40) ->
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import llm_recipes  # noqa: F401
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     samples = []
@@ -93,9 +94,16 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
     # -- stages: wall time and what each produced
     lines += ["## Stages", "", "| stage | wall time (s) | output | details |", "|---|---|---|---|"]
     total = 0.0
-    from .pipeline import STAGE_ORDER
+    order = {s.recipe: i for i, s in enumerate(recipe_stages())}
 
-    order = {name: i for i, (name, _) in enumerate(STAGE_ORDER)}
+    def folder(stage: str) -> Path:
+        """Where stage `stage` wrote its output in this run."""
+        output_dir = summary.get("stages", {}).get(stage, {}).get("output_dir")
+        return Path(output_dir) if output_dir else run_dir / stage
+
+    def link(path: Path) -> str:
+        return os.path.relpath(path, run_dir)
+
     for name, info in sorted(summary.get("stages", {}).items(), key=lambda kv: order.get(kv[0], 99)):
         seconds = info.get("seconds")
         total += seconds or 0
@@ -105,10 +113,10 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
     lines += ["", f"Total wall time of the stages run: {total:.0f} s.", ""]
 
     # -- cleaning summary
-    clean_report = run_dir / "clean" / "report.md"
+    clean_report = folder("clean") / "report.md"
     if clean_report.is_file():
-        lines += ["## Cleaning", "", "Full report: [`clean/report.md`](clean/report.md)", ""]
-        clean_json = read_json(run_dir / "clean" / "report.json")
+        lines += ["## Cleaning", "", f"Full report: [`{link(clean_report)}`]({link(clean_report)})", ""]
+        clean_json = read_json(folder("clean") / "report.json")
         if isinstance(clean_json, dict):
             lines += [f"{clean_json.get('input_documents')} documents ({clean_json.get('input_bytes', 0) / 1e6:.1f} MB) in, "
                       f"{clean_json.get('train_documents')} train + {clean_json.get('validation_documents')} validation "
@@ -118,22 +126,25 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
                 lines += ["| step | documents in | documents out | bytes in | bytes out | modified |", "|---|---|---|---|---|---|"]
                 lines += [f"| {st.get('step')} | {st.get('docs_in')} | {st.get('docs_out')} | {st.get('bytes_in')} | "
                           f"{st.get('bytes_out')} | {st.get('modified')} |" for st in steps] + [""]
-        if (run_dir / "clean" / "report.png").is_file():
-            lines += ["![cleaning](clean/report.png)", ""]
+        if (folder("clean") / "report.png").is_file():
+            lines += [f"![cleaning]({link(folder('clean') / 'report.png')})", ""]
 
     # -- tokenizer compression
-    tok_json = read_json(run_dir / "train_tokenizer" / "tokenizer_report.json") or read_json(
-        run_dir / "tokenizer" / "tokenizer_report.json")
+    tokenizer_dir = folder("train_tokenizer")
+    if not (tokenizer_dir / "tokenizer_report.json").is_file():
+        tokenizer_dir = run_dir / "tokenizer"  # the recipes' usual output_dir, for a run_summary that lacks it
+    tok_json = read_json(tokenizer_dir / "tokenizer_report.json")
     if isinstance(tok_json, dict):
         lines += ["## Tokenizer", "", "| tokenizer | key | value |", "|---|---|---|"]
         for section in ("tokenizer", "validation", "reference", "vocabulary", "training"):
             block = tok_json.get(section)
             if isinstance(block, dict):
                 lines += [f"| {section} | {k} | {_fmt(v)} |" for k, v in block.items() if not isinstance(v, (dict, list))]
-        lines += ["", "Full report: [`tokenizer/tokenizer_report.md`](tokenizer/tokenizer_report.md)", ""]
+        report = link(tokenizer_dir / "tokenizer_report.md")
+        lines += ["", f"Full report: [`{report}`]({report})", ""]
 
     # -- loss curves
-    metrics_path = run_dir / "pretrain" / "metrics.jsonl"
+    metrics_path = folder("pretrain") / "metrics.jsonl"
     metrics = read_metrics(metrics_path) if metrics_path.is_file() else []
     if metrics:
         plot = plot_loss_curves(metrics, run_dir / "report_loss.png")
@@ -144,32 +155,34 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
                                                       if isinstance(v, (int, float))), ""]
         if plot:
             lines += ["![loss curves](report_loss.png)", ""]
-        cpu = (read_json(run_dir / "pretrain" / "train_summary.json") or {}).get("cpu") or {}
+        cpu = (read_json(folder("pretrain") / "train_summary.json") or {}).get("cpu") or {}
         if cpu.get("busy"):
             lines += [f"**The machine was busy while pretraining**: {cpu['cpus_free_mean']} of {cpu['cpus']} CPUs "
                       "were free on average, so a time-budgeted run trained on fewer tokens than a quiet machine "
                       "gives (`pretrain/train_summary.json`).", ""]
 
     # -- evaluation across stages
-    comparison = run_dir / "evaluate" / "comparison.md"
+    comparison = folder("evaluate") / "comparison.md"
     if comparison.is_file():
         body = "\n".join("##" + line if line.startswith("#") else line
                          for line in comparison.read_text(encoding="utf-8").strip().splitlines())
         lines += ["## Evaluation", "", body, ""]
-        if (run_dir / "evaluate" / "comparison.png").is_file():
-            lines += ["![evaluation](evaluate/comparison.png)", ""]
-    for stage in ("sft", "dpo"):
-        heldout = read_json(run_dir / stage / "eval_heldout.json")
+        if (folder("evaluate") / "comparison.png").is_file():
+            lines += [f"![evaluation]({link(folder('evaluate') / 'comparison.png')})", ""]
+    finetuned = [s.recipe for s in recipe_stages() if s.kind == FINETUNING]
+    for stage in finetuned:
+        heldout = read_json(folder(stage) / "eval_heldout.json")
         if isinstance(heldout, dict) and "metric" in heldout:
-            lines += [f"Held-out {heldout['metric']} of `{stage}` ({stage}/eval_heldout.json): base "
+            lines += [f"Held-out {heldout['metric']} of `{stage}` ({link(folder(stage) / 'eval_heldout.json')}): base "
                       f"{_fmt(heldout['base_value'])} -> trained {_fmt(heldout['trained_value'])}; "
                       f"{verdict_text(heldout)}.", ""]
 
     # -- sample generations
     if samples:
         lines += ["## Sample generations (greedy)", ""]
-        for stage, chat in (("pretrain", False), ("sft", True), ("dpo", True)):
-            model_dir = run_dir / stage / "final"
+        trained = [(s.recipe, s.kind == FINETUNING) for s in recipe_stages() if s.kind in (PRETRAINING, FINETUNING)]
+        for stage, chat in trained:
+            model_dir = folder(stage) / "final"
             if not (model_dir / "config.json").is_file():
                 continue
             try:
@@ -177,16 +190,20 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
             except Exception as e:  # a report must not fail the run it reports on
                 lines += [f"- `{stage}`: could not generate ({type(e).__name__}: {e})", ""]
                 continue
-            lines += [f"### `{stage}/final`", ""]
+            lines += [f"### `{link(model_dir)}`", ""]
             for prompt, completion in pairs:
                 lines += [f"- **{prompt}** {completion}"]
             lines += [""]
 
     # -- what to use
-    deliverables = [(run_dir / "push" / "upload", "Hub-ready folder (model, code, tokenizer, card): "
+    # the last fine-tuned model of the run is the one to serve
+    last = next((folder(s) / "final" for s in reversed(finetuned) if (folder(s) / "final" / "config.json").is_file()),
+                None)
+    deliverables = [(folder("push") / "upload", "Hub-ready folder (model, code, tokenizer, card): "
                      "`llm-recipes push --config <recipe>/push.yaml --repo_id you/name --dry_run false`"),
-                    (run_dir / "export", "standard `LlamaForCausalLM` checkpoint for vLLM / TGI / llama.cpp"),
-                    (run_dir / "dpo" / "final", f"the aligned model: `llm-recipes serve {run_dir / 'dpo' / 'final'}`")]
+                    (folder("export"), "standard `LlamaForCausalLM` checkpoint for vLLM / TGI / llama.cpp")]
+    if last is not None:
+        deliverables.append((last, f"the aligned model: `llm-recipes serve {last}`"))
     present = [(p, what) for p, what in deliverables if (p / "config.json").is_file()]
     if present:
         lines += ["## Deliverables", ""] + [f"- `{p}`: {what}" for p, what in present] + [""]

@@ -18,10 +18,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
-from .llama_export import ExportError, check_model_folder, llama_config_from, llama_state_dict
-from .serving import default_model_name
-from .tokenization import SPLIT_PATTERN, end_of_turn_token_id
+from ..config import default_model_name
+from ..fileio import atomic_directory
+from ..model.modeling_recipe_gpt import RecipeGPTRotaryEmbedding
+from ..pipeline.envelope import RECORD_FILES
+from ..tokenizer.bpe import SPLIT_PATTERN, end_of_turn_token_id
+from .llama import ExportError, check_model_folder, llama_config_from, llama_state_dict
 
 LLAMA_CPP_PRE_TOKENIZER = "bailingmoe"  # llama.cpp's name for SPLIT_PATTERN (same regular expression)
 GGUF_DTYPES = {"float32": "ALL_F32", "float16": "MOSTLY_F16", "bfloat16": "MOSTLY_BF16"}
@@ -51,8 +55,6 @@ def rope_frequency_factors(config):
     """Per rotary frequency, the plain frequency over the scaled one (transformers' llama3 rule), float32."""
     import numpy as np
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    from .model.modeling_recipe_gpt import RecipeGPTRotaryEmbedding
 
     plain, _ = RecipeGPTRotaryEmbedding.compute_default_rope_parameters(config)
     scaled, _ = ROPE_INIT_FUNCTIONS[config.rope_parameters["rope_type"]](config)
@@ -111,7 +113,8 @@ def rotate_pairs(weight, n_head: int):
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, dtype: str | None = None) -> dict:
+def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, dtype: str | None = None,
+                   start: Callable[[], object] | None = None) -> dict:
     """Writes `output_dir/<model name>.gguf` (replacing output_dir atomically).
 
     Args:
@@ -119,6 +122,9 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
         output_dir: the folder for the GGUF file.
         dtype: "float32", "float16" or "bfloat16" for the matrices (norm weights stay float32, as in
             llama.cpp's converter); default: float16 for a float16 checkpoint, bfloat16 for bfloat16, else float32.
+
+        start: called once every check has passed, before the folder is replaced (the stage envelope's
+            start: its record files are carried into the new folder).
 
     Returns:
         a summary: parameters, file, size in bytes, tensors, pre-tokenizer.
@@ -133,8 +139,6 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import llm_recipes  # noqa: F401  (registers RecipeGPT)
-
-    from .fileio import atomic_directory
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     check_model_folder(model_dir, "GGUF")
@@ -155,7 +159,9 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
 
     tokens, token_types = gguf_vocabulary(tokenizer, config.vocab_size)
     tensor_names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    with atomic_directory(output_dir) as tmp:
+    if start is not None:
+        start()
+    with atomic_directory(output_dir, keep=RECORD_FILES) as tmp:
         path = tmp / f"{name}.gguf"
         writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         writer.add_type(gguf.GGUFType.MODEL)

@@ -1,7 +1,7 @@
 """Perplexity and bits per byte of texts under a causal LM, as an `evaluate` module that loads offline:
 
     import evaluate
-    perplexity = evaluate.load("llm_recipes/metrics/perplexity")   # a local folder, no Hub needed
+    perplexity = evaluate.load("llm_recipes/evaluation/metrics/perplexity")   # a local folder, no Hub needed
     perplexity.compute(predictions=texts, model_id="runs/quickstart/pretrain/final")
 
 Each text is scored on its own, starting from the BOS token (EOS for tokenizers without one), with a

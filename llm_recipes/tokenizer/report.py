@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+from .bpe import DocumentEncoder
+
 GPT2_TOKENIZER_DIR = "../shared/data/rasbt/gpt2_tokenizer"
 
 
@@ -66,7 +68,7 @@ def find_gpt2_tokenizer(path: str | os.PathLike | None = GPT2_TOKENIZER_DIR) -> 
         return None
     candidates = [Path(path)]
     if not Path(path).is_absolute():
-        candidates.append(Path(__file__).resolve().parent.parent / path)
+        candidates.append(Path(__file__).resolve().parent.parent.parent / path)
     for folder in candidates:
         if (folder / "tokenizer.json").is_file() or ((folder / "encoder.json").is_file() and (folder / "vocab.bpe").is_file()):
             return folder
@@ -107,8 +109,6 @@ def tokenizer_report(tokenizer, validation_texts: Iterable[str], *, training: di
         `reference` (same text through the reference tokenizer, or why it is missing), `vocabulary`
         (share of the vocabulary used, most frequent and longest tokens), `examples`.
     """
-    from .tokenization import DocumentEncoder
-
     texts, chars = [], 0
     for text in validation_texts:
         if not text:

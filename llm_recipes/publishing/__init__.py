@@ -1,0 +1,1 @@
+"""Publishing a model: the model card and the Hugging Face Hub upload."""

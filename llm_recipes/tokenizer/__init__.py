@@ -1,0 +1,1 @@
+"""The tokenizer: byte-level BPE training with our special tokens and chat template, and its report."""
