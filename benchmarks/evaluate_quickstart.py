@@ -65,13 +65,15 @@ def build_run(run: Path) -> None:
         question = f"What does {d['title']} do?"
         answer, wrong = d["text"].split("\n\n")[0][:300], other["text"].split("\n\n")[0][:300]
         qa.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
-        prefs.append({"prompt": [{"role": "user", "content": question}], "chosen": [{"role": "assistant", "content": answer}],
+        prefs.append({"prompt": [{"role": "user", "content": question}],
+                      "chosen": [{"role": "assistant", "content": answer}],
                       "rejected": [{"role": "assistant", "content": wrong}], "title": d["title"]})
     for path, rows in ((run / "sft" / "data" / "heldout.jsonl", qa), (run / "dpo" / "data" / "heldout.jsonl", prefs)):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "pretrain" / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "loss": 9 * 0.99 ** s, **({"val_loss": 9 * 0.99 ** s + 0.1} if s % 50 == 0 else {})}) + "\n"
+        json.dumps({"step": s, "loss": 9 * 0.99 ** s,
+                    **({"val_loss": 9 * 0.99 ** s + 0.1} if s % 50 == 0 else {})}) + "\n"
         for s in range(0, 500, 10)))
     print(f"stand-in run: {len(held)} held-out docs, 3 models x {n_params / 1e6:.1f}M parameters, "
           f"{len(qa)} QA items, {len(prefs)} preference pairs")

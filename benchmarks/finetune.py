@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_stage(stage: str, run_dir: Path, recipe_dir: str, overrides: list[str]) -> dict:
     shutil.rmtree(run_dir / stage, ignore_errors=True)
-    argv = [sys.executable, "-m", f"llm_recipes.{stage}", "--config", str(REPO / "recipes" / recipe_dir / f"{stage}.yaml")]
+    argv = [sys.executable, "-m", f"llm_recipes.{stage}",
+            "--config", str(REPO / "recipes" / recipe_dir / f"{stage}.yaml")]
     for item in overrides:
         key, value = item.split("=", 1)
         argv += [f"--{key}", value]

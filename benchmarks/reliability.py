@@ -66,9 +66,11 @@ def bad_inputs(tmp: Path, model_dir: Path, tokenizer_dir: Path, clean_dir: Path)
     (tmp / "broken.json").write_text("{not json")
     (tmp / "empty.jsonl").write_text("")
     (tmp / "qa.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
-    (tmp / "chats.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) + "\n" for i in range(4)))
+    (tmp / "chats.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) + "\n"
+                                             for i in range(4)))
     (tmp / "noparquet").mkdir()
-    gather_out, clean_out = ["--output_dir", str(tmp / "g")], ["--input_dir", str(gathered), "--output_dir", str(tmp / "c")]
+    gather_out = ["--output_dir", str(tmp / "g")]
+    clean_out = ["--input_dir", str(gathered), "--output_dir", str(tmp / "c")]
     pre = ["--output_dir", str(tmp / "p"), "--dataset_path", str(clean_dir), "--tokenizer_path", str(tokenizer_dir),
            "--model_preset", "test", "--seq_len", "32", "--max_steps", "1", "--report_to", "none"]
     ft = ["--model_name_or_path", str(model_dir), "--max_steps", "1", "--use_cpu", "true", "--bf16", "false",
@@ -83,7 +85,8 @@ def bad_inputs(tmp: Path, model_dir: Path, tokenizer_dir: Path, clean_dir: Path)
             ("sources not YAML", gather_out + ["--sources", "[{unclosed"]),
             ("min_doc_chars a list (recipe)", recipe(tmp, "g1", {"output_dir": str(tmp / "g"), "min_doc_chars": [1]})),
             ("no file matches", gather_out + ["--sources", f'[{{"type": "files", "paths": ["{tmp}/none/*.txt"]}}]']),
-            ("max_page_bytes -1", gather_out + ["--sources", '[{"type": "web", "urls": ["http://x"], "max_page_bytes": -1}]']),
+            ("max_page_bytes -1",
+             gather_out + ["--sources", '[{"type": "web", "urls": ["http://x"], "max_page_bytes": -1}]']),
         ],
         "clean": [
             ("max_chars -5", clean_out + ["--max_chars", "-5"]),
@@ -101,10 +104,12 @@ def bad_inputs(tmp: Path, model_dir: Path, tokenizer_dir: Path, clean_dir: Path)
         "train-tokenizer": [
             ("dataset_path missing", ["--output_dir", str(tmp / "t"), "--dataset_path", str(tmp / "nowhere")]),
             ("folder without parquet", ["--output_dir", str(tmp / "t"), "--dataset_path", str(tmp / "noparquet")]),
-            ("text_column absent", ["--output_dir", str(tmp / "t"), "--dataset_path", str(clean_dir), "--text_column", "body"]),
+            ("text_column absent", ["--output_dir", str(tmp / "t"), "--dataset_path", str(clean_dir),
+                                    "--text_column", "body"]),
             ("definition folder missing", ["--output_dir", str(tmp / "t"), "--dataset_path", str(clean_dir),
                                            "--tokenizer_definition_dir", str(tmp / "nodef")]),
-            ("max_train_chars -1", ["--output_dir", str(tmp / "t"), "--dataset_path", str(clean_dir), "--max_train_chars", "-1"]),
+            ("max_train_chars -1", ["--output_dir", str(tmp / "t"), "--dataset_path", str(clean_dir),
+                                    "--max_train_chars", "-1"]),
             ("vocab_size text (recipe)", recipe(tmp, "t1", {"output_dir": str(tmp / "t"), "vocab_size": "big"})),
         ],
         "pretrain": [
@@ -113,7 +118,8 @@ def bad_inputs(tmp: Path, model_dir: Path, tokenizer_dir: Path, clean_dir: Path)
             ("tokenizer_path missing", pre + ["--tokenizer_path", str(tmp / "nowhere")]),
             ("dataset_path missing", pre + ["--dataset_path", str(tmp / "nowhere")]),
             ("unknown schedule", pre + ["--lr_scheduler_type", "cosin"]),
-            ("learning_rate text (recipe)", recipe(tmp, "p1", {"output_dir": str(tmp / "p"), "learning_rate": "fast"})),
+            ("learning_rate text (recipe)",
+             recipe(tmp, "p1", {"output_dir": str(tmp / "p"), "learning_rate": "fast"})),
             ("resume from a missing folder", pre + ["--resume_from_checkpoint", str(tmp / "nowhere")]),
             ("model_overrides not JSON", pre + ["--model_overrides", "{layers: 2"]),
             ("eval_max_batches -2", pre + ["--eval_max_batches", "-2"]),
@@ -122,15 +128,21 @@ def bad_inputs(tmp: Path, model_dir: Path, tokenizer_dir: Path, clean_dir: Path)
         ],
         "sft": [
             ("empty dataset file", ft + ["--output_dir", str(tmp / "s1"), "--dataset_name", str(tmp / "empty.jsonl")]),
-            ("columns that fit no format", ft + ["--output_dir", str(tmp / "s2"), "--dataset_name", str(tmp / "qa.jsonl")]),
-            ("dataset file missing", ft + ["--output_dir", str(tmp / "s3"), "--dataset_name", str(tmp / "none.jsonl")]),
-            ("model folder missing", ft[:0] + ["--model_name_or_path", str(tmp / "nomodel"), "--output_dir", str(tmp / "s4"),
-                                               "--dataset_name", str(tmp / "chats.jsonl"), "--use_cpu", "true"]),
-            ("LoRA target matches nothing", ft + ["--output_dir", str(tmp / "s5"), "--dataset_name", str(tmp / "chats.jsonl"),
-                                                  "--use_peft", "true", "--lora_target_modules", "c_attn"]),
-            ("learning_rate a list (recipe)", recipe(tmp, "s6", {"output_dir": str(tmp / "s6"), "learning_rate": [1]})),
-            ("resume from a missing folder", ft + ["--output_dir", str(tmp / "s7"), "--dataset_name", str(tmp / "chats.jsonl"),
-                                                   "--resume_from_checkpoint", str(tmp / "nowhere")]),
+            ("columns that fit no format",
+             ft + ["--output_dir", str(tmp / "s2"), "--dataset_name", str(tmp / "qa.jsonl")]),
+            ("dataset file missing",
+             ft + ["--output_dir", str(tmp / "s3"), "--dataset_name", str(tmp / "none.jsonl")]),
+            ("model folder missing",
+             ft[:0] + ["--model_name_or_path", str(tmp / "nomodel"), "--output_dir", str(tmp / "s4"),
+                       "--dataset_name", str(tmp / "chats.jsonl"), "--use_cpu", "true"]),
+            ("LoRA target matches nothing",
+             ft + ["--output_dir", str(tmp / "s5"), "--dataset_name", str(tmp / "chats.jsonl"),
+                   "--use_peft", "true", "--lora_target_modules", "c_attn"]),
+            ("learning_rate a list (recipe)",
+             recipe(tmp, "s6", {"output_dir": str(tmp / "s6"), "learning_rate": [1]})),
+            ("resume from a missing folder",
+             ft + ["--output_dir", str(tmp / "s7"), "--dataset_name", str(tmp / "chats.jsonl"),
+                   "--resume_from_checkpoint", str(tmp / "nowhere")]),
         ],
         "evaluate": [
             ("model missing", ["--output_dir", str(tmp / "e"), "--models", f"m={tmp / 'nomodel'}",
@@ -139,8 +151,10 @@ def bad_inputs(tmp: Path, model_dir: Path, tokenizer_dir: Path, clean_dir: Path)
                                       "--heldout_data", str(tmp / "none.jsonl")]),
             ("unknown builtin task", ["--output_dir", str(tmp / "e"), "--models", f"m={model_dir}",
                                       "--choice_tasks", "builtin:nope"]),
-            ("batch size text (recipe)", recipe(tmp, "e1", {"output_dir": str(tmp / "e"), "per_device_eval_batch_size": "x"})),
-            ("qa_data missing", ["--output_dir", str(tmp / "e"), "--models", f"m={model_dir}", "--qa_data", str(tmp / "none.jsonl")]),
+            ("batch size text (recipe)",
+             recipe(tmp, "e1", {"output_dir": str(tmp / "e"), "per_device_eval_batch_size": "x"})),
+            ("qa_data missing", ["--output_dir", str(tmp / "e"), "--models", f"m={model_dir}",
+                                 "--qa_data", str(tmp / "none.jsonl")]),
         ],
     }
 
@@ -158,8 +172,9 @@ def checkpoint_faults(tmp: Path, clean_dir: Path, tokenizer_dir: Path, kills: in
 
     def run(out, **kw):
         with quiet, contextlib.redirect_stderr(io.StringIO()):
-            return pretrain(tiny_config(out, clean_dir, tokenizer_dir, **{"max_steps": 4, "save_steps": 2,
-                                                                          "save_total_limit": 3, "sample_prompts": [], **kw}))
+            return pretrain(tiny_config(out, clean_dir, tokenizer_dir,
+                                        **{"max_steps": 4, "save_steps": 2, "save_total_limit": 3,
+                                           "sample_prompts": [], **kw}))
 
     def fresh(name):
         out = tmp / name
@@ -203,11 +218,13 @@ def checkpoint_faults(tmp: Path, clean_dir: Path, tokenizer_dir: Path, kills: in
 
     write_manifest(root / "step-00000020", 20)
     found = find_latest(root, warn=lambda m: None)
-    results.append(("trainer_state step 3 in folder step-20", found == root / "step-00000004", f"latest = {found.name}"))
+    results.append(("trainer_state step 3 in folder step-20", found == root / "step-00000004",
+                    f"latest = {found.name}"))
     other = save_tokenizer(train_bpe(tiny_corpus()[::2], vocab_size=512, model_max_length=256), tmp / "other_tok")
     try:
         with quiet:
-            pretrain(tiny_config(out, clean_dir, other, max_steps=6, resume_from_checkpoint="latest", sample_prompts=[]))
+            pretrain(tiny_config(out, clean_dir, other, max_steps=6, resume_from_checkpoint="latest",
+                                 sample_prompts=[]))
         results.append(("resume with another tokenizer of the same size", False, "trained on"))
     except CheckpointError as e:
         results.append(("resume with another tokenizer of the same size", "tokenizer_sha256" in str(e), str(e)[:100]))
@@ -219,10 +236,11 @@ def checkpoint_faults(tmp: Path, clean_dir: Path, tokenizer_dir: Path, kills: in
 
     for i in range(kills):
         out = tmp / f"kill{i}"
-        args = [sys.executable, "-m", "llm_recipes.pretrain", "--output_dir", str(out), "--dataset_path", str(clean_dir),
-                "--tokenizer_path", str(tokenizer_dir), "--model_preset", "test", "--seq_len", "64",
-                "--per_device_train_batch_size", "4", "--max_steps", "10000", "--save_steps", "3", "--logging_steps", "1",
-                "--eval_steps", "0", "--report_to", "none", "--data_mode", "shards", "--save_total_limit", "1"]
+        args = [sys.executable, "-m", "llm_recipes.pretrain", "--output_dir", str(out),
+                "--dataset_path", str(clean_dir), "--tokenizer_path", str(tokenizer_dir), "--model_preset", "test",
+                "--seq_len", "64", "--per_device_train_batch_size", "4", "--max_steps", "10000", "--save_steps", "3",
+                "--logging_steps", "1", "--eval_steps", "0", "--report_to", "none", "--data_mode", "shards",
+                "--save_total_limit", "1"]
         proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline, target = time.time() + 120, f"step-{3 * (i + 2):08d}"
@@ -265,8 +283,10 @@ def main(argv=None) -> int:
     tokenizer_dir = save_tokenizer(train_bpe(tiny_corpus(), vocab_size=512, model_max_length=256), tmp / "tok")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = RecipeGPTForCausalLM(make_tiny_config(len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+                                                  eos_token_id=tokenizer.eos_token_id,
+                                                  pad_token_id=tokenizer.pad_token_id))
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id)
     model.save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
     clean_dir = write_clean_dataset(tmp / "clean")

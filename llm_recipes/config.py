@@ -89,7 +89,8 @@ def load_yaml_config(path: str | os.PathLike, run_dir: str | os.PathLike | None 
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
     return _expand(data, str(run_dir) if run_dir is not None else default_run_dir(path))
 
 
@@ -348,7 +349,8 @@ def _plain(value: Any) -> Any:
 
 def config_to_dict(config) -> dict[str, Any]:
     """The init fields of a config dataclass as plain YAML-able values (what a recipe would say)."""
-    return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init and hasattr(config, f.name)}
+    return {f.name: _plain(getattr(config, f.name))
+            for f in dataclasses.fields(config) if f.init and hasattr(config, f.name)}
 
 
 def save_resolved_config(output_dir: str | os.PathLike, *configs, stage: str) -> Path:
@@ -370,7 +372,8 @@ def run_info(stage: str) -> dict[str, Any]:
     from importlib import metadata
 
     versions = {}
-    for pkg in ("llm_recipes", "torch", "transformers", "datasets", "tokenizers", "accelerate", "peft", "trl", "evaluate"):
+    for pkg in ("llm_recipes", "torch", "transformers", "datasets", "tokenizers", "accelerate", "peft", "trl",
+                "evaluate"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -1,5 +1,6 @@
-"""`llm-recipes dpo --config recipe.yaml`: direct preference optimization with TRL's DPOTrainer from `prompt`/`chosen`/`rejected` pairs,
-full or LoRA (the reference is the input model; with LoRA, the model with the adapter disabled).
+"""`llm-recipes dpo --config recipe.yaml`: direct preference optimization with TRL's DPOTrainer from
+`prompt`/`chosen`/`rejected` pairs, full or LoRA (the reference is the input model; with LoRA, the model with the
+adapter disabled).
 
 Also `accelerate launch -m llm_recipes.dpo --config recipe.yaml`. Keys: ours (model, data, LoRA; see
 `llm_recipes.finetuning.training.FinetuneArguments`) plus TRL's `DPOConfig`. Writes into output_dir:

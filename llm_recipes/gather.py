@@ -23,14 +23,33 @@ DEFAULT_SOURCES = [{"type": "python-docs"}]
 
 @dataclass
 class GatherConfig:
-    output_dir: str = field(default="runs/default/gather", metadata={"help": "Stage folder: data/*.parquet and gather_report.json go here."})
-    sources: Optional[Union[list, str]] = field(default=None, metadata={"help": "List of sources (YAML mappings with a `type`: python-docs, files, hub or web; see docs/data.md). On the command line: a JSON list. Default: the python-docs corpus (standard library)."})
-    total_mb: Optional[float] = field(default=None, metadata={"help": "Optional total MB of text; split over the sources in proportion to their `weight`."})
-    max_doc_chars: int = field(default=1_000_000, metadata={"help": "Documents longer than this are skipped and counted as 'document too large'."})
-    min_doc_chars: int = field(default=1, metadata={"help": "Documents shorter than this (after stripping whitespace) are skipped as 'empty document'."})
-    shard_mb: float = field(default=2.0, metadata={"help": "MB of text per parquet shard; clean runs one task per shard, so keep several shards per core."})
-    num_proc: int = field(default=2, metadata={"help": "Processes used to parse sources (python-docs parses files in parallel)."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over when output_dir holds a gather of other sources (otherwise that is an error)."})
+    output_dir: str = field(
+        default="runs/default/gather",
+        metadata={"help": "Stage folder: data/*.parquet and gather_report.json go here."})
+    sources: Optional[Union[list, str]] = field(
+        default=None,
+        metadata={"help": "List of sources (YAML mappings with a `type`: python-docs, files, hub or web; see "
+                          "docs/data.md). On the command line: a JSON list. Default: the python-docs corpus "
+                          "(standard library)."})
+    total_mb: Optional[float] = field(
+        default=None,
+        metadata={"help": "Optional total MB of text; split over the sources in proportion to their `weight`."})
+    max_doc_chars: int = field(
+        default=1_000_000,
+        metadata={"help": "Documents longer than this are skipped and counted as 'document too large'."})
+    min_doc_chars: int = field(
+        default=1,
+        metadata={"help": "Documents shorter than this (after stripping whitespace) are skipped as 'empty document'."})
+    shard_mb: float = field(
+        default=2.0,
+        metadata={"help": "MB of text per parquet shard; clean runs one task per shard, so keep several shards per "
+                          "core."})
+    num_proc: int = field(
+        default=2, metadata={"help": "Processes used to parse sources (python-docs parses files in parallel)."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over when output_dir holds a gather of other sources (otherwise that is an "
+                          "error)."})
 
     def __post_init__(self):
         if self.sources is None:
@@ -62,12 +81,14 @@ def main(argv=None) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if report["documents"] == 0:
-        print(f"gather: no documents were gathered (skipped: {report['skipped']}); see {cfg.output_dir}/gather_report.json",
+        print(f"gather: no documents were gathered (skipped: {report['skipped']}); "
+              f"see {cfg.output_dir}/gather_report.json",
               file=sys.stderr)
         return 1
     run.complete(documents=report["documents"], bytes=report["bytes"])
     skipped = sum(report["skipped"].values())
-    print(f"gather: wrote {report['documents']} documents ({report['bytes'] / 2**20:.1f} MB) in {report['shards']} shards "
+    print(f"gather: wrote {report['documents']} documents ({report['bytes'] / 2**20:.1f} MB) "
+          f"in {report['shards']} shards "
           f"to {cfg.output_dir}/data/ ; skipped {skipped} inputs ({report['skipped'] or 'none'}); "
           + (f"kept with a note: {report['notes']}; " if report["notes"] else "") +
           f"report: {cfg.output_dir}/gather_report.json")

@@ -1,5 +1,5 @@
-"""`llm-recipes kto --config recipe.yaml`: KTO with TRL's KTOTrainer from thumbs-up/down feedback (`prompt`/`completion`/`label`);
-preference pairs are unpaired into one desirable and one undesirable row.
+"""`llm-recipes kto --config recipe.yaml`: KTO with TRL's KTOTrainer from thumbs-up/down feedback
+(`prompt`/`completion`/`label`); preference pairs are unpaired into one desirable and one undesirable row.
 
 Also `accelerate launch -m llm_recipes.kto --config recipe.yaml`. Keys: ours (model, data, LoRA; see
 `llm_recipes.finetuning.training.FinetuneArguments`) plus TRL's `KTOConfig`. Writes into output_dir:

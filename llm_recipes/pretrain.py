@@ -1,7 +1,8 @@
-"""`llm-recipes pretrain`: pretrain a GPT on the cleaned text with Accelerate.
+r"""`llm-recipes pretrain`: pretrain a GPT on the cleaned text with Accelerate.
 
     llm-recipes pretrain --config recipes/quickstart/pretrain.yaml
-    accelerate launch --config_file accelerate_config.yaml -m llm_recipes.pretrain --config recipes/quickstart/pretrain.yaml
+    accelerate launch --config_file accelerate_config.yaml -m llm_recipes.pretrain \
+        --config recipes/quickstart/pretrain.yaml
 
 The loop itself is `llm_recipes.training.loop.pretrain`.
 """

@@ -25,8 +25,8 @@ from .publishing.model_card import CardError, CardInfo
 
 @dataclass
 class PushConfig:
-    model_path: str = field(metadata={"help": "model folder to publish (safetensors, config, tokenizer); also accepted "
-                                              "as the first bare argument"})
+    model_path: str = field(metadata={"help": "model folder to publish (safetensors, config, tokenizer); also "
+                                              "accepted as the first bare argument"})
     repo_id: str = field(metadata={"help": "Hub repository, 'user/name' or 'org/name'"})
     output_dir: str | None = field(default=None, metadata={
         "help": "where the staged upload (upload/ with README.md) and push_result.json are written; default: push/ "
@@ -47,8 +47,10 @@ class PushConfig:
                                                                     "text-generation and custom_code are added)"})
     eval_results: str | None = field(default=None, metadata={
         "help": "eval_results.json from `llm-recipes evaluate`: a results table in the card, uploaded alongside"})
-    intended_use: str | None = field(default=None, metadata={"help": "the card's intended-use text (a default is given)"})
-    limitations: str | None = field(default=None, metadata={"help": "the card's limitations text (a default is given)"})
+    intended_use: str | None = field(
+        default=None, metadata={"help": "the card's intended-use text (a default is given)"})
+    limitations: str | None = field(
+        default=None, metadata={"help": "the card's limitations text (a default is given)"})
 
 
 def config_classes() -> tuple[type, ...]:

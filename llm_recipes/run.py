@@ -21,8 +21,10 @@ from .pipeline.runner import PipelineError, run_recipe
 @dataclass
 class RunConfig:
     recipe_dir: str = field(metadata={"help": "recipe folder with one YAML per stage (e.g. recipes/quickstart)"})
-    run_dir: str | None = field(default=None, metadata={"help": "where stage outputs go; default runs/<recipe folder name>"})
-    stages: str | None = field(default=None, metadata={"help": "comma-separated stages to run (default: all the recipe defines)"})
+    run_dir: str | None = field(
+        default=None, metadata={"help": "where stage outputs go; default runs/<recipe folder name>"})
+    stages: str | None = field(
+        default=None, metadata={"help": "comma-separated stages to run (default: all the recipe defines)"})
     force: bool = field(default=False, metadata={"help": "redo stages even if their output is complete"})
     launcher: str = field(default="python", metadata={"help": "'python' (one process per stage) or 'accelerate' "
                                                                "(training stages under accelerate launch)",

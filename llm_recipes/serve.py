@@ -41,7 +41,8 @@ class ServeConfig:
                 "web pages); '*' allows any, '*.example.com' subdomains; default: the loopback names for "
                 "127.0.0.1, the bound address plus loopback for another address, any for 0.0.0.0"})
     served_model_name: str | None = field(default=None, metadata={
-        "help": "the `model` name clients must send; default: the model folder's name (its stage's name for .../final)"})
+        "help": "the `model` name clients must send; default: the model folder's name (its stage's name for "
+                ".../final)"})
     api_key: str | None = field(default=None, metadata={
         "help": f"require 'Authorization: Bearer <key>' on /v1/ routes; default: ${API_KEY_ENV} if set, else no key"})
     trust_remote_code: bool = field(default=False, metadata={

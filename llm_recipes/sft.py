@@ -1,5 +1,5 @@
-"""`llm-recipes sft --config recipe.yaml`: supervised fine-tuning with TRL's SFTTrainer: domain text (`text`), instructions
-(`prompt`/`completion`) or chats (`messages`, loss on assistant turns only), full or LoRA.
+"""`llm-recipes sft --config recipe.yaml`: supervised fine-tuning with TRL's SFTTrainer: domain text (`text`),
+instructions (`prompt`/`completion`) or chats (`messages`, loss on assistant turns only), full or LoRA.
 
 Also `accelerate launch -m llm_recipes.sft --config recipe.yaml`. Keys: ours (model, data, LoRA; see
 `llm_recipes.finetuning.training.FinetuneArguments`) plus TRL's `SFTConfig`. Writes into output_dir:

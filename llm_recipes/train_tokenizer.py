@@ -33,7 +33,8 @@ class TrainTokenizerConfig:
                 "*.parquet files (then there is no validation split)."})
     text_column: str = field(default="text", metadata={"help": "Column that holds the document text."})
     vocab_size: int = field(default=8192, metadata={
-        "help": "Vocabulary size including special tokens; rounded up to a multiple of 64. At least 256 bytes + specials."})
+        "help": "Vocabulary size including special tokens; rounded up to a multiple of 64. At least 256 bytes "
+                "+ specials."})
     min_frequency: int = field(default=2, metadata={"help": "A pair must occur this often to become a merge."})
     max_document_chars: int = field(default=20_000, metadata={
         "help": "Documents are cut to this many characters for training (0: no cap); bounds memory and keeps "
@@ -45,13 +46,15 @@ class TrainTokenizerConfig:
         "help": "Context length written to tokenizer_config.json (the model's max_position_embeddings)."})
     tokenizer_definition_dir: str = field(default="tokenizer", metadata={
         "help": "Folder with special_tokens.yaml and chat_template.jinja (a relative path is looked up in the working "
-                "directory, the repository, then the copy a non-editable install puts under <prefix>/share/llm_recipes)."})
+                "directory, the repository, then the copy a non-editable install puts under "
+                "<prefix>/share/llm_recipes)."})
     report_max_chars: int = field(default=5_000_000, metadata={
         "help": "Characters of validation text measured for the report."})
     compare_tokenizer: str = field(default="../shared/data/rasbt/gpt2_tokenizer", metadata={
         "help": "Tokenizer folder to compare with in the report (GPT-2's encoder.json + vocab.bpe, or a "
                 "tokenizer.json); skipped when absent. Empty: no comparison."})
-    seed: int = field(default=42, metadata={"help": "Shuffle seed for sampling documents when max_train_chars is set."})
+    seed: int = field(default=42, metadata={
+        "help": "Shuffle seed for sampling documents when max_train_chars is set."})
     show_progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
 
@@ -83,7 +86,8 @@ def run(cfg: TrainTokenizerConfig) -> Path:
     check_vocab_size(cfg.vocab_size, specials)
     run = StageRun("train-tokenizer", output_dir, cfg)
     run.start()
-    print(f"train-tokenizer: training a {cfg.vocab_size}-token BPE on {len(train_files)} file(s), {num_docs:,} documents"
+    print(f"train-tokenizer: training a {cfg.vocab_size}-token BPE on {len(train_files)} file(s), "
+          f"{num_docs:,} documents"
           + (f" (a sample of about {cfg.max_train_chars:,} characters)" if cfg.max_train_chars else ""))
 
     # Train
@@ -103,8 +107,8 @@ def run(cfg: TrainTokenizerConfig) -> Path:
     validation = None
     if validation_files:
         validation, _ = text_stream(validation_files, cfg.text_column)
-    report = tokenizer_report(tokenizer, validation or [], training=training, reference_dir=cfg.compare_tokenizer or None,
-                              max_chars=cfg.report_max_chars)
+    report = tokenizer_report(tokenizer, validation or [], training=training,
+                              reference_dir=cfg.compare_tokenizer or None, max_chars=cfg.report_max_chars)
     atomic_write_json(output_dir / "tokenizer_report.json", report)
     atomic_write_text(output_dir / "tokenizer_report.md", report_markdown(report))
     run.complete(vocab_size=len(tokenizer), seconds=training["seconds"])

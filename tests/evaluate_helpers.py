@@ -43,7 +43,8 @@ def memorizing_model(tokenizer, sentence: str, steps: int = 120):
 
     torch.manual_seed(0)
     model = RecipeGPTForCausalLM(make_tiny_config(len(tokenizer)))
-    ids = [tokenizer.bos_token_id] + tokenizer(sentence, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = ([tokenizer.bos_token_id] + tokenizer(sentence, add_special_tokens=False)["input_ids"]
+           + [tokenizer.eos_token_id])
     batch = torch.tensor([ids])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
@@ -63,7 +64,8 @@ def single_token_words(tokenizer, count: int) -> list[str]:
     for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
         text = tokenizer.convert_tokens_to_string([token])
         word = text.strip()
-        if text.startswith(" ") and word.isalpha() and len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1:
+        if (text.startswith(" ") and word.isalpha()
+                and len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1):
             words.append(word)
         if len(words) == count:
             break

@@ -25,7 +25,8 @@ def tiny_config(output_dir, dataset_path, tokenizer_path, **overrides):
     """A PretrainConfig of the tiny conftest model size that trains in well under a second per step."""
     from llm_recipes.training import PretrainConfig
 
-    kwargs = dict(output_dir=str(output_dir), dataset_path=str(dataset_path), tokenizer_path=str(tokenizer_path) if tokenizer_path else None,
+    kwargs = dict(output_dir=str(output_dir), dataset_path=str(dataset_path),
+                  tokenizer_path=str(tokenizer_path) if tokenizer_path else None,
                   model_preset="test", seq_len=64, per_device_train_batch_size=4, max_steps=8, warmup_steps=2,
                   learning_rate=3e-3, logging_steps=1, eval_steps=0, eval_max_batches=2, save_steps=0,
                   report_to=["none"], sample_prompts=["The"], sample_max_new_tokens=4, data_mode="shards",
@@ -43,7 +44,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_and_record(output_dir: str, clean_dir: str, tokenizer_dir: str, data_mode: str, batch: int, steps: int) -> None:
+def train_and_record(output_dir: str, clean_dir: str, tokenizer_dir: str, data_mode: str, batch: int,
+                     steps: int) -> None:
     """Trains and writes `record_<rank>.json`: the rows this process saw per step, losses, eval metrics."""
     import json
     import os

@@ -75,8 +75,8 @@ class GenerationTesterMixin:
         # assisted decoding splits the assistant's batched outputs per token (`_split_model_outputs`): it needs
         # hidden states and attentions as tuples of tensors, as transformers' own models return them
         for model, input_ids, attention_mask in self._generative_setups():
-            flags = {"output_hidden_states": True, "output_attentions": True, "output_scores": True, "output_logits": True,
-                     "return_dict_in_generate": True}
+            flags = {"output_hidden_states": True, "output_attentions": True, "output_scores": True,
+                     "output_logits": True, "return_dict_in_generate": True}
             for row in range(input_ids.shape[0]):  # assisted generation takes batch size 1
                 ids, mask = input_ids[row : row + 1], attention_mask[row : row + 1]
                 greedy = self._generate(model, ids, mask, **flags)

@@ -36,7 +36,8 @@ def test_shakespeare_benchmark_records_a_run(tmp_path):
     assert record["seed"] == 7 and record["max_grad_norm"] == 0.5 and record["schedule"] == "linear"
     # a real evaluation: bits per byte of an almost untrained model, near the uniform log2(320) / bytes per token
     assert 1.0 < record["val_bits_per_byte"] < 8.0 and 1.0 < record["val_bits_per_byte_sliding"] < 8.0
-    metrics = [json.loads(line) for line in (tmp_path / "work" / "run-v320" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line)
+               for line in (tmp_path / "work" / "run-v320" / "metrics.jsonl").read_text().splitlines()]
     assert [m["lr"] for m in metrics if "lr" in m]  # the loop logged its steps there
 
 
@@ -81,7 +82,8 @@ def test_contention_benchmark_records_rows(tmp_path):
     import sys
 
     done = subprocess.run([sys.executable, str(BENCHMARKS / "contention.py"), "--steps", "1", "--hogs",
-                           "0", "--threads", "auto", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "0", "--threads", "auto", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["hogs"], r["threads"]) for r in rows] == [(0, "auto"), (0, "1")]

@@ -114,7 +114,8 @@ def test_module_entry_point_reports_config_errors_in_one_line(tmp_path, module, 
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        f"llm-recipes {stage}: error: config file {str(tmp_path / 'missing.yaml')!r} does not exist (expected a YAML recipe file)"]
+        f"llm-recipes {stage}: error: config file {str(tmp_path / 'missing.yaml')!r} does not exist "
+        "(expected a YAML recipe file)"]
 
 
 def test_secrets_are_masked_in_run_info():

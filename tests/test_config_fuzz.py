@@ -38,9 +38,10 @@ def _stage_classes():
 
 STAGES = _stage_classes()
 # keys every stage needs to parse at all, with a valid value (the fuzzed key replaces it)
-REQUIRED = {"export": {"model_path": "m"}, "push": {"model_path": "m", "repo_id": "me/m"}, "feedback": {"feedback_path": "f"},
-            "run": {"recipe_dir": "r"}, "serve": {"model_path": "m"}, "pretrain": {"output_dir": "o"},
-            "sft": {"output_dir": "o"}, "dpo": {"output_dir": "o"}, "kto": {"output_dir": "o"}}
+REQUIRED = {"export": {"model_path": "m"}, "push": {"model_path": "m", "repo_id": "me/m"},
+            "feedback": {"feedback_path": "f"}, "run": {"recipe_dir": "r"}, "serve": {"model_path": "m"},
+            "pretrain": {"output_dir": "o"}, "sft": {"output_dir": "o"}, "dpo": {"output_dir": "o"},
+            "kto": {"output_dir": "o"}}
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
                     st.sampled_from(["latest", "-5", "3e-4", "true", "[1, 2]", "{a: 1}", "none", "nan"]))

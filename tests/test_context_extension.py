@@ -34,7 +34,8 @@ def short_model(tmp_path_factory, tiny_tokenizer_dir):
     return root, clean
 
 
-def test_extended_context_beats_the_unextended_model_on_long_sequences(short_model, tiny_tokenizer_dir, tiny_tokenizer):
+def test_extended_context_beats_the_unextended_model_on_long_sequences(short_model, tiny_tokenizer_dir,
+                                                                       tiny_tokenizer):
     from conftest import tiny_corpus
 
     from llm_recipes.training.loop import pretrain

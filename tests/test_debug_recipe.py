@@ -105,7 +105,8 @@ def test_model_card_the_hub_renders(debug_run, tmp_path):
         assert "llm-recipes" in data.tags and "llm_recipes" not in data.tags
         body = card.text
         assert "## Training data" in body and "python-docs" in body and "documents kept" in body
-        assert "`llm-recipes pretrain`: 20 steps, 10,240 tokens" in body and "wall time" in body and "CPU cores" in body
+        assert ("`llm-recipes pretrain`: 20 steps, 10,240 tokens" in body and "wall time" in body
+                and "CPU cores" in body)
         assert "## Evaluation" in body and "(8 items)" in body and "**dpo** (this model)" in body, kind
         snippet = int(body.split("max_new_tokens=")[1].split(")")[0])
         assert snippet <= context // 2
@@ -154,9 +155,9 @@ def test_training_stage_under_accelerate_launch(debug_run, tmp_path, stage):
     out_dir = tmp_path / stage
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "LLM_RECIPES_RUN_DIR": str(run_dir)}
-    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_config.yaml",
-                          "-m", f"llm_recipes.{stage}", "--config", f"recipes/debug/{stage}.yaml",
-                          "--output_dir", str(out_dir), "--max_steps", "2"],
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
+                          "--config_file", "accelerate_config.yaml", "-m", f"llm_recipes.{stage}",
+                          "--config", f"recipes/debug/{stage}.yaml", "--output_dir", str(out_dir), "--max_steps", "2"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (out_dir / "stage_complete.json").is_file() and (out_dir / "final" / "model.safetensors").is_file()

@@ -77,7 +77,8 @@ def test_model_answers_replace_rejected_and_undesirable_completions(tiny_model_d
 
     from llm_recipes.finetuning.training import model_answers_as_negatives
 
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompts = [[{"role": "user", "content": f"What is {i} plus {i}?"}] for i in range(4)]
     own = _greedy_answers(tiny_model_dir, prompts, 6)
     rows = [{"prompt": p, "chosen": [{"role": "assistant", "content": f"It is {2 * i}."}],
@@ -129,8 +130,9 @@ def test_unknown_negatives_source_is_a_clear_error(tiny_model_dir, tmp_path, cap
     from llm_recipes import sft
 
     # the list of stages comes from the methods table (issue 19 added orpo to it)
-    with pytest.raises(ConfigError, match=r"preference_negatives: model is for the preference stages \(dpo, kto, orpo\), "
-                                          "not 'sft'"):
+    with pytest.raises(ConfigError,
+                       match=r"preference_negatives: model is for the preference stages \(dpo, kto, orpo\), "
+                             "not 'sft'"):
         sft.main(stage_argv(tiny_model_dir, tmp_path / "s", dataset_name="x.jsonl", preference_negatives="model"))
     with pytest.raises(SystemExit):
         dpo.main(stage_argv(tiny_model_dir, tmp_path / "o", dataset_name="x.jsonl", preference_negatives="mine"))

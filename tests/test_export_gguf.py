@@ -206,7 +206,8 @@ def test_scaled_rope_is_written_the_way_llama_cpp_reads_it(tmp_path, tiny_tokeni
         # Llama 3's rule as divisors of the plain frequencies: rising from ~1 (fast) to the factor (slowest)
         factors = np.asarray(tensors["rope_freqs.weight"].data)
         assert factors.shape == (model.config.head_dim // 2,) and np.all(np.diff(factors) >= 0)
-        assert 1.0 <= factors[0] < factors[-1] == pytest.approx(rope["factor"]) and "llama.rope.scaling.type" not in keys
+        assert (1.0 <= factors[0] < factors[-1] == pytest.approx(rope["factor"])
+                and "llama.rope.scaling.type" not in keys)
     else:
         assert _field(reader, "llama.rope.scaling.type") == rope["rope_type"]
         assert _field(reader, "llama.rope.scaling.factor") == rope["factor"]

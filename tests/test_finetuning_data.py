@@ -43,7 +43,8 @@ def test_rasbt_alpaca_files_convert_for_each_stage():
     assert fmt == "messages" and len(sft) == 1100
     first = sft[0]["messages"]
     assert [m["role"] for m in first] == ["system", "user", "assistant"]
-    assert first[1]["content"].startswith("Evaluate the following phrase") and "freind --> friend" in first[1]["content"]
+    assert (first[1]["content"].startswith("Evaluate the following phrase")
+            and "freind --> friend" in first[1]["content"])
 
     prefs = load_raw_dataset(str(shared_file("rasbt/ch07/instruction-data-with-preference.json")))["train"]
     dpo, fmt = convert_for_stage(prefs, "dpo")

@@ -63,6 +63,7 @@ def test_perplexity_module_matches_the_scorer(tiny_model_dir):
     model, tokenizer, _ = load_model_and_tokenizer(tiny_model_dir, device="cpu")
     direct = perplexity_summary(LMScorer(model, tokenizer, progress=False).score_texts(texts))
     assert result["perplexity"] == pytest.approx(direct["perplexity"], rel=1e-5)
-    assert result["bits_per_byte"] == pytest.approx(direct["loss"] * direct["tokens"] / (math.log(2) * direct["bytes"]))
+    assert result["bits_per_byte"] == pytest.approx(
+        direct["loss"] * direct["tokens"] / (math.log(2) * direct["bytes"]))
     # a random model is close to uniform: perplexity near the vocabulary size
     assert 0.5 * model.config.vocab_size < result["perplexity"] < 2 * model.config.vocab_size

@@ -202,8 +202,10 @@ def test_peft_lora_all_linear():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(hidden_size=100, num_attention_heads=3), r"hidden_size \(100\) must be divisible by num_attention_heads \(3\)"),
-        (dict(num_attention_heads=4, num_key_value_heads=3), r"num_key_value_heads \(3\) must divide num_attention_heads \(4\)"),
+        (dict(hidden_size=100, num_attention_heads=3),
+         r"hidden_size \(100\) must be divisible by num_attention_heads \(3\)"),
+        (dict(num_attention_heads=4, num_key_value_heads=3),
+         r"num_key_value_heads \(3\) must divide num_attention_heads \(4\)"),
         (dict(num_hidden_layers=0), r"num_hidden_layers must be a positive integer"),
         (dict(hidden_dropout=1.0), r"hidden_dropout must be in \[0, 1\), got 1.0"),
     ],
@@ -227,7 +229,8 @@ def test_presets_and_flops():
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
         config_from_preset("huge")
     # PretrainedConfig would keep a misspelt key as a harmless attribute: a recipe's typo must not pass
-    with pytest.raises(ValueError, match=r"unknown model setting\(s\) 'hiden_dropout'; expected any of: .*hidden_dropout"):
+    with pytest.raises(ValueError,
+                       match=r"unknown model setting\(s\) 'hiden_dropout'; expected any of: .*hidden_dropout"):
         config_from_preset("nano", hiden_dropout=0.1)
 
 

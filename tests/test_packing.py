@@ -172,7 +172,8 @@ def test_two_ranks_see_disjoint_documents(tiny_tokenizer, tmp_path, streaming):
         data = datasets.Dataset.from_dict({"text": texts})
     # (no shuffle buffer on the parquet stream: datasets 5.2 sleeps 5 s at the end of a shuffled multi-file stream)
     buffer = 0 if streaming else 16
-    seen = [doc_numbers(PackedStreamDataset(data, tiny_tokenizer, 32, shuffle_buffer=buffer, seed=3, rank=r, world_size=2),
+    seen = [doc_numbers(PackedStreamDataset(data, tiny_tokenizer, 32, shuffle_buffer=buffer, seed=3, rank=r,
+                                            world_size=2),
                         tiny_tokenizer) for r in range(2)]
     assert len(seen[0]) > 50 and len(seen[1]) > 50
     assert not set(seen[0]) & set(seen[1])
@@ -202,7 +203,8 @@ def test_stream_resumes_where_it_stopped(tiny_tokenizer, shuffle_buffer):
         else:
             # datasets does not save its shuffle buffer: on resume it refills it, so a few documents may
             # repeat or be skipped (at most about one buffer); our own layer adds no loss (see the case above)
-            numbers = [doc_numbers([{"input_ids": torch.tensor(r)} for r in part], tiny_tokenizer) for part in (head, rest)]
+            numbers = [doc_numbers([{"input_ids": torch.tensor(r)} for r in part], tiny_tokenizer)
+                       for part in (head, rest)]
             assert rest and len(set(numbers[0]) & set(numbers[1])) <= 4
             assert len(set(numbers[0]) | set(numbers[1])) >= 60 - 16 - 2
 
@@ -262,7 +264,8 @@ def test_bad_inputs_get_clear_errors(tiny_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="empty"):
         PackedStreamDataset(datasets.Dataset.from_dict({"text": []}), tiny_tokenizer, 16)
     with pytest.raises(ValueError, match="no non-empty text"):
-        pretokenize(datasets.Dataset.from_dict({"text": ["", ""]}), tiny_tokenizer, tmp_path / "e", show_progress=False)
+        pretokenize(datasets.Dataset.from_dict({"text": ["", ""]}), tiny_tokenizer, tmp_path / "e",
+                    show_progress=False)
     with pytest.raises(FileNotFoundError, match="not a finished pretokenize folder"):
         TokenShardDataset(tmp_path, 16)
     with pytest.raises(ValueError, match="rank must be"):
@@ -278,7 +281,8 @@ def test_packed_documents_do_not_see_each_other(tiny_tokenizer):
 
     torch.manual_seed(0)
     model = RecipeGPTForCausalLM(make_tiny_config(len(tiny_tokenizer))).eval()
-    enc = [tiny_tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("first document here", "then another one")]
+    enc = [tiny_tokenizer(t, add_special_tokens=False)["input_ids"]
+           for t in ("first document here", "then another one")]
     n0, n1 = len(enc[0]) + 2, len(enc[1]) + 2
     row = next(pack_documents(enc + [[5] * 40], n0 + n1 + 4, tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id))
     ids, pos = torch.from_numpy(row["input_ids"])[None], torch.from_numpy(row["position_ids"])[None]

@@ -55,7 +55,8 @@ def test_resume_equals_uninterrupted(tmp_path, clean_dir, tokens_dir, tiny_token
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7)
     # metrics.jsonl of the resumed run tells one consistent trajectory
-    logged = [r["loss"] for r in map(json.loads, (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    logged = [r["loss"] for r in map(json.loads, (tmp_path / "b" / "metrics.jsonl").read_text().splitlines())
+              if "loss" in r]
     assert logged == pytest.approx(straight.losses, rel=1e-6)
 
 
@@ -136,7 +137,8 @@ def test_compiled_training_matches_eager_and_saves_a_plain_model(tmp_path, clean
     common = dict(max_steps=4, tokenized_path=str(tokens_dir), sample_prompts=[])
     eager = pretrain(tiny_config(tmp_path / "eager", clean_dir, tiny_tokenizer_dir, **common))
     counters.clear()
-    compiled = pretrain(tiny_config(tmp_path / "compiled", clean_dir, tiny_tokenizer_dir, torch_compile=True, **common))
+    compiled = pretrain(tiny_config(tmp_path / "compiled", clean_dir, tiny_tokenizer_dir, torch_compile=True,
+                                    **common))
     assert counters["stats"]["unique_graphs"] > 0  # dynamo really captured the model
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
     assert compiled.eval_metrics["val_loss"] == pytest.approx(eager.eval_metrics["val_loss"], rel=1e-4)

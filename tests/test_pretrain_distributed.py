@@ -59,12 +59,13 @@ def _accelerate_launch(config: str, out: Path, clean_dir, tokenizer_dir, use_cpu
     from pretrain_helpers import free_port
 
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
-    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", **({"ACCELERATE_USE_CPU": "1"} if use_cpu else {}))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / config), "--num_processes", "2",
-           "--main_process_port", str(free_port()), "-m", "llm_recipes.pretrain", "--output_dir", str(out),
-           "--dataset_path", str(clean_dir), "--tokenizer_path", str(tokenizer_dir), "--model_preset", "test",
-           "--seq_len", "32", "--per_device_train_batch_size", "2", "--max_steps", "2", "--save_steps", "2",
-           "--eval_steps", "0", "--report_to", "none"]
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
+               **({"ACCELERATE_USE_CPU": "1"} if use_cpu else {}))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / config),
+           "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "llm_recipes.pretrain",
+           "--output_dir", str(out), "--dataset_path", str(clean_dir), "--tokenizer_path", str(tokenizer_dir),
+           "--model_preset", "test", "--seq_len", "32", "--per_device_train_batch_size", "2", "--max_steps", "2",
+           "--save_steps", "2", "--eval_steps", "0", "--report_to", "none"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 
 

@@ -39,7 +39,8 @@ def test_nan_loss_skips_the_update_and_is_logged(tmp_path, clean_dir, tiny_token
         return output
 
     model.lm_head.register_forward_hook(poison)
-    result = pretrain(tiny_config(tmp_path, clean_dir, tiny_tokenizer_dir, max_steps=5, sample_prompts=[]), model=model)
+    result = pretrain(tiny_config(tmp_path, clean_dir, tiny_tokenizer_dir, max_steps=5, sample_prompts=[]),
+                      model=model)
     assert result.skipped_steps == 1
     assert not torch.isfinite(torch.tensor(result.losses[2])) and all(map(lambda x: x == x, result.losses[3:]))
     skipped = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "skipped" in r]
@@ -141,7 +142,8 @@ def test_killed_process_loses_at_most_the_steps_since_the_last_checkpoint(tmp_pa
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not any(p.name >= "step-00000006" for p in list_checkpoints(out / "checkpoints")):
+        while time.time() < deadline and not any(p.name >= "step-00000006"
+                                                 for p in list_checkpoints(out / "checkpoints")):
             time.sleep(0.2)
         time.sleep(0.5)  # let it run on past the checkpoint
     finally:

@@ -24,7 +24,8 @@ def test_recipe_parses(path, monkeypatch):
     from llm_recipes.finetuning.training import device_defaults
 
     defaults = device_defaults() if stages.stage(path.stem).kind == stages.FINETUNING else None
-    configs = parse_config(stage_config_classes(path.stem), ["--config", str(path)], stage=path.stem, defaults=defaults)
+    configs = parse_config(stage_config_classes(path.stem), ["--config", str(path)], stage=path.stem,
+                           defaults=defaults)
     output_dir = getattr(configs[-1], "output_dir", None) or getattr(configs[0], "output_dir", None)
     if output_dir is not None:
         assert str(output_dir).startswith("/tmp/llm_recipes_recipe_check"), "recipes write under ${run_dir}"

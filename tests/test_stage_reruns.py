@@ -31,7 +31,8 @@ def _untouched(folder: Path, *artifacts: str) -> bool:
 
 
 def _gather_output(folder: Path) -> Path:
-    rows = [{"text": f"Document number {i} with a few words of text.", "id": str(i), "source": "web"} for i in range(5)]
+    rows = [{"text": f"Document number {i} with a few words of text.", "id": str(i), "source": "web"}
+            for i in range(5)]
     write_parquet_atomic(folder / "data" / "000-web-00000.parquet", rows)
     return folder
 

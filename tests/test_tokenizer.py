@@ -112,7 +112,8 @@ def test_chat_template_renders_multi_turn(tiny_tokenizer):
 
 
 def test_chat_template_marks_exactly_the_assistant_spans(tiny_tokenizer):
-    out = tiny_tokenizer.apply_chat_template(MESSAGES, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = tiny_tokenizer.apply_chat_template(MESSAGES, tokenize=True, return_dict=True,
+                                             return_assistant_tokens_mask=True)
     ids, mask = out["input_ids"], out["assistant_masks"]
     assert len(ids) == len(mask)
     spans, start = [], None

@@ -14,7 +14,8 @@ from conftest import REPO_ROOT, SHARED_DATA, tiny_corpus
 from llm_recipes.train_tokenizer import TrainTokenizerConfig, main
 
 
-def write_clean_folder(folder: Path, texts: list[str], validation: list[str] | None = None, column: str = "text") -> Path:
+def write_clean_folder(folder: Path, texts: list[str], validation: list[str] | None = None,
+                       column: str = "text") -> Path:
     """A folder shaped like the clean stage's output."""
     for split, rows in (("train", texts), ("validation", validation if validation is not None else texts[:5])):
         (folder / split).mkdir(parents=True, exist_ok=True)
@@ -50,7 +51,8 @@ def test_stage_writes_a_loadable_tokenizer_and_report(stage_output):
     tok = AutoTokenizer.from_pretrained(stage_output)
     assert len(tok) == 640  # 600 rounded up to a multiple of 64
     assert tok.model_max_length == 128
-    assert json.loads((stage_output / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    tokenizer_config = json.loads((stage_output / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
     report = json.loads((stage_output / "tokenizer_report.json").read_text())
     val = report["validation"]
     assert val["documents"] == 10 and val["round_trip_exact"] == "10/10"
@@ -141,7 +143,8 @@ def test_max_train_chars_caps_the_sample(clean_dir, tmp_path):
 
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "recipes").glob("*/train_tokenizer.yaml")), ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "recipes").glob("*/train_tokenizer.yaml")),
+                         ids=lambda p: p.parent.name)
 def test_recipes_parse(recipe, monkeypatch):
     from llm_recipes.config import parse_config
 
@@ -160,7 +163,8 @@ def test_text_stream_samples_across_files_deterministically(tmp_path):
     from llm_recipes.tokenizer.bpe import text_stream
 
     for k in range(3):
-        pq.write_table(pa.table({"text": [f"file{k} doc{i} " + "x" * 100 for i in range(200)]}), tmp_path / f"p{k}.parquet")
+        pq.write_table(pa.table({"text": [f"file{k} doc{i} " + "x" * 100 for i in range(200)]}),
+                       tmp_path / f"p{k}.parquet")
     files = sorted(str(p) for p in tmp_path.glob("*.parquet"))
     texts, rows = text_stream(files, max_chars=20_000, seed=1)
     sample = list(texts)
@@ -189,8 +193,10 @@ def test_definition_folder_is_found_in_a_non_editable_install(tmp_path, monkeypa
     assert tokenization.resolve_definition_dir(None) == share / "tokenizer"
     assert tokenization.resolve_definition_dir("tokenizer") == share / "tokenizer"
     specials, template = tokenization.load_definition("tokenizer")
-    assert specials["eos_token"] and template == (REPO_ROOT / "tokenizer" / "chat_template.jinja").read_text(encoding="utf-8")
-    with pytest.raises(FileNotFoundError, match=r"'my_tokenizer' must contain special_tokens.yaml .*looked in: my_tokenizer"):
+    assert specials["eos_token"] and template == (REPO_ROOT / "tokenizer" / "chat_template.jinja").read_text(
+        encoding="utf-8")
+    with pytest.raises(FileNotFoundError,
+                       match=r"'my_tokenizer' must contain special_tokens.yaml .*looked in: my_tokenizer"):
         tokenization.resolve_definition_dir("my_tokenizer")
 
     # build from a copy of the sources: setuptools writes build/ and egg-info into the tree it builds

@@ -2,10 +2,11 @@
 
 The source distribution of the installed transformers release carries `tests/test_modeling_common.py`
 (`ModelTesterMixin`); nothing of it is copied into this repository. (Its `test_configuration_common.py`
-imports `tests/utils/`, which the distribution lacks, so `ConfigTester` is not used.) It lacks two files that `test_modeling_common.py` imports: `tests/generation/test_utils.py`
-(`GenerationTesterMixin`) and `tests/exporters/test_export.py` (`ExportTesterMixin`). In their place the
-extracted package gets modules that import our own tests of the same behaviours (`recipe_gpt_mixins.py`),
-so nothing of transformers' suite is faked: the generation and export checks that run are ours and say so.
+imports `tests/utils/`, which the distribution lacks, so `ConfigTester` is not used.) It lacks two files that
+`test_modeling_common.py` imports: `tests/generation/test_utils.py` (`GenerationTesterMixin`) and
+`tests/exporters/test_export.py` (`ExportTesterMixin`). In their place the extracted package gets modules that
+import our own tests of the same behaviours (`recipe_gpt_mixins.py`), so nothing of transformers' suite is faked:
+the generation and export checks that run are ours and say so.
 
 `load()` returns the extracted package name (importable), or None with the reason when the registry cannot be
 reached and nothing is cached; the caller skips then.
@@ -67,7 +68,8 @@ def _extract(sdist: Path, package_dir: Path) -> None:
         path = tmp / relative
         path.parent.mkdir(exist_ok=True)
         (path.parent / "__init__.py").write_text("")
-        path.write_text(f"# not in transformers' source distribution: llm_recipes' own tests of the same behaviours\n{text}")
+        path.write_text("# not in transformers' source distribution: llm_recipes' own tests of the same behaviours\n"
+                        f"{text}")
     os.replace(tmp, package_dir)
 
 

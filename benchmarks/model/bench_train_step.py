@@ -21,8 +21,9 @@ import llm_recipes  # noqa: F401
 from llm_recipes.model import RecipeGPTConfig, RecipeGPTForCausalLM, config_from_preset
 
 SIZES = {
-    "nano": dict(config=lambda: RecipeGPTConfig(vocab_size=65, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                                                num_attention_heads=4, max_position_embeddings=64),
+    "nano": dict(config=lambda: RecipeGPTConfig(vocab_size=65, hidden_size=128, intermediate_size=384,
+                                                num_hidden_layers=4, num_attention_heads=4,
+                                                max_position_embeddings=64),
                  seq_len=64, batch=12, steps=30, warmup=5),
     "124m": dict(config=lambda: config_from_preset("gpt2-small"), seq_len=1024, batch=1, steps=4, warmup=1),
 }

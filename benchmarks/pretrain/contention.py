@@ -1,5 +1,6 @@
 """Training tokens/s of the quickstart-size model with 0, 1 and 2 busy processes beside it, for the automatic
-thread choice (llm_recipes/runtime/threads.py) against fixed 2 and 1 threads: does a shared machine keep its fair share?
+thread choice (llm_recipes/runtime/threads.py) against fixed 2 and 1 threads: does a shared machine keep its fair
+share?
 
     python benchmarks/pretrain/contention.py --steps 40 --out benchmarks/pretrain/contention.jsonl
 

@@ -2,7 +2,8 @@
 
     python benchmarks/pretrain/gpu_mfu.py                       # one GPU
     python benchmarks/pretrain/gpu_mfu.py --batch 16 32 --no-compile
-    python benchmarks/pretrain/gpu_mfu.py --cpu --preset test --seq_len 64 --batch 2 --steps 6 --skip 2   # the code path, no GPU (tests)
+    # the code path, no GPU (tests):
+    python benchmarks/pretrain/gpu_mfu.py --cpu --preset test --seq_len 64 --batch 2 --steps 6 --skip 2
 
 Runs the real loop (`llm_recipes.training.loop.pretrain`) on Tiny Shakespeare with an 8K byte-level BPE
 of ours; the model's vocabulary is GPT-2's padded size, 50304, so the output layer costs what GPT-2
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "benchmark": "gpu-mfu-124M" if args.preset == "gpt2-small" else f"gpu-mfu-{args.preset}",
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "gpu": torch.cuda.get_device_name() if cuda else "cpu", "mfu_median": mfus[len(mfus) // 2] if mfus else None,
+            "gpu": torch.cuda.get_device_name() if cuda else "cpu",
+            "mfu_median": mfus[len(mfus) // 2] if mfus else None,
             "tokens_per_sec_median": tps[len(tps) // 2] if tps else None, "batch": batch, "seq_len": args.seq_len,
             "compile": args.compile, "steps": args.steps, "wall_s": round(time.time() - started, 1),
             "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,

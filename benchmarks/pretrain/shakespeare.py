@@ -59,7 +59,8 @@ def sliding_window_bits_per_byte(model_dir: Path, clean: Path, seq_len: int, str
     from llm_recipes.evaluation.scoring import LMScorer, perplexity_summary
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    scorer = LMScorer(model, AutoTokenizer.from_pretrained(model_dir), batch_size=64, max_length=seq_len, progress=False)
+    scorer = LMScorer(model, AutoTokenizer.from_pretrained(model_dir), batch_size=64, max_length=seq_len,
+                      progress=False)
     texts = pq.read_table(clean / "validation").column("text").to_pylist()
     return {**perplexity_summary(scorer.score_texts(texts, stride=stride)), "stride": stride}
 
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beta2", type=float, default=0.99)
     parser.add_argument("--optim", default="adamw", help="adamw or muon (see PretrainConfig.optim)")
     parser.add_argument("--eval_steps", type=int, default=0,
-                        help="also evaluate every this many steps (inside the budget; shows where validation bottoms out)")
+                        help="also evaluate every this many steps "
+                             "(inside the budget; shows where validation bottoms out)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (on CPUs with AMX/AVX512-BF16 matmuls)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
     if not args.input.is_file():
-        print(f"shakespeare benchmark: {args.input} not found (expected ../shared/data/karpathy/tinyshakespeare/input.txt)",
+        print(f"shakespeare benchmark: {args.input} not found "
+              "(expected ../shared/data/karpathy/tinyshakespeare/input.txt)",
               file=sys.stderr)
         return 2
 
@@ -125,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                          "num_key_value_heads": 4, "intermediate_size": 384, **args.model},
         seq_len=args.seq_len, per_device_train_batch_size=args.batch, max_steps=args.max_steps or 1_000_000,
         max_train_seconds=None if args.max_steps else args.budget,
-        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, lr_scheduler_type=args.schedule, decay_ratio=args.decay_ratio,
-        min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, adam_beta2=args.beta2, max_grad_norm=args.max_grad_norm, optim=args.optim,
+        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, lr_scheduler_type=args.schedule,
+        decay_ratio=args.decay_ratio, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
+        adam_beta2=args.beta2, max_grad_norm=args.max_grad_norm, optim=args.optim,
         eval_steps=args.eval_steps, eval_max_batches=-1, per_device_eval_batch_size=64, save_steps=0, logging_steps=50,
         sample_prompts=["ROMEO:"], sample_max_new_tokens=48, report_to=["none"], document_masking=False,
         outlier_zscore=0.0, seed=args.seed, torch_compile=args.compile, bf16=args.bf16)
@@ -147,10 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_sec_median": round(steady[len(steady) // 2], 1),
         # the mean over the whole budget shows stalls that the median of logging windows hides
         "tokens_per_sec_mean": round(result.tokens / max(logs[-1]["elapsed"], 1e-9), 1) if logs else None,
-        "steps": result.step, "train_tokens": result.tokens, "budget_s": None if args.max_steps else args.budget, "wall_s": round(wall, 1),
-        "vocab": args.vocab, "batch": args.batch, "seq_len": args.seq_len, "model": args.model, "learning_rate": args.learning_rate,
-        "warmup_steps": args.warmup_steps, "schedule": args.schedule, "decay_ratio": args.decay_ratio, "min_lr_ratio": args.min_lr_ratio,
-        "weight_decay": args.weight_decay, "beta2": args.beta2, "max_grad_norm": args.max_grad_norm, "optim": args.optim, "seed": args.seed, "bf16": args.bf16, "compile": args.compile, "threads": torch.get_num_threads(),
+        "steps": result.step, "train_tokens": result.tokens, "budget_s": None if args.max_steps else args.budget,
+        "wall_s": round(wall, 1), "vocab": args.vocab, "batch": args.batch, "seq_len": args.seq_len,
+        "model": args.model, "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps,
+        "schedule": args.schedule, "decay_ratio": args.decay_ratio, "min_lr_ratio": args.min_lr_ratio,
+        "weight_decay": args.weight_decay, "beta2": args.beta2, "max_grad_norm": args.max_grad_norm,
+        "optim": args.optim, "seed": args.seed, "bf16": args.bf16, "compile": args.compile,
+        "threads": torch.get_num_threads(),
         "load_avg_start": [round(x, 2) for x in load_start], "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         "machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
         "sample": samples[-1]["prompt"] + samples[-1]["completion"], "note": args.note,
@@ -158,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.results, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps(record, indent=2))
-    print(f"\nval bits/byte {record['val_bits_per_byte']} (sliding window: {record['val_bits_per_byte_sliding']}) after {record['budget_s'] or wall:.0f}s "
+    print(f"\nval bits/byte {record['val_bits_per_byte']} (sliding window: {record['val_bits_per_byte_sliding']}) "
+          f"after {record['budget_s'] or wall:.0f}s "
           f"({result.step} steps, {record['tokens_per_sec_median']:,.0f} tokens/s); appended to {args.results}")
     return 0
 

@@ -34,7 +34,8 @@ def plain_bpe(files: list[str], vocab_size: int, max_document_chars: int) -> flo
     from llm_recipes.tokenizer.bpe import SPLIT_PATTERN, load_definition, round_vocab_size, special_token_list
 
     started = time.perf_counter()
-    texts = [t[:max_document_chars] for f in files for t in pq.read_table(f, columns=["text"]).column("text").to_pylist() if t]
+    texts = [t[:max_document_chars] for f in files
+             for t in pq.read_table(f, columns=["text"]).column("text").to_pylist() if t]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
@@ -74,7 +75,8 @@ def one_run(kind: str, corpus: str, vocab_size: int, max_document_chars: int) ->
             "t0 = os.times(); wall = b." + kind + "(" + ("files" if kind != "ours_stage" else repr(corpus))
             + f", {vocab_size}, {max_document_chars}); t1 = os.times();"
             "print(wall, (t1.user - t0.user) + (t1.system - t0.system))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                         check=True)
     wall, cpu = out.stdout.strip().splitlines()[-1].split()
     return float(wall), float(cpu)
 

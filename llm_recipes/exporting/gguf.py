@@ -215,7 +215,8 @@ def export_to_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
             count += 1
         if rope["rope_type"] == "llama3":
             # llama.cpp applies Llama 3's per-frequency scaling as divisors of the plain frequencies
-            writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope_frequency_factors(config))
+            writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                              rope_frequency_factors(config))
             count += 1
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

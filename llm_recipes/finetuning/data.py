@@ -251,7 +251,8 @@ def _check_conversation(conv, where: str, need_assistant: bool) -> None:
         raise DatasetFormatError(f"{where}: expected a non-empty list of messages, got {type(conv).__name__}")
     for i, message in enumerate(conv):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise DatasetFormatError(f"{where}: message {i} must be a mapping with 'role' and 'content', got {message!r}")
+            raise DatasetFormatError(
+                f"{where}: message {i} must be a mapping with 'role' and 'content', got {message!r}")
         if message["role"] not in ROLES:
             raise DatasetFormatError(f"{where}: message {i} has role {message['role']!r}; expected one of {ROLES}")
         if not isinstance(message["content"], str):

@@ -53,13 +53,15 @@ class FinetuneArguments:
         default=None, metadata={"help": "Explicit data files (json/jsonl/parquet/csv) instead of dataset_name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_test_split: str | None = field(
-        default=None, metadata={"help": "Split used as held-out data; default: 'test' or 'validation' when the dataset "
-                                        "has one, else a deterministic heldout_fraction of the training rows."})
+        default=None,
+        metadata={"help": "Split used as held-out data; default: 'test' or 'validation' when the dataset "
+                          "has one, else a deterministic heldout_fraction of the training rows."})
     corpus_path: str | None = field(
         default=None, metadata={"help": "For the built-in python-docs datasets: the clean stage's output folder "
                                         "(columns text, title), e.g. ${run_dir}/clean."})
     heldout_fraction: float = field(
-        default=0.1, metadata={"help": "Share of rows (built-in data: of documents) held out for measuring the result."})
+        default=0.1,
+        metadata={"help": "Share of rows (built-in data: of documents) held out for measuring the result."})
     max_heldout_samples: int | None = field(
         default=200, metadata={"help": "Cap on held-out rows that are scored (scoring costs a forward pass each)."})
     max_train_samples: int | None = field(
@@ -73,11 +75,12 @@ class FinetuneArguments:
     max_documents: int | None = field(
         default=None, metadata={"help": "Built-in data: use at most this many documents (a seeded sample)."})
     preference_negatives: str = field(
-        default="random", metadata={"help": "Rejected answers. Built-in preference/KTO data: from any other document "
-                                            "('random') or a sibling in the same module ('sibling', harder). Any "
-                                            "dpo/kto data: 'model' replaces them with the input model's own greedy "
-                                            "answer to the prompt (its wrong answer vs the right one: the feedback loop).",
-                                    "choices": ["random", "sibling", "model"]})
+        default="random",
+        metadata={"help": "Rejected answers. Built-in preference/KTO data: from any other document "
+                          "('random') or a sibling in the same module ('sibling', harder). Any "
+                          "dpo/kto data: 'model' replaces them with the input model's own greedy "
+                          "answer to the prompt (its wrong answer vs the right one: the feedback loop).",
+                  "choices": ["random", "sibling", "model"]})
     negatives_max_new_tokens: int = field(
         default=64, metadata={"help": "preference_negatives: model: longest generated answer, in tokens."})
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
@@ -92,9 +95,10 @@ class FinetuneArguments:
     use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA scaling (alpha / sqrt(r))."})
     use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
     max_train_seconds: float | None = field(
-        default=None, metadata={"help": "Stop training after this many seconds (checked after every step); the model "
-                                        "trained so far is saved and measured as usual. A budget guard for quick runs: "
-                                        "the learning-rate schedule still follows max_steps."})
+        default=None,
+        metadata={"help": "Stop training after this many seconds (checked after every step); the model "
+                          "trained so far is saved and measured as usual. A budget guard for quick runs: "
+                          "the learning-rate schedule still follows max_steps."})
     evaluate_heldout: bool = field(
         default=True, metadata={"help": "Score base and trained model on the held-out data (eval_heldout.json)."})
 
@@ -141,7 +145,8 @@ def prepare_data(m: Method, args: FinetuneArguments, seed: int = 42):
         train = loaded[args.dataset_train_split]
         held_split = args.dataset_test_split
         if held_split is None:
-            held_split = next((s for s in ("test", "validation") if s in loaded and s != args.dataset_train_split), None)
+            held_split = next((s for s in ("test", "validation") if s in loaded and s != args.dataset_train_split),
+                              None)
         elif held_split not in loaded:
             raise DatasetFormatError(f"dataset {name!r} has no split {held_split!r} (splits: {list(loaded)})")
         held = loaded[held_split] if held_split else None
@@ -183,7 +188,8 @@ def model_answers_as_negatives(m: Method, dataset, model, tokenizer, max_new_tok
         return value if isinstance(value, str) else value[-1]["content"]
 
     scorer = LMScorer(model, tokenizer, batch_size=batch_size)
-    answers = scorer.generate([as_prompt(rows[i]["prompt"]) for i in targets], max_new_tokens, desc=f"[{m.name}] own answers")
+    answers = scorer.generate([as_prompt(rows[i]["prompt"]) for i in targets], max_new_tokens,
+                              desc=f"[{m.name}] own answers")
     drop = set()
     for i, answer in zip(targets, answers):
         row = rows[i]
@@ -258,7 +264,8 @@ class HeldoutScorer:
 
 
 def build_trainer(m: Method, model, tokenizer, train_cfg, train, held, peft_config):
-    eval_dataset = held if held is not None and str(train_cfg.eval_strategy) not in ("no", "IntervalStrategy.NO") else None
+    eval_dataset = (held if held is not None and str(train_cfg.eval_strategy) not in ("no", "IntervalStrategy.NO")
+                    else None)
     return m.trainer_class()(model=model, args=train_cfg, train_dataset=train, eval_dataset=eval_dataset,
                              processing_class=tokenizer, peft_config=peft_config)
 
@@ -282,18 +289,21 @@ def run_stage(m: Method, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     model, tokenizer = load_model_and_tokenizer(args, train_cfg.trust_remote_code)
     conversational = _is_conversational(train)
     if conversational and not tokenizer.chat_template and not getattr(train_cfg, "chat_template_path", None):
-        raise ConfigError(f"the training data is conversational but tokenizer {args.tokenizer_name_or_path or args.model_name_or_path!r} "
+        raise ConfigError("the training data is conversational but tokenizer "
+                          f"{args.tokenizer_name_or_path or args.model_name_or_path!r} "
                           "has no chat template; set chat_template_path (sft) or use a tokenizer with one")
     if getattr(train_cfg, "assistant_only_loss", False) and not conversational:  # SFTConfig's option
         raise ConfigError(f"assistant_only_loss: true needs conversational data (messages), but the data is {fmt!r}; "
-                          "set assistant_only_loss: false (prompt/completion data gets completion-only loss by default)")
+                          "set assistant_only_loss: false "
+                          "(prompt/completion data gets completion-only loss by default)")
     resume = resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     if args.preference_negatives == "model":
         # every process generates the same greedy answers, so no broadcast is needed
         model.to(state.device)
         train, dropped = model_answers_as_negatives(m, train, model, tokenizer, args.negatives_max_new_tokens,
                                                     train_cfg.per_device_eval_batch_size)
-        print(f"[{stage}] rejected answers are the model's own ({dropped} training rows dropped: answer already right)")
+        print(f"[{stage}] rejected answers are the model's own "
+              f"({dropped} training rows dropped: answer already right)")
         if held is not None:
             held, _ = model_answers_as_negatives(m, held, model, tokenizer, args.negatives_max_new_tokens,
                                                  train_cfg.per_device_eval_batch_size)
@@ -378,7 +388,8 @@ def tokens_trained(trainer, sample: int = 1000) -> int | None:
         return None
     head = dataset.select(range(min(sample, len(dataset)))).select_columns(columns)
     mean = sum(len(row[c]) for row in head for c in columns) / len(head)
-    rows = trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    rows = (trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
+            * args.world_size)
     return round(rows * mean)
 
 

@@ -26,7 +26,8 @@ class RecipeGPTConfig(PretrainedConfig):
     Args:
         vocab_size (`int`): size of the token vocabulary (the tokenizer's `len()`, rounded up to a multiple of 64).
         hidden_size (`int`): width of the residual stream.
-        intermediate_size (`int`): width of the SwiGLU MLP (about 8/3 of hidden_size keeps FLOPs equal to a 4x GELU MLP).
+        intermediate_size (`int`): width of the SwiGLU MLP (about 8/3 of hidden_size keeps FLOPs equal to a 4x
+            GELU MLP).
         num_hidden_layers (`int`): number of decoder layers.
         num_attention_heads (`int`): query heads; must divide hidden_size.
         num_key_value_heads (`int`, *optional*): key/value heads for grouped-query attention; must divide
@@ -54,7 +55,8 @@ class RecipeGPTConfig(PretrainedConfig):
     """
 
     model_type = "recipe_gpt"
-    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the KV cache (named past_key_values before transformers 5.24)
+    # the KV cache (named past_key_values before transformers 5.24)
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
         self,

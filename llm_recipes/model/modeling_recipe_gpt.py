@@ -397,14 +397,16 @@ class RecipeGPTForCausalLM(RecipeGPTPreTrainedModel, GenerationMixin):
     def num_parameters_for_flops(self) -> int:
         """Parameters that take part in a matmul per token: all but the input embedding lookup
         (the output head counts, whether tied or not)."""
-        non_embedding = sum(p.numel() for n, p in self.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+        non_embedding = sum(p.numel() for n, p in self.named_parameters()
+                            if "embed_tokens" not in n and "lm_head" not in n)
         return non_embedding + self.config.vocab_size * self.config.hidden_size
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6N + 12 * layers * heads * head_dim * seq_len
         (PaLM appendix B; the second term is attention's QK^T and AV, which N does not count)."""
         c = self.config
-        return 6 * self.num_parameters_for_flops() + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len
+        return (6 * self.num_parameters_for_flops()
+                + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len)
 
 
 __all__ = ["RecipeGPTForCausalLM", "RecipeGPTModel", "RecipeGPTPreTrainedModel"]

@@ -41,5 +41,6 @@ def config_from_preset(name: str, **overrides) -> RecipeGPTConfig:
     known = set(inspect.signature(RecipeGPTConfig.__init__).parameters) - {"self", "kwargs"}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown model setting(s) {', '.join(map(repr, unknown))}; expected any of: {', '.join(sorted(known))}")
+        raise ValueError(f"unknown model setting(s) {', '.join(map(repr, unknown))}; "
+                         f"expected any of: {', '.join(sorted(known))}")
     return RecipeGPTConfig(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})

@@ -78,8 +78,8 @@ def sample_generations(model_dir: Path, chat: bool, max_new_tokens: int = 40) ->
         if room <= 0:
             continue
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=min(max_new_tokens, room), do_sample=False, repetition_penalty=1.2,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(ids, max_new_tokens=min(max_new_tokens, room), do_sample=False,
+                                 repetition_penalty=1.2, pad_token_id=tokenizer.pad_token_id)
         samples.append((prompt, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()))
     return samples
 
@@ -108,8 +108,10 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
         seconds = info.get("seconds")
         total += seconds or 0
         details = ", ".join(f"{k}={_fmt(v)}" for k, v in info.items()
-                            if k not in ("seconds", "output_dir", "skipped_last_run") and not isinstance(v, (dict, list)))
-        lines.append(f"| {name} | {_fmt(seconds) if seconds is not None else '-'} | `{info.get('output_dir', '')}` | {details} |")
+                            if k not in ("seconds", "output_dir", "skipped_last_run")
+                            and not isinstance(v, (dict, list)))
+        lines.append(f"| {name} | {_fmt(seconds) if seconds is not None else '-'} | "
+                     f"`{info.get('output_dir', '')}` | {details} |")
     lines += ["", f"Total wall time of the stages run: {total:.0f} s.", ""]
 
     # -- cleaning summary
@@ -118,12 +120,15 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
         lines += ["## Cleaning", "", f"Full report: [`{link(clean_report)}`]({link(clean_report)})", ""]
         clean_json = read_json(folder("clean") / "report.json")
         if isinstance(clean_json, dict):
-            lines += [f"{clean_json.get('input_documents')} documents ({clean_json.get('input_bytes', 0) / 1e6:.1f} MB) in, "
-                      f"{clean_json.get('train_documents')} train + {clean_json.get('validation_documents')} validation "
+            lines += [f"{clean_json.get('input_documents')} documents "
+                      f"({clean_json.get('input_bytes', 0) / 1e6:.1f} MB) in, "
+                      f"{clean_json.get('train_documents')} train + "
+                      f"{clean_json.get('validation_documents')} validation "
                       f"documents ({clean_json.get('output_bytes', 0) / 1e6:.1f} MB) out.", ""]
             steps = clean_json.get("steps") or []
             if steps:
-                lines += ["| step | documents in | documents out | bytes in | bytes out | modified |", "|---|---|---|---|---|---|"]
+                lines += ["| step | documents in | documents out | bytes in | bytes out | modified |",
+                          "|---|---|---|---|---|---|"]
                 lines += [f"| {st.get('step')} | {st.get('docs_in')} | {st.get('docs_out')} | {st.get('bytes_in')} | "
                           f"{st.get('bytes_out')} | {st.get('modified')} |" for st in steps] + [""]
         if (folder("clean") / "report.png").is_file():
@@ -139,7 +144,8 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
         for section in ("tokenizer", "validation", "reference", "vocabulary", "training"):
             block = tok_json.get(section)
             if isinstance(block, dict):
-                lines += [f"| {section} | {k} | {_fmt(v)} |" for k, v in block.items() if not isinstance(v, (dict, list))]
+                lines += [f"| {section} | {k} | {_fmt(v)} |" for k, v in block.items()
+                          if not isinstance(v, (dict, list))]
         report = link(tokenizer_dir / "tokenizer_report.md")
         lines += ["", f"Full report: [`{report}`]({report})", ""]
 
@@ -216,7 +222,8 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
         lines += ["", f"Python {info.get('python')} on {info.get('platform')}", ""]
     configs = sorted(run_dir.glob("*/resolved_config.yaml"))
     if configs:
-        lines += ["## Configs", ""] + [f"- [`{p.relative_to(run_dir)}`]({p.relative_to(run_dir)})" for p in configs] + [""]
+        lines += (["## Configs", ""] + [f"- [`{p.relative_to(run_dir)}`]({p.relative_to(run_dir)})" for p in configs]
+                  + [""])
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path

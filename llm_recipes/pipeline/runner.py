@@ -40,7 +40,8 @@ class PlannedStage:
         return self.stage.recipe
 
 
-def plan(recipe_dir: str | os.PathLike, run_dir: str | os.PathLike, stages: list[str] | None = None) -> list[PlannedStage]:
+def plan(recipe_dir: str | os.PathLike, run_dir: str | os.PathLike,
+         stages: list[str] | None = None) -> list[PlannedStage]:
     """The stages a recipe folder defines, in pipeline order, optionally narrowed to `stages`."""
     recipe_dir = Path(recipe_dir)
     if not recipe_dir.is_dir():
@@ -67,7 +68,8 @@ def plan(recipe_dir: str | os.PathLike, run_dir: str | os.PathLike, stages: list
         if missing:
             raise PipelineError(f"recipe folder {str(recipe_dir)!r} has no YAML for stage(s): {', '.join(missing)}")
     if not planned:
-        raise PipelineError(f"recipe folder {str(recipe_dir)!r} holds no stage YAML (expected gather.yaml, clean.yaml, ...)")
+        raise PipelineError(
+            f"recipe folder {str(recipe_dir)!r} holds no stage YAML (expected gather.yaml, clean.yaml, ...)")
     return planned
 
 
@@ -133,7 +135,8 @@ def run_recipe(recipe_dir, run_dir, stages=None, force=False, launcher="python",
         seconds = run_stage(stage, command, run_dir, run_dir / "logs" / f"{stage.name}.log")
         info = json.loads((stage.output_dir / "stage_complete.json").read_text())
         summary["stages"][stage.name] = {"seconds": round(seconds, 1), "output_dir": str(stage.output_dir),
-                                         "skipped_last_run": False, **{k: v for k, v in info.items() if k != "finished_at"}}
+                                         "skipped_last_run": False,
+                                         **{k: v for k, v in info.items() if k != "finished_at"}}
         write_summary(summary_path, summary)
         print(f"[run] {stage.name}: done in {seconds:.0f} s -> {stage.output_dir}", flush=True)
     write_summary(summary_path, summary)

@@ -114,12 +114,15 @@ def update_model_index(model_dir: str | os.PathLike, results: Iterable[Any], mod
 # what the built-in corpora are, for a card's reader who has never run llm_recipes
 BUILTIN_DATA = {
     "python-docs": "python-docs: the documentation that ships with a Python installation (docstrings of the standard "
-                   "library and of installed packages, and the pydoc topics), gathered offline by `llm-recipes gather`",
+                   "library and of installed packages, and the pydoc topics), gathered offline by "
+                   "`llm-recipes gather`",
     "python-docs-preferences": "python-docs-preferences: the python-docs questions with their documented answer "
-                               "preferred over the model's own earlier answer (the feedback loop of `llm-recipes dpo`)",
+                               "preferred over the model's own earlier answer (the feedback loop of "
+                               "`llm-recipes dpo`)",
     "python-docs-kto": "python-docs-kto: python-docs answers marked good or bad, for `llm-recipes kto`",
-    "python-docs-qa": "python-docs-qa: question/answer chats that `llm-recipes sft` builds from the cleaned python-docs "
-                      "corpus (\"What does `os.path.join` do?\" answered by the first sentence of its docstring)",
+    "python-docs-qa": "python-docs-qa: question/answer chats that `llm-recipes sft` builds from the cleaned "
+                      "python-docs corpus (\"What does `os.path.join` do?\" answered by the first sentence of its "
+                      "docstring)",
 }
 
 
@@ -132,7 +135,8 @@ def readable_model_name(model_dir: str | os.PathLike) -> str:
 
 def readable_dataset_id(source: str) -> str:
     """A model-index dataset `type` for a source of ours: `builtin:english_cloze` -> `llm-recipes/english_cloze`,
-    a local path -> `local/<grandparent>-<parent>-<name>` (the Hub wants an id, not a path of the machine that evaluated)."""
+    a local path -> `local/<grandparent>-<parent>-<name>` (the Hub wants an id, not a path of the machine that
+    evaluated)."""
     if source.startswith("builtin:"):
         return "llm-recipes/" + source.split(":", 1)[1]
     path = Path(source)
@@ -154,7 +158,8 @@ def _yaml(path: Path) -> dict:
 
 
 def _is_hub_id(name: Any) -> bool:
-    return isinstance(name, str) and name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/"))
+    return (isinstance(name, str) and name.count("/") == 1 and not Path(name).exists()
+            and not name.startswith((".", "/")))
 
 
 def lineage(model_dir: str | os.PathLike, limit: int = 12) -> list[dict[str, Any]]:
@@ -201,14 +206,16 @@ def training_data(stages: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
                 elif kind in BUILTIN_DATA:
                     lines.append(f"- Pretraining text: {BUILTIN_DATA[kind]}{size}.")
                 elif kind == "files":
-                    lines.append(f"- Pretraining text: local files ({', '.join(map(str, source.get('paths') or []))[:200]}){size}.")
+                    paths = ", ".join(map(str, source.get("paths") or []))
+                    lines.append(f"- Pretraining text: local files ({paths[:200]}){size}.")
                 elif kind == "web":
                     lines.append(f"- Pretraining text: web pages{size}.")
         elif stage == "clean":
             report = read_json(entry["dir"] / "report.json") or {}
             if isinstance(report.get("output_documents"), int) and isinstance(report.get("input_documents"), int):
-                lines.append(f"- Cleaned by `llm-recipes clean` (markup and boilerplate removed, quality filters, exact "
-                             f"and near-duplicate removal, personal data scrubbed): {report['output_documents']:,} of "
+                lines.append(f"- Cleaned by `llm-recipes clean` (markup and boilerplate removed, quality filters, "
+                             f"exact and near-duplicate removal, personal data scrubbed): "
+                             f"{report['output_documents']:,} of "
                              f"{report['input_documents']:,} documents kept.")
         elif stage in ("sft", "dpo", "kto"):
             dataset = config.get("dataset_name")
@@ -240,7 +247,8 @@ def training_details(stages: list[dict[str, Any]]) -> list[str]:
     for entry in reversed(stages):  # oldest first, as it happened
         if entry["stage"] not in ("pretrain", "sft", "dpo", "kto"):
             continue
-        summary = read_json(entry["dir"] / "train_summary.json") or _last_trainer_record(entry["dir"] / "metrics.jsonl")
+        summary = (read_json(entry["dir"] / "train_summary.json")
+                   or _last_trainer_record(entry["dir"] / "metrics.jsonl"))
         facts = []
         if isinstance(summary.get("steps"), int):
             facts.append(f"{summary['steps']:,} steps")

@@ -255,7 +255,8 @@ class DocumentEncoder:
 
         backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
         if not isinstance(backend, Tokenizer):
-            raise TypeError(f"expected a fast tokenizer (tokenizers.Tokenizer backend), got {type(tokenizer).__name__}")
+            raise TypeError(
+                f"expected a fast tokenizer (tokenizers.Tokenizer backend), got {type(tokenizer).__name__}")
         self._json = backend.to_str()
         self._build()
 

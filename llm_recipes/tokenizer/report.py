@@ -70,7 +70,8 @@ def find_gpt2_tokenizer(path: str | os.PathLike | None = GPT2_TOKENIZER_DIR) -> 
     if not Path(path).is_absolute():
         candidates.append(Path(__file__).resolve().parent.parent.parent / path)
     for folder in candidates:
-        if (folder / "tokenizer.json").is_file() or ((folder / "encoder.json").is_file() and (folder / "vocab.bpe").is_file()):
+        if (folder / "tokenizer.json").is_file() or (
+                (folder / "encoder.json").is_file() and (folder / "vocab.bpe").is_file()):
             return folder
     return None
 
@@ -94,7 +95,8 @@ def _count_tokens(tokenizer, texts: list[str], batch_size: int = 256) -> int:
 
 
 def tokenizer_report(tokenizer, validation_texts: Iterable[str], *, training: dict[str, Any] | None = None,
-                     reference_dir: str | os.PathLike | None = GPT2_TOKENIZER_DIR, max_chars: int = 5_000_000) -> dict[str, Any]:
+                     reference_dir: str | os.PathLike | None = GPT2_TOKENIZER_DIR,
+                     max_chars: int = 5_000_000) -> dict[str, Any]:
     """Measures a trained tokenizer on held-out text.
 
     Args:
@@ -182,14 +184,16 @@ def tokenizer_report(tokenizer, validation_texts: Iterable[str], *, training: di
 
 
 def _examples(tokenizer) -> dict[str, Any]:
-    sample = "def read_file(path):\n    \"\"\"Return the contents of a file as text.\"\"\"\n    return open(path).read()  # 2024"
+    sample = ("def read_file(path):\n    \"\"\"Return the contents of a file as text.\"\"\"\n"
+              "    return open(path).read()  # 2024")
     pieces = [tokenizer.decode([t]) for t in tokenizer(sample, add_special_tokens=False)["input_ids"]]
     messages = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "What is 2+2?"},
                 {"role": "assistant", "content": "4."}, {"role": "user", "content": "Thanks!"},
                 {"role": "assistant", "content": "You're welcome."}]
     out: dict[str, Any] = {"text": sample, "pieces": pieces}
     if tokenizer.chat_template:
-        rendered = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        rendered = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                 return_assistant_tokens_mask=True)
         ids, mask = rendered["input_ids"], rendered["assistant_masks"]
         out["chat"] = tokenizer.apply_chat_template(messages, tokenize=False)
         out["chat_assistant_tokens"] = tokenizer.decode([t for t, m in zip(ids, mask) if m])
@@ -202,11 +206,13 @@ def report_markdown(report: dict[str, Any]) -> str:
     ref, vocab = report.get("reference", {}), report.get("vocabulary", {})
     lines = ["# Tokenizer report", "",
              f"Byte-level BPE, {tok['vocab_size']:,} tokens ({len(tok['special_tokens'])} special: "
-             f"{', '.join(f'`{t}`' for t in tok['special_tokens'])}), model_max_length {tok['model_max_length']:,}.", ""]
+             f"{', '.join(f'`{t}`' for t in tok['special_tokens'])}), "
+             f"model_max_length {tok['model_max_length']:,}.", ""]
     if train:
         lines += ["## Training", "", "| | |", "|---|---|"]
         for key, label in [("documents", "documents"), ("bytes", "bytes"), ("seconds", "time (s)"),
-                           ("peak_rss_mb", "peak memory (RSS, MB)"), ("rss_rise_mb", "memory rise while training (MB)")]:
+                           ("peak_rss_mb", "peak memory (RSS, MB)"),
+                           ("rss_rise_mb", "memory rise while training (MB)")]:
             if key in train:
                 value = train[key]
                 lines.append(f"| {label} | {value:,} |" if isinstance(value, int) else f"| {label} | {value} |")
@@ -221,13 +227,15 @@ def report_markdown(report: dict[str, Any]) -> str:
                   f"| ours | {tok['vocab_size']:,} | {val['tokens']:,} | {val['bytes_per_token']} |"]
         if ref.get("available"):
             lines.append(f"| {ref['name']} | {ref['vocab_size']:,} | {ref['tokens']:,} | {ref['bytes_per_token']} |")
-            lines += ["", f"Ours needs {ref['token_ratio_ours_over_reference']}x the tokens of {ref['name']} on this text "
-                      "(a smaller vocabulary compresses less; a vocabulary trained on this domain compresses more)."]
+            lines += ["", f"Ours needs {ref['token_ratio_ours_over_reference']}x the tokens of {ref['name']} "
+                      "on this text (a smaller vocabulary compresses less; a vocabulary trained on this domain "
+                      "compresses more)."]
         else:
             lines += ["", f"No comparison: {ref.get('reason', 'reference tokenizer unavailable')}."]
         lines += ["", "## Vocabulary", "",
                   f"{vocab['used_on_validation']:,} of {vocab['learned_tokens']:,} learned tokens "
-                  f"({vocab['used_fraction']:.1%}) occur in the validation text; {vocab['never_used']:,} never do.", "",
+                  f"({vocab['used_fraction']:.1%}) occur in the validation text; "
+                  f"{vocab['never_used']:,} never do.", "",
                   "Most frequent: " + ", ".join(f"`{t!r}` ({n:,})" for t, n in vocab["most_frequent"][:12]), "",
                   "Longest: " + ", ".join(f"`{t!r}`" for t in vocab["longest"][:10]), ""]
     examples = report.get("examples", {})

@@ -49,7 +49,8 @@ class PretrainConfig:
     torch_num_threads: Optional[int] = field(default=None, metadata={
         "help": "CPU threads for torch on the CPU; default: the CPUs free at the start (other busy processes "
                 "make extra threads spin and wait), re-checked at every log line."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2, ..."})
+    attn_implementation: str = field(default="sdpa", metadata={
+        "help": "Attention kernel: sdpa, eager, flash_attention_2, ..."})
     document_masking: bool = field(default=True, metadata={
         "help": "Keep packed documents from attending to each other (position_ids restart per document). "
                 "False lets attention cross document boundaries (GPT-2 style), which allows the fastest "
@@ -78,7 +79,8 @@ class PretrainConfig:
         "help": "Rows per evaluation batch per process (default: the train batch size)."})
     gradient_accumulation_steps: int = field(default=1, metadata={
         "help": "Micro-batches per optimizer step; the loss is normalised by the token count of all of them."})
-    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps to train (an upper bound with max_train_seconds)."})
+    max_steps: int = field(default=1000, metadata={
+        "help": "Optimizer steps to train (an upper bound with max_train_seconds)."})
     max_train_seconds: Optional[float] = field(default=None, metadata={
         "help": "Wall-clock training budget in seconds; the learning-rate schedule then runs on elapsed time, "
                 "so the decay completes within the budget (CPU benchmarks). Not exactly reproducible."})
@@ -103,13 +105,15 @@ class PretrainConfig:
 
     # -- evaluation, samples, logging, checkpoints -------------------------------------------------
     logging_steps: int = field(default=10, metadata={"help": "Write a metrics.jsonl line every this many steps."})
-    eval_steps: int = field(default=200, metadata={"help": "Evaluate (val loss, perplexity, bits per byte) every this many steps; 0: only at the end."})
+    eval_steps: int = field(default=200, metadata={
+        "help": "Evaluate (val loss, perplexity, bits per byte) every this many steps; 0: only at the end."})
     eval_max_batches: int = field(default=20, metadata={
         "help": "Validation batches per evaluation and process (-1: the whole validation split)."})
     sample_prompts: list[str] = field(default_factory=lambda: ["The", "def "], metadata={
         "help": "Prompts continued at every evaluation (written to samples.jsonl and the log)."})
     sample_max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample prompt."})
-    sample_temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the samples (0: greedy)."})
+    sample_temperature: float = field(default=0.8, metadata={
+        "help": "Sampling temperature of the samples (0: greedy)."})
     save_steps: int = field(default=500, metadata={"help": "Write a checkpoint every this many steps (0: none)."})
     save_total_limit: int = field(default=2, metadata={"help": "Complete checkpoints kept (older ones are deleted)."})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={
@@ -138,7 +142,8 @@ class PretrainConfig:
         if self.optim not in OPTIMIZERS:
             raise ConfigError(f"optim must be one of {', '.join(OPTIMIZERS)}, got {self.optim!r}")
         if self.lr_scheduler_type not in SCHEDULES:
-            raise ConfigError(f"lr_scheduler_type must be one of {', '.join(SCHEDULES)}, got {self.lr_scheduler_type!r}")
+            raise ConfigError(
+                f"lr_scheduler_type must be one of {', '.join(SCHEDULES)}, got {self.lr_scheduler_type!r}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -38,7 +38,8 @@ def build_model(cfg, tokenizer):
             raise ConfigError(f"init_from {cfg.init_from!r} is not a model folder (no config.json); expected a "
                               f"folder written by save_pretrained, e.g. <run>/pretrain/final")
         if cfg.model_overrides:
-            raise ConfigError("model_overrides cannot change a model loaded with init_from (its weights fix its shape)")
+            raise ConfigError(
+                "model_overrides cannot change a model loaded with init_from (its weights fix its shape)")
         config = AutoConfig.from_pretrained(cfg.init_from, trust_remote_code=True)
         limit = getattr(config, "max_position_embeddings", None)
         if cfg.rope_scaling:
@@ -56,7 +57,8 @@ def build_model(cfg, tokenizer):
         overrides.setdefault("max_position_embeddings", cfg.seq_len)
         limit = overrides["max_position_embeddings"]
         if not isinstance(limit, int) or cfg.seq_len > limit:
-            raise ConfigError(f"seq_len {cfg.seq_len} is longer than model_overrides.max_position_embeddings {limit!r}: "
+            raise ConfigError(f"seq_len {cfg.seq_len} is longer than model_overrides.max_position_embeddings "
+                              f"{limit!r}: "
                               f"the saved model would claim a context shorter than it was trained on; raise "
                               f"max_position_embeddings or lower seq_len")
         try:
@@ -64,7 +66,8 @@ def build_model(cfg, tokenizer):
                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                         **overrides)
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"model_preset {cfg.model_preset!r} with model_overrides {cfg.model_overrides}: {e}") from e
+            raise ConfigError(
+                f"model_preset {cfg.model_preset!r} with model_overrides {cfg.model_overrides}: {e}") from e
         config._attn_implementation = cfg.attn_implementation
         torch.manual_seed(cfg.seed)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)

@@ -81,7 +81,8 @@ def verify_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(
-            f"checkpoint {str(folder)!r} is partial: it has no {MANIFEST} (the process was probably stopped while saving)")
+            f"checkpoint {str(folder)!r} is partial: it has no {MANIFEST} "
+            "(the process was probably stopped while saving)")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         expected = manifest["files"]

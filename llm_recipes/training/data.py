@@ -133,7 +133,8 @@ class TrainBatches:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("mode") != self.mode:
-            raise DataError(f"checkpoint data state is for data_mode {state.get('mode')!r}, this run uses {self.mode!r}")
+            raise DataError(
+                f"checkpoint data state is for data_mode {state.get('mode')!r}, this run uses {self.mode!r}")
         if self.mode == "shards":
             self.source.load_state_dict(state["sampler"])
         else:

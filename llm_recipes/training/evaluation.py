@@ -13,7 +13,8 @@ from ..evaluation.scoring import next_token_logprobs
 
 def _byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's byte-to-printable-character map used by byte-level BPE vocabularies."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
     chars, n = printable[:], 0
     for b in range(256):
         if b not in printable:
@@ -103,7 +104,8 @@ def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, 
         torch.manual_seed(seed)
         for prompt in prompts:
             enc = tokenizer(prompt, return_tensors="pt").to(device)
-            sampling = {"do_sample": True, "temperature": temperature, "top_k": 50} if temperature > 0 else {"do_sample": False}
+            sampling = ({"do_sample": True, "temperature": temperature, "top_k": 50} if temperature > 0
+                        else {"do_sample": False})
             ids = model.generate(**enc, max_new_tokens=max_new_tokens, use_cache=True, eos_token_id=eos_token_ids,
                                  pad_token_id=tokenizer.pad_token_id, **sampling)
             text = tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)

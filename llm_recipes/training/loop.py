@@ -89,7 +89,8 @@ def _start_output_dir(cfg, run: StageRun, accelerator, checkpoints: Path) -> Non
 
 def _tracker_config(cfg) -> dict[str, Any]:
     # TensorBoard's hparams accept only scalars
-    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config_to_dict(cfg).items()}
+    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+            for k, v in config_to_dict(cfg).items()}
 
 
 def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None = None,
@@ -133,7 +134,8 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     train_batches = build_train_batches(cfg, tokenizer, accelerator)
     eval_batches = build_eval_batches(cfg, tokenizer, accelerator)
     # what a checkpoint must share with this run to be continued by it
-    run_identity = {"model_shape": _model_shape(model), "max_position_embeddings": getattr(model.config, "max_position_embeddings", None),
+    run_identity = {"model_shape": _model_shape(model),
+                    "max_position_embeddings": getattr(model.config, "max_position_embeddings", None),
                     "tokenizer_sha256": tokenizer_fingerprint(cfg.tokenizer_path or cfg.init_from),
                     **{k: getattr(cfg, k) for k in ("seq_len", "data_mode", "per_device_train_batch_size")}}
     resume = None
@@ -224,7 +226,8 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     while step < cfg.max_steps:
         progress = None
         if budget is not None:
-            elapsed = torch.tensor([elapsed_before + time.time() - start], dtype=torch.float64, device=accelerator.device)
+            elapsed = torch.tensor([elapsed_before + time.time() - start], dtype=torch.float64,
+                                   device=accelerator.device)
             elapsed = float(broadcast(elapsed)[0]) if world > 1 else float(elapsed[0])  # every process decides alike
             if elapsed >= budget:
                 say(f"pretrain: wall-clock budget of {budget:g}s reached at step {step}")
@@ -294,7 +297,8 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
                 record["skipped"] = reason
             if accelerator.is_main_process:
                 metrics.write(record)
-            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}, step=step)
+            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None},
+                            step=step)
             window_tokens, window_time = 0, 0.0
             threads.recheck()
         if cfg.eval_steps and step % cfg.eval_steps == 0:
@@ -384,7 +388,8 @@ def _card_lines(cfg, result: PretrainResult, model) -> list[str]:
     ]
     if m:
         lines.append(f"- validation: loss {m.get('val_loss', float('nan')):.4f}, perplexity "
-                     f"{m.get('val_perplexity', float('nan')):.2f}, bits per byte {m.get('val_bits_per_byte', float('nan')):.4f}")
+                     f"{m.get('val_perplexity', float('nan')):.2f}, "
+                     f"bits per byte {m.get('val_bits_per_byte', float('nan')):.4f}")
     lines += ["", "```python", "import llm_recipes  # or pass trust_remote_code=True",
               "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "model = AutoModelForCausalLM.from_pretrained(PATH)", "tokenizer = AutoTokenizer.from_pretrained(PATH)",

@@ -95,7 +95,8 @@ class _Packer:
         return list(self.row)
 
 
-def pack_documents(token_docs: Iterable[list[int]], seq_len: int, bos_id: int, eos_id: int) -> Iterator[dict[str, np.ndarray]]:
+def pack_documents(token_docs: Iterable[list[int]], seq_len: int, bos_id: int,
+                   eos_id: int) -> Iterator[dict[str, np.ndarray]]:
     """Packs tokenized documents into rows of exactly `seq_len` tokens.
 
     Each document becomes `[BOS] + tokens + [EOS]` (a leading BOS already in `tokens` is not doubled).
@@ -171,8 +172,9 @@ class PackedStreamDataset(torch.utils.data.IterableDataset):
     it from each worker.
     """
 
-    def __init__(self, dataset, tokenizer, seq_len: int, text_column: str = "text", shuffle_buffer: int | None = 10_000,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 128):
+    def __init__(self, dataset, tokenizer, seq_len: int, text_column: str = "text",
+                 shuffle_buffer: int | None = 10_000, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 128):
         import datasets
         from datasets.distributed import split_dataset_by_node
 
@@ -186,7 +188,8 @@ class PackedStreamDataset(torch.utils.data.IterableDataset):
             # permutes shard order as well as the buffer
             dataset = dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), 8 * world_size)))
         elif not isinstance(dataset, datasets.IterableDataset):
-            raise TypeError(f"dataset must be a datasets.Dataset or datasets.IterableDataset, got {type(dataset).__name__}")
+            raise TypeError(
+                f"dataset must be a datasets.Dataset or datasets.IterableDataset, got {type(dataset).__name__}")
         if shuffle_buffer:
             dataset = dataset.shuffle(seed=seed, buffer_size=int(shuffle_buffer))
         if world_size > 1:
@@ -269,7 +272,8 @@ class PackedStreamDataset(torch.utils.data.IterableDataset):
                     yield _to_torch(row_arrays(np.asarray(rows[k], dtype=np.int64), self.bos_id))
                 skip_rows = 0
         # the rest of the last row is dropped; a state saved now says "epoch finished"
-        self._state = {"epoch": self.epoch, "dataset": None, "pending": [], "row": [], "rows_done": 0, "exhausted": True}
+        self._state = {"epoch": self.epoch, "dataset": None, "pending": [], "row": [], "rows_done": 0,
+                       "exhausted": True}
 
 
 # --- mode 2: pre-tokenized, memory-mapped shards ------------------------------------------------------
@@ -279,8 +283,9 @@ def _token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def pretokenize(dataset, tokenizer, output_dir: str | os.PathLike, text_column: str = "text", num_proc: int | None = None,
-                shard_tokens: int = 2**25, batch_size: int = 1000, show_progress: bool = True) -> Path:
+def pretokenize(dataset, tokenizer, output_dir: str | os.PathLike, text_column: str = "text",
+                num_proc: int | None = None, shard_tokens: int = 2**25, batch_size: int = 1000,
+                show_progress: bool = True) -> Path:
     """Tokenizes a dataset once into token shards for `TokenShardDataset`.
 
     Each shard `tokens-XXXXX.npy` is a NumPy array (uint16 when the vocabulary fits, else uint32) of
@@ -309,7 +314,8 @@ def pretokenize(dataset, tokenizer, output_dir: str | os.PathLike, text_column: 
     output_dir = Path(output_dir)
     _check_text_column(dataset, text_column)
     if not isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
-        raise TypeError(f"dataset must be a datasets.Dataset or datasets.IterableDataset, got {type(dataset).__name__}")
+        raise TypeError(
+            f"dataset must be a datasets.Dataset or datasets.IterableDataset, got {type(dataset).__name__}")
     bos, eos = _special_ids(tokenizer)
     dtype = _token_dtype(len(tokenizer))
     identity = {"format_version": SHARD_FORMAT_VERSION, "tokenizer_sha256": tokenizer_sha256(tokenizer),
@@ -345,7 +351,8 @@ def pretokenize(dataset, tokenizer, output_dir: str | os.PathLike, text_column: 
         else:
             for batch in dataset.iter(batch_size=batch_size):
                 if text_column not in batch:
-                    raise ValueError(f"text column {text_column!r} not found in the dataset; its columns are {sorted(batch)}")
+                    raise ValueError(
+                        f"text column {text_column!r} not found in the dataset; its columns are {sorted(batch)}")
                 yield [t or "" for t in batch[text_column]]
 
     def encoded() -> Iterator[tuple[int, list[list[int]]]]:
