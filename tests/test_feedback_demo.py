@@ -59,6 +59,16 @@ def test_feedback_demo_bad_input(tmp_path, capsys):
     empty.mkdir()
     assert main([str(empty), "--run_dir", str(tmp_path / "run")]) == 1
     assert "has no YAML for: serve, feedback, dpo, evaluate" in capsys.readouterr().err
+    # a serve.yaml whose store lies outside the run folder (real users' feedback) is refused, untouched
+    recipe = _toy_recipe(tmp_path, tmp_path / "heldout.jsonl")
+    serve = yaml.safe_load((recipe / "serve.yaml").read_text())
+    (recipe / "serve.yaml").write_text(yaml.safe_dump({**serve, "output_dir": str(tmp_path / "users" / "serve")}))
+    store = tmp_path / "users" / "serve" / "feedback.sqlite"
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b"real feedback")
+    assert main([str(recipe), "--run_dir", str(tmp_path / "run")]) == 1
+    assert "is outside the run folder" in capsys.readouterr().err
+    assert store.read_bytes() == b"real feedback"
 
 
 def test_feedback_demo_end_to_end(tiny_model_dir, tmp_path):

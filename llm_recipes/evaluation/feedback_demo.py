@@ -217,14 +217,19 @@ def _run_demo(cfg: FeedbackDemoConfig) -> dict[str, Any]:
     if len(evaluate.get("models") or []) != 2 or not evaluate.get("preference_data"):
         raise PipelineError(f"{recipe_dir / 'evaluate.yaml'}: the demo needs exactly two models (before, after) and "
                             "preference_data (where the demo writes the held-out paraphrase pairs)")
+    serve_dir = Path(load_yaml_config(recipe_dir / "serve.yaml", run_dir=run_dir).get("output_dir")
+                     or run_dir / "serve")
+    if not serve_dir.resolve().is_relative_to(run_dir.resolve()):
+        # the demo starts from an empty store: it must never delete feedback that real users gave elsewhere
+        raise PipelineError(f"{recipe_dir / 'serve.yaml'}: output_dir {str(serve_dir)!r} is outside the run folder "
+                            f"{str(run_dir)!r}; the demo replaces that feedback store, so it must be the demo's own "
+                            "(e.g. ${run_dir}/serve)")
     demo_dir = run_dir / "demo"
     prepare = [s for s in PREPARE_STAGES if (recipe_dir / f"{s}.yaml").is_file()]
     if prepare:
         run_recipe(recipe_dir, run_dir, stages=prepare)
 
     # a fresh feedback store: the demo's corrections, not those of an earlier run
-    serve_dir = Path(load_yaml_config(recipe_dir / "serve.yaml", run_dir=run_dir).get("output_dir")
-                     or run_dir / "serve")
     for stale in ("feedback.sqlite", "feedback.sqlite-wal", "feedback.sqlite-shm"):
         (serve_dir / stale).unlink(missing_ok=True)
     scenes = corrected_scenes(cfg.corrections)
