@@ -44,8 +44,9 @@ class EvaluateConfig:
     choice_tasks: list[str] = field(default_factory=list, metadata={
         "help": "Cloze / multiple-choice tasks: generated:next_word and generated:continuation (built from "
                 "heldout_data: frequency-matched word cloze, true vs other documents' continuations), "
-                "builtin:english_cloze, builtin:python_docs_cloze, builtin:python_docs_mc, a .jsonl/.json/.parquet "
-                "file, or hub:path[:config][@split]; name=spec "
+                "builtin:everyday_cloze (208 everyday sentences, see docs/evaluate.md), builtin:english_cloze, "
+                "builtin:python_docs_cloze, builtin:python_docs_mc, a .jsonl/.json/.parquet file, or "
+                "hub:path[:config][@split]; name=spec "
                 "renames. Layout is detected from the fields (see docs/evaluate.md)."})
     max_items_per_task: int | None = field(default=None, metadata={"help": "Use at most this many items per task."})
     generated_items: int = field(default=500, metadata={

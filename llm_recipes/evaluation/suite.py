@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from ..fileio import atomic_write_json, atomic_write_text
 from .data import load_choice_task, load_heldout_texts, load_preferences, load_qa
+from .everyday import NAME as EVERYDAY
+from .everyday import everyday_task
 from .models import EvalInputError, check_model_dir, count_parameters, load_model_and_tokenizer
 
 PARTIAL = "partial_results.json"
@@ -87,6 +89,8 @@ def load_tasks(cfg) -> list[Task]:
             if full_heldout is None and cfg.heldout_data:  # the whole held-out split, not the perplexity budget
                 full_heldout = load_heldout_texts(cfg.heldout_data, cfg.text_field)
             task = generated_task(spec, full_heldout, cfg.generated_items, cfg.seed)
+        elif spec.split("=", 1)[-1] == f"builtin:{EVERYDAY}":  # written by our code, not read from a file
+            task = everyday_task(spec, cfg.max_items_per_task)
         else:
             task = load_choice_task(spec, cfg.max_items_per_task)
         chance = sum(1 / len(i.choices) for i in task.items) / len(task.items)
