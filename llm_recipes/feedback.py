@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         # a DPO run on this file would train on nothing: say why, and what would give pairs
         print(f"[feedback] no DPO pairs: none of the {counts['rows']} feedback rows has a suggested better answer, "
               "and no prompt has both a thumbs-up and a thumbs-down answer. Use \"suggest a better answer\" on the "
-              f"chat page; {'kto.jsonl can train KTO on the thumbs meanwhile' if kto else 'there is nothing to train on'}.",
+              "chat page; "
+              f"{'kto.jsonl can train KTO on the thumbs meanwhile' if kto else 'there is nothing to train on'}.",
               file=sys.stderr)
     if not dpo and not kto:
         print(f"llm-recipes feedback: error: {path} holds no usable feedback (no thumbs, no corrections): nothing to "

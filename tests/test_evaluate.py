@@ -186,7 +186,8 @@ def test_perplexity_and_cloze_agree_with_lm_evaluation_harness(tiny_model_dir, t
     theirs = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager)["results"]
     for name in names:
         items = ours[name]["n"]
-        assert items == sum(1 for line in (REPO / "llm_recipes" / "evaluation" / "lm_eval_tasks" / f"{name}.jsonl").open() if line.strip())
+        builtin = REPO / "llm_recipes" / "evaluation" / "lm_eval_tasks" / f"{name}.jsonl"
+        assert items == sum(1 for line in builtin.open() if line.strip())
         assert ours[name]["acc"] == pytest.approx(theirs[name]["acc,none"], abs=1 / items + 1e-9), name
         assert ours[name]["acc_norm"] == pytest.approx(theirs[name]["acc_norm,none"], abs=1 / items + 1e-9), name
 
@@ -203,14 +204,16 @@ def _stage_inputs(tmp_path, tiny_model_dir):
     pq.write_table(pa.table({"text": [t[:800] for t in tiny_corpus()[:6]]}), clean / "validation" / "part-0.parquet")
     base = copy_model(tiny_model_dir, tmp_path / "pretrain" / "final")
     sft = copy_model(tiny_model_dir, tmp_path / "sft" / "final")
-    (sft / "README.md").write_text("---\nlicense: apache-2.0\ntags:\n- llm-recipes\n---\n\n# My SFT model\n\nBody text.\n")
+    (sft / "README.md").write_text("---\nlicense: apache-2.0\ntags:\n- llm-recipes\n---\n\n"
+                                   "# My SFT model\n\nBody text.\n")
     qa = write_jsonl(tmp_path / "sft" / "data" / "heldout.jsonl", [
         {"messages": [{"role": "user", "content": "What does len return?"},
                       {"role": "assistant", "content": "The number of items in a container."}]},
         {"prompt": "What does abs return?", "completion": "The absolute value of the argument."}])
     prefs = write_jsonl(tmp_path / "dpo" / "data" / "test.jsonl", [
         {"prompt": [{"role": "user", "content": "Name a Python keyword."}],
-         "chosen": [{"role": "assistant", "content": "def"}], "rejected": [{"role": "assistant", "content": "banana"}]},
+         "chosen": [{"role": "assistant", "content": "def"}],
+         "rejected": [{"role": "assistant", "content": "banana"}]},
         {"prompt": "2 + 2 =", "chosen": " 4", "rejected": " 5"}])
     metrics = write_jsonl(tmp_path / "pretrain" / "metrics.jsonl", [
         {"step": s, "loss": 6 - s / 10, "lr": 1e-3} for s in range(0, 40, 5)] + [{"step": 40, "val_loss": 2.5}])
@@ -247,7 +250,8 @@ def test_stage_writes_results_comparison_and_model_cards_and_resumes(tiny_model_
             assert d["difference"] == 0 and d["interval"] == [0, 0] and d["verdict"] == "cannot tell"
     assert any("english_cloze: 8 items is too few" in w for w in results["warnings"])
     table = (out / "comparison.md").read_text()
-    assert "| base |" in table and "| sft |" in table and "heldout bits_per_byte" in table and "Training curves" in table
+    assert "| base |" in table and "| sft |" in table
+    assert "heldout bits_per_byte" in table and "Training curves" in table
     assert "Paired differences against sft" in table and "cannot tell" in table and "## Warnings" in table
     assert (out / "comparison.png").stat().st_size > 10_000
     assert is_complete(out) and (out / "resolved_config.yaml").is_file()
@@ -282,7 +286,8 @@ def test_model_index_merge_replaces_same_metric_and_keeps_others(tmp_path):
     update_model_index(folder, [{**entry, "metric_value": 8.0}])
     card = ModelCard((folder / "README.md").read_text())
     assert card.data.model_name == "mine"
-    assert sorted((r.metric_type, r.metric_value) for r in card.data.eval_results) == [("acc", 0.5), ("perplexity", 8.0)]
+    results = sorted((r.metric_type, r.metric_value) for r in card.data.eval_results)
+    assert results == [("acc", 0.5), ("perplexity", 8.0)]
     with pytest.raises(ValueError, match="missing"):
         update_model_index(folder, [{"task_type": "text-generation"}])
 

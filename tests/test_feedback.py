@@ -67,7 +67,8 @@ def test_feedback_export_bad_input(tmp_path, capsys):
     store = FeedbackStore(tmp_path / "few.sqlite")
     store.add(model="m", messages=[{"role": "user", "content": "q"}], completion="a", rating=1, suggestion=None)
     store.close()
-    assert main(["feedback", str(tmp_path / "few.sqlite"), "--output_dir", str(tmp_path / "f"), "--min_rows", "5"]) == 1
+    argv = ["feedback", str(tmp_path / "few.sqlite"), "--output_dir", str(tmp_path / "f"), "--min_rows", "5"]
+    assert main(argv) == 1
     assert not (tmp_path / "f" / "stage_complete.json").exists()
     # only thumbs up: no correction to learn from, said plainly (KTO still has its rows)
     capsys.readouterr()

@@ -3,11 +3,10 @@
 Choice tasks come from local JSONL/JSON/Parquet files, Hub datasets (`hub:allenai/ai2_arc:ARC-Easy@test`)
 or the built-in sets (`builtin:english_cloze`, ...). Their layout is recognised from the fields:
 
-| layout | fields | scored continuation |
-|---|---|---|
-| cloze | `context`, `candidates`, `answer` (a candidate or its index) | `" " + candidate` |
-| multiple choice (ARC, MMLU, ours) | `question`, `choices` (list, or ARC's `{"text", "label"}`), `label` / `answer` / `answerKey` | `"Question: ...\\nAnswer:" + " " + choice` |
-| HellaSwag | `ctx`, `endings`, `label` | `" " + ending` |
+- cloze: `context`, `candidates`, `answer` (a candidate or its index); scores `" " + candidate`
+- multiple choice (ARC, MMLU, ours): `question`, `choices` (list, or ARC's `{"text", "label"}`), `label` /
+  `answer` / `answerKey`; scores `"Question: ...\\nAnswer:" + " " + choice`
+- HellaSwag: `ctx`, `endings`, `label`; scores `" " + ending`
 """
 
 from __future__ import annotations

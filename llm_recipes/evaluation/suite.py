@@ -11,10 +11,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..fileio import atomic_write_json, atomic_write_text
-from .data import load_choice_task, load_heldout_texts, load_preferences, load_qa
+from ..publishing.model_card import readable_dataset_id, update_model_index
+from ..runtime.threads import ThreadGovernor
+from .data import heldout_files, load_choice_task, load_heldout_texts, load_preferences, load_qa
 from .everyday import NAME as EVERYDAY
 from .everyday import everyday_task
+from .generated import generated_task
+from .intervals import metric_intervals, paired_difference, small_set_warning
 from .models import EvalInputError, check_model_dir, count_parameters, load_model_and_tokenizer
+from .report import (
+    HEADLINE,
+    comparison_markdown,
+    comparison_plot,
+    format_with_interval,
+    headline_columns,
+    read_metrics_file,
+)
+from .scoring import LMScorer
+from .tasks import evaluate_choice_task, evaluate_perplexity, evaluate_preferences, evaluate_qa
 
 PARTIAL = "partial_results.json"
 
@@ -40,11 +54,13 @@ def parse_models(specs: list[str]) -> dict[str, str]:
         else:
             if not name:
                 parts = Path(path).parts
-                name = parts[-2] if len(parts) > 1 and parts[-1] in ("final", "model") else (parts[-1] if parts else path)
+                stage_folder = len(parts) > 1 and parts[-1] in ("final", "model")
+                name = parts[-2] if stage_folder else (parts[-1] if parts else path)
             pairs = [(name, path)]
         for model_name, model_path in pairs:
             if model_name in models:
-                raise EvalInputError(f"models: the name {model_name!r} is used twice; give each model its own name=path")
+                raise EvalInputError(f"models: the name {model_name!r} is used twice; give each model its own "
+                                     "name=path")
             models[model_name] = model_path
     return models
 
@@ -84,7 +100,6 @@ def load_tasks(cfg) -> list[Task]:
     full_heldout = None
     for spec in cfg.choice_tasks:
         if spec.split("=", 1)[-1].startswith("generated:"):  # generated:<set> or name=generated:<set>
-            from .generated import generated_task
 
             if full_heldout is None and cfg.heldout_data:  # the whole held-out split, not the perplexity budget
                 full_heldout = load_heldout_texts(cfg.heldout_data, cfg.text_field)
@@ -101,7 +116,8 @@ def load_tasks(cfg) -> list[Task]:
         items = load_qa(cfg.qa_data, cfg.qa_max_items)
         info = {"kind": "qa", "source": cfg.qa_data, "n": len(items)}
         tasks.append(Task("qa", "qa", cfg.qa_data, items, info,
-                          _digest([dataclasses.asdict(i) for i in items] + [cfg.max_new_tokens, cfg.qa_prompt_format])))
+                          _digest([dataclasses.asdict(i) for i in items]
+                                  + [cfg.max_new_tokens, cfg.qa_prompt_format])))
     if cfg.preference_data:
         pairs = load_preferences(cfg.preference_data, cfg.preference_max_items)
         info = {"kind": "preferences", "source": cfg.preference_data, "n": len(pairs), "chance": 0.5}
@@ -117,8 +133,6 @@ def load_tasks(cfg) -> list[Task]:
 
 
 def run_task(scorer, task: Task, cfg) -> dict[str, Any]:
-    from .tasks import evaluate_choice_task, evaluate_perplexity, evaluate_preferences, evaluate_qa
-
     if task.kind == "perplexity":
         return evaluate_perplexity(scorer, task.payload, stride=cfg.stride)
     if task.kind == "choice":
@@ -135,9 +149,6 @@ TASK_NAMES = {"perplexity": "Language modeling (held-out text)", "choice": "Mult
 
 def model_index_entries(task: Task, result: dict[str, Any]) -> list[dict[str, Any]]:
     """EvalResult fields for the model card, one per headline metric; dataset ids, not local paths."""
-    from ..publishing.model_card import readable_dataset_id
-    from .report import HEADLINE
-
     entries = []
     for metric, _ in HEADLINE[task.kind]:
         if isinstance(result.get(metric), (int, float)):
@@ -152,7 +163,6 @@ def write_lm_eval_heldout_task(output_dir: Path, cfg) -> Path | None:
     """A task YAML for lm-evaluation-harness's rolling log-likelihood on the same held-out files."""
     if not cfg.heldout_data:
         return None
-    from .data import heldout_files
 
     files = [str(Path(f).resolve()) for f in heldout_files(cfg.heldout_data)]
     kind = "parquet" if files[0].endswith(".parquet") else ("text" if files[0].endswith(".txt") else "json")
@@ -175,11 +185,6 @@ def run_evaluation(cfg, start: Callable[[], Any] | None = None) -> dict[str, Any
             stage clears its completion marker there).
     """
     import torch
-
-    from ..publishing.model_card import update_model_index
-    from ..runtime.threads import ThreadGovernor
-    from .report import comparison_markdown, comparison_plot, read_metrics_file
-    from .scoring import LMScorer
 
     started = time.time()
     torch.manual_seed(cfg.seed)
@@ -241,7 +246,8 @@ def run_evaluation(cfg, start: Callable[[], Any] | None = None) -> dict[str, Any
     if cfg.update_model_card:
         for name, path in models.items():
             if Path(path).is_dir():
-                entries = [e for t in tasks for e in model_index_entries(t, results["models"][name]["results"][t.name])]
+                scored = results["models"][name]["results"]
+                entries = [e for t in tasks for e in model_index_entries(t, scored[t.name])]
                 cards.append(update_model_index(path, entries))
     print_summary(results, output_dir, cards, lm_eval_dir, time.time() - started)
     return results
@@ -251,9 +257,6 @@ def add_intervals(results: dict[str, Any], seed: int = 0) -> None:
     """Adds to eval_results: each result's 95% `intervals` (bootstrap over its items), `comparisons` of every
     model with the first one (paired: the same items, the difference and its interval, a verdict), and
     `warnings` for sets too small to tell models apart."""
-    from .intervals import metric_intervals, paired_difference, small_set_warning
-    from .report import HEADLINE
-
     warnings = []
     for task, info in results["tasks"].items():
         metrics = [metric for metric, _ in HEADLINE.get(info["kind"], [])]
@@ -280,8 +283,6 @@ def add_intervals(results: dict[str, Any], seed: int = 0) -> None:
 
 
 def print_summary(results, output_dir: Path, cards, lm_eval_dir, seconds: float) -> None:
-    from .report import format_with_interval, headline_columns
-
     print(f"[evaluate] {len(results['models'])} model(s) x {len(results['tasks'])} task(s) in {seconds:.1f}s")
     for name, model in results["models"].items():
         parts = [f"{task} {metric}={format_with_interval(model['results'][task], metric)}"

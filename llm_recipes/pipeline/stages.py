@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from ..finetuning.methods import METHODS  # a plain table: importing it loads no torch, TRL or transformers
+
 # kinds of stage: what the pipeline does with them
 DATA, TOKENIZER, PRETRAINING, FINETUNING, EVALUATION, DEPLOYMENT, SERVICE, PIPELINE = (
     "data", "tokenizer", "pretraining", "fine-tuning", "evaluation", "deployment", "service", "pipeline")
@@ -55,8 +57,6 @@ class Stage:
 
 
 def _finetuning_stages() -> list[Stage]:
-    from ..finetuning.methods import METHODS  # a plain table: no torch, TRL or transformers import
-
     return [Stage(m.name, m.name, m.description, FINETUNING, reads=f"a model folder; {m.data_description}",
                   writes="final/ (model folder), data/, metrics.jsonl, eval_heldout.json (+ adapter/ with LoRA)",
                   optional=m.optional) for m in METHODS]
