@@ -9,7 +9,6 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import threading
@@ -23,7 +22,7 @@ import pytest
 from llm_recipes.config import ConfigError
 from llm_recipes.data import load_clean_splits
 from llm_recipes.data.cleaning import CleanSettings, clean
-from llm_recipes.data.executors import ExecutorSettings
+from llm_recipes.data.executors import ExecutorSettings, local_ray_head
 
 from test_clean import prose, row, write_input
 
@@ -82,45 +81,15 @@ def local_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """`ray start --head --block` on 127.0.0.1 with 2 CPUs in its own process group (stopped by killing that
-    group: `ray stop` would stop every Ray cluster of this user on the machine)."""
+    """A Ray head on 127.0.0.1 with 2 CPUs (two worker processes), stopped after the module."""
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'llm-recipes[cluster]')")
-    ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    if not os.path.exists(ray_cli):
+    if not (shutil.which("ray") or (Path(sys.executable).parent / "ray").exists()):
         pytest.skip("the `ray` command is not installed")
-    port = free_port()
-    temp = tmp_path_factory.mktemp("ray")
-    log = open(temp / "head.log", "w")
-    head = subprocess.Popen(
-        [ray_cli, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--num-cpus", "2", "--include-dashboard", "false", "--object-store-memory", str(80 << 20),
-         "--disable-usage-stats", "--temp-dir", str(temp)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if head.poll() is not None:
-                pytest.fail(f"ray start exited: {(temp / 'head.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    else:
-        pytest.fail("the Ray head did not open its port in 120 s")
-    yield f"127.0.0.1:{port}"
-    import ray
+    with local_ray_head(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
+        yield address
+        import ray
 
-    ray.shutdown()
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-    log.close()
-    for proc in psutil.process_iter(["cmdline"]):  # anything of this cluster that outlived its group
-        if str(temp) in " ".join(proc.info["cmdline"] or []):
-            proc.kill()
+        ray.shutdown()
 
 
 def test_ray_equals_local(local_run, ray_head):

@@ -175,9 +175,9 @@ def _clean(settings: CleanSettings, files: list[str], profiles: dict, eval_texts
         sigs, buckets = work / "minhash" / "signatures", work / "minhash" / "buckets"
         _phase(f"3/4 MinHash near-dedup ({settings.minhash_buckets} buckets x {settings.minhash_hashes_per_bucket} hashes, "
                f"{settings.minhash_ngram}-grams)")
+        signature = S.fast_minhash_signature(str(sigs), mh, profiles, settings.profile_for_source)
         runner.run("minhash_signatures", [S.ShardReader(filtered_files, desc="clean: minhash"),
-                                          S.ExactDedup(str(remove_dir)), S.fast_minhash_signature(str(sigs), mh)],
-                   n, settings.workers)
+                                          S.ExactDedup(str(remove_dir)), signature], n, settings.workers)
         # one task per band: each holds only its own band's signatures
         runner.run("minhash_buckets", [MinhashDedupBuckets(input_folder=str(sigs), output_folder=str(buckets),
                                                            config=mh)], mh.num_buckets, settings.workers)

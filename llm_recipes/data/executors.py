@@ -13,12 +13,17 @@ write the intermediate shards there), and every worker must import the same llm_
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 EXECUTORS = ("local", "ray", "slurm")
 
@@ -171,3 +176,55 @@ class PhaseRunner:
             if (queued.returncode == 0 and not queued.stdout.strip()) or "invalid job id" in queued.stderr.lower():
                 return  # run() reports the tasks that did not finish
             time.sleep(self.settings.poll_seconds)
+
+
+@contextlib.contextmanager
+def local_ray_head(temp_dir: Path, num_cpus: int = 2, start_timeout: float = 120) -> Iterator[str]:
+    """A throwaway Ray head on 127.0.0.1 (tests, benchmarks); yields its address (host:port).
+
+    `ray start --head --block` runs in its own process group and is stopped by ending that group and any
+    process of its temp dir left over: `ray stop` would stop every Ray cluster of this user on the machine.
+    """
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    with open(temp_dir / "head.log", "w") as log:
+        head = subprocess.Popen(
+            [ray_cli, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+             "--num-cpus", str(num_cpus), "--include-dashboard", "false", "--object-store-memory", str(80 << 20),
+             "--disable-usage-stats", "--temp-dir", str(temp_dir)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        try:
+            deadline = time.time() + start_timeout
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if head.poll() is not None or time.time() > deadline:
+                        log_tail = (temp_dir / "head.log").read_text()[-2000:]
+                        raise RuntimeError(f"the Ray head did not start: {log_tail}")
+                    time.sleep(0.5)
+            yield f"127.0.0.1:{port}"
+        finally:
+            _stop_group(head, str(temp_dir))
+
+
+def _stop_group(head: subprocess.Popen, marker: str) -> None:
+    import psutil
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+    for proc in psutil.process_iter(["cmdline"]):  # anything of this cluster that outlived its group
+        if marker in " ".join(proc.info["cmdline"] or []):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
