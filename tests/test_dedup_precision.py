@@ -47,5 +47,8 @@ def test_docs_profile_precision_and_recall(tmp_path):
 
 
 def test_dedup_api_names_must_be_a_boolean():
+    assert S.resolve_profiles({"docs": {"dedup_api_names": True}})["docs"]["dedup_api_names"] is True
+    assert S.resolve_profiles({"mine": {"dedup_api_names": True}})["mine"]["dedup_api_names"] is True
+    assert "dedup_api_names" not in S.resolve_profiles({})["web"]
     with pytest.raises(ValueError, match="profiles.docs.dedup_api_names must be true or false"):
         S.resolve_profiles({"docs": {"dedup_api_names": "yes"}})

@@ -83,7 +83,9 @@ def resolve_profiles(overrides: dict | None) -> dict[str, dict[str, Any]]:
                 raise ValueError(f"profiles.{name}.word_tokenizer must be spacy or regex, got {value!r}")
             if key == "markup" and value not in ("web", "rest", "none"):
                 raise ValueError(f"profiles.{name}.markup must be web, rest or none, got {value!r}")
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
+            if key == "dedup_api_names":
+                base[key] = value
+            elif isinstance(value, dict) and isinstance(base.get(key), dict):
                 base[key] = {**base[key], **value}
             else:
                 base[key] = {} if value is True else value
