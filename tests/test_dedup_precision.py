@@ -3,6 +3,10 @@ only in the API they document survive, edited copies (docs and web) are caught, 
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -10,6 +14,8 @@ from llm_recipes.data import steps as S
 from llm_recipes.data.cleaning import CleanSettings, clean
 from llm_recipes.data.documents import write_parquet_atomic
 from llm_recipes.data.neardup_set import near_duplicate_set, precision_recall
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_clean(tmp_path, dataset, out: str, **kw) -> set[str]:
@@ -52,3 +58,15 @@ def test_dedup_api_names_must_be_a_boolean():
     assert "dedup_api_names" not in S.resolve_profiles({})["web"]
     with pytest.raises(ValueError, match="profiles.docs.dedup_api_names must be true or false"):
         S.resolve_profiles({"docs": {"dedup_api_names": "yes"}})
+
+
+def test_dedup_benchmark_script_records_a_setting(tmp_path):
+    """benchmarks/data/bench_dedup.py (its README command, at the smallest scale and one setting)."""
+    spec = importlib.util.spec_from_file_location("bench_dedup", REPO / "benchmarks" / "data" / "bench_dedup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = tmp_path / "results.jsonl"
+    assert module.main(["--scale", "1", "--setting", "3,20,3,api", "--results", str(results)]) == 0
+    record = json.loads(results.read_text())
+    assert record["setting"] == "3,20,3,api" and record["documents"] == 189
+    assert record["docs"]["precision"] >= 0.95 and record["docs"]["recall"] >= 0.9
