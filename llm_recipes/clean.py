@@ -47,9 +47,20 @@ class CleanConfig:
     seed: int = field(default=42, metadata={"help": "Seed of the split hash and the MinHash permutations."})
     num_workers: int = field(default=2, metadata={"help": "Local worker processes (datatrove LocalPipelineExecutor)."})
     keep_work: bool = field(default=False, metadata={"help": "Keep output_dir/work (intermediate shards, MinHash files, datatrove logs) after success."})
+    executor: str = field(default="local", metadata={"help": "Where the phases run: local (num_workers processes), ray (a running Ray cluster at ray_address) or slurm (jobs on slurm_partition; this process waits between phases). For ray and slurm, output_dir must be on storage every worker sees at the same path. An unreachable cluster is an error, never a local fallback."})
+    ray_address: str = field(default="", metadata={"help": "executor ray: host:port of the Ray head (`ray start --head --port 6379` prints it), or auto."})
+    ray_memory_gb_per_task: float = field(default=1.0, metadata={"help": "executor ray: memory reserved per task (GB); each task also reserves 1 CPU."})
+    slurm_partition: str = field(default="", metadata={"help": "executor slurm: partition the job arrays are submitted to (required)."})
+    slurm_time: str = field(default="04:00:00", metadata={"help": "executor slurm: time limit of each job (sbatch --time)."})
+    slurm_cpus_per_task: int = field(default=1, metadata={"help": "executor slurm: CPUs per task (sbatch --cpus-per-task)."})
+    slurm_mem_per_cpu_gb: int = field(default=2, metadata={"help": "executor slurm: memory per CPU in GB (sbatch --mem-per-cpu)."})
+    slurm_qos: str = field(default="", metadata={"help": "executor slurm: quality of service (sbatch --qos); empty: the cluster's default."})
+    slurm_env_command: str = field(default="", metadata={"help": "executor slurm: shell line each job runs first to get this Python environment, e.g. `source /shared/venv/bin/activate`."})
+    slurm_sbatch_args: Optional[Union[dict, str]] = field(default=None, metadata={"help": "executor slurm: more sbatch options as a mapping, e.g. {account: myproj}."})
+    slurm_poll_seconds: float = field(default=30.0, metadata={"help": "executor slurm: how often the waiting driver checks the queue."})
 
     def __post_init__(self):
-        for key in ("profiles", "profile_for_source"):
+        for key in ("profiles", "profile_for_source", "slurm_sbatch_args"):
             value = getattr(self, key)
             if isinstance(value, str):
                 try:
@@ -68,8 +79,24 @@ class CleanConfig:
         for key in ("language_min_score", "compare_profiles_sample"):
             check_range(self, key, 0, 1)
         for key in ("minhash_ngram", "minhash_buckets", "minhash_hashes_per_bucket", "decontamination_ngram",
-                    "num_workers"):
+                    "num_workers", "slurm_cpus_per_task", "slurm_mem_per_cpu_gb"):
             check_range(self, key, 1)
+        for key in ("ray_memory_gb_per_task", "slurm_poll_seconds"):
+            check_range(self, key, 0, low_open=True)
+        try:
+            self.executor_settings().validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+    def executor_settings(self):
+        from .data.executors import ExecutorSettings
+
+        return ExecutorSettings(
+            executor=self.executor, ray_address=self.ray_address, ray_memory_gb_per_task=self.ray_memory_gb_per_task,
+            slurm_partition=self.slurm_partition, slurm_time=self.slurm_time,
+            slurm_cpus_per_task=self.slurm_cpus_per_task, slurm_mem_per_cpu_gb=self.slurm_mem_per_cpu_gb,
+            slurm_qos=self.slurm_qos, slurm_env_command=self.slurm_env_command,
+            slurm_sbatch_args=self.slurm_sbatch_args or {}, poll_seconds=self.slurm_poll_seconds)
 
 
 def config_classes() -> tuple[type, ...]:
@@ -89,7 +116,8 @@ def main(argv=None) -> int:
         minhash_ngram=cfg.minhash_ngram, minhash_buckets=cfg.minhash_buckets,
         minhash_hashes_per_bucket=cfg.minhash_hashes_per_bucket, pii=cfg.pii,
         decontamination_files=cfg.decontamination_files or [], decontamination_ngram=cfg.decontamination_ngram,
-        validation_fraction=cfg.validation_fraction, seed=cfg.seed, workers=cfg.num_workers, keep_work=cfg.keep_work)
+        validation_fraction=cfg.validation_fraction, seed=cfg.seed, workers=cfg.num_workers, keep_work=cfg.keep_work,
+        cluster=cfg.executor_settings())
     try:
         report = clean(settings, start=run.start)
     except ValueError as e:

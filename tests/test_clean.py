@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from datatrove.data import Document
 
-from llm_recipes.data import load_clean_splits, textops
+from llm_recipes.data import load_clean_splits, neardup_set, textops
 from llm_recipes.data import steps as S
 from llm_recipes.data.cleaning import CleanSettings, clean
 from llm_recipes.data.documents import write_parquet_atomic
@@ -22,16 +22,11 @@ WORDS = ("time year people way day man thing woman life child world school state
          "side kind head house service friend father power hour game line end member law car city community name "
          "president team minute idea kid body information back parent face others level office door health person "
          "art war history party result change morning reason research girl guy moment air teacher force education").split()
-STOP = "the of and to a in that is was with".split()
 
 
 def prose(rng: random.Random, n_words: int) -> str:
     """Grammatical-looking English sentences over a shared vocabulary (passes the web quality filters)."""
-    sentences = []
-    while sum(len(s.split()) for s in sentences) < n_words:
-        words = [rng.choice(WORDS if i % 2 else STOP) for i in range(rng.randint(8, 14))]
-        sentences.append(" ".join(words).capitalize() + ".")
-    return " ".join(sentences)
+    return neardup_set.prose(rng, n_words, WORDS)
 
 
 def doc(text: str, source: str = "web", doc_id: str = "d") -> Document:

@@ -2,9 +2,9 @@
 PII scrubbing, decontamination and the train/validation split.
 
 Each phase is a datatrove executor run with one task per input shard (MinHash bucketing: one task per
-bucket). `LocalPipelineExecutor` spreads tasks over local processes and records finished tasks under
-`work/logs/`, so a rerun after a crash skips them; with `SlurmPipelineExecutor` or `RayPipelineExecutor`
-the very same pipelines run on a cluster (docs/data.md shows how).
+band, so no process holds more than one band's index). The executor is local processes, a Ray cluster or
+Slurm (`executors.py`); each records finished tasks under `work/logs/`, so a rerun after a crash or a
+lost worker skips them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from ..fileio import atomic_open, atomic_write_json, replace_folder
 from . import steps as S
+from .executors import ExecutorSettings, PhaseRunner
 
 WORK = "work"
 SPLITS = "splits"  # under work/: the new train/ and validation/, moved into place when everything is written
@@ -56,6 +57,7 @@ class CleanSettings:
     workers: int = 2
     keep_work: bool = False
     progress: bool = True
+    cluster: ExecutorSettings = field(default_factory=ExecutorSettings)  # where the phases run
 
 
 def input_files(input_dir: str) -> list[str]:
@@ -71,19 +73,10 @@ def input_files(input_dir: str) -> list[str]:
 
 
 def _fingerprint(settings: CleanSettings, files: list[str]) -> str:
-    keyed = {k: v for k, v in vars(settings).items() if k not in ("workers", "progress", "keep_work")}
+    keyed = {k: v for k, v in vars(settings).items() if k not in ("workers", "progress", "keep_work", "cluster")}
     stats = [(os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))) for f in files]
     blob = json.dumps([keyed, stats], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _executor(pipeline, tasks: int, workers: int, logging_dir: Path):
-    from datatrove.executor import LocalPipelineExecutor
-
-    # fork, not datatrove's default forkserver: a forkserver worker re-imports everything (~20 s per
-    # phase on 2 cores); the parent holds no threads or open pipelines when a phase starts.
-    return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=max(1, min(workers, tasks)),
-                                 logging_dir=str(logging_dir), skip_completed=True, start_method="fork")
 
 
 def _quiet_datatrove():
@@ -101,10 +94,8 @@ def clean(settings: CleanSettings, start: Callable[[], Any] | None = None) -> di
         start: called once the inputs, profiles and decontamination files have been checked, before the
             previous output is touched (the stage clears its completion marker there).
     """
-    from .report import build_report, write_report
-
     started = time.time()
-    files = input_files(settings.input_dir)
+    files = [os.path.abspath(f) for f in input_files(settings.input_dir)]  # cluster workers start elsewhere
     profiles = S.resolve_profiles(settings.profiles)
     for name in settings.profile_for_source.values():
         if name not in profiles:
@@ -114,9 +105,21 @@ def clean(settings: CleanSettings, start: Callable[[], Any] | None = None) -> di
         S.build_filters(profile)  # a bad threshold fails here, not inside a worker
     # evaluation sets are read (and a missing or unreadable one refused) before the previous output is touched
     eval_texts = read_eval_texts(settings.decontamination_files) if settings.decontamination_files else []
-    if start is not None:
-        start()
-    out = Path(settings.output_dir)
+    runner = PhaseRunner(settings.cluster, Path(settings.output_dir).absolute() / WORK / "logs")
+    runner.connect()  # an unreachable cluster is refused here, before anything is touched
+    try:
+        if start is not None:
+            start()
+        return _clean(settings, files, profiles, eval_texts, runner, started)
+    finally:
+        runner.close()
+
+
+def _clean(settings: CleanSettings, files: list[str], profiles: dict, eval_texts: list[str], runner: PhaseRunner,
+           started: float) -> dict[str, Any]:
+    from .report import build_report, write_report
+
+    out = Path(settings.output_dir).absolute()
     work = out / WORK
     fingerprint = _fingerprint(settings, files)
     marker = work / "fingerprint.json"
@@ -146,8 +149,9 @@ def clean(settings: CleanSettings, start: Callable[[], Any] | None = None) -> di
         chain.append(S.ProfiledQuality(profiles, settings.profile_for_source, settings.compare_profiles_sample))
     reader = S.ShardReader(files, tallied=chain, progress=settings.progress, desc="clean: filter")
     _phase(f"1/4 repair + quality filters: {n} shards on {settings.workers} workers")
-    _executor([reader, *chain, S.IntermediateWriter(str(filtered), str(work / "ledger" / "filter"), [reader, *chain])],
-              n, settings.workers, work / "logs" / "filter").run()
+    runner.run("filter", [reader, *chain,
+                          S.IntermediateWriter(str(filtered), str(work / "ledger" / "filter"), [reader, *chain])],
+               n, settings.workers)
     timings["filter"] = time.time() - t
 
     # 2. exact dedup over the whole corpus: first occurrence (by shard, then position) wins
@@ -171,13 +175,14 @@ def clean(settings: CleanSettings, start: Callable[[], Any] | None = None) -> di
         sigs, buckets = work / "minhash" / "signatures", work / "minhash" / "buckets"
         _phase(f"3/4 MinHash near-dedup ({settings.minhash_buckets} buckets x {settings.minhash_hashes_per_bucket} hashes, "
                f"{settings.minhash_ngram}-grams)")
-        _executor([S.ShardReader(filtered_files, desc="clean: minhash"), S.ExactDedup(str(remove_dir)),
-                   S.fast_minhash_signature(str(sigs), mh)], n, settings.workers,
-                  work / "logs" / "minhash_signatures").run()
-        _executor([MinhashDedupBuckets(input_folder=str(sigs), output_folder=str(buckets), config=mh)],
-                  mh.num_buckets, settings.workers, work / "logs" / "minhash_buckets").run()
-        _executor([MinhashDedupCluster(input_folder=str(buckets), output_folder=str(minhash_remove), config=mh)],
-                  1, 1, work / "logs" / "minhash_cluster").run()
+        signature = S.fast_minhash_signature(str(sigs), mh, profiles, settings.profile_for_source)
+        runner.run("minhash_signatures", [S.ShardReader(filtered_files, desc="clean: minhash"),
+                                          S.ExactDedup(str(remove_dir)), signature], n, settings.workers)
+        # one task per band: each holds only its own band's signatures
+        runner.run("minhash_buckets", [MinhashDedupBuckets(input_folder=str(sigs), output_folder=str(buckets),
+                                                           config=mh)], mh.num_buckets, settings.workers)
+        runner.run("minhash_cluster", [MinhashDedupCluster(input_folder=str(buckets),
+                                                           output_folder=str(minhash_remove), config=mh)], 1, 1)
     timings["near_dedup"] = time.time() - t
 
     # 4. PII, decontamination, split and write
@@ -195,10 +200,10 @@ def clean(settings: CleanSettings, start: Callable[[], Any] | None = None) -> di
     final_reader = S.ShardReader(filtered_files, tallied=final_chain, progress=settings.progress, desc="clean: write")
     _phase("4/4 dedup filter, PII scrubbing, decontamination, train/validation split")
     splits = work / SPLITS
-    _executor([final_reader, *final_chain,
-               S.SplitWriter(str(splits), settings.validation_fraction, settings.seed, str(work / "ledger" / "final"),
-                             final_chain)],
-              n, settings.workers, work / "logs" / "final").run()
+    runner.run("final", [final_reader, *final_chain,
+                         S.SplitWriter(str(splits), settings.validation_fraction, settings.seed,
+                                       str(work / "ledger" / "final"), final_chain)],
+               n, settings.workers)
     swapped = work / "swapped.json"  # written before the first split moves: a resumed run must not redo them
     if not swapped.exists():
         ensure_split_files(splits)

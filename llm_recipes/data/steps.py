@@ -20,8 +20,10 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup import MinhashDedupFilter, MinhashDedupSignature
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from . import textops
@@ -54,6 +56,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                            "max_ellipsis_lines_ratio": 0.5, "max_non_alpha_words_ratio": 0.2, "min_stop_words": None},
         "c4": False,
         "fineweb": False,
+        # templated docstrings (numpy's sum/prod/mean...) differ only in the API they document: near
+        # duplicates must also name the same APIs (see ApiAwareMinhashSignature)
+        "dedup_api_names": True,
     },
     "none": {"markup": "none", "gopher_repetition": False, "gopher_quality": False, "c4": False, "fineweb": False},
 }
@@ -69,14 +74,18 @@ def resolve_profiles(overrides: dict | None) -> dict[str, dict[str, Any]]:
             raise ValueError(f"profiles.{name} must be a mapping of filter -> settings (or false), got {settings!r}")
         base = profiles.setdefault(name, copy.deepcopy(PROFILES["none"]))
         for key, value in settings.items():
-            if key not in ("markup", "word_tokenizer", *FILTER_ORDER):
-                raise ValueError(f"profiles.{name}: unknown key {key!r}; expected markup, word_tokenizer or one of "
-                                 f"{FILTER_ORDER}")
+            if key not in ("markup", "word_tokenizer", "dedup_api_names", *FILTER_ORDER):
+                raise ValueError(f"profiles.{name}: unknown key {key!r}; expected markup, word_tokenizer, "
+                                 f"dedup_api_names or one of {FILTER_ORDER}")
+            if key == "dedup_api_names" and not isinstance(value, bool):
+                raise ValueError(f"profiles.{name}.dedup_api_names must be true or false, got {value!r}")
             if key == "word_tokenizer" and value not in ("spacy", "regex"):
                 raise ValueError(f"profiles.{name}.word_tokenizer must be spacy or regex, got {value!r}")
             if key == "markup" and value not in ("web", "rest", "none"):
                 raise ValueError(f"profiles.{name}.markup must be web, rest or none, got {value!r}")
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
+            if key == "dedup_api_names":
+                base[key] = value
+            elif isinstance(value, dict) and isinstance(base.get(key), dict):
                 base[key] = {**base[key], **value}
             else:
                 base[key] = {} if value is True else value
@@ -437,17 +446,20 @@ class ExactDedup(TallyStep):
         return "exact duplicate" if self._index in self._drop else doc
 
 
-def fast_minhash_signature(output_folder: str, config):
-    """datatrove's MinHash signature step with whitespace word splitting.
+def fast_minhash_signature(output_folder: str, config, profiles: dict | None = None,
+                           profile_map: dict | None = None):
+    """datatrove's MinHash signature step with whitespace word splitting and API-aware shingles.
 
     Shingles are built from `simplify_text` output (lower-cased, punctuation removed), where splitting
     on whitespace gives the same words as datatrove's spaCy tokenizer for English at a fraction of the
-    cost; tokenization dominated the near-dedup phase.
+    cost; tokenization dominated the near-dedup phase. Documents whose profile has `dedup_api_names`
+    get shingles keyed by the API names they mention (`ApiAwareMinhashSignature`).
     """
-    from datatrove.pipeline.dedup import MinhashDedupSignature
-
-    step = MinhashDedupSignature(output_folder=output_folder, config=config)
+    step = ApiAwareMinhashSignature(output_folder=output_folder, config=config)
     step.word_tokenizer = WhitespaceWords()
+    profiles = profiles or {}
+    step.keyed_profiles = {name for name, p in profiles.items() if p.get("dedup_api_names")}
+    step.profile_map = dict(profile_map or DEFAULT_PROFILE_FOR_SOURCE)
     return step
 
 
@@ -455,6 +467,62 @@ class WhitespaceWords:
     @staticmethod
     def word_tokenize(text: str) -> list[str]:
         return text.split()
+
+
+# API names in documentation: backticked code, dotted names (os.path.join), calls (sum(), snake_case and
+# CamelCase identifiers. Plain words are not names, so editing the prose does not change the set.
+_API_NAME = re.compile(r"`[^`\n]+`|\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|\b[A-Za-z_]\w*(?=\()|\b\w*_\w+"
+                       r"|\b[A-Z][a-z0-9]+[A-Z]\w*")
+
+
+def api_names(text: str) -> set[str]:
+    """The API names a documentation text mentions (`e.g` and `i.e` are not names)."""
+    names = set()
+    for match in _API_NAME.finditer(text):
+        name = match.group().strip("`").strip()
+        if name and not ("." in name and max(map(len, name.split("."))) < 2):
+            names.add(name)
+    return names
+
+
+def _names_key(names: set[str]) -> int:
+    names = names - {""}
+    if not names:
+        return 0
+    digest = hashlib.blake2b("\n".join(sorted(names)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class ApiAwareMinhashSignature(MinhashDedupSignature):
+    """MinhashDedupSignature whose shingles, for documents of a `dedup_api_names` profile, are XORed with a
+    hash of the set of API names the document mentions plus its title (python-docs: the qualified name).
+
+    XOR with one key is a bijection, so two documents naming the same APIs keep exactly their Jaccard
+    similarity (edited prose is still found), while documents naming different APIs share no shingle and
+    never collide: templated docstrings (numpy's `sum`, `prod`, `mean`) all survive. Documents of other
+    profiles, and docs that mention no API name, are shingled as datatrove does. The price: a copy whose
+    edit adds or removes an API name is not found.
+    """
+
+    keyed_profiles: set = set()
+    profile_map: dict = {}
+    _key = 0
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        def keyed(documents):
+            for doc in documents:  # the base class shingles doc.text right after taking the document
+                profile = profile_for(doc.metadata.get("source", ""), self.profile_map)
+                if profile in self.keyed_profiles:  # python-docs titles are qualified names (json.dumps)
+                    self._key = _names_key(api_names(doc.text) | {doc.metadata.get("title") or ""})
+                else:
+                    self._key = 0
+                yield doc
+
+        return super().run(keyed(data), rank, world_size)  # writes signature files, yields nothing
+
+    def get_shingles(self, text: str) -> np.ndarray:
+        shingles = super().get_shingles(text)
+        return np.bitwise_xor(shingles, np.uint64(self._key)) if self._key else shingles
 
 
 class NearDedup(PipelineStep):
@@ -466,8 +534,6 @@ class NearDedup(PipelineStep):
 
     def __init__(self, remove_folder: str):
         super().__init__()
-        from datatrove.pipeline.dedup import MinhashDedupFilter
-
         self.inner = MinhashDedupFilter(input_folder=remove_folder)
         self.tally = Tally("near dedup")
 
