@@ -83,8 +83,10 @@ def write_warc(patterns: list[str], out: Path, max_mb: float) -> int:
     return len(seen)
 
 
-def gathered_texts(corpus: str, work: Path, args) -> list[dict]:
-    gathered = work / corpus / "gather"
+def gathered_texts(corpus: str, work: Path, args) -> tuple[list[dict], float | None]:
+    """The corpus's gathered rows, and the wall seconds of `llm-recipes gather` when it ran now (for the
+    WARC corpus that is reading the WARC and extracting each page's main text, plus the process start)."""
+    gathered, gather_s = work / corpus / "gather", None
     if not (gathered / "stage_complete.json").exists():
         if corpus == "warc":
             warc = work / corpus / "pages.warc.gz"
@@ -93,15 +95,17 @@ def gathered_texts(corpus: str, work: Path, args) -> list[dict]:
             spec = [{"type": "files", "paths": [str(warc)]}]
         else:
             spec = _bench_clean().sources(corpus, [])
+        start = time.time()
         done = subprocess.run([sys.executable, "-m", "llm_recipes.gather", "--output_dir", str(gathered),
                                "--sources", json.dumps(spec), "--overwrite_output_dir", "true"],
                               capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"gather of {corpus} failed:\n{done.stderr[-2000:]}")
+        gather_s = round(time.time() - start, 1)
     rows = []
     for path in sorted((gathered / "data").glob("*.parquet")):
         rows += pq.read_table(path, columns=["text", "id", "source"]).to_pylist()
-    return rows
+    return rows, gather_s
 
 
 def repaired(rows: list[dict], profile: str) -> tuple[list[Document], float]:
@@ -174,16 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--show", type=int, default=5, help="disagreements printed per filter")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                             cwd=HERE).stdout.strip()
     for corpus in args.corpus:
-        rows = gathered_texts(corpus, Path(args.work), args)
+        rows, gather_s = gathered_texts(corpus, Path(args.work), args)
         if args.max_docs:
             rows = rows[: args.max_docs]
         for profile in PROFILE_OF[corpus]:
             docs, repair_s = repaired(rows, profile)
             result = bench(corpus, profile, docs, repair_s, args.show)
-            result.update({"load_avg": [round(x, 2) for x in os.getloadavg()], "commit": commit,
+            result.update({"gather_wall_s": gather_s, "load_avg": [round(x, 2) for x in os.getloadavg()], "commit": commit,
                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": os.cpu_count()})
             print(json.dumps(result, ensure_ascii=False, indent=1), flush=True)
             with open(args.results, "a") as f:
