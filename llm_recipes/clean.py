@@ -24,7 +24,7 @@ from .pipeline.envelope import StageRun
 class CleanConfig:
     input_dir: str = field(default="runs/default/gather", metadata={"help": "Gather output folder (data/*.parquet), or any folder of parquet files with a `text` column."})
     output_dir: str = field(default="runs/default/clean", metadata={"help": "Stage folder: train/, validation/, report.md, report.png, report.json."})
-    profiles: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Overrides of the filter profiles (web, docs, none, or new names): {profile: {markup: web|rest|none, gopher_repetition|gopher_quality|c4|fineweb: {datatrove kwargs} or false}}."})
+    profiles: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Overrides of the filter profiles (web, docs, none, or new names): {profile: {markup: web|rest|none, engine: fast|datatrove, gopher_repetition|gopher_quality|c4|fineweb: {datatrove kwargs} or false}}."})
     profile_for_source: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Which profile each `source` gets: ordered mapping of glob pattern -> profile. Default {'python-docs*': docs, '*': web}."})
     unicode_repair: bool = field(default=True, metadata={"help": "Repair mojibake and normalize unicode (ftfy, NFC); remove control and zero-width characters."})
     remove_markup: bool = field(default=True, metadata={"help": "Remove markup: HTML (main text extracted) and markdown for the web profile, reST roles for docs."})

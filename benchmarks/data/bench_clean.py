@@ -2,6 +2,8 @@
 
     python benchmarks/data/bench_clean.py --corpus shakespeare --corpus verdict --corpus instructions
     python benchmarks/data/bench_clean.py --corpus python-docs --packages transformers torch pandas ...
+    python benchmarks/data/bench_clean.py --corpus python-docs --engine datatrove   # the reference filters
+    python benchmarks/data/bench_clean.py --corpus python-docs --repeat 4           # memory at 4x the input
 
 Each corpus is gathered once (not timed), then `llm-recipes clean` runs in a subprocess while this script
 samples the resident memory of that process and all its children every 0.2 s. Writes a JSON line per
@@ -67,6 +69,22 @@ def run(cmd: list[str]) -> tuple[float, int]:
     return time.time() - start, peak
 
 
+def repeated(gathered: Path, out: Path, times: int) -> Path:
+    """A copy of a gather output whose shards appear `times` times (ids made unique per copy)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = sorted((gathered / "data").glob("*.parquet"))
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for k in range(times):
+        for shard in shards:
+            table = pq.read_table(shard)
+            ids = pa.array([f"{i}#copy{k}" for i in table.column("id").to_pylist()])
+            pq.write_table(table.set_column(table.schema.get_field_index("id"), "id", ids),
+                           out / "data" / f"{k:02d}-{shard.name}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", action="append", required=True)
@@ -74,6 +92,10 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/llm_recipes_bench_data")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shard_mb", type=float, default=1.5)
+    ap.add_argument("--engine", choices=["fast", "datatrove"], default="fast",
+                    help="quality-filter engine of every profile (datatrove: its own filter classes, the reference)")
+    ap.add_argument("--repeat", type=int, default=1, help="clean the gathered shards this many times over (memory "
+                    "as the input grows; later copies are exact duplicates, removed after the filter phase)")
     args = ap.parse_args()
     for corpus in args.corpus:
         work = Path(args.work) / corpus
@@ -82,12 +104,16 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "llm_recipes.gather", "--output_dir", str(gathered), "--sources",
                             json.dumps(sources(corpus, args.packages)), "--shard_mb", str(args.shard_mb),
                             "--overwrite_output_dir", "true"], check=True, stdout=subprocess.DEVNULL)
+        if args.repeat > 1:
+            gathered = repeated(gathered, work / f"gather-x{args.repeat}", args.repeat)
         out = work / "clean"
         subprocess.run(["rm", "-rf", str(out)], check=True)
+        profiles = {name: {"engine": args.engine} for name in ("web", "docs")}
         seconds, peak = run([sys.executable, "-m", "llm_recipes.clean", "--input_dir", str(gathered),
-                             "--output_dir", str(out), "--num_workers", str(args.workers)])
+                             "--output_dir", str(out), "--num_workers", str(args.workers),
+                             "--profiles", json.dumps(profiles)])
         report = json.loads((out / "report.json").read_text())
-        result = {"corpus": corpus, "input_mb": round(report["input_bytes"] / 2**20, 2),
+        result = {"corpus": corpus, "engine": args.engine, "repeat": args.repeat, "input_mb": round(report["input_bytes"] / 2**20, 2),
                   "input_documents": report["input_documents"], "output_documents": report["output_documents"],
                   "shards": report["shards"], "workers": args.workers, "wall_s": round(seconds, 1),
                   "pipeline_s": report["seconds"], "mb_per_s_wall": round(report["input_bytes"] / 2**20 / seconds, 3),

@@ -1,0 +1,343 @@
+"""Gopher repetition, Gopher quality, C4 and FineWeb quality filters in one cheap pass per document.
+
+The rules, thresholds, keyword arguments and removal reasons are datatrove's (0.10): each class here
+takes exactly the keyword arguments of its datatrove counterpart, with datatrove's defaults (read from
+datatrove's own signatures, so the two cannot drift), and answers `True` or `(False, reason)` like
+datatrove's `filter(doc)`. What differs is the cost:
+
+- words: datatrove runs spaCy's whole pipeline (tokenizer + sentencizer) on every document, which takes
+  most of the filter time (~0.3 MB/s on Tiny Shakespeare paragraphs); here spaCy tokenizes each distinct
+  whitespace-separated chunk once per worker and the words of a text are looked up (`SpacyWords`),
+  giving the same words; a profile that names its own tokenizer (`word_tokenizer: regex`) gets it as is;
+- the words of a text are computed once and shared by the filters that read them;
+- n-gram counts are `Counter`s over tuples of words (built in C) instead of joined strings, and the
+  duplicated 5..10-gram scan runs only when some 5-gram occurs twice (no repeated 5-gram means no
+  repeated longer n-gram, so every duplicated-n-gram fraction is 0);
+- C4 counts sentences (spaCy's sentencizer rule on the same tokens) only until it has the
+  `min_num_sentences` it needs.
+
+Decisions agree with datatrove's on >= 99% of documents per filter on the benchmark corpora
+(`benchmarks/data/bench_filters.py`, which lists every disagreement by example).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections import Counter
+from functools import lru_cache
+from itertools import chain
+from typing import Any
+
+from datatrove.data import Document
+from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS
+from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
+from datatrove.utils.typeshelper import Languages
+
+# -------------------------------------------------------------------------------------------- words
+
+class SpacyWords:
+    """English words exactly as datatrove's spaCy tokenizer gives them, at a fraction of the cost.
+
+    spaCy tokenizes each whitespace-separated chunk on its own (prefixes, suffixes, infixes, exceptions),
+    and datatrove drops the whitespace tokens; so a text's words are the concatenation of its chunks'
+    tokens. Chunks repeat (Zipf), so each distinct chunk goes through spaCy once and is then looked up:
+    the per-document work is a `str.split` and dictionary lookups, not building a spaCy Doc.
+    """
+
+    MAX_CACHE = 400_000  # distinct chunks kept (~100 MB at worst); the cache starts over when full
+
+    def __init__(self):
+        # spaCy takes ~1 s to import; only the worker that tokenizes English pays it, once
+        import spacy
+        from spacy.lang.lex_attrs import is_punct
+        from spacy.pipeline.sentencizer import Sentencizer
+
+        self._nlp = spacy.blank("en")
+        self._cache: dict[str, tuple[str, ...]] = {}
+        self.is_punct = is_punct
+        self.sentence_ends = frozenset(Sentencizer.default_punct_chars)
+
+    def chunk_tokens(self, chunks: list[str]) -> list[tuple[str, ...]]:
+        cache = self._cache
+        missing = set(chunks).difference(cache)
+        if missing and len(cache) + len(missing) > self.MAX_CACHE:
+            cache.clear()  # this text's chunks that were cached go too
+            missing = set(chunks)
+        if missing:
+            # tokens are views into spaCy's string store: copy their text out before the zone closes,
+            # so the store does not grow with every distinct chunk (the leak datatrove guards against too)
+            with self._nlp.memory_zone():
+                for chunk in missing:
+                    cache[chunk] = tuple(t.text for t in self._nlp.tokenizer(chunk))
+        return list(map(cache.__getitem__, chunks))
+
+    def __call__(self, text: str) -> list[str]:
+        return list(chain.from_iterable(self.chunk_tokens(text.split())))
+
+    def count_sentences(self, text: str, limit: int) -> int:
+        """Sentences in `text` as spaCy's sentencizer splits them (a sentence ends at a token from its list
+        of terminal punctuation followed by a token that is not punctuation), counting no further than `limit`."""
+        count, seen_end = 0, False
+        for tokens in self.chunk_tokens(text.split()):
+            for token in tokens:
+                if not count:
+                    count = 1
+                is_end = token in self.sentence_ends
+                if seen_end and not is_end and not self.is_punct(token):
+                    count += 1
+                    seen_end = False
+                    if count >= limit:
+                        return count
+                elif is_end:
+                    seen_end = True
+        return count
+
+
+@lru_cache(maxsize=1)
+def spacy_words() -> SpacyWords:
+    return SpacyWords()
+
+
+def word_splitter(language: Any):
+    """`language` as datatrove's filters take it: English (spaCy's words, as datatrove splits English) or a
+    datatrove WordTokenizer instance (used as it is, so a profile's own tokenizer gives identical words).
+    The words of the last few texts are kept, so the filters of a chain tokenize a document once."""
+    if isinstance(language, str):
+        if language != Languages.english:
+            raise ValueError(f"the fast filters know English words only, got language={language!r}; "
+                             "set `engine: datatrove` in the profile for other languages")
+        return lambda text: _words(spacy_words(), text)
+    return lambda text: _words(language, text)
+
+
+@lru_cache(maxsize=4)
+def _words(tokenizer, text: str) -> list[str]:
+    return tokenizer(text) if isinstance(tokenizer, SpacyWords) else tokenizer.word_tokenize(text)
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+def _datatrove_arguments(reference_class, kwargs: dict) -> dict[str, Any]:
+    """kwargs bound against the datatrove class's signature, defaults filled in; a misspelled argument
+    fails as it would in datatrove (TypeError)."""
+    bound = inspect.signature(reference_class).bind(**kwargs)
+    bound.apply_defaults()
+    args = dict(bound.arguments)
+    if args.pop("exclusion_writer", None) is not None:
+        raise TypeError("the fast filters do not write excluded documents (exclusion_writer)")
+    return args
+
+
+def _duplicates(items: list[str]) -> tuple[int, int]:
+    """(number of repeated items, characters in the repeats): every occurrence after the first counts."""
+    counts = Counter(items)
+    return len(items) - len(counts), sum(len(k) * (v - 1) for k, v in counts.items() if v > 1)
+
+
+def _repeated_ngram_chars(words: list[str], n: int) -> int:
+    """Characters of n-grams that repeat an earlier n-gram, skipping past each repeat (Gopher's rule,
+    n-grams keyed by their concatenated words as datatrove keys them)."""
+    seen, repeated, i, last = set(), 0, 0, len(words) - n + 1
+    while i < last:
+        gram = "".join(words[i:i + n])
+        if gram in seen:
+            repeated += len(gram)
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return repeated
+
+
+class _FastFilter:
+    """Common shape: `filter(doc) -> True | (False, reason)`, like datatrove's BaseFilter."""
+
+    reference: Any = None  # the datatrove class whose arguments and decisions this reproduces
+
+    def __init__(self, **kwargs):
+        self.args = _datatrove_arguments(self.reference, kwargs)
+        self.words = word_splitter(self.args.pop("language"))
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# -------------------------------------------------------------------------------------------- filters
+
+class FastGopherRepetition(_FastFilter):
+    from datatrove.pipeline.filters import GopherRepetitionFilter as reference
+
+    _PARAGRAPHS = re.compile(r"\n{2,}")
+    _LINES = re.compile(r"\n+")
+
+    def filter(self, doc):
+        a, text = self.args, doc.text
+        if not text:
+            return False, "empty"
+        paragraphs = self._PARAGRAPHS.split(text.strip())
+        n_dup, dup_chars = _duplicates(paragraphs)
+        if a["dup_para_frac"] and n_dup / len(paragraphs) > a["dup_para_frac"]:
+            return False, "dup_para_frac"
+        if a["dup_para_char_frac"] and dup_chars / len(text) > a["dup_para_char_frac"]:
+            return False, "dup_para_char_frac"
+        lines = self._LINES.split(text)
+        n_dup, dup_chars = _duplicates(lines)
+        if a["dup_line_frac"] and n_dup / len(lines) > a["dup_line_frac"]:
+            return False, "dup_line_frac"
+        if a["dup_line_char_frac"] and dup_chars / len(text) > a["dup_line_char_frac"]:
+            return False, "dup_line_char_frac"
+
+        words = self.words(text)
+        # once no n-gram repeats, no longer one does: later counts are known without counting
+        unique_from = None
+        for n, frac in a["top_n_grams"]:
+            if len(words) < n:
+                continue
+            if unique_from is not None and n >= unique_from:
+                gram, count = words[:n], 1
+            else:
+                counts = Counter(zip(*(words[i:] for i in range(n))))
+                count = max(counts.values())
+                if count == 1:
+                    unique_from = n if unique_from is None else min(unique_from, n)
+                # the most frequent n-gram, the first seen among equals (as Counter.most_common(1) picks)
+                gram = next(g for g, c in counts.items() if c == count)
+            if (sum(map(len, gram)) + n - 1) * count / len(text) > frac:
+                return False, f"top_{n}_gram"
+        if a["dup_n_grams"]:
+            smallest = min(n for n, _ in a["dup_n_grams"])
+            if unique_from is None or smallest < unique_from:
+                grams = list(zip(*(words[i:] for i in range(smallest))))
+                if len(set(grams)) == len(grams):
+                    unique_from = smallest
+            if unique_from is not None and smallest >= unique_from:  # every duplicated fraction is 0
+                return True
+            for n, frac in a["dup_n_grams"]:
+                if _repeated_ngram_chars(words, n) / len(text) > frac:
+                    return False, f"duplicated_{n}_n_grams"
+        return True
+
+
+class FastGopherQuality(_FastFilter):
+    from datatrove.pipeline.filters import GopherQualityFilter as reference
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.stop_words = set(STOP_WORDS if self.args["stop_words"] is None else self.args["stop_words"])
+
+    def filter(self, doc):
+        a, text = self.args, doc.text
+        words = self.words(text)
+        n_words = len(words)
+        # a word made only of punctuation strips to nothing
+        lengths = [len(w) for w in words if w.strip(_PUNCT_CHARS)]
+        if a["min_doc_words"] and len(lengths) < a["min_doc_words"]:
+            return False, "gopher_short_doc"
+        if a["max_doc_words"] and len(lengths) > a["max_doc_words"]:
+            return False, "gopher_long_doc"
+        mean_length = sum(lengths) / len(lengths) if lengths else float("nan")
+        if a["min_avg_word_length"] and mean_length < a["min_avg_word_length"]:
+            return False, "gopher_below_avg_threshold"
+        if a["max_avg_word_length"] and mean_length > a["max_avg_word_length"]:
+            return False, "gopher_above_avg_threshold"
+        if not n_words:
+            return False, "gopher_short_doc"
+        if a["max_symbol_word_ratio"] and text.count("#") / n_words > a["max_symbol_word_ratio"]:
+            return False, "gopher_too_many_hashes"
+        if a["max_symbol_word_ratio"] and (text.count("...") + text.count("…")) / n_words > a["max_symbol_word_ratio"]:
+            return False, "gopher_too_many_ellipsis"
+        lines = text.splitlines()
+        if a["max_bullet_lines_ratio"] and lines and \
+                sum(s.lstrip().startswith(("•", "-")) for s in lines) / len(lines) > a["max_bullet_lines_ratio"]:
+            return False, "gopher_too_many_bullets"
+        if a["max_ellipsis_lines_ratio"] and lines and \
+                sum(s.rstrip().endswith(("...", "…")) for s in lines) / len(lines) > a["max_ellipsis_lines_ratio"]:
+            return False, "gopher_too_many_end_ellipsis"
+        if a["max_non_alpha_words_ratio"] and \
+                sum(map(bool, map(_HAS_ALPHA.search, words))) / n_words < a["max_non_alpha_words_ratio"]:
+            return False, "gopher_below_alpha_threshold"
+        if a["min_stop_words"] and len(self.stop_words.intersection(words)) < a["min_stop_words"]:
+            return False, "gopher_enough_stop_words"
+        return True
+
+
+_PUNCT_CHARS = "".join(PUNCTUATION_SET)
+_HAS_ALPHA = re.compile(r"[^\W\d_]")  # str.isalpha's letters, as a search
+
+
+class FastC4Quality(_FastFilter):
+    """C4's line rules. Like datatrove's, it rewrites `doc.text` to the kept lines when the document passes."""
+
+    from datatrove.pipeline.filters import C4QualityFilter as reference
+
+    _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+    _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+    _END = (".", "?", "!", '"', "'")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if not self.args["split_paragraph"]:
+            raise TypeError("the fast C4 filter splits lines only (split_paragraph=True); "
+                            "set `engine: datatrove` in the profile for sentence splitting")
+
+    def filter(self, doc):
+        a = self.args
+        needed = a["min_num_sentences"]
+        sentences, kept = 0, []
+        for line in doc.text.splitlines():
+            line = line.strip()
+            words = line.split()
+            if a["max_word_length"] != -1 and any(len(w) > a["max_word_length"] for w in words):
+                continue
+            if a["remove_citations"]:
+                line = self._CITATION.sub("", line)
+            if a["filter_no_terminal_punct"] and (not line.endswith(self._END) or line.endswith("...")):
+                continue
+            if len(words) < a["min_words_per_line"]:
+                continue
+            lower = line.lower()
+            if a["filter_lorem_ipsum"] and "lorem ipsum" in lower:
+                return False, "lorem_ipsum"
+            if a["filter_javascript"] and "javascript" in lower:
+                continue
+            if a["filter_curly_bracket"] and "{" in line:
+                return False, "curly_bracket"
+            if a["filter_policy"] and any(p in lower for p in self._POLICY):
+                continue
+            if needed != -1 and sentences < needed:
+                sentences += spacy_words().count_sentences(line, needed - sentences)
+            kept.append(line)
+        if sentences < needed:
+            return False, "too_few_sentences"
+        doc.text = "\n".join(kept).strip()
+        return True
+
+
+class FastFineWebQuality(_FastFilter):
+    from datatrove.pipeline.filters import FineWebQualityFilter as reference
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.stop_chars = tuple(TERMINAL_PUNCTUATION if self.args["stop_chars"] is None else self.args["stop_chars"])
+
+    def filter(self, doc):
+        a, text = self.args, doc.text
+        lines = [line for line in text.split("\n") if line.strip()]
+        if not lines:
+            return False, "empty"
+        ratio = sum(1 for line in lines if line.endswith(self.stop_chars)) / len(lines)
+        if ratio < a["line_punct_thr"] and not (ratio == 0 and a["line_punct_exclude_zero"]):
+            return False, "line_punct_ratio"
+        if sum(1 for line in lines if len(line) <= a["short_line_length"]) / len(lines) > a["short_line_thr"]:
+            return False, "short_line_ratio"
+        if _duplicates(lines)[1] / len(text.replace("\n", "")) > a["char_duplicates_ratio"]:
+            return False, "char_dup_ratio"
+        words = self.words(text)
+        if not words or text.count("\n") / len(words) > a["new_line_ratio"]:
+            return False, "list_ratio"
+        return True
+
+
+FAST_FILTERS = {"gopher_repetition": FastGopherRepetition, "gopher_quality": FastGopherQuality,
+                "c4": FastC4Quality, "fineweb": FastFineWebQuality}

@@ -1,0 +1,141 @@
+"""The fast quality filters (llm_recipes/data/fastfilters.py) decide as datatrove's own filter classes do:
+on documents crafted to trip every rule, on the pydoc topics every Python ships and on Tiny Shakespeare
+paragraphs where present; same words as datatrove's spaCy tokenizer; bad settings fail clearly. Speed is
+measured in benchmarks/data/bench_filters.py, never here."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from conftest import shared_file, tiny_corpus
+from datatrove.data import Document
+from datatrove.utils.text import split_into_words
+from test_clean import prose
+
+from llm_recipes.data import fastfilters as F
+from llm_recipes.data import steps as S
+from llm_recipes.data import textops
+
+
+def crafted() -> list[str]:
+    """One document (or more) for each rule of the four filters, and prose that passes them all."""
+    rng = random.Random(3)
+    good = prose(rng, 300)
+    lines = [prose(rng, 12) for _ in range(30)]
+    return [
+        good, "", "Too short to be a page.", "\n\n".join([good[:400]] * 4),  # empty, short, repeated paragraphs
+        "\n".join(["Buy cheap watches online now at the best store."] * 40),  # repeated lines
+        good + " " + " ".join(["the best watches"] * 60),  # a top 3-gram
+        good + " " + " ".join(lines[0].split()[:8] * 10),  # duplicated 5..10-grams
+        " ".join(["#tag"] * 80 + ["the", "and"] * 10), good + " ..." * 40, good.replace(". ", "...\n"),
+        "\n".join("- " + s for s in lines), " ".join(["x" * 14] * 60 + ["the", "and"]),
+        " ".join(["12 34 56"] * 40 + ["the", "and"] * 5), " ".join(w for w in good.split() if w not in ("the", "and")),
+        good + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.",
+        good + "\nfunction f() { return the value of the thing; }",
+        good + "\nEnable JavaScript to see the rest of this page, please.\nRead our privacy policy for the details.",
+        "One sentence only, with the words and the other words of a thing.",
+        "\n".join(f"{w} and the {v} of a thing that is" for w, v in zip(F.STOP_WORDS * 10, reversed(F.STOP_WORDS * 10))),
+        "\n".join(["Short line."] * 5 + [good]), "\n".join(lines + lines[:3]), "\n".join(good.split()),
+        "Don't stop-gap e.g. U.S. it's 3.14 1,000 \"quote\" http://x.com/a?b=1. foo_bar a--b ... can't $5 10% 'tis "
+        "me.--Pray, news?-- __dict__ print(i) and/or C++. Howe'er we'll go. " * 8,
+    ]
+
+
+def decisions(engine: str, profile: dict, texts: list[str]) -> list[list]:
+    """Per filter and per document: the filter's answer and (for C4) the text it leaves."""
+    out = []
+    for name, flt in S.build_filters({**profile, "engine": engine}):
+        for text in texts:
+            d = Document(text=text, id="x")
+            result = flt.filter(d)
+            out.append([name, text[:40], result if isinstance(result, tuple) else bool(result), d.text])
+    return out
+
+
+@pytest.mark.parametrize("profile", ["web", "docs"])
+def test_fast_filters_decide_as_datatrove_on_crafted_and_real_documents(profile):
+    texts = crafted() + tiny_corpus()[:150]
+    settings = S.resolve_profiles({})[profile]
+    fast, reference = decisions("fast", settings, texts), decisions("datatrove", settings, texts)
+    assert [f for f, r in zip(fast, reference) if f != r] == []
+    reasons = {str(r[2]) for r in reference}
+    assert len(reasons) >= 8 if profile == "web" else 3  # the crafted documents trip many different rules
+
+
+def test_fast_filters_agree_on_tiny_shakespeare():
+    text = shared_file("karpathy/tinyshakespeare/input.txt").read_text(encoding="utf-8")
+    paragraphs = [p for p in text.split("\n\n") if p.strip()][:1500]
+    settings = S.resolve_profiles({})["web"]
+    fast, reference = decisions("fast", settings, paragraphs), decisions("datatrove", settings, paragraphs)
+    assert [f for f, r in zip(fast, reference) if f != r] == []
+    assert any(r[2] is True for r in reference) and any(r[2] is not True for r in reference)
+
+
+def test_spacy_words_equal_datatrove_words_also_when_the_cache_starts_over(monkeypatch):
+    words = F.SpacyWords()
+    monkeypatch.setattr(F.SpacyWords, "MAX_CACHE", 50)
+    for text in crafted() + tiny_corpus()[:40]:
+        assert words(text) == split_into_words(text, "eng")
+    assert len(words._cache) <= 50 + len(set(tiny_corpus()[39].split()))
+
+
+def test_profile_engine_is_validated_and_the_reference_engine_stays_available():
+    with pytest.raises(ValueError, match="engine must be one of"):
+        S.resolve_profiles({"web": {"engine": "rust"}})
+    profile = S.resolve_profiles({"web": {"engine": "datatrove"}})["web"]
+    from datatrove.pipeline.filters import GopherQualityFilter
+
+    assert isinstance(dict(S.build_filters(profile))["gopher_quality"], GopherQualityFilter)
+    assert isinstance(dict(S.build_filters(S.PROFILES["web"]))["gopher_quality"], F.FastGopherQuality)
+
+
+def test_fast_filters_refuse_what_they_do_not_do():
+    with pytest.raises(ValueError, match="filter gopher_quality"):  # a misspelled threshold, as with datatrove
+        S.build_filters(S.resolve_profiles({"web": {"gopher_quality": {"min_words": 3}}})["web"])
+    with pytest.raises(ValueError, match="English words only.*engine: datatrove"):
+        F.FastGopherQuality(language="fra")
+    with pytest.raises(TypeError, match="split_paragraph"):
+        F.FastC4Quality(split_paragraph=False)
+    with pytest.raises(TypeError, match="exclusion_writer"):
+        F.FastFineWebQuality(exclusion_writer=object())
+
+
+def test_filter_benchmark_runs_on_a_warc_it_builds(tmp_path):
+    """benchmarks/data/bench_filters.py end to end on a few local HTML pages (its WARC corpus)."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    pages = tmp_path / "html"
+    pages.mkdir()
+    for i, text in enumerate(tiny_corpus()[:12]):
+        body = "".join(f"<p>{p}</p>" for p in text.split("\n\n"))
+        (pages / f"{i}.html").write_text(f"<html><body><article><h1>Topic {i}</h1>{body}</article></body></html>")
+    spec = importlib.util.spec_from_file_location("bench_filters", REPO_ROOT / "benchmarks/data/bench_filters.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = tmp_path / "results.jsonl"
+    assert bench.main(["--corpus", "warc", "--html", str(pages / "*.html"), "--work", str(tmp_path / "work"),
+                       "--results", str(results)]) == 0
+    record = json.loads(results.read_text())
+    assert record["corpus"] == "warc" and record["documents"] >= 10
+    assert set(record["per_filter"]) == set(S.FILTER_ORDER)
+    assert all(f["agreement"] == 1.0 for f in record["per_filter"].values())
+    assert record["fast_mb_per_cpu_s"] > 0 and record["datatrove_mb_per_cpu_s"] > 0
+    with pytest.raises(SystemExit, match="no local HTML"):
+        bench.main(["--corpus", "warc", "--html", str(tmp_path / "none/*.html"), "--work", str(tmp_path / "w2"),
+                    "--results", str(results)])
+
+
+def test_unicode_repair_skips_ftfy_only_where_ftfy_would_change_nothing_more():
+    """The plain-ASCII shortcut of textops.repair_unicode gives ftfy's answer: random ASCII (control characters
+    included) and real documents; text with entities, CR or escapes still goes through ftfy."""
+    rng = random.Random(5)
+    alphabet = [chr(i) for i in range(128)]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300))) for _ in range(2000)]
+    texts += crafted() + tiny_corpus() + ["caf\u00c3\u00a9", "a &amp; b", "x\r\ny", "\x1b[31mred\x1b[0m"]
+    for text in texts:
+        assert textops.repair_unicode(text) == textops.repair_unicode_with_ftfy(text), repr(text)
+    assert textops.repair_unicode("a &amp; b\r\n") == "a & b\n"
