@@ -5,7 +5,8 @@ admits waiting requests into free batch slots (their prompts are prefilled toget
 cache is merged into the running batch), advances every running sequence by one token, and drops
 the ones that finished. So a short request never waits for a long one to end, and 32 clients share
 one forward pass per step instead of taking turns (iteration-level batching, as in Orca / vLLM, with
-a plain `DynamicCache` left-padded to a common length instead of paged memory).
+a `DynamicCache` left-padded to a common length instead of paged memory; its layers append into spare
+room, `GrowingLayer`).
 
 Sampling is per request (penalties, logit bias, temperature, top-k, top-p, min-p, seed, through
 transformers' logits processors), tokens go back through a callback as soon as they are chosen, and a
