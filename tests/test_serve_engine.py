@@ -111,6 +111,64 @@ def test_seeded_sampling_is_reproducible(model_and_tokenizer):
     assert results[0] != results[2]
 
 
+def test_batched_sampling_equals_row_by_row(model_and_tokenizer, monkeypatch):
+    """Rows with only a temperature are sampled together (`_sample_plain`): a seeded answer is the same alone,
+    among batch neighbours (greedy, unseeded, filtered) and through the row-by-row path."""
+    from llm_recipes.serving.engine import GenerationEngine, GenerationRequest
+
+    model, tok = model_and_tokenizer
+    ids = tok("The os module")["input_ids"]
+
+    def run(with_neighbours: bool) -> list[int]:
+        engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=8)
+        requests = [dict(prompt_ids=ids, temperature=0.8, seed=7)]
+        if with_neighbours:
+            requests += [dict(prompt_ids=tok("for")["input_ids"], temperature=0),
+                         dict(prompt_ids=tok("A class is")["input_ids"], temperature=1.3),
+                         dict(prompt_ids=ids, temperature=0.8, seed=8, top_k=5)]
+        results, finish, done, make = _collector(len(requests))
+        try:
+            for i, fields in enumerate(requests):
+                engine.submit(GenerationRequest(max_new_tokens=12, emit=make(i), **fields))
+            assert done.wait(60)
+        finally:
+            engine.shutdown()
+        assert all(f == ("done", "length") for f in finish.values())
+        return results[0]
+
+    alone, among_others = run(False), run(True)
+    monkeypatch.setattr(GenerationEngine, "_sample_plain", lambda self, rows, logits: {})
+    row_by_row = run(True)
+    assert len(alone) == 12 and alone == among_others == row_by_row
+
+
+def test_growing_cache_layer_equals_concatenation():
+    """The engine's cache layer writes into spare room instead of `torch.cat`: the same keys and values after
+    every append, past its room (reallocation), and after its tensors are replaced from outside (the engine
+    dropping a finished row, trimming left padding)."""
+    import torch
+
+    from llm_recipes.serving.engine import growing_layer_class
+
+    torch.manual_seed(0)
+    layer = growing_layer_class()()
+    expected_k = expected_v = torch.empty(3, 2, 0, 4)
+    for step in range(200):  # more steps than SPARE: reallocates
+        width, rows = (5 if step == 0 else 1), expected_k.shape[0]
+        k, v = torch.randn(rows, 2, width, 4), torch.randn(rows, 2, width, 4)
+        expected_k, expected_v = torch.cat([expected_k, k], dim=-2), torch.cat([expected_v, v], dim=-2)
+        keys, values = layer.update(k, v)
+        assert torch.equal(keys, expected_k) and torch.equal(values, expected_v), step
+        if step == 40:  # a finished row leaves the batch
+            index = torch.tensor([0, 2])
+            layer.batch_select_indices(index)
+            expected_k, expected_v = expected_k[index], expected_v[index]
+        if step == 90:  # left padding no row uses any more is trimmed
+            layer.keys, layer.values = layer.keys[..., 3:, :], layer.values[..., 3:, :]
+            expected_k, expected_v = expected_k[..., 3:, :], expected_v[..., 3:, :]
+    assert layer.get_seq_length() == expected_k.shape[-2] == 5 + 199 - 3
+
+
 def test_streaming_detokenizer(tiny_tokenizer):
     from llm_recipes.serving.text import StreamingDetokenizer
 

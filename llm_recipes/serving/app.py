@@ -15,14 +15,16 @@ import contextlib
 import functools
 import hmac
 import json
+import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -195,6 +197,41 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+class KeyAndCount:
+    """ASGI middleware: refuses /v1/ and `KEYED_ROUTES` without `Authorization: Bearer <api_key>` (when a key
+    is set) with a 401, and counts every answered request by route template and status in `requests`."""
+
+    def __init__(self, app, api_key: str | None, requests, route_of):
+        self.app, self.api_key, self.requests, self.route_of = app, api_key, requests, route_of
+
+    def authorized(self, scope) -> bool:
+        path = scope["path"]
+        if not self.api_key or not (path.startswith("/v1/") or path in KEYED_ROUTES):
+            return True
+        given = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = None
+
+        async def send_counted(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        if self.authorized(scope):
+            await self.app(scope, receive, send_counted)
+        else:
+            await error_response(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                                 code="invalid_api_key")(scope, receive, send_counted)
+        if status is not None:  # an exception escaping the app is answered (500) and counted nowhere, as before
+            self.requests.labels(route=self.route_of(scope), status=str(status)).inc()
+
+
 def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settings: ServerSettings) -> FastAPI:
     """Builds the FastAPI app.
 
@@ -250,23 +287,16 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
 
     # -- auth and request counts ------------------------------------------------------------------
 
-    @app.middleware("http")  # one middleware layer for both (each layer wraps every streamed answer)
-    async def _check_api_key_and_count(request: Request, call_next):
-        response = None
-        if settings.api_key and (request.url.path.startswith("/v1/") or request.url.path in KEYED_ROUTES):
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-                response = error_response(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
-                                          code="invalid_api_key")
-        if response is None:
-            response = await call_next(request)
-        # the route's template (/v1/models/{model_id}), not the raw path; a request refused before routing
-        # (401) is matched here
-        route = request.scope.get("route") or next(
-            (r for r in app.router.routes if r.matches(request.scope)[0] == Match.FULL), None)
-        metrics.requests.labels(route=getattr(route, "path", "unmatched"), status=str(response.status_code)).inc()
-        return response
+    def route_of(scope) -> str:
+        """The route's template (/v1/models/{model_id}), not the raw path; a request refused before routing
+        (401) is matched here."""
+        route = scope.get("route") or next((r for r in app.router.routes if r.matches(scope)[0] == Match.FULL), None)
+        return getattr(route, "path", "unmatched")
+
+    # auth and request counts as a plain ASGI middleware: Starlette's `@app.middleware("http")` passes every
+    # streamed chunk through an extra task and memory stream, which at 32 streaming clients cost the event
+    # loop more than the answer itself (benchmarks/README.md, "Serving throughput")
+    app.add_middleware(KeyAndCount, api_key=settings.api_key, requests=metrics.requests, route_of=route_of)
 
     # -- routes ----------------------------------------------------------------------------------
 
@@ -571,16 +601,52 @@ def _stop_token_ids(model, tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
+class _EventRelay:
+    """Hands engine events from the worker thread to their answers' asyncio queues, with one wake-up of the
+    event loop for all the events that arrive before it runs (the engine emits a whole batch's tokens in one
+    go) instead of a `call_soon_threadsafe` (a write to the loop's self-pipe, a wake-up, a callback) per token.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue, tuple]] = []
+
+    def emit(self, events: asyncio.Queue, event: tuple) -> None:  # on the worker thread
+        with self._lock:
+            self._pending.append((events, event))
+            if len(self._pending) > 1:  # a delivery is already scheduled and has not run yet
+                return
+        self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:  # on the event loop
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for events, event in pending:
+            events.put_nowait(event)
+
+
+_relays: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its _EventRelay
+
+
+def _relay() -> _EventRelay:
+    loop = asyncio.get_running_loop()
+    relay = _relays.get(loop)
+    if relay is None:
+        relay = _relays[loop] = _EventRelay(loop)
+    return relay
+
+
 def _submit_all(engine, sequences: list[_Sequence], body, top: int | None, prompt_logprobs: bool,
                 stop_ids: frozenset[int], grammar=None) -> None:
     """Queues every answer's engine request; when the queue fills part-way, the ones queued are cancelled
     and the client gets a 503 (nothing half-answered)."""
-    loop = asyncio.get_running_loop()
+    relay = _relay()
     for seq in sequences:
         seq.events = events = asyncio.Queue()
         seq.request = GenerationRequest(
             prompt_ids=list(seq.prompt_ids), max_new_tokens=seq.max_tokens,
-            emit=lambda ev, q=events: loop.call_soon_threadsafe(q.put_nowait, ev),
+            emit=functools.partial(relay.emit, events),
             temperature=body.temperature, top_p=body.top_p, top_k=max(body.top_k, 0), min_p=body.min_p,
             presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
             repetition_penalty=body.repetition_penalty,
@@ -602,50 +668,67 @@ async def _pieces(seq: _Sequence, tokenizer, stop: list[str], timeout_s: float, 
     """Turns one answer's engine events into pieces of text (stop strings applied, split characters held
     back), timing its tokens (from `started`, the request's arrival) for the metrics. Raises APIError 408
     when the time limit passes and 500 on an engine error; the engine request is cancelled whenever the
-    consumer stops early (client gone) or an error occurs."""
+    consumer stops early (client gone) or an error occurs.
+
+    All the events waiting when the answer wakes up become one piece: a client (or event loop) that falls
+    behind the engine gets several tokens per chunk instead of a growing backlog of one-token chunks."""
     loop = asyncio.get_running_loop()
     detok = StreamingDetokenizer(tokenizer, stop=stop)
-    deadline = loop.time() + timeout_s
-    prefix = seq.echo_text  # goes out with the first piece
+    # one timer per answer puts a time-out event in its queue (cheaper than a wait_for per token)
+    timer = loop.call_at(loop.time() + timeout_s, seq.events.put_nowait, ("timeout",))
+    text = seq.echo_text  # goes out with the first piece
     pending: list = []  # (token id, logprob, alternatives) of tokens whose text is not out yet
     try:
         while True:
-            try:
-                event = await asyncio.wait_for(seq.events.get(), timeout=max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                raise APIError(408, f"the request took longer than this server's limit of {timeout_s:g} s",
-                               type="timeout_error", code="request_timeout") from None
-            kind = event[0]
-            if kind == "prompt_logprobs":
-                pending += [(t, None, None) if e is None else (t, *e) for t, e in zip(seq.prompt_ids, event[1])]
-            elif kind == "token":
-                seq.count += 1
-                now = time.monotonic()
-                if seq.count == 1:
-                    metrics.time_to_first_token.observe(now - started)
-                else:
-                    metrics.inter_token_latency.observe(now - started)
-                started = now  # from here on: the previous token's time
-                metrics.generation_tokens.inc()
-                info = event[2]
-                pending.append((event[1], None, None) if info is None else (event[1], *info))
-                delta, stopped = detok.add(event[1])
-                if stopped or delta:
-                    yield _Piece(prefix + delta, pending, "stop" if stopped else None)
-                    prefix, pending = "", []
+            event = await seq.events.get()
+            while True:  # this event and every one already waiting
+                kind = event[0]
+                if kind == "token":
+                    seq.count += 1
+                    now = time.monotonic()
+                    if seq.count == 1:
+                        metrics.time_to_first_token.observe(now - started)
+                    else:
+                        metrics.inter_token_latency.observe(now - started)
+                    started = now  # from here on: the previous token's time
+                    metrics.generation_tokens.inc()
+                    info = event[2]
+                    pending.append((event[1], None, None) if info is None else (event[1], *info))
+                    delta, stopped = detok.add(event[1])
+                    text += delta
                     if stopped:
+                        yield _Piece(text, pending, "stop")
                         return
-            elif kind == "done":
-                yield _Piece(prefix + detok.flush(), pending, "stop" if event[1] == "stop" else "length")
-                return
-            else:
-                raise APIError(500, event[1], type="server_error")
+                elif kind == "prompt_logprobs":
+                    pending += [(t, None, None) if e is None else (t, *e) for t, e in zip(seq.prompt_ids, event[1])]
+                elif kind == "done":
+                    yield _Piece(text + detok.flush(), pending, "stop" if event[1] == "stop" else "length")
+                    return
+                elif kind == "timeout":
+                    raise APIError(408, f"the request took longer than this server's limit of {timeout_s:g} s",
+                                   type="timeout_error", code="request_timeout")
+                else:
+                    raise APIError(500, event[1], type="server_error")
+                if seq.events.empty():
+                    break
+                event = seq.events.get_nowait()
+            if text:
+                yield _Piece(text, pending)
+                text, pending = "", []
     finally:
+        timer.cancel()
         seq.request.cancel()
 
 
 async def _merged(sources: list[AsyncIterator[_Piece]], sequences: list[_Sequence]) -> AsyncIterator[tuple]:
     """(sequence, piece) from several answers as they come; the first error is raised and stops them all."""
+    if len(sources) == 1:  # one answer (the usual case): no pump task and queue between it and the client
+        try:
+            async for piece in sources[0]:
+                yield sequences[0], piece
+        finally:
+            await sources[0].aclose()  # cancels the engine request
+        return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(seq, pieces):
