@@ -113,7 +113,8 @@ def main() -> None:
                              "--output_dir", str(out), "--num_workers", str(args.workers),
                              "--profiles", json.dumps(profiles)])
         report = json.loads((out / "report.json").read_text())
-        result = {"corpus": corpus, "engine": args.engine, "repeat": args.repeat, "input_mb": round(report["input_bytes"] / 2**20, 2),
+        result = {"corpus": corpus, "engine": args.engine, "repeat": args.repeat,
+                  "input_mb": round(report["input_bytes"] / 2**20, 2),
                   "input_documents": report["input_documents"], "output_documents": report["output_documents"],
                   "shards": report["shards"], "workers": args.workers, "wall_s": round(seconds, 1),
                   "pipeline_s": report["seconds"], "mb_per_s_wall": round(report["input_bytes"] / 2**20 / seconds, 3),

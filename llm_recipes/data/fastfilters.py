@@ -245,7 +245,8 @@ class FastGopherQuality(_FastFilter):
             return False, "gopher_short_doc"
         if a["max_symbol_word_ratio"] and text.count("#") / n_words > a["max_symbol_word_ratio"]:
             return False, "gopher_too_many_hashes"
-        if a["max_symbol_word_ratio"] and (text.count("...") + text.count("…")) / n_words > a["max_symbol_word_ratio"]:
+        ellipses = text.count("...") + text.count("…")
+        if a["max_symbol_word_ratio"] and ellipses / n_words > a["max_symbol_word_ratio"]:
             return False, "gopher_too_many_ellipsis"
         lines = text.splitlines()
         if a["max_bullet_lines_ratio"] and lines and \
