@@ -10,11 +10,12 @@ from pathlib import Path
 def running_server(model_dir: Path, feedback_path: Path, **kwargs):
     """Starts the real app on uvicorn in a thread; yields (base_url, app, engine, store)."""
     from llm_recipes.serving import build_server
+    from llm_recipes.serving.config import ServeConfig
     from llm_recipes.serving.runner import ServerThread
 
     kwargs.setdefault("max_batch_size", 4)
-    kwargs.setdefault("model_name", "tiny")
-    app, engine, store = build_server(model_dir, feedback_path, **kwargs)
+    kwargs.setdefault("served_model_name", "tiny")
+    app, engine, store = build_server(ServeConfig(model_path=str(model_dir), **kwargs), feedback_path)
     server = ServerThread(app).start()
     try:
         yield server.url, app, engine, store

@@ -16,24 +16,10 @@ from llm_recipes.config import ConfigError, check_types, parse_config
 
 
 def _stage_classes():
-    from trl import DPOConfig, KTOConfig, SFTConfig
+    """Every stage's config classes, as the stage registry and each entry module declare them."""
+    from llm_recipes.pipeline.stages import STAGES as REGISTRY
 
-    from llm_recipes.clean import CleanConfig
-    from llm_recipes.evaluate import EvaluateConfig
-    from llm_recipes.export import ExportConfig
-    from llm_recipes.feedback import FeedbackConfig
-    from llm_recipes.finetuning.training import FinetuneArguments
-    from llm_recipes.gather import GatherConfig
-    from llm_recipes.push import PushConfig
-    from llm_recipes.run import RunConfig
-    from llm_recipes.serve import ServeConfig
-    from llm_recipes.train_tokenizer import TrainTokenizerConfig
-    from llm_recipes.training import PretrainConfig
-
-    return {"gather": [GatherConfig], "clean": [CleanConfig], "train-tokenizer": [TrainTokenizerConfig],
-            "pretrain": [PretrainConfig], "sft": [FinetuneArguments, SFTConfig], "dpo": [FinetuneArguments, DPOConfig],
-            "kto": [FinetuneArguments, KTOConfig], "evaluate": [EvaluateConfig], "export": [ExportConfig],
-            "push": [PushConfig], "feedback": [FeedbackConfig], "run": [RunConfig], "serve": [ServeConfig]}
+    return {s.name: list(s.config_classes()) for s in REGISTRY}
 
 
 STAGES = _stage_classes()
@@ -41,7 +27,7 @@ STAGES = _stage_classes()
 REQUIRED = {"export": {"model_path": "m"}, "push": {"model_path": "m", "repo_id": "me/m"},
             "feedback": {"feedback_path": "f"}, "run": {"recipe_dir": "r"}, "serve": {"model_path": "m"},
             "pretrain": {"output_dir": "o"}, "sft": {"output_dir": "o"}, "dpo": {"output_dir": "o"},
-            "kto": {"output_dir": "o"}}
+            "kto": {"output_dir": "o"}, "orpo": {"output_dir": "o"}}
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
                     st.sampled_from(["latest", "-5", "3e-4", "true", "[1, 2]", "{a: 1}", "none", "nan"]))

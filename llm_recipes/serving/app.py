@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from .config import ServeConfig
 from .engine import GenerationEngine, GenerationRequest, QueueFullError
 from .feedback_store import FeedbackStore
 from .metrics import ServerMetrics
@@ -52,16 +53,17 @@ NOT_IMPLEMENTED = {
 
 @dataclass
 class ServerSettings:
-    """Limits and identity of a running server (see `ServeConfig` for what each means)."""
+    """The serve config, whole, and what start-up resolved from it: the name clients send, the context window
+    the loaded model allows, the Host names answered."""
 
+    config: ServeConfig
     model_name: str
     context_window: int
-    max_tokens_cap: int = 512
-    default_max_tokens: int = 256
-    request_timeout_s: float = 120.0
-    max_body_bytes: int = 1_000_000
-    api_key: str | None = None
     allowed_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_NAMES))
+
+    @property
+    def api_key(self) -> str | None:
+        return self.config.api_key
 
 
 class APIError(Exception):
@@ -303,8 +305,8 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": settings.model_name, "waiting": engine.waiting, "running": engine.running,
-                "context_window": settings.context_window, "max_tokens_cap": settings.max_tokens_cap,
-                "default_max_tokens": settings.default_max_tokens,
+                "context_window": settings.context_window, "max_tokens_cap": settings.config.max_tokens_cap,
+                "default_max_tokens": settings.config.default_max_tokens,
                 "auth_required": bool(settings.api_key)}
 
     @app.get("/metrics")
@@ -355,11 +357,11 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
             try:  # compiled on a worker thread; a schema that takes longer than a request may is refused
                 grammar = await asyncio.wait_for(run_in_threadpool(
                     grammars.compile, body.response_format.type, spec.json_schema if spec else None,
-                    bool(spec and spec.strict)), timeout=settings.request_timeout_s)
+                    bool(spec and spec.strict)), timeout=settings.config.request_timeout_s)
             except StructuredOutputError as e:
                 raise APIError(400, str(e), param="response_format") from None
             except asyncio.TimeoutError:
-                raise APIError(400, f"the JSON schema took longer than {settings.request_timeout_s:g} s to compile",
+                raise APIError(400, f"the JSON schema took longer than {settings.config.request_timeout_s:g} s to compile",
                                param="response_format") from None
         return await _respond(body, [(prompt_ids, None)], chat=True, grammar=grammar)
 
@@ -415,7 +417,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # outermost last: security headers on every answer, then the Host check, then the body limit
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.config.max_body_bytes)
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
     app.add_middleware(SecurityHeaders)
 
@@ -448,7 +450,7 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
                                            echo_text=_echo_text(tokenizer, ids, text) if echo else ""))
         _submit_all(engine, sequences, body, top, echo and top is not None, stop_ids, grammar)
         metrics.prompt_tokens.inc(sum(len(ids) for ids, _ in prompts))
-        pieces = _merged([_pieces(s, tokenizer, body.stop, settings.request_timeout_s, metrics, started)
+        pieces = _merged([_pieces(s, tokenizer, body.stop, settings.config.request_timeout_s, metrics, started)
                           for s in sequences], sequences)
 
         def usage_of():  # called when the answers are complete
@@ -579,9 +581,9 @@ def _resolve_max_tokens(requested: int | None, prompt_tokens: int, settings: Ser
                             f"{settings.context_window} tokens, which leaves no room for an answer",
                        param="messages", code="context_length_exceeded")
     if requested is None:
-        return min(settings.default_max_tokens, settings.max_tokens_cap, room)
-    if requested > settings.max_tokens_cap:
-        raise APIError(400, f"max_tokens {requested} is above this server's cap of {settings.max_tokens_cap}",
+        return min(settings.config.default_max_tokens, settings.config.max_tokens_cap, room)
+    if requested > settings.config.max_tokens_cap:
+        raise APIError(400, f"max_tokens {requested} is above this server's cap of {settings.config.max_tokens_cap}",
                        param="max_tokens", code="max_tokens_exceeded")
     if requested > room:
         raise APIError(400, f"the prompt ({prompt_tokens} tokens) plus max_tokens ({requested}) exceeds this model's "
@@ -674,8 +676,11 @@ async def _pieces(seq: _Sequence, tokenizer, stop: list[str], timeout_s: float, 
     behind the engine gets several tokens per chunk instead of a growing backlog of one-token chunks."""
     loop = asyncio.get_running_loop()
     detok = StreamingDetokenizer(tokenizer, stop=stop)
-    # one timer per answer puts a time-out event in its queue (cheaper than a wait_for per token)
-    timer = loop.call_at(loop.time() + timeout_s, seq.events.put_nowait, ("timeout",))
+    # the limit counts from the request's arrival, queueing included: every event is checked against the
+    # deadline (events that waited in the queue do not outrun it), and one timer per answer puts a time-out
+    # event in its queue for an answer whose events stop coming (cheaper than a wait_for per token)
+    deadline = started + timeout_s
+    timer = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), seq.events.put_nowait, ("timeout",))
     text = seq.echo_text  # goes out with the first piece
     pending: list = []  # (token id, logprob, alternatives) of tokens whose text is not out yet
     try:
@@ -683,9 +688,11 @@ async def _pieces(seq: _Sequence, tokenizer, stop: list[str], timeout_s: float, 
             event = await seq.events.get()
             while True:  # this event and every one already waiting
                 kind = event[0]
+                now = time.monotonic()
+                if now > deadline:
+                    kind = "timeout"
                 if kind == "token":
                     seq.count += 1
-                    now = time.monotonic()
                     if seq.count == 1:
                         metrics.time_to_first_token.observe(now - started)
                     else:
