@@ -13,21 +13,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_recipes.config import ConfigError, check_types, parse_config
+from llm_recipes.pipeline.stages import FINETUNING
+from llm_recipes.pipeline.stages import STAGES as REGISTRY
 
 
 def _stage_classes():
     """Every stage's config classes, as the stage registry and each entry module declare them."""
-    from llm_recipes.pipeline.stages import STAGES as REGISTRY
-
     return {s.name: list(s.config_classes()) for s in REGISTRY}
 
 
 STAGES = _stage_classes()
+FINETUNING_STAGES = [s.name for s in REGISTRY if s.kind == FINETUNING]
 # keys every stage needs to parse at all, with a valid value (the fuzzed key replaces it)
 REQUIRED = {"export": {"model_path": "m"}, "push": {"model_path": "m", "repo_id": "me/m"},
             "feedback": {"feedback_path": "f"}, "run": {"recipe_dir": "r"}, "serve": {"model_path": "m"},
-            "pretrain": {"output_dir": "o"}, "sft": {"output_dir": "o"}, "dpo": {"output_dir": "o"},
-            "kto": {"output_dir": "o"}, "orpo": {"output_dir": "o"}}
+            "pretrain": {"output_dir": "o"},
+            # TRL's configs (every fine-tuning stage's) need an output_dir
+            **{name: {"output_dir": "o"} for name in FINETUNING_STAGES}}
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
                     st.sampled_from(["latest", "-5", "3e-4", "true", "[1, 2]", "{a: 1}", "none", "nan"]))
