@@ -92,6 +92,7 @@ def ray_head(tmp_path_factory):
         ray.shutdown()
 
 
+@pytest.mark.slow  # every task starts a Ray actor / a fresh Python: 1-2 minutes on 2 loaded cores
 def test_ray_equals_local(local_run, ray_head):
     tmp_path, local_report, local_out = local_run
     report = clean(settings(tmp_path, "ray", ExecutorSettings(executor="ray", ray_address=ray_head)))
@@ -100,6 +101,7 @@ def test_ray_equals_local(local_run, ray_head):
     assert report["count_problems"] == []
 
 
+@pytest.mark.slow  # every task starts a Ray actor / a fresh Python: 1-2 minutes on 2 loaded cores
 def test_ray_worker_killed_mid_run_loses_nothing(local_run, ray_head):
     """SIGKILL the first Ray worker process (a datatrove RankWorker actor) seen running a task: its task is
     rerun (datatrove resubmits tasks whose actor died), finished tasks are kept, the output is complete."""
@@ -180,6 +182,7 @@ def slurm_standins(tmp_path, monkeypatch):
     return tmp_path / "sbatch.log"
 
 
+@pytest.mark.slow  # every task starts a Ray actor / a fresh Python: 1-2 minutes on 2 loaded cores
 def test_slurm_job_scripts_run_the_same_clean(local_run, slurm_standins):
     tmp_path, local_report, local_out = local_run
     cluster = ExecutorSettings(executor="slurm", slurm_partition="cpu", slurm_time="00:30:00",
