@@ -87,7 +87,8 @@ def test_chat_page_streams_and_stores_feedback(browser_page, tiny_model_dir, tmp
                 break
             page.wait_for_timeout(100)
         rows = list(store.rows())
-        assert [(r["rating"], r["suggestion"]) for r in rows] == [(1, None), (-1, None), (-1, "Use os.path.split(path).")]
+        assert [(r["rating"], r["suggestion"]) for r in rows] == [(1, None), (-1, None),
+                                                                  (-1, "Use os.path.split(path).")]
         assert [m["role"] for m in rows[-1]["messages"]] == ["user", "assistant", "user"]
 
         shot = tmp_path / "chat_page.png"

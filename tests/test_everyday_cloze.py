@@ -9,8 +9,8 @@ import re
 from collections import Counter
 
 import pytest
-
 from conftest import tiny_corpus
+
 from llm_recipes.evaluation.everyday import GROUPS, PROVENANCE, everyday_task, group_of, scene_items
 from llm_recipes.evaluation.measures import choice_credits
 from llm_recipes.evaluation.models import EvalInputError

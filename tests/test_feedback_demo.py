@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT, tiny_corpus
+
 from llm_recipes.evaluation.everyday import GROUPS
 from llm_recipes.evaluation.feedback_demo import corrected_scenes, main, scene_pairs
 

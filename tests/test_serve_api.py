@@ -256,7 +256,8 @@ def test_serve_command_end_to_end(tiny_model_dir, tmp_path):
         port = s.getsockname()[1]
     out = tmp_path / "serve"
     proc = subprocess.Popen([sys.executable, "-m", "llm_recipes.serve", str(tiny_model_dir), "--output_dir", str(out),
-                             "--port", str(port), "--api_key", "k3y-from-env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port), "--api_key", "k3y-from-env"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(600):

@@ -202,7 +202,8 @@ def test_scoring_and_generating_requests_together(model_and_tokenizer):
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([scored])).logits[0].float(), dim=-1)
         expected_tokens = model.generate(torch.tensor([generating]), max_new_tokens=6, do_sample=False,
-                                         eos_token_id=None, pad_token_id=tok.pad_token_id)[0, len(generating):].tolist()
+                                         eos_token_id=None,
+                                         pad_token_id=tok.pad_token_id)[0, len(generating):].tolist()
     events = {0: [], 1: []}
     done = threading.Event()
 

@@ -70,7 +70,8 @@ def test_chunked_body_over_the_limit_is_413(server):
     response = httpx.post(url + "/v1/completions", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "request_too_large"
-    small = httpx.post(url + "/v1/completions", content=iter([b'{"model": "tiny", ', b'"prompt": "hi", "max_tokens": 2}']),
+    small = httpx.post(url + "/v1/completions",
+                       content=iter([b'{"model": "tiny", ', b'"prompt": "hi", "max_tokens": 2}']),
                        headers={"content-type": "application/json"})
     assert small.status_code == 200, small.text  # a chunked body under the limit is read whole
 

@@ -55,7 +55,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_path: Path, out: Path, max_batch_size: int, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(model_path: Path, out: Path, max_batch_size: int,
+                 threads: int | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     args = [sys.executable, "-m", "llm_recipes.serve", str(model_path), "--output_dir", str(out), "--port", str(port),
             "--served_model_name", "bench", "--max_batch_size", str(max_batch_size), "--max_queue", "256"]
@@ -77,7 +78,9 @@ def start_server(model_path: Path, out: Path, max_batch_size: int, threads: int 
 
 
 async def one_request(client: httpx.AsyncClient, i: int, max_tokens: int) -> dict:
-    messages = [{"role": "user", "content": f"Question {i}: how do I read a file line by line in Python? " * (1 + i % 3)}]
+    messages = [
+        {"role": "user", "content": f"Question {i}: how do I read a file line by line in Python? " * (1 + i % 3)}
+    ]
     body = {"model": "bench", "messages": messages, "max_tokens": max_tokens, "temperature": 0.8, "seed": i,
             "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
     start = time.perf_counter()
@@ -131,7 +134,8 @@ async def run_load(url: str, clients: int, requests: int, max_tokens: int) -> di
 
     return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok),
             "error_examples": [r["error"] for r in results if "error" in r][:3], "wall_s": wall,
-            "ttft_p50_s": pct(ttft, 0.5), "ttft_p99_s": pct(ttft, 0.99), "tpot_p50_s": statistics.median(tpot) if tpot else None,
+            "ttft_p50_s": pct(ttft, 0.5), "ttft_p99_s": pct(ttft, 0.99),
+            "tpot_p50_s": statistics.median(tpot) if tpot else None,
             "output_tokens": sum(r["tokens"] for r in ok), "output_tokens_per_s": sum(r["tokens"] for r in ok) / wall,
             "feedback_acknowledged": len(ok)}
 
@@ -170,10 +174,12 @@ def main() -> int:
             rows.append(result)
             print(json.dumps(result), flush=True)
     print()
-    print("| server batch | clients | requests | errors | lost feedback | TTFT p50 | TTFT p99 | time/token p50 | output tok/s |")
+    print("| server batch | clients | requests | errors | lost feedback | TTFT p50 | TTFT p99 | time/token p50 "
+          "| output tok/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['max_batch_size']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['lost_feedback_rows']} | "
+        print(f"| {r['max_batch_size']} | {r['clients']} | {r['requests']} | {r['errors']} "
+              f"| {r['lost_feedback_rows']} | "
               f"{r['ttft_p50_s'] * 1000:.0f} ms | {r['ttft_p99_s'] * 1000:.0f} ms | {r['tpot_p50_s'] * 1000:.1f} ms | "
               f"{r['output_tokens_per_s']:.0f} |")
     if args.json_out:

@@ -69,7 +69,8 @@ def build_quickstart_model(folder: Path) -> Path:
     from llm_recipes.model import RecipeGPTConfig, presets
 
     def quickstart_size(preset, **overrides):
-        return presets.config_from_preset(preset, **{**overrides, "num_hidden_layers": 4, "max_position_embeddings": 128})
+        return presets.config_from_preset(preset,
+                                          **{**overrides, "num_hidden_layers": 4, "max_position_embeddings": 128})
 
     with mock.patch("llm_recipes.model.config_from_preset", quickstart_size):  # load_test imports it at call time
         load_test.build_random_model(folder, "micro")
@@ -80,7 +81,8 @@ def build_quickstart_model(folder: Path) -> Path:
 
 def export_llama(native: Path, out: Path) -> Path:
     """`llm-recipes export NATIVE --to llama --output_dir OUT`, as a user runs it."""
-    subprocess.run([sys.executable, "-m", "llm_recipes", "export", str(native), "--to", "llama", "--output_dir", str(out)],
+    subprocess.run([sys.executable, "-m", "llm_recipes", "export", str(native), "--to", "llama",
+                    "--output_dir", str(out)],
                    check=True, stdout=subprocess.DEVNULL, timeout=600)
     return out
 
@@ -269,13 +271,14 @@ def throughput(native: Path, llama: Path | None, python: str, work: Path, client
     Transformers backend; the Llama export through its own Llama), one server at a time, same run."""
     config = json.loads((native / "config.json").read_text())
     max_len, seqs = config["max_position_embeddings"], max(clients)
-    servers = [("llm-recipes serve", native), ("vllm native", native)] + ([("vllm llama-export", llama)] if llama else [])
+    servers = [("llm-recipes serve", native), ("vllm native", native)] + (
+        [("vllm llama-export", llama)] if llama else [])
     rows = []
     for n, (server, folder) in enumerate(servers):
         started = time.perf_counter()
         if server.startswith("vllm"):
-            context = vllm_server(folder, python, work / f"vllm-throughput-{n}.log", trust_remote_code=folder == native,
-                                  max_model_len=max_len, max_num_seqs=seqs)
+            context = vllm_server(folder, python, work / f"vllm-throughput-{n}.log",
+                                  trust_remote_code=folder == native, max_model_len=max_len, max_num_seqs=seqs)
         else:
             context = ours_server(folder, work / "serve-throughput", max_batch_size=seqs)
         with context as url:
@@ -288,18 +291,21 @@ def throughput(native: Path, llama: Path | None, python: str, work: Path, client
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| server | clients | requests | errors | output tok/s | TTFT p50 | TTFT p99 | time/token p50 | load avg (1 min) |")
+    print("\n| server | clients | requests | errors | output tok/s | TTFT p50 | TTFT p99 | time/token p50 "
+          "| load avg (1 min) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['server']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['output_tokens_per_s']:.0f} | "
-              f"{r['ttft_p50_s'] * 1000:.0f} ms | {r['ttft_p99_s'] * 1000:.0f} ms | {(r['tpot_p50_s'] or 0) * 1000:.1f} ms | "
+              f"{r['ttft_p50_s'] * 1000:.0f} ms | {r['ttft_p99_s'] * 1000:.0f} ms | "
+              f"{(r['tpot_p50_s'] or 0) * 1000:.1f} ms | "
               f"{r['loadavg_1min'][0]:.1f} -> {r['loadavg_1min'][1]:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["greedy", "throughput", "all"])
-    parser.add_argument("--model_path", help="native RecipeGPT folder; default: a random model of the quickstart's size")
+    parser.add_argument("--model_path",
+                        help="native RecipeGPT folder; default: a random model of the quickstart's size")
     parser.add_argument("--llama_path", help="its Llama export; default: exported here with `llm-recipes export`")
     parser.add_argument("--vllm_python", help="python of the vLLM venv (default: $LLM_RECIPES_VLLM_PYTHON, "
                                               f"else {DEFAULT_VLLM_PYTHON})")
@@ -324,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode in ("greedy", "all"):
         prompts = prompt_ids(native)
         for folder, is_native in ((native, True), (llama, False)):
-            row = greedy_check(folder, python, work / f"vllm-{'native' if is_native else 'llama'}.log", native=is_native,
-                               max_tokens=args.max_tokens, enforce_eager=args.enforce_eager, prompts=prompts)
+            row = greedy_check(folder, python, work / f"vllm-{'native' if is_native else 'llama'}.log",
+                               native=is_native, max_tokens=args.max_tokens, enforce_eager=args.enforce_eager,
+                               prompts=prompts)
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.mode in ("throughput", "all"):

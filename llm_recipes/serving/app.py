@@ -264,7 +264,8 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
         errors = exc.errors()
         for err in errors:
             if err.get("type") == "json_invalid":
-                return error_response(400, f"malformed JSON in the request body: {err.get('ctx', {}).get('error', err.get('msg'))}",
+                return error_response(400, "malformed JSON in the request body: "
+                                           f"{err.get('ctx', {}).get('error', err.get('msg'))}",
                                       code="invalid_json")
         # a union field (prompt: text or list...) fails once per member: a value error (the value was of the
         # right type but not acceptable) says more than "should be a valid list", so it comes first
@@ -361,7 +362,8 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
             except StructuredOutputError as e:
                 raise APIError(400, str(e), param="response_format") from None
             except asyncio.TimeoutError:
-                raise APIError(400, f"the JSON schema took longer than {settings.config.request_timeout_s:g} s to compile",
+                raise APIError(400, f"the JSON schema took longer than {settings.config.request_timeout_s:g} s "
+                                    "to compile",
                                param="response_format") from None
         return await _respond(body, [(prompt_ids, None)], chat=True, grammar=grammar)
 
@@ -429,7 +431,8 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
         n = body.n
         if len(prompts) * n > engine.max_queue:
             raise APIError(400, f"{len(prompts)} prompt(s) x n={n} is more answers than this server queues at once "
-                                f"({engine.max_queue}); split the request", param="prompt" if len(prompts) > 1 else "n")
+                                f"({engine.max_queue}); split the request",
+                           param="prompt" if len(prompts) > 1 else "n")
         if any(not ids for ids, _ in prompts):
             raise APIError(400, "the prompt is empty", param="prompt")
         if body.logit_bias:
@@ -536,7 +539,8 @@ def _check_model(name: str, settings: ServerSettings) -> None:
 def _check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
     bad = next((t for t in ids if not 0 <= t < vocab_size), None)
     if bad is not None:
-        raise APIError(400, f"token id {bad} in {param} is outside this model's vocabulary (ids 0 to {vocab_size - 1})",
+        raise APIError(400, f"token id {bad} in {param} is outside this model's vocabulary "
+                            f"(ids 0 to {vocab_size - 1})",
                        param=param)
 
 

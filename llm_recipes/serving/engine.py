@@ -12,9 +12,10 @@ Sampling is per request (penalties, logit bias, temperature, top-k, top-p, min-p
 transformers' logits processors), tokens go back through a callback as soon as they are chosen, and a
 request can be cancelled (client gone, time limit) at any step. A failure that belongs to one sequence
 (its sampling values, its prompt) fails that sequence only, never its batch neighbours: each row is
-sampled under its own `try`, and when a batched prefill fails its prompts are prefilled one at a time. On request, each token
-comes with its log-probability and the most likely alternatives, and the prompt's own tokens can be
-scored in the prefill (OpenAI's `logprobs` / `echo`, what lm-evaluation-harness uses to score answers).
+sampled under its own `try`, and when a batched prefill fails its prompts are prefilled one at a time.
+On request, each token comes with its log-probability and the most likely alternatives, and the
+prompt's own tokens can be scored in the prefill (OpenAI's `logprobs` / `echo`, what lm-evaluation-harness
+uses to score answers).
 Log-probabilities are those of the model's distribution (a log-softmax of the logits), before
 temperature and top_p, as vLLM reports them.
 """
@@ -400,7 +401,8 @@ class GenerationEngine:
         return rows, (cache, mask.to(self.device), next_pos.to(self.device), out.logits[:, -1, :])
 
     def _merge(self, rows, state, new_rows, new_state):
-        """Appends newcomers (state: cache, mask, next position, token to feed next) to the running batch: caches and masks are left-padded to a common length."""
+        """Appends newcomers (state: cache, mask, next position, token to feed next) to the running batch:
+        caches and masks are left-padded to a common length."""
         torch = self._torch
         if not rows:
             return new_rows, new_state

@@ -2,8 +2,9 @@
 
 Every field a request may carry is either honoured or refused with a 400 naming it, never accepted and
 ignored: fields of OpenAI's request types this server does not implement (tools, audio...) are declared
-here and refused unless they hold their neutral value (`None`, `false`, `tool_choice: "none"`), and a field OpenAI does not have either is
-refused as unknown (`extra="forbid"`, as OpenAI itself answers "Unrecognized request argument").
+here and refused unless they hold their neutral value (`None`, `false`, `tool_choice: "none"`), and a field
+OpenAI does not have either is refused as unknown (`extra="forbid"`, as OpenAI itself answers
+"Unrecognized request argument").
 
 Every sampling value is checked against what the engine can honour, so one client's numbers never fail
 the requests batched with it: `temperature` is 0 (greedy) or at least `MIN_TEMPERATURE` (a smaller one
