@@ -12,7 +12,7 @@ from datatrove.data import Document
 
 from llm_recipes.data import load_clean_splits, neardup_set, textops
 from llm_recipes.data import steps as S
-from llm_recipes.data.cleaning import CleanSettings, clean
+from llm_recipes.data.cleaning import CleanConfig, clean
 from llm_recipes.data.documents import write_parquet_atomic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,11 +43,11 @@ def row(text: str, doc_id: str, source: str = "web") -> dict:
     return {"text": text, "id": doc_id, "source": source, "location": f"loc/{doc_id}", "title": doc_id, "license": ""}
 
 
-def settings(tmp_path, **kw) -> CleanSettings:
-    base = dict(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), workers=2, progress=False,
+def settings(tmp_path, **kw) -> CleanConfig:
+    base = dict(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), num_workers=2, progress=False,
                 compare_profiles_sample=0.0, validation_fraction=0.1)
     base.update(kw)
-    return CleanSettings(**base)
+    return CleanConfig(**base)
 
 
 # ------------------------------------------------------------------------------------------- text operations
@@ -248,7 +248,7 @@ def test_interrupted_clean_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(textops, "scrub_pii", failing)  # workers are forked, so they see the patch
     with pytest.raises(Exception):
-        clean(settings(tmp_path, workers=1))
+        clean(settings(tmp_path, num_workers=1))
     work = tmp_path / "out" / "work"
     done = sorted(p.name for p in (work / "logs" / "final" / "completions").iterdir())
     assert done == ["00000", "00001"]  # tasks finished before the crash are recorded
@@ -256,7 +256,7 @@ def test_interrupted_clean_resumes(tmp_path, monkeypatch):
     finished = {p.name: p.stat().st_mtime_ns for p in (work / "splits" / "train").glob("0000[01]-*.parquet")}
     assert finished and not (tmp_path / "out" / "train").exists()
     monkeypatch.setattr(textops, "scrub_pii", real)
-    report = clean(settings(tmp_path, workers=1))
+    report = clean(settings(tmp_path, num_workers=1))
     train = tmp_path / "out" / "train"
     assert all((train / name).stat().st_mtime_ns == m for name, m in finished.items())  # not redone
     assert report["output_documents"] == 32 and report["count_problems"] == []
@@ -267,7 +267,7 @@ def test_failed_rerun_keeps_the_previous_splits(tmp_path, monkeypatch):
     written beside them and swapped in at the end); the next successful run replaces them."""
     rng = random.Random(6)
     write_input(tmp_path / "in", [[row(prose(rng, 150), f"s{k}-{i}") for i in range(6)] for k in range(2)])
-    first = clean(settings(tmp_path, workers=1))
+    first = clean(settings(tmp_path, num_workers=1))
     before = {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").glob("*/*.parquet")}
     assert first["output_documents"] == 12 and before
     real = textops.scrub_pii
@@ -277,10 +277,10 @@ def test_failed_rerun_keeps_the_previous_splits(tmp_path, monkeypatch):
 
     monkeypatch.setattr(textops, "scrub_pii", failing)
     with pytest.raises(Exception):
-        clean(settings(tmp_path, workers=1, seed=7))  # other settings: a new run, not a resume
+        clean(settings(tmp_path, num_workers=1, seed=7))  # other settings: a new run, not a resume
     assert {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").glob("*/*.parquet")} == before
     monkeypatch.setattr(textops, "scrub_pii", real)
-    second = clean(settings(tmp_path, workers=1, seed=7))
+    second = clean(settings(tmp_path, num_workers=1, seed=7))
     assert second["output_documents"] == 12 and not (tmp_path / "out" / "work").exists()
     assert not list((tmp_path / "out").glob(".*"))
 

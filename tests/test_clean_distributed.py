@@ -18,13 +18,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from test_clean import prose, row, write_input
 
 from llm_recipes.config import ConfigError
 from llm_recipes.data import load_clean_splits
-from llm_recipes.data.cleaning import CleanSettings, clean
-from llm_recipes.data.executors import ExecutorSettings, local_ray_head
-
-from test_clean import prose, row, write_input
+from llm_recipes.data.cleaning import CleanConfig, clean
+from llm_recipes.data.executors import local_ray_head
 
 VOLATILE = ("seconds", "mb_per_s")  # timings differ between runs; every count must not
 
@@ -46,10 +45,11 @@ def corpus(folder: Path) -> Path:
     return write_input(folder, [rows[:10], rows[10:]])
 
 
-def settings(tmp_path: Path, out: str, cluster: ExecutorSettings | None = None, **kw) -> CleanSettings:
-    return CleanSettings(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / out), workers=2, progress=False,
-                         compare_profiles_sample=0.0, validation_fraction=0.2, minhash_buckets=4,
-                         minhash_hashes_per_bucket=2, cluster=cluster or ExecutorSettings(), **kw)
+def settings(tmp_path: Path, out: str, cluster: dict | None = None, **kw) -> CleanConfig:
+    """The clean config of these tests; `cluster`: its executor keys (executor, ray_*, slurm_*)."""
+    return CleanConfig(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / out), num_workers=2, progress=False,
+                       compare_profiles_sample=0.0, validation_fraction=0.2, minhash_buckets=4,
+                       minhash_hashes_per_bucket=2, **(cluster or {}), **kw)
 
 
 def outputs(folder: Path) -> dict[str, list[dict]]:
@@ -95,7 +95,7 @@ def ray_head(tmp_path_factory):
 @pytest.mark.slow  # every task starts a Ray actor / a fresh Python: 1-2 minutes on 2 loaded cores
 def test_ray_equals_local(local_run, ray_head):
     tmp_path, local_report, local_out = local_run
-    report = clean(settings(tmp_path, "ray", ExecutorSettings(executor="ray", ray_address=ray_head)))
+    report = clean(settings(tmp_path, "ray", dict(executor="ray", ray_address=ray_head)))
     assert outputs(tmp_path / "ray") == local_out
     assert counts(report) == counts(local_report)
     assert report["count_problems"] == []
@@ -121,7 +121,7 @@ def test_ray_worker_killed_mid_run_loses_nothing(local_run, ray_head):
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        report = clean(settings(tmp_path, "ray-killed", ExecutorSettings(executor="ray", ray_address=ray_head)))
+        report = clean(settings(tmp_path, "ray-killed", dict(executor="ray", ray_address=ray_head)))
     finally:
         stop.set()
         thread.join()
@@ -135,7 +135,7 @@ def test_unreachable_ray_cluster_is_refused_before_anything_is_written(tmp_path)
     corpus(tmp_path / "in")
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(ValueError, match=f"ray_address '{address}'.*cannot be reached.*no local fallback"):
-        clean(settings(tmp_path, "out", ExecutorSettings(executor="ray", ray_address=address)))
+        clean(settings(tmp_path, "out", dict(executor="ray", ray_address=address)))
     assert not (tmp_path / "out").exists()
 
 
@@ -187,9 +187,9 @@ def slurm_standins(tmp_path, monkeypatch):
 @pytest.mark.slow  # every task starts a Ray actor / a fresh Python: 1-2 minutes on 2 loaded cores
 def test_slurm_job_scripts_run_the_same_clean(local_run, slurm_standins):
     tmp_path, local_report, local_out = local_run
-    cluster = ExecutorSettings(executor="slurm", slurm_partition="cpu", slurm_time="00:30:00",
-                               slurm_sbatch_args={"account": "research"}, poll_seconds=0.1,
-                               slurm_env_command=f"export PYTHONPATH={os.environ.get('PYTHONPATH', '')}")
+    cluster = dict(executor="slurm", slurm_partition="cpu", slurm_time="00:30:00",
+                   slurm_sbatch_args={"account": "research"}, slurm_poll_seconds=0.1,
+                   slurm_env_command=f"export PYTHONPATH={os.environ.get('PYTHONPATH', '')}")
     report = clean(settings(tmp_path, "slurm", cluster))
     assert outputs(tmp_path / "slurm") == local_out
     assert counts(report) == counts(local_report)
@@ -205,8 +205,8 @@ def test_slurm_job_scripts_run_the_same_clean(local_run, slurm_standins):
 @pytest.mark.slow  # every task starts a fresh Python: 1-2 minutes on 2 loaded cores
 def test_slurm_lost_task_stops_the_phase_and_the_rerun_resumes(local_run, slurm_standins, monkeypatch):
     tmp_path, local_report, local_out = local_run
-    cluster = ExecutorSettings(executor="slurm", slurm_partition="cpu", poll_seconds=0.1,
-                               slurm_env_command=f"export PYTHONPATH={os.environ.get('PYTHONPATH', '')}")
+    cluster = dict(executor="slurm", slurm_partition="cpu", slurm_poll_seconds=0.1,
+                   slurm_env_command=f"export PYTHONPATH={os.environ.get('PYTHONPATH', '')}")
     monkeypatch.setenv("SLURM_STANDIN_LOSE", "clean-filter:1")
     with pytest.raises(RuntimeError, match=r"clean phase 'filter': 1 of 2 tasks did not finish as Slurm job 4242 "
                                            r"\(ranks \[1\]\).*Run clean again to resume"):
@@ -225,7 +225,7 @@ def test_slurm_without_sbatch_is_refused(tmp_path, monkeypatch):
     corpus(tmp_path / "in")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="needs `sbatch` on PATH"):
-        clean(settings(tmp_path, "out", ExecutorSettings(executor="slurm", slurm_partition="cpu")))
+        clean(settings(tmp_path, "out", dict(executor="slurm", slurm_partition="cpu")))
     assert not (tmp_path / "out").exists()
 
 
@@ -251,4 +251,4 @@ def test_bad_ray_address_form(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed")
     corpus(tmp_path / "in")
     with pytest.raises(ValueError, match="is not host:port"):
-        clean(replace(settings(tmp_path, "out"), cluster=ExecutorSettings(executor="ray", ray_address="head-node")))
+        clean(replace(settings(tmp_path, "out"), executor="ray", ray_address="head-node"))

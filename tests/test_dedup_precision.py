@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from llm_recipes.data import steps as S
-from llm_recipes.data.cleaning import CleanSettings, clean
+from llm_recipes.data.cleaning import CleanConfig, clean
 from llm_recipes.data.documents import write_parquet_atomic
 from llm_recipes.data.neardup_set import near_duplicate_set, precision_recall
 
@@ -25,8 +25,8 @@ def run_clean(tmp_path, dataset, out: str, **kw) -> set[str]:
         third = len(dataset.rows) // 3 + 1
         for i in range(3):  # near duplicates land in different shards: dedup must be global
             write_parquet_atomic(inp / "data" / f"{i:05d}.parquet", dataset.rows[i * third:(i + 1) * third])
-    clean(CleanSettings(input_dir=str(inp), output_dir=str(tmp_path / out), workers=2, progress=False,
-                        quality_filters=False, pii=False, compare_profiles_sample=0.0, **kw))
+    clean(CleanConfig(input_dir=str(inp), output_dir=str(tmp_path / out), num_workers=2, progress=False,
+                      quality_filters=False, pii=False, compare_profiles_sample=0.0, **kw))
     # read directly: with 1% validation, validation/ may hold only the empty placeholder shard
     return {i for path in (tmp_path / out).glob("*/*.parquet")
             for i in pq.read_table(path, columns=["id"])["id"].to_pylist()}

@@ -22,19 +22,20 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from llm_recipes.data.cleaning import CleanSettings, clean
+from llm_recipes.data.cleaning import CleanConfig, clean
 from llm_recipes.data.documents import write_parquet_atomic
-from llm_recipes.data.executors import ExecutorSettings, local_ray_head
+from llm_recipes.data.executors import local_ray_head
 from llm_recipes.data.neardup_set import near_duplicate_set
 
 RESULTS = Path(__file__).resolve().parent / "cluster_results.jsonl"
 
 
-def run(work: Path, name: str, cpus: int, cluster: ExecutorSettings) -> dict:
+def run(work: Path, name: str, cpus: int, cluster: dict) -> dict:
+    """One clean of the corpus; `cluster`: the executor keys of the clean config."""
     load = os.getloadavg()[0]
     started = time.time()
-    report = clean(CleanSettings(input_dir=str(work / "in"), output_dir=str(work / name), workers=cpus,
-                                 progress=False, cluster=cluster))
+    report = clean(CleanConfig(input_dir=str(work / "in"), output_dir=str(work / name), num_workers=cpus,
+                               progress=False, **cluster))
     wall = time.time() - started
     ids = sorted(i for path in (work / name).glob("*/*.parquet") for i in pq.read_table(path)["id"].to_pylist())
     return {"wall_s": round(wall, 1), "phases_s": report["seconds"], "load_1min_at_start": round(load, 2),
@@ -55,9 +56,9 @@ def main(argv=None) -> int:
         size = len(dataset.rows) // args.shards + 1
         for i in range(args.shards):
             write_parquet_atomic(work / "in" / "data" / f"{i:05d}.parquet", dataset.rows[i * size:(i + 1) * size])
-        local = run(work, "local", args.cpus, ExecutorSettings())
+        local = run(work, "local", args.cpus, {})
         with local_ray_head(work / "ray-head", num_cpus=args.cpus) as address:
-            ray = run(work, "ray", args.cpus, ExecutorSettings(executor="ray", ray_address=address))
+            ray = run(work, "ray", args.cpus, dict(executor="ray", ray_address=address))
     same_ids, same_counts = local.pop("ids") == ray.pop("ids"), local.pop("counts") == ray.pop("counts")
     identical = same_ids and same_counts
     record = {"documents": len(dataset.rows), "shards": args.shards, "cpus": args.cpus, "identical": identical,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from llm_recipes.data.cleaning import CleanSettings, clean
+from llm_recipes.data.cleaning import CleanConfig, clean
 from llm_recipes.data.documents import write_parquet_atomic
 from llm_recipes.data.neardup_set import near_duplicate_set, precision_recall
 
@@ -45,8 +45,8 @@ def measure(setting: str, dataset, work: Path, shards: int = 4) -> dict:
     out = work / setting.replace(",", "-")
     load = os.getloadavg()[0]
     started = time.time()
-    report = clean(CleanSettings(
-        input_dir=str(inp), output_dir=str(out), workers=2, progress=False, quality_filters=False, pii=False,
+    report = clean(CleanConfig(
+        input_dir=str(inp), output_dir=str(out), num_workers=2, progress=False, quality_filters=False, pii=False,
         compare_profiles_sample=0.0, minhash_ngram=int(ngram), minhash_buckets=int(buckets),
         minhash_hashes_per_bucket=int(hashes), profiles={"docs": {"dedup_api_names": mode == "api"}}))
     kept = kept_ids(out)

@@ -17,47 +17,92 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Union
 
+import yaml
+
+from ..config import ConfigError, check_range, config_to_dict
 from ..fileio import atomic_open, atomic_write_json, replace_folder
 from . import steps as S
-from .executors import ExecutorSettings, PhaseRunner
+from .executors import PhaseRunner, check_executor
 
 WORK = "work"
 SPLITS = "splits"  # under work/: the new train/ and validation/, moved into place when everything is written
 
 
 @dataclass
-class CleanSettings:
-    """Everything the clean pipeline needs (the stage config maps onto this one to one)."""
+class CleanConfig:
+    input_dir: str = field(default="runs/default/gather", metadata={"help": "Gather output folder (data/*.parquet), or any folder of parquet files with a `text` column."})
+    output_dir: str = field(default="runs/default/clean", metadata={"help": "Stage folder: train/, validation/, report.md, report.png, report.json."})
+    profiles: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Overrides of the filter profiles (web, docs, none, or new names): {profile: {markup: web|rest|none, engine: fast|datatrove, gopher_repetition|gopher_quality|c4|fineweb: {datatrove kwargs} or false}}."})
+    profile_for_source: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Which profile each `source` gets: ordered mapping of glob pattern -> profile. Default {'python-docs*': docs, '*': web}."})
+    unicode_repair: bool = field(default=True, metadata={"help": "Repair mojibake and normalize unicode (ftfy, NFC); remove control and zero-width characters."})
+    remove_markup: bool = field(default=True, metadata={"help": "Remove markup: HTML (main text extracted) and markdown for the web profile, reST roles for docs."})
+    remove_boilerplate: bool = field(default=True, metadata={"help": "Drop navigation, cookie-banner and share lines (web profile)."})
+    min_chars: int = field(default=1, metadata={"help": "Drop documents shorter than this many characters after repair."})
+    max_chars: int = field(default=1_000_000, metadata={"help": "Drop documents longer than this many characters (0: no limit)."})
+    quality_filters: bool = field(default=True, metadata={"help": "Run each document's profile of datatrove quality filters (Gopher repetition and quality, C4, FineWeb)."})
+    languages: Optional[list[str]] = field(default=None, metadata={"help": "Keep only documents in these languages (ISO 639-1 codes, e.g. [en]), identified offline by langid.py; off when empty."})
+    language_min_score: float = field(default=0.65, metadata={"help": "Minimum language probability to keep a document (FineWeb: 0.65 for English)."})
+    compare_profiles_sample: float = field(default=0.1, metadata={"help": "Fraction of non-web documents also checked against web thresholds, to show the effect of profiles in the report (0: off)."})
+    exact_dedup: bool = field(default=True, metadata={"help": "Drop exact duplicates (whitespace-normalized text) across the whole corpus."})
+    near_dedup: bool = field(default=True, metadata={"help": "Drop near duplicates with datatrove's MinHash LSH across the whole corpus."})
+    minhash_ngram: int = field(default=3, metadata={"help": "Word n-gram size of MinHash shingles (FineWeb: 5; 3 finds documents with ~10%% of words changed)."})
+    minhash_buckets: int = field(default=20, metadata={"help": "LSH bands (FineWeb: 14)."})
+    minhash_hashes_per_bucket: int = field(default=3, metadata={"help": "Hashes per band (FineWeb: 8). Similarity threshold ~ (1/buckets)^(1/hashes): 0.37 here, 0.72 for FineWeb's 14 x 8."})
+    pii: bool = field(default=True, metadata={"help": "Replace emails, public IP addresses and phone numbers with <EMAIL>, <IP_ADDRESS>, <PHONE>."})
+    decontamination_files: Optional[list[str]] = field(default=None, metadata={"help": "Evaluation sets (files or globs: .jsonl/.json/.parquet/.txt); documents sharing a word n-gram with them are dropped."})
+    decontamination_ngram: int = field(default=13, metadata={"help": "n of the word n-grams used for decontamination (GPT-3 used 13)."})
+    validation_fraction: float = field(default=0.01, metadata={"help": "Fraction of documents (chosen by a hash of their id, so deterministic) that go to validation/."})
+    seed: int = field(default=42, metadata={"help": "Seed of the split hash and the MinHash permutations."})
+    num_workers: int = field(default=2, metadata={"help": "Local worker processes (datatrove LocalPipelineExecutor)."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    keep_work: bool = field(default=False, metadata={"help": "Keep output_dir/work (intermediate shards, MinHash files, datatrove logs) after success."})
+    executor: str = field(default="local", metadata={"help": "Where the phases run: local (num_workers processes), ray (a running Ray cluster at ray_address) or slurm (jobs on slurm_partition; this process waits between phases). For ray and slurm, output_dir must be on storage every worker sees at the same path. An unreachable cluster is an error, never a local fallback."})
+    ray_address: str = field(default="", metadata={"help": "executor ray: host:port of the Ray head (`ray start --head --port 6379` prints it), or auto."})
+    ray_memory_gb_per_task: float = field(default=1.0, metadata={"help": "executor ray: memory reserved per task (GB); each task also reserves 1 CPU."})
+    slurm_partition: str = field(default="", metadata={"help": "executor slurm: partition the job arrays are submitted to (required)."})
+    slurm_time: str = field(default="04:00:00", metadata={"help": "executor slurm: time limit of each job (sbatch --time)."})
+    slurm_cpus_per_task: int = field(default=1, metadata={"help": "executor slurm: CPUs per task (sbatch --cpus-per-task)."})
+    slurm_mem_per_cpu_gb: int = field(default=2, metadata={"help": "executor slurm: memory per CPU in GB (sbatch --mem-per-cpu)."})
+    slurm_qos: str = field(default="", metadata={"help": "executor slurm: quality of service (sbatch --qos); empty: the cluster's default."})
+    slurm_env_command: str = field(default="", metadata={"help": "executor slurm: shell line each job runs first to get this Python environment, e.g. `source /shared/venv/bin/activate`."})
+    slurm_sbatch_args: Optional[Union[dict, str]] = field(default=None, metadata={"help": "executor slurm: more sbatch options as a mapping, e.g. {account: myproj}."})
+    slurm_poll_seconds: float = field(default=30.0, metadata={"help": "executor slurm: how often the waiting driver checks the queue."})
 
-    input_dir: str
-    output_dir: str
-    profiles: dict = field(default_factory=dict)
-    profile_for_source: dict = field(default_factory=lambda: dict(S.DEFAULT_PROFILE_FOR_SOURCE))
-    unicode_repair: bool = True
-    remove_markup: bool = True
-    remove_boilerplate: bool = True
-    min_chars: int = 1
-    max_chars: int = 1_000_000
-    quality_filters: bool = True
-    languages: list = field(default_factory=list)
-    language_min_score: float = 0.65
-    compare_profiles_sample: float = 0.1
-    exact_dedup: bool = True
-    near_dedup: bool = True
-    minhash_ngram: int = 3
-    minhash_buckets: int = 20
-    minhash_hashes_per_bucket: int = 3
-    pii: bool = True
-    decontamination_files: list = field(default_factory=list)
-    decontamination_ngram: int = 13
-    validation_fraction: float = 0.01
-    seed: int = 42
-    workers: int = 2
-    keep_work: bool = False
-    progress: bool = True
-    cluster: ExecutorSettings = field(default_factory=ExecutorSettings)  # where the phases run
+    def __post_init__(self):
+        for key in ("profiles", "profile_for_source", "slurm_sbatch_args"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError as e:
+                    raise ConfigError(f"{key} must be a mapping (JSON or YAML): {e}") from e
+                setattr(self, key, value)
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a mapping, got {type(value).__name__} {value!r:.80}")
+        check_range(self, "validation_fraction", 0, 1, high_open=True)
+        for key in ("min_chars", "max_chars"):
+            check_range(self, key, 0)
+        if self.max_chars and self.min_chars > self.max_chars:
+            raise ConfigError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars}): every document "
+                              f"would be dropped")
+        for key in ("language_min_score", "compare_profiles_sample"):
+            check_range(self, key, 0, 1)
+        for key in ("minhash_ngram", "minhash_buckets", "minhash_hashes_per_bucket", "decontamination_ngram",
+                    "num_workers", "slurm_cpus_per_task", "slurm_mem_per_cpu_gb"):
+            check_range(self, key, 1)
+        for key in ("ray_memory_gb_per_task", "slurm_poll_seconds"):
+            check_range(self, key, 0, low_open=True)
+        try:
+            check_executor(self)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+
+def profile_for_source(cfg: CleanConfig) -> dict:
+    """Which profile each source gets (the recipe's mapping, else the default one)."""
+    return cfg.profile_for_source or dict(S.DEFAULT_PROFILE_FOR_SOURCE)
 
 
 def input_files(input_dir: str) -> list[str]:
@@ -72,8 +117,11 @@ def input_files(input_dir: str) -> list[str]:
     raise ValueError(f"input_dir {input_dir!r} holds no parquet files (expected a gather output folder with data/*.parquet)")
 
 
-def _fingerprint(settings: CleanSettings, files: list[str]) -> str:
-    keyed = {k: v for k, v in vars(settings).items() if k not in ("workers", "progress", "keep_work", "cluster")}
+RUN_ONLY = ("num_workers", "progress", "keep_work", "executor")  # how and where it runs, not what it makes
+
+
+def _fingerprint(cfg: CleanConfig, files: list[str]) -> str:
+    keyed = {k: v for k, v in config_to_dict(cfg).items() if k not in RUN_ONLY and not k.startswith(("ray_", "slurm_"))}
     stats = [(os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))) for f in files]
     blob = json.dumps([keyed, stats], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -87,7 +135,7 @@ def _quiet_datatrove():
     logger.add(lambda m: None, level="WARNING")
 
 
-def clean(settings: CleanSettings, start: Callable[[], Any] | None = None) -> dict[str, Any]:
+def clean(cfg: CleanConfig, start: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Runs the whole clean pipeline; returns the report (also written as report.json/md/png).
 
     Args:
@@ -95,33 +143,33 @@ def clean(settings: CleanSettings, start: Callable[[], Any] | None = None) -> di
             previous output is touched (the stage clears its completion marker there).
     """
     started = time.time()
-    files = [os.path.abspath(f) for f in input_files(settings.input_dir)]  # cluster workers start elsewhere
-    profiles = S.resolve_profiles(settings.profiles)
-    for name in settings.profile_for_source.values():
+    files = [os.path.abspath(f) for f in input_files(cfg.input_dir)]  # cluster workers start elsewhere
+    profiles = S.resolve_profiles(cfg.profiles or {})
+    for name in profile_for_source(cfg).values():
         if name not in profiles:
             raise ValueError(f"profile_for_source names profile {name!r}, which is not defined "
                              f"(known: {sorted(profiles)})")
     for profile in profiles.values():
         S.build_filters(profile)  # a bad threshold fails here, not inside a worker
     # evaluation sets are read (and a missing or unreadable one refused) before the previous output is touched
-    eval_texts = read_eval_texts(settings.decontamination_files) if settings.decontamination_files else []
-    runner = PhaseRunner(settings.cluster, Path(settings.output_dir).absolute() / WORK / "logs")
+    eval_texts = read_eval_texts(cfg.decontamination_files) if cfg.decontamination_files else []
+    runner = PhaseRunner(cfg, Path(cfg.output_dir).absolute() / WORK / "logs")
     runner.connect()  # an unreachable cluster is refused here, before anything is touched
     try:
         if start is not None:
             start()
-        return _clean(settings, files, profiles, eval_texts, runner, started)
+        return _clean(cfg, files, profiles, eval_texts, runner, started)
     finally:
         runner.close()
 
 
-def _clean(settings: CleanSettings, files: list[str], profiles: dict, eval_texts: list[str], runner: PhaseRunner,
+def _clean(cfg: CleanConfig, files: list[str], profiles: dict, eval_texts: list[str], runner: PhaseRunner,
            started: float) -> dict[str, Any]:
     from .report import build_report, write_report
 
-    out = Path(settings.output_dir).absolute()
+    out = Path(cfg.output_dir).absolute()
     work = out / WORK
-    fingerprint = _fingerprint(settings, files)
+    fingerprint = _fingerprint(cfg, files)
     marker = work / "fingerprint.json"
     if marker.exists() and json.loads(marker.read_text()).get("fingerprint") != fingerprint:
         print("clean: the input or the settings changed since the interrupted run; starting over")
@@ -139,48 +187,48 @@ def _clean(settings: CleanSettings, files: list[str], profiles: dict, eval_texts
 
     # 1. repair + quality filters, one task per input shard
     t = time.time()
-    repair = S.Repair(profiles, settings.profile_for_source, settings.unicode_repair, settings.remove_markup,
-                      settings.remove_boilerplate)
-    length = S.LengthGate(settings.min_chars, settings.max_chars)
+    repair = S.Repair(profiles, profile_for_source(cfg), cfg.unicode_repair, cfg.remove_markup,
+                      cfg.remove_boilerplate)
+    length = S.LengthGate(cfg.min_chars, cfg.max_chars)
     chain = [repair, length]
-    if settings.languages:
-        chain.append(S.LanguageFilter(settings.languages, settings.language_min_score))
-    if settings.quality_filters:
-        chain.append(S.ProfiledQuality(profiles, settings.profile_for_source, settings.compare_profiles_sample))
-    reader = S.ShardReader(files, tallied=chain, progress=settings.progress, desc="clean: filter")
-    _phase(f"1/4 repair + quality filters: {n} shards on {settings.workers} workers")
+    if cfg.languages:
+        chain.append(S.LanguageFilter(cfg.languages, cfg.language_min_score))
+    if cfg.quality_filters:
+        chain.append(S.ProfiledQuality(profiles, profile_for_source(cfg), cfg.compare_profiles_sample))
+    reader = S.ShardReader(files, tallied=chain, progress=cfg.progress, desc="clean: filter")
+    _phase(f"1/4 repair + quality filters: {n} shards on {cfg.num_workers} workers")
     runner.run("filter", [reader, *chain,
                           S.IntermediateWriter(str(filtered), str(work / "ledger" / "filter"), [reader, *chain])],
-               n, settings.workers)
+               n, cfg.num_workers)
     timings["filter"] = time.time() - t
 
     # 2. exact dedup over the whole corpus: first occurrence (by shard, then position) wins
     t = time.time()
     remove_dir = work / "exact_remove"
     _phase("2/4 exact dedup over the whole corpus")
-    build_exact_index(filtered, n, remove_dir, enabled=settings.exact_dedup)
+    build_exact_index(filtered, n, remove_dir, enabled=cfg.exact_dedup)
     timings["exact_dedup"] = time.time() - t
 
     # 3. MinHash near-dedup (datatrove): signatures -> buckets -> clusters
     t = time.time()
     minhash_remove = work / "minhash" / "remove"
-    if settings.near_dedup:
+    if cfg.near_dedup:
         from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster
         from datatrove.utils.hashing import HashConfig
 
-        mh = MinhashConfig(n_grams=settings.minhash_ngram, num_buckets=settings.minhash_buckets,
-                           hashes_per_bucket=settings.minhash_hashes_per_bucket, seed=settings.seed,
+        mh = MinhashConfig(n_grams=cfg.minhash_ngram, num_buckets=cfg.minhash_buckets,
+                           hashes_per_bucket=cfg.minhash_hashes_per_bucket, seed=cfg.seed,
                            # sha1: datatrove 0.10 passes str to xxhash, which the installed xxhash rejects
                            hash_config=HashConfig(precision=64, hash_fc="sha1"))
         sigs, buckets = work / "minhash" / "signatures", work / "minhash" / "buckets"
-        _phase(f"3/4 MinHash near-dedup ({settings.minhash_buckets} buckets x {settings.minhash_hashes_per_bucket} hashes, "
-               f"{settings.minhash_ngram}-grams)")
-        signature = S.fast_minhash_signature(str(sigs), mh, profiles, settings.profile_for_source)
+        _phase(f"3/4 MinHash near-dedup ({cfg.minhash_buckets} buckets x {cfg.minhash_hashes_per_bucket} hashes, "
+               f"{cfg.minhash_ngram}-grams)")
+        signature = S.fast_minhash_signature(str(sigs), mh, profiles, profile_for_source(cfg))
         runner.run("minhash_signatures", [S.ShardReader(filtered_files, desc="clean: minhash"),
-                                          S.ExactDedup(str(remove_dir)), signature], n, settings.workers)
+                                          S.ExactDedup(str(remove_dir)), signature], n, cfg.num_workers)
         # one task per band: each holds only its own band's signatures
         runner.run("minhash_buckets", [MinhashDedupBuckets(input_folder=str(sigs), output_folder=str(buckets),
-                                                           config=mh)], mh.num_buckets, settings.workers)
+                                                           config=mh)], mh.num_buckets, cfg.num_workers)
         runner.run("minhash_cluster", [MinhashDedupCluster(input_folder=str(buckets),
                                                            output_folder=str(minhash_remove), config=mh)], 1, 1)
     timings["near_dedup"] = time.time() - t
@@ -188,35 +236,35 @@ def _clean(settings: CleanSettings, files: list[str], profiles: dict, eval_texts
     # 4. PII, decontamination, split and write
     t = time.time()
     final_chain: list = [S.ExactDedup(str(remove_dir))]
-    if settings.near_dedup:
+    if cfg.near_dedup:
         final_chain.append(S.NearDedup(str(minhash_remove)))
-    if settings.pii:
+    if cfg.pii:
         final_chain.append(S.ScrubPII())
-    if settings.decontamination_files:
+    if cfg.decontamination_files:
         ngram_file = work / "decontamination_ngrams.npy"
-        count = build_decontamination_index(eval_texts, settings.decontamination_ngram, ngram_file)
-        print(f"clean: decontamination against {count} evaluation texts ({settings.decontamination_ngram}-grams)")
-        final_chain.append(S.Decontaminate(str(ngram_file), settings.decontamination_ngram))
-    final_reader = S.ShardReader(filtered_files, tallied=final_chain, progress=settings.progress, desc="clean: write")
+        count = build_decontamination_index(eval_texts, cfg.decontamination_ngram, ngram_file)
+        print(f"clean: decontamination against {count} evaluation texts ({cfg.decontamination_ngram}-grams)")
+        final_chain.append(S.Decontaminate(str(ngram_file), cfg.decontamination_ngram))
+    final_reader = S.ShardReader(filtered_files, tallied=final_chain, progress=cfg.progress, desc="clean: write")
     _phase("4/4 dedup filter, PII scrubbing, decontamination, train/validation split")
     splits = work / SPLITS
     runner.run("final", [final_reader, *final_chain,
-                         S.SplitWriter(str(splits), settings.validation_fraction, settings.seed,
+                         S.SplitWriter(str(splits), cfg.validation_fraction, cfg.seed,
                                        str(work / "ledger" / "final"), final_chain)],
-               n, settings.workers)
+               n, cfg.num_workers)
     swapped = work / "swapped.json"  # written before the first split moves: a resumed run must not redo them
     if not swapped.exists():
         ensure_split_files(splits)
     timings["final"] = time.time() - t
     timings["total"] = time.time() - started
 
-    report = build_report(work / "ledger", n, settings, timings, gather_report_path(settings.input_dir))
+    report = build_report(work / "ledger", n, cfg, timings, gather_report_path(cfg.input_dir))
     atomic_write_json(swapped, {"splits": ["train", "validation"]})
     for split in ("train", "validation"):
         if (splits / split).is_dir():
             replace_folder(splits / split, out / split)  # moved aside, replaced, old removed
     write_report(report, out)
-    if not settings.keep_work:
+    if not cfg.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return report
 

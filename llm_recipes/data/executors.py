@@ -21,55 +21,39 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 EXECUTORS = ("local", "ray", "slurm")
 
 
-@dataclass
-class ExecutorSettings:
-    """How the phases are run (the clean config's `executor`, `ray_*` and `slurm_*` keys)."""
-
-    executor: str = "local"
-    ray_address: str = ""
-    ray_memory_gb_per_task: float = 1.0
-    slurm_partition: str = ""
-    slurm_time: str = "04:00:00"
-    slurm_cpus_per_task: int = 1
-    slurm_mem_per_cpu_gb: int = 2
-    slurm_qos: str = ""
-    slurm_env_command: str = ""
-    slurm_sbatch_args: dict = field(default_factory=dict)
-    poll_seconds: float = 30.0
-
-    def validate(self) -> None:
-        """Settings errors, before anything is touched."""
-        if self.executor not in EXECUTORS:
-            raise ValueError(f"executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
-        if self.executor == "ray" and not self.ray_address:
-            raise ValueError("executor: ray needs ray_address (host:port of the cluster's head, e.g. "
-                             "127.0.0.1:6379 as printed by `ray start --head`, or auto)")
-        if self.executor == "slurm":
-            if not self.slurm_partition:
-                raise ValueError("executor: slurm needs slurm_partition (the partition the jobs are submitted to)")
-            if not isinstance(self.slurm_sbatch_args, dict):
-                raise ValueError(f"slurm_sbatch_args must be a mapping of sbatch option -> value, "
-                                 f"got {self.slurm_sbatch_args!r:.80}")
+def check_executor(cfg) -> None:
+    """Executor settings errors of a clean config (`executor`, `ray_*`, `slurm_*` keys), before anything is
+    touched."""
+    if cfg.executor not in EXECUTORS:
+        raise ValueError(f"executor {cfg.executor!r} is not one of {', '.join(EXECUTORS)}")
+    if cfg.executor == "ray" and not cfg.ray_address:
+        raise ValueError("executor: ray needs ray_address (host:port of the cluster's head, e.g. "
+                         "127.0.0.1:6379 as printed by `ray start --head`, or auto)")
+    if cfg.executor == "slurm":
+        if not cfg.slurm_partition:
+            raise ValueError("executor: slurm needs slurm_partition (the partition the jobs are submitted to)")
+        if cfg.slurm_sbatch_args is not None and not isinstance(cfg.slurm_sbatch_args, dict):
+            raise ValueError(f"slurm_sbatch_args must be a mapping of sbatch option -> value, "
+                             f"got {cfg.slurm_sbatch_args!r:.80}")
 
 
 class PhaseRunner:
     """Runs datatrove pipelines on the configured executor and checks that every task finished.
 
     Args:
-        settings: which executor and what it needs.
+        cfg: the clean config (its `executor`, `ray_*` and `slurm_*` keys).
         logs: the folder under which each phase keeps its datatrove logs and completions.
     """
 
-    def __init__(self, settings: ExecutorSettings, logs: Path):
-        settings.validate()
-        self.settings = settings
+    def __init__(self, cfg, logs: Path):
+        check_executor(cfg)
+        self.settings = cfg
         self.logs = logs
         self._ray_started_here = False
 
@@ -160,7 +144,7 @@ class PhaseRunner:
         return SlurmPipelineExecutor(
             pipeline=pipeline, tasks=tasks, workers=workers, time=s.slurm_time, partition=s.slurm_partition,
             cpus_per_task=s.slurm_cpus_per_task, mem_per_cpu_gb=s.slurm_mem_per_cpu_gb, qos=s.slurm_qos,
-            env_command=s.slurm_env_command or None, sbatch_args=dict(s.slurm_sbatch_args),
+            env_command=s.slurm_env_command or None, sbatch_args=dict(s.slurm_sbatch_args or {}),
             job_name=f"clean-{logging_dir.name}", logging_dir=str(logging_dir), skip_completed=True,
             mail_user=None, requeue=True)
 
@@ -175,7 +159,7 @@ class PhaseRunner:
             # a finished job leaves the queue: squeue prints nothing, or, once purged, "Invalid job id"
             if (queued.returncode == 0 and not queued.stdout.strip()) or "invalid job id" in queued.stderr.lower():
                 return  # run() reports the tasks that did not finish
-            time.sleep(self.settings.poll_seconds)
+            time.sleep(self.settings.slurm_poll_seconds)
 
 
 @contextlib.contextmanager

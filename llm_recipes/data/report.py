@@ -82,7 +82,7 @@ def build_report(ledger_dir: Path, n: int, settings, timings: dict, gather_repor
         "count_problems": check_counts(steps),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "mb_per_s": round(steps[0]["bytes_in"] / 2**20 / max(timings.get("total", 1e-9), 1e-9), 3),
-        "workers": settings.workers, "shards": n,
+        "workers": settings.num_workers, "shards": n,
         "gather": json.loads(gather_report.read_text()) if gather_report else None,
     }
     return report
