@@ -60,7 +60,7 @@ def book_title(book: Book, path: str) -> str:
 
 def iter_book(spec, path: str, kind: str) -> Iterator[dict | Skipped]:
     """The documents of one book file for a `files` source (see sources.iter_files_source)."""
-    from .sources import _doc, _split_text
+    from .sources import _doc, _split_text  # sources imports this module for its book files
 
     reader = {"pdf": read_pdf, "epub": read_epub, "docx": read_docx}[kind]
     try:

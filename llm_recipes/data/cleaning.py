@@ -24,7 +24,11 @@ import yaml
 from ..config import ConfigError, check_range, config_to_dict
 from ..fileio import atomic_open, atomic_write_json, replace_folder
 from . import steps as S
+from .documents import write_parquet_atomic
 from .executors import PhaseRunner, check_executor
+from .report import build_report, write_report
+from .sources import expand_paths
+from .textops import ngram_hashes
 
 WORK = "work"
 SPLITS = "splits"  # under work/: the new train/ and validation/, moved into place when everything is written
@@ -165,8 +169,6 @@ def clean(cfg: CleanConfig, start: Callable[[], Any] | None = None) -> dict[str,
 
 def _clean(cfg: CleanConfig, files: list[str], profiles: dict, eval_texts: list[str], runner: PhaseRunner,
            started: float) -> dict[str, Any]:
-    from .report import build_report, write_report
-
     out = Path(cfg.output_dir).absolute()
     work = out / WORK
     fingerprint = _fingerprint(cfg, files)
@@ -299,8 +301,6 @@ def build_exact_index(filtered: Path, n: int, remove_dir: Path, enabled: bool = 
 def read_eval_texts(patterns: list[str]) -> list[str]:
     """Texts of evaluation sets: .txt (whole file), .jsonl/.json (every string field of a record joined),
     .parquet (the text column, or all string columns)."""
-    from .sources import expand_paths
-
     texts: list[str] = []
     files = expand_paths(list(patterns))
     if not files:
@@ -346,8 +346,6 @@ def build_decontamination_index(texts: list[str], n: int, path: Path) -> int:
     """Writes the sorted word n-gram hashes of the evaluation texts to `path`; returns the text count."""
     import numpy as np
 
-    from .textops import ngram_hashes
-
     grams: set[int] = set()
     for text in texts:
         grams |= ngram_hashes(text, n)
@@ -358,8 +356,6 @@ def build_decontamination_index(texts: list[str], n: int, path: Path) -> int:
 
 def ensure_split_files(out: Path) -> None:
     """A split with no documents still gets one empty parquet file, so `load_dataset` finds both splits."""
-    from .documents import write_parquet_atomic
-
     for split in ("train", "validation"):
         if not list((out / split).glob("*.parquet")):
             write_parquet_atomic(out / split / "empty-000.parquet", [])

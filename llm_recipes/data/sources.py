@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..config import check_range, check_types
 from .documents import Skipped
+from .pydocs import iter_python_docs
 
 SOURCE_TYPES = ("python-docs", "files", "hub", "web")
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".markdown")
@@ -80,7 +82,6 @@ class SourceSpec:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"sources[{index}] ({raw['type']}): unknown key(s) {unknown}; known keys: {sorted(known)}")
-        from ..config import check_range, check_types
 
         spec = cls(**check_types(raw, [cls], f"sources[{index}] ({raw['type']})"))  # a single path becomes a list
         if spec.type == "files" and not spec.paths:
@@ -128,7 +129,6 @@ def _doc(text: str, doc_id: str, spec: SourceSpec, location: str, title: str = "
 # ----------------------------------------------------------------------------------------------- python-docs
 
 def iter_python_docs_source(spec: SourceSpec, num_proc: int) -> Iterator[dict | Skipped]:
-    from .pydocs import iter_python_docs
 
     for record in iter_python_docs(spec.packages, stdlib=spec.stdlib, topics=spec.topics,
                                    min_chars=spec.min_chars, num_proc=num_proc):
@@ -316,7 +316,7 @@ def _iter_text_file(spec, path, kind, max_doc_chars):
 
 
 def _iter_book(spec, path, kind):
-    from .books import iter_book
+    from .books import iter_book  # books imports this module for its document rows
 
     return iter_book(spec, path, kind)
 

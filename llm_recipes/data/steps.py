@@ -27,8 +27,9 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup import MinhashDedupFilter, MinhashDedupSignature
 from datatrove.utils.word_tokenizers import WordTokenizer
 
+from ..fileio import atomic_open, atomic_write_json
 from . import textops
-from .documents import COLUMNS, write_parquet_atomic
+from .documents import COLUMNS, iter_parquet_rows, write_parquet_atomic
 from .fastfilters import FAST_FILTERS
 
 EXAMPLES_PER_REASON = 3
@@ -264,8 +265,6 @@ class ShardReader(PipelineStep):
         self.tally = Tally("read")
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        from .documents import iter_parquet_rows
-
         self.tally.reset()
         for step in self.tallied:
             step.tally.reset()
@@ -622,7 +621,6 @@ class IntermediateWriter(PipelineStep):
             rows.append(_row(doc))
             hashes.append(textops.text_hash(doc.text))
         write_parquet_atomic(Path(self.folder) / f"{rank:05d}.parquet", rows)
-        from ..fileio import atomic_open
 
         with atomic_open(Path(self.folder) / f"{rank:05d}.hashes.npy") as f:
             np.save(f, np.array(hashes, dtype=np.uint64))
@@ -698,6 +696,4 @@ def length_histogram(lengths: list[int]) -> list[int]:
 
 
 def save_ledger(folder: str, rank: int, steps: list, **extra) -> None:
-    from ..fileio import atomic_write_json
-
     atomic_write_json(Path(folder) / f"{rank:05d}.json", {"steps": [s.tally.to_dict() for s in steps], **extra})

@@ -10,6 +10,8 @@ import ipaddress
 import re
 import unicodedata
 
+from .sources import html_to_text
+
 # ------------------------------------------------------------------------------------------------ unicode
 
 def repair_unicode(text: str) -> str:
@@ -61,7 +63,6 @@ def looks_like_html(text: str) -> bool:
 
 def strip_html(text: str) -> str:
     """Main text of an HTML document (trafilatura); falls back to removing tags when it finds none."""
-    from .sources import html_to_text
 
     extracted, _ = html_to_text(text)
     if extracted:

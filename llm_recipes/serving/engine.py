@@ -30,7 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..model.modeling_recipe_gpt import CACHE_KEY
 from ..runtime.threads import choose, free_cpus
+from .structured import GrammarState
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +152,6 @@ class _Row:
                                                                for t, b in request.logit_bias.items()]))
         self.grammar = None
         if request.grammar is not None:
-            from .structured import GrammarState
-
             self.grammar = GrammarState(request.grammar, vocab_size)
         self.filters = LogitsProcessorList()
         if request.top_k > 0:
@@ -228,8 +228,6 @@ class GenerationEngine:
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64,
                  num_threads: int | None = None):
         import torch
-
-        from ..model.modeling_recipe_gpt import CACHE_KEY
 
         self.model = model.eval()
         self.device = next(model.parameters()).device
