@@ -21,7 +21,8 @@ WORDS = ("time year people way day man thing woman life child world school state
          "home water room mother area money story fact month lot right study book eye job word business issue "
          "side kind head house service friend father power hour game line end member law car city community name "
          "president team minute idea kid body information back parent face others level office door health person "
-         "art war history party result change morning reason research girl guy moment air teacher force education").split()
+         "art war history party result change morning reason research girl guy moment air teacher force "
+         "education").split()
 
 
 def prose(rng: random.Random, n_words: int) -> str:
@@ -61,12 +62,15 @@ def test_unicode_repair():
 def test_markup_and_boilerplate():
     md = "# Title\n\nSome **bold** text and a [link](https://x.org/a) and ![img](a.png).\n\n---\n"
     assert textops.strip_markdown(md).strip() == "Title\n\nSome bold text and a link and img."
-    rst = "Join paths\n==========\n\nSee :func:`os.path.join` and :class:`~collections.OrderedDict`.\n\n.. note:: Careful."
-    assert textops.strip_rest_roles(rst) == "Join paths\n\nSee os.path.join and collections.OrderedDict.\n\nNote: Careful."
+    rst = ("Join paths\n==========\n\nSee :func:`os.path.join` and :class:`~collections.OrderedDict`."
+           "\n\n.. note:: Careful.")
+    assert textops.strip_rest_roles(rst) == ("Join paths\n\nSee os.path.join and collections.OrderedDict."
+                                             "\n\nNote: Careful.")
     text, n = textops.remove_boilerplate_lines("Skip to content\nWe use cookies to improve your experience.\n"
                                                "Real sentence here.\nShare on Twitter\nAll rights reserved.")
     assert text == "Real sentence here." and n == 4
-    html = "<html><body><nav>Home | About</nav><article><p>" + "Main text of the page is here. " * 10 + "</p></article></body></html>"
+    html = ("<html><body><nav>Home | About</nav><article><p>" + "Main text of the page is here. " * 10
+            + "</p></article></body></html>")
     assert textops.looks_like_html(html) and "Main text" in textops.strip_html(html)
 
 
@@ -210,7 +214,8 @@ def test_decontamination(tmp_path):
     assert decon["removed"] == {"shares a 13-gram with an evaluation set": 1}
     assert decon["examples"][next(iter(decon["removed"]))][0]["id"] == "d4"
     with pytest.raises(ValueError, match="match no file"):
-        clean(settings(tmp_path, decontamination_files=[str(tmp_path / "missing*.jsonl")], output_dir=str(tmp_path / "o2")))
+        clean(settings(tmp_path, decontamination_files=[str(tmp_path / "missing*.jsonl")],
+                       output_dir=str(tmp_path / "o2")))
 
 
 def test_language_filter(tmp_path):
@@ -290,7 +295,8 @@ def test_cli_and_recipes(tmp_path):
     from llm_recipes.config import parse_config
 
     for recipe in ("quickstart", "debug"):
-        (cfg,) = parse_config([CleanConfig], ["--config", str(REPO / "recipes" / recipe / "clean.yaml")], stage="clean")
+        (cfg,) = parse_config([CleanConfig], ["--config", str(REPO / "recipes" / recipe / "clean.yaml")],
+                              stage="clean")
         assert cfg.input_dir.endswith("/gather") and cfg.output_dir.endswith("/clean")
     rng = random.Random(5)
     write_input(tmp_path / "in", [[row(prose(rng, 120), f"x{i}") for i in range(6)]])

@@ -50,10 +50,12 @@ PROSE = ("The quick brown fox jumps over the lazy dog while the farmer watches f
 def test_python_docs_titles_and_text(tmp_path, monkeypatch):
     pkg = tmp_path / "site" / "toypkg"
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text('"""Toy package for tests.\n\nIt has a long enough module docstring to be kept by gather."""\n')
+    (pkg / "__init__.py").write_text('"""Toy package for tests.\n\n'
+                                     'It has a long enough module docstring to be kept by gather."""\n')
     (pkg / "geometry.py").write_text(
         'def area(w, h):\n'
-        '    """Return the area of a rectangle.\n\n    The width and height are multiplied; both must be numbers.\n    """\n'
+        '    """Return the area of a rectangle.\n\n'
+        '    The width and height are multiplied; both must be numbers.\n    """\n'
         'class Shape:\n'
         '    """A shape with a name and a colour, used to test qualified names."""\n'
         '    def scale(self, f):\n'
@@ -101,8 +103,10 @@ def make_warc(path: Path, html: bytes, broken_tail: bool = False, gzip: bool = F
 
 
 def page(title: str, body: str) -> str:
-    return (f"<html><head><title>{title}</title></head><body><nav><a href='/'>Home</a> | <a href='/x'>About</a></nav>"
-            f"<article><h1>{title}</h1><p>{body}</p><p>{body}</p></article><footer>Copyright 2024</footer></body></html>")
+    return (f"<html><head><title>{title}</title></head><body>"
+            "<nav><a href='/'>Home</a> | <a href='/x'>About</a></nav>"
+            f"<article><h1>{title}</h1><p>{body}</p><p>{body}</p></article>"
+            "<footer>Copyright 2024</footer></body></html>")
 
 
 def test_every_file_type_and_bad_inputs(tmp_path):
@@ -182,7 +186,8 @@ def test_hub_streaming_over_http_and_local_folder(tmp_path):
     local = tmp_path / "local_ds"
     local.mkdir()
     (local / "train.jsonl").write_text("".join(json.dumps({"text": PROSE + str(i)}) + "\n" for i in range(4)))
-    gather([{"type": "hub", "dataset": str(local), "text_column": "text"}], tmp_path / "out2", num_proc=1, progress=False)
+    gather([{"type": "hub", "dataset": str(local), "text_column": "text"}], tmp_path / "out2",
+           num_proc=1, progress=False)
     assert len(read_docs(tmp_path / "out2")) == 4
 
 
@@ -241,8 +246,8 @@ def test_weights_and_fraction(tmp_path):
     a, b = report["sources"]
     assert 55 <= a["documents"] <= 60 and 17 <= b["documents"] <= 20  # 3:1 of an 80-document budget
     assert b["dropped_by_fraction"] > 0
-    again = gather([{"type": "files", "paths": [str(d / "b.jsonl")], "name": "b", "fraction": 0.5}],
-                   tmp_path / "out2", num_proc=1, progress=False)
+    gather([{"type": "files", "paths": [str(d / "b.jsonl")], "name": "b", "fraction": 0.5}],
+           tmp_path / "out2", num_proc=1, progress=False)
     ids = [r["id"] for r in read_docs(tmp_path / "out2")]
     assert 70 <= len(ids) <= 130 and ids == [r["id"] for r in read_docs(tmp_path / "out2")]
 
@@ -288,11 +293,13 @@ def test_cli_and_recipes(tmp_path):
     from llm_recipes.gather import GatherConfig, main
 
     for recipe in ("quickstart", "debug"):
-        (cfg,) = parse_config([GatherConfig], ["--config", str(REPO / "recipes" / recipe / "gather.yaml")], stage="gather")
+        (cfg,) = parse_config([GatherConfig], ["--config", str(REPO / "recipes" / recipe / "gather.yaml")],
+                              stage="gather")
         assert cfg.sources and cfg.output_dir.endswith("/gather")
     (tmp_path / "n.md").write_text(PROSE)
     out = tmp_path / "run"
-    assert main(["--output_dir", str(out), "--sources", json.dumps([{"type": "files", "paths": [str(tmp_path / "n.md")]}])]) == 0
+    assert main(["--output_dir", str(out),
+                 "--sources", json.dumps([{"type": "files", "paths": [str(tmp_path / "n.md")]}])]) == 0
     assert (out / "stage_complete.json").exists() and (out / "gather_report.json").exists()
     assert (out / "resolved_config.yaml").exists()
     from llm_recipes.cli import main as cli_main
@@ -300,7 +307,7 @@ def test_cli_and_recipes(tmp_path):
     assert cli_main(["gather", "--output_dir", str(out), "--sources", "[{type: nope}]"]) == 2
 
 
-# ------------------------------------------------------------------------------------------- one bad file never stops it
+# ----------------------------------------------------------------------------------------- one bad file never stops it
 
 def test_truncated_compressed_files_are_skipped_and_rows_already_read_kept(tmp_path):
     """A .jsonl.gz cut mid-stream (EOFError inside gzip) and a .warc.gz cut mid-record: each is reported
@@ -367,7 +374,8 @@ def test_invalid_utf8_is_counted_and_reported(tmp_path):
     d.mkdir()
     (d / "latin1.txt").write_bytes(("Café crème, naïve façade. " + PROSE).encode("latin-1"))
     (d / "mixed.csv").write_bytes(b"text\n\"caf\xe9 " + PROSE.encode() + b"\"\n")
-    (d / "rows.jsonl").write_bytes(json.dumps({"text": "good " + PROSE}).encode() + b"\n{\"text\": \"bad \xff\xfe\"}\n")
+    (d / "rows.jsonl").write_bytes(json.dumps({"text": "good " + PROSE}).encode()
+                                   + b"\n{\"text\": \"bad \xff\xfe\"}\n")
     report = gather([{"type": "files", "paths": [str(d)]}], tmp_path / "out", num_proc=1, progress=False)
     assert report["notes"] == {"not valid UTF-8 (decoded as cp1252)": 1,
                                "not valid UTF-8 (bad bytes replaced with U+FFFD)": 1}

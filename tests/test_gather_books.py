@@ -209,7 +209,8 @@ def test_pdf_lone_page_numbers_go_and_roman_chapter_headings_stay(tmp_path):
     body = ["The fourth part begins with a storm that comes in from the west over the hills and",
             "the long low valley where the river runs, and nobody in the village is ready for it."]
     for number in ("7", "- 7 -", "xiv", "Page 7 of 9"):
-        write_pdf(tmp_path / "one.pdf", [[(300, 750, "IV"), (72, 700, body[0]), (72, 686, body[1]), (300, 40, number)]])
+        write_pdf(tmp_path / "one.pdf",
+                  [[(300, 750, "IV"), (72, 700, body[0]), (72, 686, body[1]), (300, 40, number)]])
         assert read_pdf(str(tmp_path / "one.pdf")).text == "IV\n\n" + " ".join(body), number
 
 
@@ -318,7 +319,8 @@ def test_epub_chapters_in_spine_order_without_navigation(tmp_path):
     assert report["skipped"] == {}
     doc = docs["harbour.epub"]
     assert doc["title"] == "The Harbour — Jane Doe, John Roe"
-    assert doc["text"] == ("The First Chapter\n\nIt began on a cold morning in the harbour.\n\nThe ships were\nwaiting."
+    assert doc["text"] == ("The First Chapter\n\nIt began on a cold morning in the harbour."
+                           "\n\nThe ships were\nwaiting."
                            "\n\nThe Second Chapter\n\nBy noon the fog had lifted."
                            "\n\nThe Third Chapter\n\nNight fell, and the story ended.")
 

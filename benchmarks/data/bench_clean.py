@@ -26,9 +26,11 @@ RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 
 def sources(corpus: str, packages: list[str]) -> list[dict]:
     if corpus == "shakespeare":  # one play-text file: paragraphs (speeches) as documents
-        return [{"type": "files", "paths": [str(SHARED / "karpathy/tinyshakespeare/input.txt")], "split_text": "paragraphs"}]
+        return [{"type": "files", "paths": [str(SHARED / "karpathy/tinyshakespeare/input.txt")],
+                 "split_text": "paragraphs"}]
     if corpus == "verdict":
-        return [{"type": "files", "paths": [str(SHARED / "rasbt/the-verdict.txt"), str(SHARED / "rasbt/small-text-sample.txt")],
+        return [{"type": "files",
+                 "paths": [str(SHARED / "rasbt/the-verdict.txt"), str(SHARED / "rasbt/small-text-sample.txt")],
                  "split_text": "paragraphs"}]
     if corpus == "instructions":
         return [{"type": "files", "paths": [str(SHARED / "rasbt/ch07/instruction-data.json")],
@@ -118,7 +120,8 @@ def main() -> None:
                   "input_documents": report["input_documents"], "output_documents": report["output_documents"],
                   "shards": report["shards"], "workers": args.workers, "wall_s": round(seconds, 1),
                   "pipeline_s": report["seconds"], "mb_per_s_wall": round(report["input_bytes"] / 2**20 / seconds, 3),
-                  "peak_pss_mb": round(peak / 2**20), "load_avg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
+                  "peak_pss_mb": round(peak / 2**20), "load_avg": os.getloadavg(),
+                  "date": time.strftime("%Y-%m-%d %H:%M")}
         print(json.dumps(result), flush=True)
         with open(RESULTS, "a") as f:
             f.write(json.dumps(result) + "\n")

@@ -203,8 +203,8 @@ def _remove_running_lines(pages: list[list[list[_Line]]]) -> None:
     tops, bottoms = [], []
     for boxes in pages:
         lines = [line for box in boxes for line in box]
-        tops.append(sorted(lines, key=lambda l: -l.top)[:EDGE_LINES])
-        bottoms.append(sorted(lines, key=lambda l: l.bottom)[:EDGE_LINES])
+        tops.append(sorted(lines, key=lambda line: -line.top)[:EDGE_LINES])
+        bottoms.append(sorted(lines, key=lambda line: line.bottom)[:EDGE_LINES])
     running: set[int] = set()
     numbers: set[int] = set()
     for edges in (tops, bottoms):

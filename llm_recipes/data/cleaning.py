@@ -36,43 +36,88 @@ SPLITS = "splits"  # under work/: the new train/ and validation/, moved into pla
 
 @dataclass
 class CleanConfig:
-    input_dir: str = field(default="runs/default/gather", metadata={"help": "Gather output folder (data/*.parquet), or any folder of parquet files with a `text` column."})
-    output_dir: str = field(default="runs/default/clean", metadata={"help": "Stage folder: train/, validation/, report.md, report.png, report.json."})
-    profiles: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Overrides of the filter profiles (web, docs, none, or new names): {profile: {markup: web|rest|none, engine: fast|datatrove, gopher_repetition|gopher_quality|c4|fineweb: {datatrove kwargs} or false}}."})
-    profile_for_source: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Which profile each `source` gets: ordered mapping of glob pattern -> profile. Default {'python-docs*': docs, '*': web}."})
-    unicode_repair: bool = field(default=True, metadata={"help": "Repair mojibake and normalize unicode (ftfy, NFC); remove control and zero-width characters."})
-    remove_markup: bool = field(default=True, metadata={"help": "Remove markup: HTML (main text extracted) and markdown for the web profile, reST roles for docs."})
-    remove_boilerplate: bool = field(default=True, metadata={"help": "Drop navigation, cookie-banner and share lines (web profile)."})
-    min_chars: int = field(default=1, metadata={"help": "Drop documents shorter than this many characters after repair."})
-    max_chars: int = field(default=1_000_000, metadata={"help": "Drop documents longer than this many characters (0: no limit)."})
-    quality_filters: bool = field(default=True, metadata={"help": "Run each document's profile of datatrove quality filters (Gopher repetition and quality, C4, FineWeb)."})
-    languages: Optional[list[str]] = field(default=None, metadata={"help": "Keep only documents in these languages (ISO 639-1 codes, e.g. [en]), identified offline by langid.py; off when empty."})
-    language_min_score: float = field(default=0.65, metadata={"help": "Minimum language probability to keep a document (FineWeb: 0.65 for English)."})
-    compare_profiles_sample: float = field(default=0.1, metadata={"help": "Fraction of non-web documents also checked against web thresholds, to show the effect of profiles in the report (0: off)."})
-    exact_dedup: bool = field(default=True, metadata={"help": "Drop exact duplicates (whitespace-normalized text) across the whole corpus."})
-    near_dedup: bool = field(default=True, metadata={"help": "Drop near duplicates with datatrove's MinHash LSH across the whole corpus."})
-    minhash_ngram: int = field(default=3, metadata={"help": "Word n-gram size of MinHash shingles (FineWeb: 5; 3 finds documents with ~10%% of words changed)."})
+    input_dir: str = field(default="runs/default/gather", metadata={
+        "help": "Gather output folder (data/*.parquet), or any folder of parquet files with a `text` column."})
+    output_dir: str = field(default="runs/default/clean", metadata={
+        "help": "Stage folder: train/, validation/, report.md, report.png, report.json."})
+    profiles: Optional[Union[dict, str]] = field(default=None, metadata={
+        "help": "Overrides of the filter profiles (web, docs, none, or new names): {profile: {markup: "
+                "web|rest|none, engine: fast|datatrove, gopher_repetition|gopher_quality|c4|fineweb: {datatrove "
+                "kwargs} or false}}."})
+    profile_for_source: Optional[Union[dict, str]] = field(default=None, metadata={
+        "help": "Which profile each `source` gets: ordered mapping of glob pattern -> profile. Default "
+                "{'python-docs*': docs, '*': web}."})
+    unicode_repair: bool = field(default=True, metadata={
+        "help": "Repair mojibake and normalize unicode (ftfy, NFC); remove control and zero-width characters."})
+    remove_markup: bool = field(default=True, metadata={
+        "help": "Remove markup: HTML (main text extracted) and markdown for the web profile, reST roles for docs."})
+    remove_boilerplate: bool = field(default=True, metadata={
+        "help": "Drop navigation, cookie-banner and share lines (web profile)."})
+    min_chars: int = field(default=1, metadata={
+        "help": "Drop documents shorter than this many characters after repair."})
+    max_chars: int = field(default=1_000_000, metadata={
+        "help": "Drop documents longer than this many characters (0: no limit)."})
+    quality_filters: bool = field(default=True, metadata={
+        "help": "Run each document's profile of datatrove quality filters (Gopher repetition and quality, C4, "
+                "FineWeb)."})
+    languages: Optional[list[str]] = field(default=None, metadata={
+        "help": "Keep only documents in these languages (ISO 639-1 codes, e.g. [en]), identified offline by "
+                "langid.py; off when empty."})
+    language_min_score: float = field(default=0.65, metadata={
+        "help": "Minimum language probability to keep a document (FineWeb: 0.65 for English)."})
+    compare_profiles_sample: float = field(default=0.1, metadata={
+        "help": "Fraction of non-web documents also checked against web thresholds, to show the effect of profiles "
+                "in the report (0: off)."})
+    exact_dedup: bool = field(default=True, metadata={
+        "help": "Drop exact duplicates (whitespace-normalized text) across the whole corpus."})
+    near_dedup: bool = field(default=True, metadata={
+        "help": "Drop near duplicates with datatrove's MinHash LSH across the whole corpus."})
+    minhash_ngram: int = field(default=3, metadata={
+        "help": "Word n-gram size of MinHash shingles (FineWeb: 5; 3 finds documents with ~10%% of words changed)."})
     minhash_buckets: int = field(default=20, metadata={"help": "LSH bands (FineWeb: 14)."})
-    minhash_hashes_per_bucket: int = field(default=3, metadata={"help": "Hashes per band (FineWeb: 8). Similarity threshold ~ (1/buckets)^(1/hashes): 0.37 here, 0.72 for FineWeb's 14 x 8."})
-    pii: bool = field(default=True, metadata={"help": "Replace emails, public IP addresses and phone numbers with <EMAIL>, <IP_ADDRESS>, <PHONE>."})
-    decontamination_files: Optional[list[str]] = field(default=None, metadata={"help": "Evaluation sets (files or globs: .jsonl/.json/.parquet/.txt); documents sharing a word n-gram with them are dropped."})
-    decontamination_ngram: int = field(default=13, metadata={"help": "n of the word n-grams used for decontamination (GPT-3 used 13)."})
-    validation_fraction: float = field(default=0.01, metadata={"help": "Fraction of documents (chosen by a hash of their id, so deterministic) that go to validation/."})
+    minhash_hashes_per_bucket: int = field(default=3, metadata={
+        "help": "Hashes per band (FineWeb: 8). Similarity threshold ~ (1/buckets)^(1/hashes): 0.37 here, 0.72 for "
+                "FineWeb's 14 x 8."})
+    pii: bool = field(default=True, metadata={
+        "help": "Replace emails, public IP addresses and phone numbers with <EMAIL>, <IP_ADDRESS>, <PHONE>."})
+    decontamination_files: Optional[list[str]] = field(default=None, metadata={
+        "help": "Evaluation sets (files or globs: .jsonl/.json/.parquet/.txt); documents sharing a word n-gram with "
+                "them are dropped."})
+    decontamination_ngram: int = field(default=13, metadata={
+        "help": "n of the word n-grams used for decontamination (GPT-3 used 13)."})
+    validation_fraction: float = field(default=0.01, metadata={
+        "help": "Fraction of documents (chosen by a hash of their id, so deterministic) that go to validation/."})
     seed: int = field(default=42, metadata={"help": "Seed of the split hash and the MinHash permutations."})
     num_workers: int = field(default=2, metadata={"help": "Local worker processes (datatrove LocalPipelineExecutor)."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-    keep_work: bool = field(default=False, metadata={"help": "Keep output_dir/work (intermediate shards, MinHash files, datatrove logs) after success."})
-    executor: str = field(default="local", metadata={"help": "Where the phases run: local (num_workers processes), ray (a running Ray cluster at ray_address) or slurm (jobs on slurm_partition; this process waits between phases). For ray and slurm, output_dir must be on storage every worker sees at the same path. An unreachable cluster is an error, never a local fallback."})
-    ray_address: str = field(default="", metadata={"help": "executor ray: host:port of the Ray head (`ray start --head --port 6379` prints it), or auto."})
-    ray_memory_gb_per_task: float = field(default=1.0, metadata={"help": "executor ray: memory reserved per task (GB); each task also reserves 1 CPU."})
-    slurm_partition: str = field(default="", metadata={"help": "executor slurm: partition the job arrays are submitted to (required)."})
-    slurm_time: str = field(default="04:00:00", metadata={"help": "executor slurm: time limit of each job (sbatch --time)."})
-    slurm_cpus_per_task: int = field(default=1, metadata={"help": "executor slurm: CPUs per task (sbatch --cpus-per-task)."})
-    slurm_mem_per_cpu_gb: int = field(default=2, metadata={"help": "executor slurm: memory per CPU in GB (sbatch --mem-per-cpu)."})
-    slurm_qos: str = field(default="", metadata={"help": "executor slurm: quality of service (sbatch --qos); empty: the cluster's default."})
-    slurm_env_command: str = field(default="", metadata={"help": "executor slurm: shell line each job runs first to get this Python environment, e.g. `source /shared/venv/bin/activate`."})
-    slurm_sbatch_args: Optional[Union[dict, str]] = field(default=None, metadata={"help": "executor slurm: more sbatch options as a mapping, e.g. {account: myproj}."})
-    slurm_poll_seconds: float = field(default=30.0, metadata={"help": "executor slurm: how often the waiting driver checks the queue."})
+    keep_work: bool = field(default=False, metadata={
+        "help": "Keep output_dir/work (intermediate shards, MinHash files, datatrove logs) after success."})
+    executor: str = field(default="local", metadata={
+        "help": "Where the phases run: local (num_workers processes), ray (a running Ray cluster at ray_address) or "
+                "slurm (jobs on slurm_partition; this process waits between phases). For ray and slurm, output_dir "
+                "must be on storage every worker sees at the same path. An unreachable cluster is an error, never a "
+                "local fallback."})
+    ray_address: str = field(default="", metadata={
+        "help": "executor ray: host:port of the Ray head (`ray start --head --port 6379` prints it), or auto."})
+    ray_memory_gb_per_task: float = field(default=1.0, metadata={
+        "help": "executor ray: memory reserved per task (GB); each task also reserves 1 CPU."})
+    slurm_partition: str = field(default="", metadata={
+        "help": "executor slurm: partition the job arrays are submitted to (required)."})
+    slurm_time: str = field(default="04:00:00", metadata={
+        "help": "executor slurm: time limit of each job (sbatch --time)."})
+    slurm_cpus_per_task: int = field(default=1, metadata={
+        "help": "executor slurm: CPUs per task (sbatch --cpus-per-task)."})
+    slurm_mem_per_cpu_gb: int = field(default=2, metadata={
+        "help": "executor slurm: memory per CPU in GB (sbatch --mem-per-cpu)."})
+    slurm_qos: str = field(default="", metadata={
+        "help": "executor slurm: quality of service (sbatch --qos); empty: the cluster's default."})
+    slurm_env_command: str = field(default="", metadata={
+        "help": "executor slurm: shell line each job runs first to get this Python environment, e.g. `source "
+                "/shared/venv/bin/activate`."})
+    slurm_sbatch_args: Optional[Union[dict, str]] = field(default=None, metadata={
+        "help": "executor slurm: more sbatch options as a mapping, e.g. {account: myproj}."})
+    slurm_poll_seconds: float = field(default=30.0, metadata={
+        "help": "executor slurm: how often the waiting driver checks the queue."})
 
     def __post_init__(self):
         for key in ("profiles", "profile_for_source", "slurm_sbatch_args"):
@@ -118,14 +163,16 @@ def input_files(input_dir: str) -> list[str]:
         files = sorted(glob.glob(str(path / pattern), recursive=True))
         if files:
             return files
-    raise ValueError(f"input_dir {input_dir!r} holds no parquet files (expected a gather output folder with data/*.parquet)")
+    raise ValueError(f"input_dir {input_dir!r} holds no parquet files "
+                     "(expected a gather output folder with data/*.parquet)")
 
 
 RUN_ONLY = ("num_workers", "progress", "keep_work", "executor")  # how and where it runs, not what it makes
 
 
 def _fingerprint(cfg: CleanConfig, files: list[str]) -> str:
-    keyed = {k: v for k, v in config_to_dict(cfg).items() if k not in RUN_ONLY and not k.startswith(("ray_", "slurm_"))}
+    keyed = {k: v for k, v in config_to_dict(cfg).items()
+             if k not in RUN_ONLY and not k.startswith(("ray_", "slurm_"))}
     stats = [(os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))) for f in files]
     blob = json.dumps([keyed, stats], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -149,7 +149,8 @@ def gather(raw_sources: list[dict], output_dir: str | Path, *, total_mb: float |
                 if len(item["text"].strip()) < min_doc_chars:
                     item = Skipped("empty document", item["location"])
                 elif len(item["text"]) > max_doc_chars:
-                    item = Skipped("document too large", item["location"], f"{len(item['text'])} chars > {max_doc_chars}")
+                    item = Skipped("document too large", item["location"],
+                                   f"{len(item['text'])} chars > {max_doc_chars}")
             if isinstance(item, Skipped):
                 skipped[item.reason] += 1
                 _add_example(examples, item.reason, f"{item.location} {item.detail}".strip())

@@ -92,7 +92,8 @@ def stdlib_files() -> list[tuple[str, str]]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel = Path(dirpath).relative_to(root).as_posix()
-        dirnames[:] = sorted(d for d in dirnames if d not in STDLIB_SKIP and f"{rel}/{d}".lstrip("./") not in STDLIB_SKIP
+        dirnames[:] = sorted(d for d in dirnames
+                             if d not in STDLIB_SKIP and f"{rel}/{d}".lstrip("./") not in STDLIB_SKIP
                              and not d.startswith(("_", "config-", "plat-")))
         for name in sorted(filenames):
             if not name.endswith(".py") or (name.startswith("_") and name != "__init__.py"):
@@ -118,7 +119,8 @@ def package_files(package: str) -> list[tuple[str, str]]:
         for location in spec.submodule_search_locations:
             root = Path(location)
             for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if d not in PACKAGE_SKIP_PARTS and not d.startswith((".", "_")))
+                dirnames[:] = sorted(d for d in dirnames
+                                     if d not in PACKAGE_SKIP_PARTS and not d.startswith((".", "_")))
                 for name in sorted(filenames):
                     if name.endswith(".py") and (not name.startswith("_") or name == "__init__.py"):
                         module = _module_name(root, Path(dirpath) / name, prefix=package)
@@ -223,7 +225,8 @@ def iter_python_docs(packages: list[str] | None = None, stdlib: bool = True, top
     for package in packages or []:
         files = package_files(package)
         if not files:
-            print(f"python-docs: package {package!r} is not installed (or has no Python source); skipped", file=sys.stderr)
+            print(f"python-docs: package {package!r} is not installed (or has no Python source); skipped",
+                  file=sys.stderr)
             continue
         license = package_license(package)
         jobs += [(path, module, license, min_chars) for path, module in files]

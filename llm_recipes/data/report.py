@@ -55,7 +55,8 @@ def check_counts(steps: list[dict]) -> list[str]:
     problems = []
     for s in steps:
         if s["docs_in"] != s["docs_out"] + sum(s["removed"].values()):
-            problems.append(f"{s['step']}: {s['docs_in']} in != {s['docs_out']} out + {sum(s['removed'].values())} removed")
+            problems.append(f"{s['step']}: {s['docs_in']} in != {s['docs_out']} out "
+                            f"+ {sum(s['removed'].values())} removed")
     for a, b in zip(steps, steps[1:]):
         if a["docs_out"] != b["docs_in"]:
             problems.append(f"{a['step']} -> {b['step']}: {a['docs_out']} out != {b['docs_in']} in")
@@ -74,7 +75,8 @@ def build_report(ledger_dir: Path, n: int, settings, timings: dict, gather_repor
     report = {
         "input_documents": steps[0]["docs_in"], "input_bytes": steps[0]["bytes_in"],
         "output_documents": steps[-1]["docs_out"], "output_bytes": steps[-1]["bytes_out"],
-        "train_documents": split.get("train documents", 0), "validation_documents": split.get("validation documents", 0),
+        "train_documents": split.get("train documents", 0),
+        "validation_documents": split.get("validation documents", 0),
         "train_bytes": split.get("train bytes", 0), "validation_bytes": split.get("validation bytes", 0),
         "steps": steps, "top_removal_reasons": dict(reasons.most_common(15)),
         "profile_comparison": profile_comparison(quality) if quality else {},
@@ -97,7 +99,8 @@ def profile_comparison(quality: dict) -> dict[str, Any]:
             continue
         profile = key[len("profile "):-len(": documents")]
         dropped = extra.get(f"profile {profile}: dropped", 0)
-        entry = {"documents": value, "dropped": dropped, "kept_fraction": round(1 - dropped / value, 4) if value else None}
+        entry = {"documents": value, "dropped": dropped,
+                 "kept_fraction": round(1 - dropped / value, 4) if value else None}
         sampled = extra.get(f"profile {profile}: sampled for web comparison", 0)
         if sampled:
             would = extra.get(f"profile {profile}: web would drop", 0)
@@ -122,24 +125,28 @@ def render_markdown(report: dict) -> str:
              f"({report['mb_per_s']} MB/s).", ""]
     if report["count_problems"]:
         lines += ["**Counts do not add up:** " + "; ".join(report["count_problems"]), ""]
-    lines += ["## Steps", "", "| step | docs in | docs out | removed | modified | MB in | MB out |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["## Steps", "", "| step | docs in | docs out | removed | modified | MB in | MB out |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for s in report["steps"]:
-        lines.append(f"| {s['step']} | {s['docs_in']} | {s['docs_out']} | {sum(s['removed'].values())} | {s['modified']} "
-                     f"| {_mb(s['bytes_in'])} | {_mb(s['bytes_out'])} |")
+        lines.append(f"| {s['step']} | {s['docs_in']} | {s['docs_out']} | {sum(s['removed'].values())} "
+                     f"| {s['modified']} | {_mb(s['bytes_in'])} | {_mb(s['bytes_out'])} |")
     lines += ["", "## Most common removal reasons", "", "| reason | documents |", "|---|---:|"]
     lines += [f"| {r} | {c} |" for r, c in report["top_removal_reasons"].items()] or ["| (none) | 0 |"]
     if report["profile_comparison"]:
         lines += ["", "## Filter profiles", "",
                   "Documents whose source maps to a non-web profile are also checked, on a sample, against the web "
                   "(FineWeb) thresholds:", "",
-                  "| profile | documents | kept by own profile | sampled | kept by web thresholds | web drops by filter |",
+                  "| profile | documents | kept by own profile | sampled | kept by web thresholds "
+                  "| web drops by filter |",
                   "|---|---:|---:|---:|---:|---|"]
         for name, p in report["profile_comparison"].items():
             web = ", ".join(f"{k} {v}" for k, v in p.get("web_would_drop_by_filter", {}).items())
             kept = f"{p['kept_fraction']:.1%}" if p["kept_fraction"] is not None else "-"
             web_kept = f"{p['web_kept_fraction']:.1%}" if "web_kept_fraction" in p else "-"
-            lines.append(f"| {name} | {p['documents']} | {kept} | {p.get('sampled_for_web_comparison', '-')} | {web_kept} | {web} |")
-    details = [(s["step"], k, v) for s in report["steps"] for k, v in s["extra"].items() if not k.startswith("profile ")]
+            lines.append(f"| {name} | {p['documents']} | {kept} | {p.get('sampled_for_web_comparison', '-')} "
+                         f"| {web_kept} | {web} |")
+    details = [(s["step"], k, v) for s in report["steps"] for k, v in s["extra"].items()
+               if not k.startswith("profile ")]
     if details:
         lines += ["", "## Changes inside documents", "", "| step | what | count |", "|---|---|---:|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in details]

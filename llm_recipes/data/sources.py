@@ -77,22 +77,25 @@ class SourceSpec:
         if not isinstance(raw, dict):
             raise ValueError(f"sources[{index}] must be a mapping with a 'type' key, got {raw!r}")
         if raw.get("type") not in SOURCE_TYPES:
-            raise ValueError(f"sources[{index}]: 'type' must be one of {', '.join(SOURCE_TYPES)}, got {raw.get('type')!r}")
+            raise ValueError(f"sources[{index}]: 'type' must be one of {', '.join(SOURCE_TYPES)}, "
+                             f"got {raw.get('type')!r}")
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ValueError(f"sources[{index}] ({raw['type']}): unknown key(s) {unknown}; known keys: {sorted(known)}")
+            raise ValueError(f"sources[{index}] ({raw['type']}): unknown key(s) {unknown}; "
+                             f"known keys: {sorted(known)}")
 
         spec = cls(**check_types(raw, [cls], f"sources[{index}] ({raw['type']})"))  # a single path becomes a list
         if spec.type == "files" and not spec.paths:
             raise ValueError(f"sources[{index}] (files): needs 'paths' (files or glob patterns)")
         if spec.type == "hub" and not spec.dataset:
-            raise ValueError(f"sources[{index}] (hub): needs 'dataset' (a Hub dataset id, a local folder, or a builder "
-                             "such as 'json' with data_files)")
+            raise ValueError(f"sources[{index}] (hub): needs 'dataset' (a Hub dataset id, a local folder, "
+                             "or a builder such as 'json' with data_files)")
         if spec.type == "web" and not (spec.urls or spec.sitemap):
             raise ValueError(f"sources[{index}] (web): needs 'urls' or 'sitemap'")
         if spec.split_text not in ("none", "paragraphs", "lines"):
-            raise ValueError(f"sources[{index}]: 'split_text' must be none, paragraphs or lines, got {spec.split_text!r}")
+            raise ValueError(f"sources[{index}]: 'split_text' must be none, paragraphs or lines, "
+                             f"got {spec.split_text!r}")
         try:
             check_range(spec, "fraction", 0, 1, low_open=True)
             check_range(spec, "weight", 0, low_open=True)
@@ -255,7 +258,8 @@ def file_kind(path: str) -> str:
     for suffix in (".jsonl.gz", ".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".warc.gz", ".warc", ".arc.gz",
                    ".pdf", ".epub", ".docx"):
         if name.endswith(suffix):
-            return {".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".arc.gz": "warc", ".warc.gz": "warc"}.get(suffix, suffix[1:])
+            return {".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".arc.gz": "warc",
+                    ".warc.gz": "warc"}.get(suffix, suffix[1:])
     if name.endswith(HTML_SUFFIXES):
         return "html"
     if name.endswith(TEXT_SUFFIXES):
@@ -448,7 +452,8 @@ def iter_warc(spec, path):
                 yield _doc(text, url or where, spec, url or where, title, note=note)
         except Exception as e:  # noqa: BLE001  (warcio raises AttributeError/TypeError on truncated input too)
             if _gzip_truncated(path):
-                yield Skipped(TRUNCATED, path, f"{type(e).__name__}; the {documents} documents before the cut are kept")
+                yield Skipped(TRUNCATED, path,
+                              f"{type(e).__name__}; the {documents} documents before the cut are kept")
             else:
                 yield Skipped("malformed WARC record", path, f"{type(e).__name__}: {e}"[:200])
             return

@@ -2,8 +2,9 @@
 
 Quality filtering applies datatrove's Gopher, C4 and FineWeb rules, by default through `fastfilters.py`
 (the same rules and decisions at several times the speed; `engine: datatrove` in a profile runs
-datatrove's own classes); near-dedup is datatrove's MinHash pipeline. What datatrove does not have (per-source filter profiles, markup removal, our PII placeholders,
-whole-corpus exact dedup, n-gram decontamination, a deterministic split with a report) is written here.
+datatrove's own classes); near-dedup is datatrove's MinHash pipeline. What datatrove does not have
+(per-source filter profiles, markup removal, our PII placeholders, whole-corpus exact dedup, n-gram
+decontamination, a deterministic split with a report) is written here.
 
 Every step counts documents and bytes in and out, removal reasons, and keeps a few removed examples;
 the writer at the end of a task saves those tallies to `ledger/<stage>/<rank>.json`, from which the

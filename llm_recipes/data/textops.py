@@ -121,9 +121,11 @@ _IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2
 _IPV6 = re.compile(r"(?<![\w:])[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
 # +1 (555) 123-4567, 555-123-4567, +44 20 7946 0958, 030 1234 5678: digit groups joined by separators,
 # at least 9 digits; plain numbers (versions, ids, years) have no such separators and are left alone.
-_PHONE = re.compile(r"(?<![\w.+-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]\d{3,4}(?![\w-]|\.\d)")
+_PHONE = re.compile(r"(?<![\w.+-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])"
+                    r"\d{3,4}[\s.-]\d{3,4}(?![\w-]|\.\d)")
 # Reserved for documentation by RFC 2606 / RFC 6761: not anybody's address.
-_EXAMPLE_DOMAINS = ("example.com", "example.org", "example.net", "example.edu", ".example", ".test", ".invalid", ".localhost")
+_EXAMPLE_DOMAINS = ("example.com", "example.org", "example.net", "example.edu",
+                    ".example", ".test", ".invalid", ".localhost")
 
 
 def _is_personal_email(address: str) -> bool:
