@@ -3,14 +3,8 @@ adapter back into a standalone checkpoint and save it like every other model fol
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Sequence
-
-from ..fileio import atomic_directory
-from ..model import fitting_max_new_tokens
-from ..tokenizer.bpe import end_of_turn_token_ids, save_tokenizer
 
 
 class LoraTargetError(ValueError):
@@ -81,24 +75,3 @@ def merge_adapter(model):
     if isinstance(model, PeftModel):
         return model.merge_and_unload()
     return model
-
-
-def save_model_folder(model, tokenizer, path: str | os.PathLike) -> Path:
-    """Saves a standalone HF model folder atomically: safetensors, config (with auto_map for custom models),
-    tokenizer, and a generation config that stops at the end of a chat turn and asks for no more new tokens
-    than fit the context; `use_cache` back on (the
-    Trainer turns it off while training)."""
-    model.config.use_cache = True
-    eos_ids = end_of_turn_token_ids(tokenizer)
-    model.generation_config.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
-    if tokenizer.pad_token_id is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if tokenizer.bos_token_id is not None:
-        model.generation_config.bos_token_id = tokenizer.bos_token_id
-    fitting = fitting_max_new_tokens(model.config.max_position_embeddings)
-    if (model.generation_config.max_new_tokens or fitting + 1) > fitting:
-        model.generation_config.max_new_tokens = fitting
-    with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp)
-        save_tokenizer(tokenizer, tmp)
-    return Path(path)

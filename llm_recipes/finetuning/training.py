@@ -25,12 +25,13 @@ from ..evaluation.scoring import LMScorer
 from ..fileio import atomic_directory, atomic_write_json, atomic_write_text
 from ..pipeline.envelope import StageRun
 from ..publishing.model_card import write_stage_card
+from ..training.model_folder import save_model_folder
 from ..training.processes import check_process_group
 from ..training.resume import resolve_resume as resume_from
 from . import heldout
 from .data import BUILTIN_DATASETS, DatasetFormatError, convert_for_stage, load_raw_dataset, split_heldout, write_jsonl
 from .heldout import summarize, verdict_text
-from .lora import LoraTargetError, build_lora_config, merge_adapter, save_model_folder
+from .lora import LoraTargetError, build_lora_config, merge_adapter
 from .methods import BUILTIN_KIND, METHODS, PAIRED, UNPAIRED, Method, method
 from .python_docs import build_python_docs_data, load_corpus
 

@@ -19,12 +19,10 @@ from typing import Any, Callable
 import torch
 
 from ..config import ConfigError, config_to_dict
-from ..fileio import atomic_directory, atomic_write_json, remove_leftovers
-from ..model import fitting_max_new_tokens
+from ..fileio import atomic_write_json, remove_leftovers
 from ..pipeline.envelope import StageRun
-from ..publishing.model_card import write_stage_card
 from ..runtime.threads import ThreadGovernor
-from ..tokenizer.bpe import end_of_turn_token_ids, save_tokenizer
+from ..tokenizer.bpe import end_of_turn_token_ids
 from .building import build_model, check_vocab, enable_activation_checkpointing, load_tokenizer, make_optimizer
 from .checkpoint import (
     check_resume,
@@ -36,6 +34,7 @@ from .checkpoint import (
 )
 from .data import build_eval_batches, build_train_batches
 from .evaluation import evaluate, generate_samples, shifted_targets, token_byte_lengths, token_loss_sum
+from .model_folder import save_model_folder
 from .monitor import MetricsLog, OutlierGuard, model_flops_utilization, peak_flops
 from .processes import check_process_group
 from .schedule import learning_rate_at
@@ -203,7 +202,7 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
             metrics.write(record)
             if cfg.sample_prompts and cfg.sample_max_new_tokens > 0:
                 samples = generate_samples(raw_model, tokenizer, cfg.sample_prompts, cfg.sample_max_new_tokens,
-                                           cfg.sample_temperature, cfg.seed, _eos_ids(tokenizer))
+                                           cfg.sample_temperature, cfg.seed, end_of_turn_token_ids(tokenizer))
                 with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
                     for s in samples:
                         f.write(json.dumps({"step": step, **s}, ensure_ascii=False) + "\n")
@@ -344,31 +343,18 @@ def _model_shape(model) -> dict[str, Any]:
     return {k: getattr(model.config, k, None) for k in keys}
 
 
-def _eos_ids(tokenizer) -> list[int]:
-    return end_of_turn_token_ids(tokenizer)
-
-
 def save_final_model(accelerator, model, tokenizer, final_dir: Path, cfg, result: PretrainResult) -> Path:
-    """`save_pretrained` of model + tokenizer + generation config, written atomically; every process
-    must call this (gathering a sharded state dict is collective)."""
-    from transformers import GenerationConfig
-
+    """The model folder (`training.model_folder.save_model_folder`); every process must call this (gathering a
+    sharded state dict is collective)."""
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         # a compiled model's keys carry torch.compile's wrapper prefix; the saved folder must not
         state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
         raw = accelerator.unwrap_model(model, keep_torch_compile=False)
-        raw.config.use_cache = True  # training turned it off; generation wants it back
-        raw.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=_eos_ids(tokenizer),
-            pad_token_id=tokenizer.pad_token_id, do_sample=True, temperature=0.8, top_k=50,
-            max_new_tokens=fitting_max_new_tokens(raw.config.max_position_embeddings))
-        with atomic_directory(final_dir) as tmp:
-            raw.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-            save_tokenizer(tokenizer, tmp)
-            write_stage_card(tmp, {"library_name": "transformers", "tags": ["llm-recipes", "text-generation"]},
-                             _card_lines(cfg, result, raw))
-        raw.config.use_cache = False
+        card = ({"library_name": "transformers", "tags": ["llm-recipes", "text-generation"]},
+                _card_lines(cfg, result, raw))
+        save_model_folder(raw, tokenizer, final_dir, state_dict=state_dict, card=card, fresh_generation=True)
+        raw.config.use_cache = False  # training goes on with the same model object in tests
     accelerator.wait_for_everyone()
     return final_dir
 
