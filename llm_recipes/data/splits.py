@@ -8,6 +8,8 @@ from __future__ import annotations
 import glob
 import os
 
+import pyarrow.parquet as pq
+
 SPLITS = ("train", "validation")
 
 
@@ -24,18 +26,26 @@ def is_clean_folder(folder: str | os.PathLike) -> bool:
 
 
 def load_clean_splits(path: str | os.PathLike):
-    """Loads a clean stage's output folder as a `datasets.DatasetDict` with `train` and `validation`.
+    """Loads a clean stage's output folder as a `datasets.DatasetDict` with `train` and `validation`. A split the
+    clean stage left without documents (its one placeholder file has the columns and no rows) loads as an
+    empty Dataset with those columns.
 
     Raises:
         FileNotFoundError: a split without parquet files.
     """
-    from datasets import load_dataset  # importing datasets costs ~1 s; this module is read by light callers too
+    # importing datasets costs ~1 s; this module is read by light callers too
+    from datasets import Dataset, DatasetDict, load_dataset
+    from datasets.table import InMemoryTable
 
-    data_files = {}
+    splits = {}
     for split in SPLITS:
         files = split_files(path, split)
         if not files:
             raise FileNotFoundError(f"{os.fspath(path)}: no {split}/*.parquet; is this the output_dir of a "
                                     "finished clean stage?")
-        data_files[split] = files
-    return load_dataset("parquet", data_files=data_files)
+        with_rows = [f for f in files if pq.read_metadata(f).num_rows]
+        if with_rows:
+            splits[split] = load_dataset("parquet", data_files={split: with_rows}, split=split)
+        else:  # `datasets` cannot read a parquet file without rows
+            splits[split] = Dataset(InMemoryTable(pq.read_table(files[0])))
+    return DatasetDict(splits)
