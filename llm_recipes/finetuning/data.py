@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..fileio import atomic_write_text
-from .methods import method
+from .methods import BUILTIN_KIND, method
 
 ROLES = ("system", "user", "assistant", "tool")
-BUILTIN_DATASETS = ("python-docs-qa", "python-docs-preferences", "python-docs-kto")
+BUILTIN_DATASETS = tuple(BUILTIN_KIND)  # made from a clean corpus by python_docs.build_python_docs_data
 FORMAT_COLUMNS = {
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),

@@ -29,7 +29,6 @@ class Method:
     measure: str  # ANSWER_LOSS, PAIRED or UNPAIRED
     metric: str  # the headline held-out metric of that measure
     higher_is_better: bool
-    builtin_dataset: str  # the python-docs dataset made for it from a clean corpus
     optional: bool = False  # `llm-recipes run` runs it only when named
 
     @property
@@ -58,17 +57,16 @@ def _load(path: str):
 METHODS: list[Method] = [
     Method("sft", "supervised fine-tuning (domain text or instructions/chat) with TRL, full or LoRA",
            "trl:SFTTrainer", "trl:SFTConfig", ("messages", "prompt_completion", "text"), ANSWER_LOSS,
-           "answer_loss", False, "python-docs-qa"),
+           "answer_loss", False),
     Method("dpo", "direct preference optimization from prompt/chosen/rejected with TRL",
-           "trl:DPOTrainer", "trl:DPOConfig", ("preference",), PAIRED, "preference_accuracy", True,
-           "python-docs-preferences"),
+           "trl:DPOTrainer", "trl:DPOConfig", ("preference",), PAIRED, "preference_accuracy", True),
     Method("kto", "KTO alignment from thumbs-up/down feedback with TRL",
            "trl:KTOTrainer", "trl:KTOConfig", ("unpaired",), UNPAIRED, "desirable_logp_gap", True,
-           "python-docs-kto", optional=True),
+           optional=True),
     # ORPO (Hong et al. 2024): SFT and an odds-ratio preference term in one loss, no reference model
     Method("orpo", "ORPO: supervised and preference learning in one loss, no reference model (TRL)",
            "trl.experimental.orpo:ORPOTrainer", "trl.experimental.orpo:ORPOConfig", ("preference",), PAIRED,
-           "preference_accuracy", True, "python-docs-preferences", optional=True),
+           "preference_accuracy", True, optional=True),
 ]
 BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
 # built-in python-docs dataset -> the kind of rows finetuning.python_docs makes for it
