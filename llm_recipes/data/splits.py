@@ -20,11 +20,6 @@ def split_files(folder: str | os.PathLike, split: str) -> list[str]:
     return sorted(glob.glob(os.path.join(os.fspath(folder), split, "*.parquet")))
 
 
-def is_clean_folder(folder: str | os.PathLike) -> bool:
-    """Whether `folder` holds a clean stage's train split."""
-    return bool(split_files(folder, "train"))
-
-
 def load_clean_splits(path: str | os.PathLike):
     """Loads a clean stage's output folder as a `datasets.DatasetDict` with `train` and `validation`. A split the
     clean stage left without documents (its one placeholder file has the columns and no rows) loads as an

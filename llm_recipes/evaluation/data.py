@@ -178,8 +178,9 @@ def heldout_files(path: str) -> list[str]:
     """A clean stage folder means its validation split; otherwise a file, glob or folder of parquet/jsonl."""
     p = Path(path)
     if p.is_dir():
-        if split_files(p, "validation"):
-            return split_files(p, "validation")
+        validation = split_files(p, "validation")
+        if validation:
+            return validation
         for pattern in ("*.parquet", "*.jsonl", "*.txt"):
             files = sorted(glob.glob(str(p / pattern)))
             if files:
