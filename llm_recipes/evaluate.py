@@ -60,6 +60,16 @@ class EvaluateConfig:
     preference_data: str | None = field(default=None, metadata={
         "help": "prompt/chosen/rejected file: accuracy = how often log p(chosen) > log p(rejected)."})
     preference_max_items: int | None = field(default=200, metadata={"help": "Use at most this many pairs."})
+    harness_tasks: list[str] = field(default_factory=list, metadata={
+        "help": "lm-evaluation-harness tasks scored by the harness itself (e.g. hellaswag arc_easy piqa "
+                "lambada_openai; standard tasks fetch their data from the Hub once), with intervals and a "
+                "centred average over them (harness_core, CORE-style). The shipped english_cloze, "
+                "python_docs_cloze and python_docs_mc work offline."})
+    harness_include_path: str | None = field(default=None, metadata={
+        "help": "A folder of your own lm-evaluation-harness task YAMLs, searched besides the harness's and ours."})
+    harness_limit: int | None = field(default=None, metadata={
+        "help": "Score at most this many documents of each harness task (default: all)."})
+    harness_num_fewshot: int = field(default=0, metadata={"help": "Few-shot examples for every harness task."})
     metrics_files: list[str] = field(default_factory=list, metadata={
         "help": "Training logs to plot against step, as name=path/metrics.jsonl."})
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass."})
@@ -76,6 +86,8 @@ class EvaluateConfig:
 
     def __post_init__(self):
         check_range(self, "generated_items", 1)
+        check_range(self, "harness_num_fewshot", 0)
+        check_range(self, "harness_limit", 1)
 
 
 def config_classes() -> tuple[type, ...]:

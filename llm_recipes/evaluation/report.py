@@ -15,6 +15,8 @@ HEADLINE = {
     "choice": [("acc", False), ("acc_norm", False)],
     "qa": [("exact_match", False), ("f1", False), ("rougeL", False)],
     "preferences": [("accuracy", False), ("margin", False)],
+    "harness": [("acc", False), ("acc_norm", False), ("centred", False)],
+    "harness_core": [("centred", False)],
 }
 CURVE_WORDS = ("loss", "bpb", "bits_per_byte", "perplexity", "ppl")
 

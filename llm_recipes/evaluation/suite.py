@@ -17,6 +17,15 @@ from .data import heldout_files, load_choice_task, load_heldout_texts, load_pref
 from .everyday import NAME as EVERYDAY
 from .everyday import everyday_task
 from .generated import generated_task
+from .harness import (
+    CORE,
+    check_task_names,
+    core_result,
+    describe,
+    evaluate_harness_task,
+    load_harness_task,
+    task_manager,
+)
 from .intervals import metric_intervals, paired_difference, small_set_warning
 from .models import EvalInputError, check_model_dir, count_parameters, load_model_and_tokenizer
 from .report import (
@@ -81,7 +90,7 @@ def model_fingerprint(path: str) -> str:
 @dataclasses.dataclass
 class Task:
     name: str
-    kind: str  # perplexity | choice | qa | preferences
+    kind: str  # perplexity | choice | qa | preferences | harness
     source: str
     payload: Any
     info: dict[str, Any]
@@ -123,12 +132,22 @@ def load_tasks(cfg) -> list[Task]:
         info = {"kind": "preferences", "source": cfg.preference_data, "n": len(pairs), "chance": 0.5}
         tasks.append(Task("preferences", "preferences", cfg.preference_data, pairs, info,
                           _digest([dataclasses.asdict(p) for p in pairs] + [cfg.max_length])))
+    if cfg.harness_tasks:
+        manager = task_manager(cfg.harness_include_path)
+        check_task_names(cfg.harness_tasks, manager)
+        for name in cfg.harness_tasks:
+            task = load_harness_task(name, manager, cfg.harness_num_fewshot, cfg.seed)
+            info = {"kind": "harness", "source": task.config.dataset_path or name, **describe(task),
+                    "limit": cfg.harness_limit}
+            tasks.append(Task(name, "harness", info["source"], task, info,
+                              _digest([info, cfg.max_length])))
     names = [t.name for t in tasks]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise EvalInputError(f"two tasks are named {duplicate!r}; rename one with name=spec in choice_tasks")
     if not tasks:
-        raise EvalInputError("nothing to evaluate: set heldout_data, choice_tasks, qa_data or preference_data")
+        raise EvalInputError("nothing to evaluate: set heldout_data, choice_tasks, qa_data, preference_data or "
+                             "harness_tasks")
     return tasks
 
 
@@ -139,12 +158,17 @@ def run_task(scorer, task: Task, cfg) -> dict[str, Any]:
         return evaluate_choice_task(scorer, task.payload)
     if task.kind == "qa":
         return evaluate_qa(scorer, task.payload, cfg.max_new_tokens, cfg.qa_prompt_format)
+    if task.kind == "harness":
+        return evaluate_harness_task(scorer.model, scorer.tokenizer, task.name, task.payload,
+                                     cfg.per_device_eval_batch_size, cfg.max_length, cfg.harness_limit)
     return evaluate_preferences(scorer, task.payload)
 
 
 # what each kind of task measures, as the model card's model-index names it
 TASK_NAMES = {"perplexity": "Language modeling (held-out text)", "choice": "Multiple choice",
-              "qa": "Question answering", "preferences": "Preference accuracy"}
+              "qa": "Question answering", "preferences": "Preference accuracy",
+              "harness": "Multiple choice (lm-evaluation-harness)",
+              "harness_core": "Centred average of lm-evaluation-harness tasks (CORE-style)"}
 
 
 def model_index_entries(task: Task, result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -154,7 +178,7 @@ def model_index_entries(task: Task, result: dict[str, Any]) -> list[dict[str, An
         if isinstance(result.get(metric), (int, float)):
             entries.append(dict(task_type="text-generation", task_name=TASK_NAMES.get(task.kind, task.kind),
                                 dataset_type=readable_dataset_id(str(task.source)), dataset_name=task.name,
-                                dataset_split="validation" if task.kind == "perplexity" else None,
+                                dataset_split="validation" if task.kind == "perplexity" else task.info.get("split"),
                                 metric_type=metric, metric_value=round(float(result[metric]), 6)))
     return entries
 
@@ -235,6 +259,7 @@ def run_evaluation(cfg, start: Callable[[], Any] | None = None) -> dict[str, Any
             entry["results"][task.name] = cached["tasks"][task.name]["result"]
         results["models"][name] = entry
 
+    add_harness_core(results, [t.name for t in tasks if t.kind == "harness"])
     add_intervals(results, seed=cfg.seed)
     # not atomic_write_json: it sorts keys, and the order of models and tasks is the order asked for
     atomic_write_text(output_dir / "eval_results.json", json.dumps(results, indent=2, default=str) + "\n")
@@ -244,13 +269,28 @@ def run_evaluation(cfg, start: Callable[[], Any] | None = None) -> dict[str, Any
 
     cards = []
     if cfg.update_model_card:
+        core = [Task(CORE, "harness_core", CORE, None, {}, "")] if CORE in results["tasks"] else []
         for name, path in models.items():
             if Path(path).is_dir():
                 scored = results["models"][name]["results"]
-                entries = [e for t in tasks for e in model_index_entries(t, scored[t.name])]
+                entries = [e for t in tasks + core for e in model_index_entries(t, scored[t.name])]
                 cards.append(update_model_index(path, entries))
     print_summary(results, output_dir, cards, lm_eval_dir, time.time() - started)
     return results
+
+
+def add_harness_core(results: dict[str, Any], names: list[str]) -> None:
+    """The centred average over the lm-evaluation-harness tasks, as one more task of every model."""
+    if not names:
+        return
+    for model in results["models"].values():
+        core = core_result(model["results"], names)
+        if core is not None:
+            model["results"][CORE] = core
+    first = next(iter(results["models"].values()))["results"].get(CORE)
+    if first is not None:
+        results["tasks"][CORE] = {"kind": "harness_core", "source": ", ".join(names), "n": first["n"],
+                                  "tasks": names}
 
 
 def add_intervals(results: dict[str, Any], seed: int = 0) -> None:
