@@ -101,7 +101,8 @@ def main(argv=None) -> int:
               "resiliparse_words_in_trafilatura": {"median": precision[len(precision) // 2],
                                                    "p10": precision[len(precision) // 10],
                                                    "mean": round(sum(precision) / len(precision), 3)},
-              "empty": {"trafilatura": sum(not t.strip() for t in ref), "resiliparse": sum(not t.strip() for t in new)},
+              "empty": {"trafilatura": sum(not t.strip() for t in ref),
+                        "resiliparse": sum(not t.strip() for t in new)},
               "load_avg": [round(x, 2) for x in os.getloadavg()],
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(result, indent=1))
