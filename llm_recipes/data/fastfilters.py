@@ -210,15 +210,19 @@ def _repeated_ngrams_exceed(words: list[str], n: int, text_chars: int, frac: flo
     # they stay within the limit (the common case), the scan cannot exceed it
     if not sum(len(g) * (c - 1) for g, c in counts.items() if c > 1) / text_chars > frac:
         return False
-    seen, repeated, i, last = set(), 0, 0, len(grams)
-    while i < last:
+    # the scan (datatrove: at each position, a gram seen before counts and the scan jumps n ahead, any
+    # other is remembered and the scan moves one ahead) visited only at grams that occur more than once: a
+    # gram that occurs once is never "seen before", and remembering it changes nothing later
+    seen, repeated, resume = set(), 0, 0
+    for i in [i for i, gram in enumerate(grams) if counts[gram] > 1]:
+        if i < resume:
+            continue
         gram = grams[i]
         if gram in seen:
             repeated += len(gram)
-            i += n
+            resume = i + n
         else:
             seen.add(gram)
-            i += 1
     return repeated / text_chars > frac
 
 
