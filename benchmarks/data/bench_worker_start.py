@@ -30,7 +30,9 @@ print(json.dumps({"seconds": time.time() - start, "torch": "torch" in sys.module
 def measure(checkout: str) -> dict:
     env = {**os.environ, "PYTHONPATH": checkout}
     start = time.time()
-    done = subprocess.run([sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, check=True)
+    # run from the checkout: `python -c` puts the working directory first on sys.path, before PYTHONPATH
+    done = subprocess.run([sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, check=True,
+                          cwd=checkout)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["process_wall_s"] = time.time() - start
     return result
