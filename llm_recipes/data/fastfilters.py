@@ -198,7 +198,8 @@ def _datatrove_arguments(reference_class, kwargs: dict) -> dict[str, Any]:
 def _duplicates(items: list[str]) -> tuple[int, int]:
     """(number of repeated items, characters in the repeats): every occurrence after the first counts."""
     counts = Counter(items)
-    return len(items) - len(counts), sum(len(k) * (v - 1) for k, v in counts.items() if v > 1)
+    # all characters minus those of each item's first occurrence (sums in C, no loop over the counts)
+    return len(items) - len(counts), sum(map(len, items)) - sum(map(len, counts))
 
 
 def _repeated_ngrams_exceed(words: list[str], n: int, text_chars: int, frac: float) -> bool:
@@ -208,7 +209,7 @@ def _repeated_ngrams_exceed(words: list[str], n: int, text_chars: int, frac: flo
     counts = Counter(grams)
     # the scan counts only occurrences after a gram's first, so all of them together bound it: when
     # they stay within the limit (the common case), the scan cannot exceed it
-    if not sum(len(g) * (c - 1) for g, c in counts.items() if c > 1) / text_chars > frac:
+    if not (sum(map(len, grams)) - sum(map(len, counts))) / text_chars > frac:
         return False
     # the scan (datatrove: at each position, a gram seen before counts and the scan jumps n ahead, any
     # other is remembered and the scan moves one ahead) visited only at grams that occur more than once: a
