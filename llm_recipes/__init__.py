@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 # the modules that define AutoConfig and AutoModel*: every from_pretrained of an Auto class goes through them
 _AUTO_MODULES = ("transformers.models.auto.configuration_auto", "transformers.models.auto.modeling_auto")
 _MODEL_NAMES = ("RecipeGPTConfig", "RecipeGPTForCausalLM", "RecipeGPTModel")
+_MODEL_PACKAGE = f"{__name__}.model"
 _registered = False
 
 
@@ -44,11 +45,12 @@ def register_auto_classes() -> None:
 
 
 class _TransformersLoader:
-    """The real loader of a transformers module; once the outermost transformers import in progress has
-    finished and the Auto classes are loaded, registers. Not in the middle: transformers imports its
-    modules in cycles, and the model classes cannot be imported while some of them are half loaded."""
+    """The real loader of a transformers module (or of our model package); once the outermost such import
+    in progress has finished and the Auto classes are loaded, registers. Not in the middle: transformers
+    imports its modules in cycles, our model package imports transformers, and the model classes cannot be
+    imported while either is half loaded."""
 
-    depth = 0  # transformers modules being executed, nested
+    depth = 0  # watched modules being executed, nested
 
     def __init__(self, loader):
         self.loader = loader
@@ -73,7 +75,9 @@ class _AutoClassesHook(importlib.abc.MetaPathFinder):
     """Watches transformers' imports until RecipeGPT is registered."""
 
     def find_spec(self, fullname, path, target=None):
-        if _registered or fullname.partition(".")[0] != "transformers":
+        watched = fullname.partition(".")[0] == "transformers" or fullname == _MODEL_PACKAGE or \
+            fullname.startswith(_MODEL_PACKAGE + ".")
+        if _registered or not watched:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):

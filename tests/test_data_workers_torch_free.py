@@ -67,3 +67,16 @@ import llm_recipes
 print(json.dumps({"config": type(AutoConfig.for_model("recipe_gpt")).__name__}))
 """
     assert run_python(code, tmp_path) == {"config": "RecipeGPTConfig"}
+
+
+def test_model_package_imported_first_registers_once_it_is_complete(tmp_path):
+    """Our model package imports transformers' Auto machinery half-way through its own import (the training
+    stages import it first): registering there would find it half loaded; it happens once it is complete."""
+    code = """
+import json
+import llm_recipes.model.configuration_recipe_gpt
+from transformers import AutoConfig, AutoModelForCausalLM
+config = AutoConfig.for_model("recipe_gpt")
+print(json.dumps({"model": AutoModelForCausalLM._model_mapping[type(config)].__name__}))
+"""
+    assert run_python(code, tmp_path) == {"model": "RecipeGPTForCausalLM"}
