@@ -140,3 +140,56 @@ def test_unicode_repair_skips_ftfy_only_where_ftfy_would_change_nothing_more():
     for text in texts:
         assert textops.repair_unicode(text) == textops.repair_unicode_with_ftfy(text), repr(text)
     assert textops.repair_unicode("a &amp; b\r\n") == "a & b\n"
+
+
+def test_unicode_repair_of_only_the_lines_ftfy_changes_gives_ftfys_answer_for_the_whole_text():
+    """repair_unicode sends only runs of lines with non-ASCII, CR or escape characters through ftfy (entities
+    decoded up to the first line with a "<", as ftfy does): random mixes of mojibake, entities, tags, CRs,
+    ligatures, combining marks and plain lines give what ftfy gives for the whole text."""
+    rng = random.Random(11)
+    pieces = ["café ", "cafÃ© ", "â€™", "’", "\r\n", "\x1b[31m", "&amp; ", "&lt;b&gt;", "<p>", "ﬁ", "Ｆｕｌｌ",
+              "\u200b", "\x00", "e\u0301", "\n", "\n\n", "plain words ", "—", "Ã¢â‚¬â„¢", "\u2028", "x < y", "&"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(1500)]
+    for text in texts + crafted():
+        assert textops.repair_unicode(text) == textops.repair_unicode_with_ftfy(text), repr(text)
+    assert textops.repair_unicode("a &amp; b\n<p>c &amp; d\n") == "a & b\n<p>c &amp; d\n"
+
+
+def test_simple_chunks_get_spacys_tokens_without_spacy():
+    """SpacyWords.simple_tokens answers letters with an optional final mark as spaCy's tokenizer does, special
+    cases included (`cannot,` -> can not ,), and leaves every other shape to spaCy."""
+    import spacy
+
+    words, reference = F.SpacyWords(), spacy.blank("en")
+    chunks = {w + mark for w in ["word", "Word", "WORD", "A", "I", "a", "aB", "cannot", "Cannot", "gonna", "dont",
+                                 "Mr", "etc", "vs", "co", "USA", "e"] for mark in ["", ",", ".", ";", ":", "!", "?"]}
+    chunks |= {chunk for text in crafted() + tiny_corpus()[:200] for chunk in text.split()}
+    simple = 0
+    for chunk in chunks:
+        tokens = words.simple_tokens(chunk)
+        if tokens is not None:
+            simple += 1
+            assert tokens == tuple(t.text for t in reference.tokenizer(chunk)), chunk
+    assert simple > len(chunks) / 3
+    assert words.simple_tokens("cannot,") is None and words.simple_tokens("3.14") is None
+    assert words.simple_tokens("word.") == ("word", ".") and words.simple_tokens("A.") is None
+
+
+def test_duplicated_ngram_bound_decides_as_the_full_scan():
+    """The bound that skips Gopher's duplicated n-gram scan never changes its answer, ties included."""
+    rng = random.Random(2)
+    vocabulary = ["a", "ab", "b", "ba", "the", "cat", "sat"]
+    for _ in range(400):
+        words = [rng.choice(vocabulary) for _ in range(rng.randint(5, 80))]
+        for n in (5, 6, 8):
+            grams = ["".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+            seen, repeated, i = set(), 0, 0
+            while i < len(grams):
+                if grams[i] in seen:
+                    repeated, i = repeated + len(grams[i]), i + n
+                else:
+                    seen.add(grams[i])
+                    i += 1
+            chars = sum(map(len, words)) + len(words) - 1
+            for frac in (0.0, 0.1, 0.2, repeated / chars):
+                assert F._repeated_ngrams_exceed(words, n, chars, frac) == (repeated / chars > frac)

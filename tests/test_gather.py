@@ -166,6 +166,22 @@ def test_gzipped_warc_and_glob_patterns(tmp_path):
     assert report["skipped"]["WARC record is not HTML or text"] == 2  # the PNG record of each file
 
 
+def test_resiliparse_extractor_on_html_files_and_warc(tmp_path):
+    """html_extractor: resiliparse gives the page's text and title from HTML files and WARC records (the
+    article, not the navigation); an unknown extractor is refused by name."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "g.html").write_text(page("Html Page", PROSE))
+    make_warc(d / "h.warc.gz", page("Warc Page", PROSE).encode(), gzip=True)
+    gather([{"type": "files", "paths": [str(d)], "html_extractor": "resiliparse"}], tmp_path / "out", num_proc=1,
+           progress=False)
+    docs = read_docs(tmp_path / "out")
+    assert sorted(x["title"] for x in docs) == ["Html Page", "Warc Page"]
+    assert all(x["text"].count("quick brown fox") == 2 and "About" not in x["text"] for x in docs)
+    with pytest.raises(ValueError, match="'html_extractor' must be one of trafilatura, resiliparse"):
+        gather([{"type": "files", "paths": [str(d)], "html_extractor": "lynx"}], tmp_path / "out2")
+
+
 # ------------------------------------------------------------------------------------------- Hub streaming
 
 def test_hub_streaming_over_http_and_local_folder(tmp_path):

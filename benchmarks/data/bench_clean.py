@@ -5,9 +5,13 @@
     python benchmarks/data/bench_clean.py --corpus python-docs --engine datatrove   # the reference filters
     python benchmarks/data/bench_clean.py --corpus python-docs --repeat 4           # memory at 4x the input
 
-Each corpus is gathered once (not timed), then `llm-recipes clean` runs in a subprocess while this script
-samples the resident memory of that process and all its children every 0.2 s. Writes a JSON line per
-run to benchmarks/data/results.jsonl.
+Each corpus is gathered once (timed in CPU seconds when it runs, or with --regather), then `llm-recipes clean`
+runs in a subprocess while this script samples the resident memory of that process and all its children every
+0.2 s. MB per CPU second counts the CPU time of the whole process tree (workers included, process start and
+imports too), so it is MB/s per core whatever the load. Corpora: shakespeare, verdict, instructions,
+python-docs, warc (the WARC of local HTML that bench_filters.py builds; gather extracts with trafilatura) and
+warc-resiliparse (the same, `html_extractor: resiliparse`). Writes a JSON line per run to
+benchmarks/data/results.jsonl.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
+WARC = Path("/tmp/llm_recipes_bench_filters/warc/pages.warc.gz")  # bench_filters.py --corpus warc writes it
 
 
 def sources(corpus: str, packages: list[str]) -> list[dict]:
@@ -37,6 +42,9 @@ def sources(corpus: str, packages: list[str]) -> list[dict]:
                  "template": "{instruction}\n\n{input}\n\n{output}"}]
     if corpus.startswith("python-docs"):
         return [{"type": "python-docs", "packages": packages}]
+    if corpus.startswith("warc"):  # warc or warc-resiliparse: the WARC bench_filters.py builds from local HTML
+        spec = {"type": "files", "paths": [str(WARC)]}
+        return [{**spec, "html_extractor": "resiliparse"} if corpus.endswith("resiliparse") else spec]
     raise SystemExit(f"unknown corpus {corpus}")
 
 
@@ -57,6 +65,14 @@ def tree_rss(pid: int) -> int:
         except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
             pass
     return total
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's finished descendants (a stage's workers included)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run(cmd: list[str]) -> tuple[float, int]:
@@ -98,29 +114,40 @@ def main() -> None:
                     help="quality-filter engine of every profile (datatrove: its own filter classes, the reference)")
     ap.add_argument("--repeat", type=int, default=1, help="clean the gathered shards this many times over (memory "
                     "as the input grows; later copies are exact duplicates, removed after the filter phase)")
+    ap.add_argument("--regather", action="store_true", help="gather again (timed: gather_cpu_s)")
     args = ap.parse_args()
     for corpus in args.corpus:
         work = Path(args.work) / corpus
         gathered = work / "gather"
-        if not (gathered / "stage_complete.json").exists():
+        gather_cpu = None
+        if not (gathered / "stage_complete.json").exists() or args.regather:
+            cpu = children_cpu_s()
             subprocess.run([sys.executable, "-m", "llm_recipes.gather", "--output_dir", str(gathered), "--sources",
                             json.dumps(sources(corpus, args.packages)), "--shard_mb", str(args.shard_mb),
                             "--overwrite_output_dir", "true"], check=True, stdout=subprocess.DEVNULL)
+            gather_cpu = children_cpu_s() - cpu
         if args.repeat > 1:
             gathered = repeated(gathered, work / f"gather-x{args.repeat}", args.repeat)
         out = work / "clean"
         subprocess.run(["rm", "-rf", str(out)], check=True)
         profiles = {name: {"engine": args.engine} for name in ("web", "docs")}
+        cpu = children_cpu_s()
         seconds, peak = run([sys.executable, "-m", "llm_recipes.clean", "--input_dir", str(gathered),
                              "--output_dir", str(out), "--num_workers", str(args.workers),
                              "--profiles", json.dumps(profiles)])
+        clean_cpu = children_cpu_s() - cpu
         report = json.loads((out / "report.json").read_text())
+        mb = report["input_bytes"] / 2**20
         result = {"corpus": corpus, "engine": args.engine, "repeat": args.repeat,
                   "input_mb": round(report["input_bytes"] / 2**20, 2),
                   "input_documents": report["input_documents"], "output_documents": report["output_documents"],
                   "shards": report["shards"], "workers": args.workers, "wall_s": round(seconds, 1),
                   "pipeline_s": report["seconds"], "mb_per_s_wall": round(report["input_bytes"] / 2**20 / seconds, 3),
-                  "peak_pss_mb": round(peak / 2**20), "load_avg": os.getloadavg(),
+                  "peak_pss_mb": round(peak / 2**20), "clean_cpu_s": round(clean_cpu, 1),
+                  "clean_mb_per_cpu_s": round(mb / clean_cpu, 3),
+                  "gather_cpu_s": round(gather_cpu, 1) if gather_cpu is not None else None,
+                  "gather_and_clean_mb_per_cpu_s": round(mb / (clean_cpu + gather_cpu), 3) if gather_cpu else None,
+                  "load_avg": os.getloadavg(),
                   "date": time.strftime("%Y-%m-%d %H:%M")}
         print(json.dumps(result), flush=True)
         with open(RESULTS, "a") as f:

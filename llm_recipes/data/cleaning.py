@@ -41,12 +41,13 @@ class CleanConfig:
     output_dir: str = field(default="runs/default/clean", metadata={
         "help": "Stage folder: train/, validation/, report.md, report.png, report.json."})
     profiles: Optional[Union[dict, str]] = field(default=None, metadata={
-        "help": "Overrides of the filter profiles (web, docs, none, or new names): {profile: {markup: "
-                "web|rest|none, engine: fast|datatrove, gopher_repetition|gopher_quality|c4|fineweb: {datatrove "
-                "kwargs} or false}}."})
+        "help": "Overrides of the filter profiles (web, docs, articles, books, none, or new names): {profile: "
+                "{markup: web|rest|none, engine: fast|datatrove, gopher_repetition|gopher_quality|c4|fineweb: "
+                "{datatrove kwargs} or false}}."})
     profile_for_source: Optional[Union[dict, str]] = field(default=None, metadata={
-        "help": "Which profile each `source` gets: ordered mapping of glob pattern -> profile. Default "
-                "{'python-docs*': docs, '*': web}."})
+        "help": "Which profile each `source` gets: ordered mapping of glob pattern -> profile, or auto (by "
+                "file type: books for pdf/epub/docx, articles for local md/txt/rst/html, web otherwise). Default "
+                "{'python-docs*': docs, '*': auto}."})
     unicode_repair: bool = field(default=True, metadata={
         "help": "Repair mojibake and normalize unicode (ftfy, NFC); remove control and zero-width characters."})
     remove_markup: bool = field(default=True, metadata={
@@ -197,7 +198,7 @@ def clean(cfg: CleanConfig, start: Callable[[], Any] | None = None) -> dict[str,
     files = [os.path.abspath(f) for f in input_files(cfg.input_dir)]  # cluster workers start elsewhere
     profiles = S.resolve_profiles(cfg.profiles or {})
     for name in profile_for_source(cfg).values():
-        if name not in profiles:
+        if name not in profiles and name != S.AUTO:
             raise ValueError(f"profile_for_source names profile {name!r}, which is not defined "
                              f"(known: {sorted(profiles)})")
     for profile in profiles.values():

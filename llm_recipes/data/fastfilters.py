@@ -8,11 +8,15 @@ datatrove's `filter(doc)`. What differs is the cost:
 - words: datatrove runs spaCy's whole pipeline (tokenizer + sentencizer) on every document, which takes
   most of the filter time (~0.3 MB/s on Tiny Shakespeare paragraphs); here spaCy tokenizes each distinct
   whitespace-separated chunk once per worker and the words of a text are looked up (`SpacyWords`),
-  giving the same words; a profile that names its own tokenizer (`word_tokenizer: regex`) gets it as is;
+  giving the same words; the commonest chunk shapes (letters with an optional final mark, about half of
+  the distinct chunks of English text) get spaCy's answer without spaCy, and spaCy skips the lexeme
+  attributes it would compute for every new token (boundaries do not depend on them); a profile that
+  names its own tokenizer (`word_tokenizer: regex`) gets it as is;
 - the words of a text are computed once and shared by the filters that read them;
 - n-gram counts are `Counter`s over tuples of words (built in C) instead of joined strings, and the
   duplicated 5..10-gram scan runs only when some 5-gram occurs twice (no repeated 5-gram means no
-  repeated longer n-gram, so every duplicated-n-gram fraction is 0);
+  repeated longer n-gram, so every duplicated-n-gram fraction is 0), and for each n only when all
+  repeated occurrences together could exceed the threshold (they bound what the scan counts);
 - C4 counts sentences (spaCy's sentencizer rule on the same tokens) only until it has the
   `min_num_sentences` it needs.
 
@@ -22,8 +26,11 @@ Decisions agree with datatrove's on >= 99% of documents per filter on the benchm
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
 import inspect
 import re
+import sys
 from collections import Counter
 from functools import lru_cache
 from itertools import chain
@@ -49,11 +56,17 @@ class SpacyWords:
 
     def __init__(self):
         # spaCy takes ~1 s to import; only the worker that tokenizes English pays it, once
-        import spacy
-        from spacy.lang.lex_attrs import is_punct
-        from spacy.pipeline.sentencizer import Sentencizer
+        with _torch_hidden():
+            import spacy
+            from spacy.lang.lex_attrs import is_punct
+            from spacy.pipeline.sentencizer import Sentencizer
 
         self._nlp = spacy.blank("en")
+        # token boundaries come from the tokenizer's special cases and affix patterns, never from lexeme
+        # attributes (lower case, shape, like_num...), which spaCy computes for every new token string
+        # and which took half the tokenizing time: without their getters a new string costs a hash
+        self._nlp.vocab.lex_attr_getters = {}
+        self._specials = frozenset(self._nlp.tokenizer.rules)
         self._cache: dict[str, tuple[str, ...]] = {}
         self.is_punct = is_punct
         self.sentence_ends = frozenset(Sentencizer.default_punct_chars)
@@ -65,12 +78,39 @@ class SpacyWords:
             cache.clear()  # this text's chunks that were cached go too
             missing = set(chunks)
         if missing:
-            # tokens are views into spaCy's string store: copy their text out before the zone closes,
-            # so the store does not grow with every distinct chunk (the leak datatrove guards against too)
-            with self._nlp.memory_zone():
-                for chunk in missing:
-                    cache[chunk] = tuple(t.text for t in self._nlp.tokenizer(chunk))
+            hard = []
+            for chunk in missing:
+                tokens = self.simple_tokens(chunk)
+                if tokens is None:
+                    hard.append(chunk)
+                else:
+                    cache[chunk] = tokens
+            if hard:
+                # tokens are views into spaCy's string store: copy their text out before the zone closes,
+                # so the store does not grow with every distinct chunk (the leak datatrove guards against too)
+                with self._nlp.memory_zone():
+                    for chunk in hard:
+                        cache[chunk] = tuple(t.text for t in self._nlp.tokenizer(chunk))
         return list(map(cache.__getitem__, chunks))
+
+    def simple_tokens(self, chunk: str) -> tuple[str, ...] | None:
+        """spaCy's tokens of the commonest chunk shapes, known without running it; None for any other chunk.
+
+        ASCII letters, optionally followed by one of `,;:!?` or by `.` after a lower-case letter. Why the
+        answer is spaCy's: English has no `token_match`; none of its prefix patterns starts with, and none
+        of its infix patterns lies between, ASCII letters, and its suffix patterns that end in letters need
+        a digit or an apostrophe before them (units, currencies, 's); `,;:!?` are suffixes (LIST_PUNCT), and
+        `.` is a suffix after a lower-case letter. So such a chunk is one token, or the word and its mark,
+        unless the chunk or its word is a special case (`cannot` -> can not, `etc.`, `Mr.`), which goes to
+        spaCy. The URL pattern only keeps a string whole, which these are already.
+        """
+        match = _SIMPLE_CHUNK.fullmatch(chunk)
+        if match is None or chunk in self._specials:
+            return None
+        if match.end(1) == len(chunk):
+            return (chunk,)
+        word = match.group(1)
+        return None if word in self._specials else (word, chunk[-1])
 
     def __call__(self, text: str) -> list[str]:
         return list(chain.from_iterable(self.chunk_tokens(text.split())))
@@ -92,6 +132,32 @@ class SpacyWords:
                 elif is_end:
                     seen_end = True
         return count
+
+
+class _RefuseTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname.partition(".")[0] == "torch":
+            raise ModuleNotFoundError("torch is not imported by data workers", name=fullname)
+        return None
+
+
+@contextlib.contextmanager
+def _torch_hidden():
+    """spaCy's thinc imports torch whenever it is installed, only to note that it is (~3 s and ~300 MB per
+    worker); the tokenizer never uses it. Importing spaCy with torch out of reach keeps data workers
+    torch-free. Where torch is loaded already, nothing changes."""
+    if "torch" in sys.modules:
+        yield
+        return
+    finder = _RefuseTorch()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+_SIMPLE_CHUNK = re.compile(r"([A-Za-z]+)(?:[,;:!?]|(?<=[a-z])\.)?")
 
 
 @lru_cache(maxsize=1)
@@ -132,22 +198,33 @@ def _datatrove_arguments(reference_class, kwargs: dict) -> dict[str, Any]:
 def _duplicates(items: list[str]) -> tuple[int, int]:
     """(number of repeated items, characters in the repeats): every occurrence after the first counts."""
     counts = Counter(items)
-    return len(items) - len(counts), sum(len(k) * (v - 1) for k, v in counts.items() if v > 1)
+    # all characters minus those of each item's first occurrence (sums in C, no loop over the counts)
+    return len(items) - len(counts), sum(map(len, items)) - sum(map(len, counts))
 
 
-def _repeated_ngram_chars(words: list[str], n: int) -> int:
-    """Characters of n-grams that repeat an earlier n-gram, skipping past each repeat (Gopher's rule,
-    n-grams keyed by their concatenated words as datatrove keys them)."""
-    seen, repeated, i, last = set(), 0, 0, len(words) - n + 1
-    while i < last:
-        gram = "".join(words[i:i + n])
+def _repeated_ngrams_exceed(words: list[str], n: int, text_chars: int, frac: float) -> bool:
+    """Whether the characters of n-grams that repeat an earlier n-gram, skipping past each repeat (Gopher's
+    rule, n-grams keyed by their concatenated words as datatrove keys them), exceed `frac` of the text."""
+    grams = list(map("".join, zip(*(words[i:] for i in range(n)))))
+    counts = Counter(grams)
+    # the scan counts only occurrences after a gram's first, so all of them together bound it: when
+    # they stay within the limit (the common case), the scan cannot exceed it
+    if not (sum(map(len, grams)) - sum(map(len, counts))) / text_chars > frac:
+        return False
+    # the scan (datatrove: at each position, a gram seen before counts and the scan jumps n ahead, any
+    # other is remembered and the scan moves one ahead) visited only at grams that occur more than once: a
+    # gram that occurs once is never "seen before", and remembering it changes nothing later
+    seen, repeated, resume = set(), 0, 0
+    for i in [i for i, gram in enumerate(grams) if counts[gram] > 1]:
+        if i < resume:
+            continue
+        gram = grams[i]
         if gram in seen:
             repeated += len(gram)
-            i += n
+            resume = i + n
         else:
             seen.add(gram)
-            i += 1
-    return repeated
+    return repeated / text_chars > frac
 
 
 class _FastFilter:
@@ -214,7 +291,7 @@ class FastGopherRepetition(_FastFilter):
             if unique_from is not None and smallest >= unique_from:  # every duplicated fraction is 0
                 return True
             for n, frac in a["dup_n_grams"]:
-                if _repeated_ngram_chars(words, n) / len(text) > frac:
+                if _repeated_ngrams_exceed(words, n, len(text), frac):
                     return False, f"duplicated_{n}_n_grams"
         return True
 

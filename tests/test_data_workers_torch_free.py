@@ -1,0 +1,82 @@
+"""Data workers do not import torch: `import llm_recipes` registers the model lazily (llm_recipes/__init__.py),
+so a process that only gathers and cleans never loads torch, while `import llm_recipes` then the Auto classes
+still find RecipeGPT without trust_remote_code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str, tmp_path: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_clean_run_in_one_process_never_imports_torch(tmp_path):
+    """The whole clean stage (one worker: every task runs in this process: repair, the spaCy-word filters,
+    exact and near dedup, PII, split) and gather's readers leave torch and transformers' models unloaded."""
+    code = f"""
+import json, random, sys
+sys.path.insert(0, {str(REPO / 'tests')!r})
+from test_clean import prose, row, write_input
+from llm_recipes.data.cleaning import CleanConfig, clean
+from llm_recipes.data import sources, books  # gather's readers
+rng = random.Random(0)
+rows = [row(prose(rng, 200), f"d{{i}}") for i in range(12)] + [row(prose(rng, 150), f"p{{i}}", "python-docs")
+                                                             for i in range(6)]
+write_input(__import__("pathlib").Path("in"), [rows[:9], rows[9:]])
+report = clean(CleanConfig(input_dir="in", output_dir="out", num_workers=1, progress=False))
+print(json.dumps({{"kept": report["output_documents"], "torch": "torch" in sys.modules,
+                  "models": sorted(m for m in sys.modules if m.startswith("transformers.models"))}}))
+"""
+    result = run_python(code, tmp_path)
+    assert result["kept"] > 0
+    assert result["torch"] is False
+    assert result["models"] == []
+
+
+def test_import_llm_recipes_then_auto_classes_load_our_model_without_remote_code(tmp_path):
+    code = """
+import json, sys
+import llm_recipes
+assert "torch" not in sys.modules  # importing the package alone loads no model code
+from transformers import AutoConfig, AutoModelForCausalLM
+cfg = AutoConfig.for_model("recipe_gpt", vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=2, intermediate_size=64)
+model = AutoModelForCausalLM.from_config(cfg)
+model.save_pretrained("m")
+loaded = AutoModelForCausalLM.from_pretrained("m", trust_remote_code=False)
+print(json.dumps({"class": type(loaded).__name__, "config": type(cfg).__name__,
+                  "exported": llm_recipes.RecipeGPTConfig.__name__}))
+"""
+    result = run_python(code, tmp_path)
+    assert result == {"class": "RecipeGPTForCausalLM", "config": "RecipeGPTConfig", "exported": "RecipeGPTConfig"}
+
+
+def test_auto_classes_imported_before_llm_recipes_are_registered_at_once(tmp_path):
+    code = """
+import json
+from transformers import AutoConfig
+import llm_recipes
+print(json.dumps({"config": type(AutoConfig.for_model("recipe_gpt")).__name__}))
+"""
+    assert run_python(code, tmp_path) == {"config": "RecipeGPTConfig"}
+
+
+def test_model_package_imported_first_registers_once_it_is_complete(tmp_path):
+    """Our model package imports transformers' Auto machinery half-way through its own import (the training
+    stages import it first): registering there would find it half loaded; it happens once it is complete."""
+    code = """
+import json
+import llm_recipes.model.configuration_recipe_gpt
+from transformers import AutoConfig, AutoModelForCausalLM
+config = AutoConfig.for_model("recipe_gpt")
+print(json.dumps({"model": AutoModelForCausalLM._model_mapping[type(config)].__name__}))
+"""
+    assert run_python(code, tmp_path) == {"model": "RecipeGPTForCausalLM"}
