@@ -384,13 +384,15 @@ def run_info(stage: str) -> dict[str, Any]:
 
 
 def hardware() -> str:
-    """What the stage ran on, for model cards: GPU names, or the CPU and its core count."""
+    """What the stage ran on, for model cards: GPU names, or the CPU and its core count.
+
+    A stage that never imported torch (gather, clean: their workers stay torch-free) ran on the CPU; asking
+    torch about GPUs would cost it ~4 s and ~400 MB, inherited by every worker it forks."""
     import platform
 
-    with contextlib.suppress(ImportError, RuntimeError):
-        import torch
-
-        if torch.cuda.is_available():
+    torch = sys.modules.get("torch")
+    with contextlib.suppress(RuntimeError, AttributeError):
+        if torch is not None and torch.cuda.is_available():
             names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
             return ", ".join(f"{names.count(n)} x {n}" for n in dict.fromkeys(names))
     cpu = platform.processor() or platform.machine()

@@ -80,3 +80,23 @@ config = AutoConfig.for_model("recipe_gpt")
 print(json.dumps({"model": AutoModelForCausalLM._model_mapping[type(config)].__name__}))
 """
     assert run_python(code, tmp_path) == {"model": "RecipeGPTForCausalLM"}
+
+
+def test_the_clean_stage_entry_point_never_imports_torch(tmp_path):
+    """The stage as `llm-recipes clean` runs it (config parsing, the envelope's run info and hardware line, the
+    report), so the local workers it forks inherit no torch either."""
+    code = f"""
+import json, random, sys
+sys.path.insert(0, {str(REPO / 'tests')!r})
+from test_clean import prose, row, write_input
+from llm_recipes.clean import main
+rng = random.Random(0)
+write_input(__import__("pathlib").Path("in"), [[row(prose(rng, 200), f"d{{i}}") for i in range(8)]])
+code = main(["--input_dir", "in", "--output_dir", "out", "--num_workers", "1", "--progress", "false"])
+info = json.load(open("out/run_info.json"))
+print(json.dumps({{"code": code, "torch": "torch" in sys.modules, "hardware": info["hardware"]}}))
+"""
+    result = run_python(code, tmp_path)
+    assert result["code"] == 0
+    assert result["torch"] is False
+    assert "CPU cores" in result["hardware"]
