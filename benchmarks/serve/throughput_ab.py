@@ -58,7 +58,8 @@ def vllm(model: Path, python: str, log: Path, max_len: int, seqs: int):
     """vLLM's OpenAI server (its own process group, whose leader is the API server); yields (pid, url)."""
     with vllm_check.vllm_server(model, python, log, trust_remote_code=True, max_model_len=max_len,
                                 max_num_seqs=seqs) as url:
-        found = subprocess.run(["pgrep", "-f", f"--port {url.rsplit(':', 1)[1]}"], capture_output=True, text=True)
+        port = url.rsplit(":", 1)[1]
+        found = subprocess.run(["pgrep", "-f", "--", f"--port {port}"], capture_output=True, text=True)
         pid = min(int(p) for p in found.stdout.split())  # the API server; its engine core is its child
         yield pid, url
 
@@ -81,16 +82,19 @@ def llama_cpp_single_stream(gguf: Path, model: Path, requests: int, max_tokens: 
     import llama_cpp
     from transformers import AutoTokenizer
 
+    import llm_recipes  # noqa: F401  (registers RecipeGPT: the folder's tokenizer loads without remote code)
+
     tokenizer = AutoTokenizer.from_pretrained(model)
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=tokenizer.model_max_length if tokenizer.model_max_length
-                          < 100_000 else 2048, n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
+    context = json.loads((model / "config.json").read_text())["max_position_embeddings"]
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+                          verbose=False, seed=0)
     load = os.getloadavg()[0]
     cpu, started, tokens, ttft = time.process_time(), time.perf_counter(), 0, []
     for i in range(requests):
         text = f"Question {i}: how do I read a file line by line in Python? " * (1 + i % 3)
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                               tokenize=False)
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # as the server tokenizes it
         begin = time.perf_counter()
         for k, _ in enumerate(llm.generate(ids, temp=0.8, reset=True)):
             if k == 0:
