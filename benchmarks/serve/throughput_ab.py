@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         order = trees if round_ % 2 else trees[::-1]  # alternate which tree goes first
         for label, tree in order:
             with vllm_check.ours_server(model, work / f"serve-{label}-{round_}", args.max_batch_size,
-                                        env={**os.environ, "PYTHONPATH": str(tree)}) as (proc, url):
+                                        tree=tree) as (proc, url):
                 for row in load_rows(proc.pid, url, args.clients, args.requests, args.max_tokens):
                     record(row, round_, f"llm-recipes serve ({label})")
         if python:

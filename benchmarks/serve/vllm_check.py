@@ -196,10 +196,13 @@ def vllm_server(model: Path, python: str, log: Path, *, trust_remote_code: bool,
 
 
 @contextlib.contextmanager
-def ours_server(model: Path, out: Path, max_batch_size: int, env: dict | None = None):
-    """`llm-recipes serve` on 127.0.0.1 (load_test's start-up; `env`: its environment, e.g. a PYTHONPATH);
-    yields (process, URL) and always ends it."""
-    proc, url = load_test.start_server(model, out, max_batch_size, None, env=env)
+def ours_server(model: Path, out: Path, max_batch_size: int, tree: Path | None = None):
+    """`llm-recipes serve` on 127.0.0.1 (load_test's start-up); yields (process, URL) and always ends it.
+    With `tree`, that source tree's code: PYTHONPATH and the working directory both set to it (`python -m`
+    puts the working directory before PYTHONPATH, so PYTHONPATH alone would run the caller's tree)."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
+    proc, url = load_test.start_server(model.resolve(), out.resolve(), max_batch_size, None, env=env,
+                                       cwd=None if tree is None else str(tree))
     try:
         yield proc, url
     finally:
