@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_path", required=True, help="native RecipeGPT folder")
     parser.add_argument("--gguf", help="its `llm-recipes export --to gguf` file (llama.cpp single stream)")
     parser.add_argument("--ours", action="append", default=[], metavar="LABEL=TREE",
-                        help="serve with PYTHONPATH=TREE under this label (repeat for an A/B)")
+                        help="serve with PYTHONPATH=TREE under this label (repeat for an A/B); "
+                             "LABEL=TREE,threads=N also sets --torch_num_threads N")
     parser.add_argument("--no_vllm", action="store_true", help="leave vLLM out")
     parser.add_argument("--vllm_python", help="python of the vLLM venv (default as vllm_check.py)")
     parser.add_argument("--rounds", type=int, default=2)
@@ -136,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json_out", help="append the JSON lines here too")
     args = parser.parse_args(argv)
     model = Path(args.model_path)
-    trees = [(label, Path(tree).resolve()) for label, _, tree in (o.partition("=") for o in args.ours)]
+    trees = []  # (label, tree, decoding threads or None)
+    for label, _, spec in (o.partition("=") for o in args.ours):
+        tree, _, threads = spec.partition(",threads=")
+        trees.append((label, Path(tree).resolve(), int(threads) if threads else None))
     python = None if args.no_vllm else vllm_check.vllm_python(args.vllm_python)
     if not args.no_vllm and python is None:
         parser.error("vLLM is not installed (see vllm_check.py); pass --no_vllm to leave it out")
@@ -155,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for round_ in range(1, args.rounds + 1):
         order = trees if round_ % 2 else trees[::-1]  # alternate which tree goes first
-        for label, tree in order:
+        for label, tree, threads in order:
             with vllm_check.ours_server(model, work / f"serve-{label}-{round_}", args.max_batch_size,
-                                        tree=tree) as (proc, url):
+                                        tree=tree, threads=threads) as (proc, url):
                 for row in load_rows(proc.pid, url, args.clients, args.requests, args.max_tokens):
                     record(row, round_, f"llm-recipes serve ({label})")
         if python:

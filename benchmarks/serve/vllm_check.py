@@ -196,12 +196,12 @@ def vllm_server(model: Path, python: str, log: Path, *, trust_remote_code: bool,
 
 
 @contextlib.contextmanager
-def ours_server(model: Path, out: Path, max_batch_size: int, tree: Path | None = None):
+def ours_server(model: Path, out: Path, max_batch_size: int, tree: Path | None = None, threads: int | None = None):
     """`llm-recipes serve` on 127.0.0.1 (load_test's start-up); yields (process, URL) and always ends it.
     With `tree`, that source tree's code: PYTHONPATH and the working directory both set to it (`python -m`
     puts the working directory before PYTHONPATH, so PYTHONPATH alone would run the caller's tree)."""
     env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
-    proc, url = load_test.start_server(model.resolve(), out.resolve(), max_batch_size, None, env=env,
+    proc, url = load_test.start_server(model.resolve(), out.resolve(), max_batch_size, threads, env=env,
                                        cwd=None if tree is None else str(tree))
     try:
         yield proc, url
