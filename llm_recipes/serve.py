@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = app.state.settings
     server = ServerThread(app, host=cfg.host, port=cfg.port, log_level="info")
     print(f"serving {settings.model_name!r} from {cfg.model_path} (context {settings.context_window} tokens, "
-          f"batch {cfg.max_batch_size}, {engine.num_threads} CPU thread(s) for decoding"
+          f"batch {cfg.max_batch_size}, {engine.num_threads} CPU thread(s) for decoding in engine process {engine.pid}"
           f"{'' if engine.free_cpus is None else f' ({engine.free_cpus} of {os.cpu_count()} CPUs free at start)'}, "
           f"{'API key required' if api_key else 'no API key'})")
     print(f"feedback is stored in {feedback_path}")

@@ -25,10 +25,18 @@ def _reference_logprobs(model, ids):
     return [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))], logp
 
 
-def test_echo_scores_the_prompt_like_a_forward_pass(server, tiny_tokenizer):
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    """The served model, loaded here too (the server's copy is in its engine process)."""
+    from llm_recipes.serving.loading import load_for_serving
+
+    return load_for_serving(tiny_model_dir)[0]
+
+
+def test_echo_scores_the_prompt_like_a_forward_pass(server, model, tiny_tokenizer):
     url, app, engine, store = server
     ids = tiny_tokenizer("The os module provides a portable way of using")["input_ids"]
-    expected, logp = _reference_logprobs(engine.model, ids)
+    expected, logp = _reference_logprobs(model, ids)
     with httpx.Client(base_url=url, timeout=60) as http:
         # what lm-evaluation-harness sends: token ids, echo, one token, logprobs 1
         body = http.post("/v1/completions", json={"model": "tiny", "prompt": [ids], "max_tokens": 1, "logprobs": 1,
@@ -59,7 +67,7 @@ def test_echo_scores_the_prompt_like_a_forward_pass(server, tiny_tokenizer):
         string_ids = tiny_tokenizer(text)["input_ids"]
         assert choice["text"] == text and choice["finish_reason"] == "length"
         assert choice["logprobs"]["token_logprobs"][1:] == pytest.approx(
-            _reference_logprobs(engine.model, string_ids)[0], abs=1e-4)
+            _reference_logprobs(model, string_ids)[0], abs=1e-4)
         assert all(len(top) in (3, 4) for top in choice["logprobs"]["top_logprobs"][1:])
         assert body["usage"]["completion_tokens"] == 0
 

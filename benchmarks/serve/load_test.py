@@ -56,13 +56,14 @@ def free_port() -> int:
 
 
 def start_server(model_path: Path, out: Path, max_batch_size: int,
-                 threads: int | None) -> tuple[subprocess.Popen, str]:
+                 threads: int | None, env: dict | None = None, cwd: str | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     args = [sys.executable, "-m", "llm_recipes.serve", str(model_path), "--output_dir", str(out), "--port", str(port),
             "--served_model_name", "bench", "--max_batch_size", str(max_batch_size), "--max_queue", "256"]
     if threads:
         args += ["--torch_num_threads", str(threads)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -196,11 +196,15 @@ def vllm_server(model: Path, python: str, log: Path, *, trust_remote_code: bool,
 
 
 @contextlib.contextmanager
-def ours_server(model: Path, out: Path, max_batch_size: int):
-    """`llm-recipes serve` on 127.0.0.1 (load_test's start-up); yields its URL and always ends it."""
-    proc, url = load_test.start_server(model, out, max_batch_size, None)
+def ours_server(model: Path, out: Path, max_batch_size: int, tree: Path | None = None, threads: int | None = None):
+    """`llm-recipes serve` on 127.0.0.1 (load_test's start-up); yields (process, URL) and always ends it.
+    With `tree`, that source tree's code: PYTHONPATH and the working directory both set to it (`python -m`
+    puts the working directory before PYTHONPATH, so PYTHONPATH alone would run the caller's tree)."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
+    proc, url = load_test.start_server(model.resolve(), out.resolve(), max_batch_size, threads, env=env,
+                                       cwd=None if tree is None else str(tree))
     try:
-        yield url
+        yield proc, url
     finally:
         proc.terminate()
         try:
@@ -281,7 +285,8 @@ def throughput(native: Path, llama: Path | None, python: str, work: Path, client
                                   trust_remote_code=folder == native, max_model_len=max_len, max_num_seqs=seqs)
         else:
             context = ours_server(folder, work / "serve-throughput", max_batch_size=seqs)
-        with context as url:
+        with context as handle:
+            url = handle if isinstance(handle, str) else handle[1]
             for row in _load(url, clients, requests, max_tokens):
                 row.update(mode="throughput", server=server, model=str(folder), max_tokens=max_tokens)
                 rows.append(row)

@@ -13,25 +13,42 @@ def build_server(cfg: ServeConfig, feedback_path: str | os.PathLike):
     (`cfg.api_key`, when set, is required on the /v1 routes). The feedback store is opened first, so a damaged
     one stops start-up (FeedbackStoreError) before the model is loaded.
 
+    The model runs in an engine process of its own (`engine_process`); this process keeps the tokenizer
+    and the HTTP side.
+
     Returns:
-        (app, engine, store); call `engine.shutdown()` and `store.close()` when done.
+        (app, engine, store): the engine is the engine process's `EngineClient`; call `engine.shutdown()`
+        and `store.close()` when done.
     """
     # FastAPI and the engine come from the `serve` extra; `llm-recipes feedback` reads the store without them
     from .app import ServerSettings, create_app, default_allowed_hosts
-    from .engine import GenerationEngine
+    from .engine_process import EngineClient, EngineSpec
     from .feedback_store import FeedbackStore
     from .loading import context_window as model_context_window
-    from .loading import load_for_serving
+    from .loading import load_config_and_tokenizer, torch_dtype
 
     store = FeedbackStore(feedback_path)
-    model, tokenizer = load_for_serving(cfg.model_path, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
-    window = model_context_window(model, tokenizer)
+    # the folder, its tokenizer and the dtype are checked here, so a bad one is refused before a process starts
+    config, tokenizer = load_config_and_tokenizer(cfg.model_path, trust_remote_code=cfg.trust_remote_code)
+    torch_dtype(cfg.dtype)
+    window = model_context_window(config, tokenizer)
     if cfg.context_window:
         window = min(window, int(cfg.context_window))
     settings = ServerSettings(config=cfg, model_name=cfg.served_model_name or default_model_name(cfg.model_path),
                               context_window=window,
                               allowed_hosts=list(cfg.allowed_hosts or default_allowed_hosts(cfg.host)))
-    engine = GenerationEngine(model, tokenizer.pad_token_id, max_batch_size=cfg.max_batch_size,
-                              max_queue=cfg.max_queue, num_threads=cfg.torch_num_threads)
-    app = create_app(engine, tokenizer, store, settings)
+    try:
+        engine = EngineClient(EngineSpec(model_path=str(cfg.model_path), pad_token_id=tokenizer.pad_token_id,
+                                         max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue,
+                                         num_threads=cfg.torch_num_threads, trust_remote_code=cfg.trust_remote_code,
+                                         dtype=cfg.dtype, seed=cfg.seed))
+    except BaseException:
+        store.close()
+        raise
+    try:
+        app = create_app(engine, tokenizer, store, settings)
+    except BaseException:
+        engine.shutdown()
+        store.close()
+        raise
     return app, engine, store

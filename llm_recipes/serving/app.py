@@ -33,7 +33,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from .config import ServeConfig
-from .engine import GenerationEngine, GenerationRequest, QueueFullError
+from .engine import GenerationRequest, QueueFullError
+from .engine_process import EngineClient, EngineStoppedError
 from .feedback_store import FeedbackStore
 from .metrics import ServerMetrics
 from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, FeedbackRequest, TokenizeRequest
@@ -234,11 +235,11 @@ class KeyAndCount:
             self.requests.labels(route=self.route_of(scope), status=str(status)).inc()
 
 
-def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settings: ServerSettings) -> FastAPI:
+def create_app(engine: EngineClient, tokenizer, store: FeedbackStore, settings: ServerSettings) -> FastAPI:
     """Builds the FastAPI app.
 
     Args:
-        engine: the running generation engine (owns the model).
+        engine: the running engine process's client (the model is there).
         tokenizer: the model's tokenizer (chat template for chat requests).
         store: where feedback rows go.
         settings: limits, model name, optional API key.
@@ -246,8 +247,8 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
     app = FastAPI(title="llm_recipes server", docs_url=None, redoc_url=None)
     app.state.engine, app.state.store, app.state.settings = engine, store, settings
     app.state.metrics = metrics = ServerMetrics(engine, store)
-    stop_ids = _stop_token_ids(engine.model, tokenizer)
-    vocab_size = engine.model.get_input_embeddings().num_embeddings
+    stop_ids = _stop_token_ids(engine.eos_token_ids, tokenizer)
+    vocab_size = engine.embedding_size
     token_text = TokenText(tokenizer)
     grammars = GrammarCompiler(tokenizer, engine.vocab_size, stop_ids)
     special_ids = frozenset(tokenizer.all_special_ids)
@@ -305,6 +306,9 @@ def create_app(engine: GenerationEngine, tokenizer, store: FeedbackStore, settin
 
     @app.get("/health")
     async def health():
+        if engine.error is not None:  # the engine process is gone: say so to load balancers and people
+            return JSONResponse({"status": "error", "error": engine.error, "model": settings.model_name},
+                                status_code=503)
         return {"status": "ok", "model": settings.model_name, "waiting": engine.waiting, "running": engine.running,
                 "context_window": settings.context_window, "max_tokens_cap": settings.config.max_tokens_cap,
                 "default_max_tokens": settings.config.default_max_tokens,
@@ -596,10 +600,10 @@ def _resolve_max_tokens(requested: int | None, prompt_tokens: int, settings: Ser
     return requested
 
 
-def _stop_token_ids(model, tokenizer) -> frozenset[int]:
+def _stop_token_ids(eos, tokenizer) -> frozenset[int]:
+    """The model's end tokens (its generation config's, `eos`) and the tokenizer's."""
     ids = set()
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (eos, tokenizer.eos_token_id):
+    for value in (list(eos), tokenizer.eos_token_id):
         if isinstance(value, int):
             ids.add(value)
         elif isinstance(value, (list, tuple)):
@@ -661,10 +665,13 @@ def _submit_all(engine, sequences: list[_Sequence], body, top: int | None, promp
             prompt_logprobs=prompt_logprobs)
         try:
             engine.submit(seq.request)
-        except QueueFullError as e:
+        except (QueueFullError, EngineStoppedError) as e:
             for other in sequences:
                 if other.request is not None:
                     other.request.cancel()
+            if isinstance(e, EngineStoppedError):
+                raise APIError(503, f"the server cannot generate: {e}", type="server_error",
+                               code="engine_unavailable") from None
             raise APIError(503, f"server overloaded: {e}; retry later", type="server_error", code="server_overloaded",
                            headers={"Retry-After": "1"}) from None
 

@@ -24,8 +24,14 @@ def load_for_serving(model_path: str | os.PathLike, trust_remote_code: bool = Fa
     Returns:
         (model in eval mode, tokenizer)
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    config, tokenizer = load_config_and_tokenizer(model_path, trust_remote_code)
+    return load_model(model_path, config, trust_remote_code, dtype), tokenizer
+
+
+def load_config_and_tokenizer(model_path: str | os.PathLike, trust_remote_code: bool = False):
+    """The folder's (config, tokenizer), after the checks `load_for_serving` makes (a model folder; remote
+    code only when allowed): what the HTTP process needs, the weights being the engine process's."""
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     import llm_recipes  # noqa: F401  (registers RecipeGPT with the Auto classes)
@@ -37,28 +43,51 @@ def load_for_serving(model_path: str | os.PathLike, trust_remote_code: bool = Fa
                              "(expected e.g. runs/quickstart/sft/final)")
     raw = json.loads(config_file.read_text(encoding="utf-8"))
     model_type = raw.get("model_type")
-    known = model_type in CONFIG_MAPPING
-    if not known and not trust_remote_code:
+    if model_type not in CONFIG_MAPPING and not trust_remote_code:
         raise ModelLoadError(
             f"model type {model_type!r} in {str(config_file)!r} is not built into transformers or llm_recipes; "
             "serving it would run Python code shipped with the model. Re-run with --trust_remote_code true "
             "if you trust that code.")
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
-        raise ModelLoadError(f"dtype {dtype!r} is not supported; expected float32, bfloat16 or float16")
-    # a known type never needs remote code, even when config.json carries an auto_map
-    remote = bool(trust_remote_code and not known)
+    remote = _remote(model_type, trust_remote_code)
     config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=remote)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
+    return config, tokenizer
 
 
-def context_window(model, tokenizer) -> int:
-    """Longest sequence (prompt + answer) the model handles."""
-    limits = [getattr(model.config, "max_position_embeddings", None)]
+def _remote(model_type, trust_remote_code: bool) -> bool:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    # a known type never needs remote code, even when config.json carries an auto_map
+    return bool(trust_remote_code and model_type not in CONFIG_MAPPING)
+
+
+def load_model(model_path: str | os.PathLike, config, trust_remote_code: bool = False, dtype: str = "float32"):
+    """The folder's weights as a causal LM in eval mode (`config` from `load_config_and_tokenizer`)."""
+    from transformers import AutoModelForCausalLM
+
+    import llm_recipes  # noqa: F401  (registers RecipeGPT with the Auto classes)
+
+    remote = _remote(config.model_type, trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_path, config=config, dtype=torch_dtype(dtype),
+                                                 trust_remote_code=remote)
+    return model.eval()
+
+
+def torch_dtype(name: str):
+    """The torch dtype named by the serve config's `dtype`."""
+    import torch
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(name)
+    if dtype is None:
+        raise ModelLoadError(f"dtype {name!r} is not supported; expected float32, bfloat16 or float16")
+    return dtype
+
+
+def context_window(config, tokenizer) -> int:
+    """Longest sequence (prompt + answer) the model (its `config`) handles."""
+    limits = [getattr(config, "max_position_embeddings", None)]
     max_len = getattr(tokenizer, "model_max_length", None)
     if isinstance(max_len, int) and max_len < 1_000_000:
         limits.append(max_len)

@@ -1,0 +1,180 @@
+"""Serving throughput side by side in one run: `llm-recipes serve` from one or more source trees (before/after
+A/B), vLLM's CPU build, and llama.cpp for one stream, in alternating rounds, so that the ratios hold on a
+shared machine whose load moves.
+
+Each round starts every server in turn on the same model and runs the same streaming chat clients as
+`vllm_check.py throughput` (load_test.py's requests, 48 tokens, temperature 0.8, a seed per request, no
+feedback posts), then llama.cpp on the model's GGUF export through llama-cpp-python (one thread, the same
+chat prompts, 48 sampled tokens each, in process: no HTTP). Every row gives the 1-minute load average before
+and after, and the server's CPU time per output token (its whole process tree: our engine process, vLLM's
+engine core), which moves less with the neighbours' load than tokens/s does.
+
+    python benchmarks/serve/throughput_ab.py --model_path runs/quickstart/dpo/final \\
+        --gguf runs/quickstart/gguf/dpo.gguf --ours before=/work/main --ours after=. --rounds 2 \\
+        --json_out benchmarks/serve/throughput-DATE.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vllm_check  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of `root` and every live descendant (from /proc)."""
+    parents, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / TICKS
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return total
+
+
+@contextlib.contextmanager
+def vllm(model: Path, python: str, log: Path, max_len: int, seqs: int):
+    """vLLM's OpenAI server (its own process group, whose leader is the API server); yields (pid, url)."""
+    with vllm_check.vllm_server(model, python, log, trust_remote_code=True, max_model_len=max_len,
+                                max_num_seqs=seqs) as url:
+        port = url.rsplit(":", 1)[1]
+        found = subprocess.run(["pgrep", "-f", "--", f"--port {port}"], capture_output=True, text=True)
+        pid = min(int(p) for p in found.stdout.split())  # the API server; its engine core is its child
+        yield pid, url
+
+
+def load_rows(pid: int, url: str, clients: list[int], requests: list[int], max_tokens: int) -> list[dict]:
+    """vllm_check's load (warm-up, then each client count) with the server tree's CPU time per output token."""
+    rows = []
+    for n, count in zip(clients, requests):
+        cpu = tree_cpu_seconds(pid)
+        row = vllm_check._load(url, [n], [count], max_tokens)[0]
+        row["server_cpu_s"] = tree_cpu_seconds(pid) - cpu
+        row["cpu_us_per_output_token"] = 1e6 * row["server_cpu_s"] / max(row["output_tokens"], 1)
+        rows.append(row)
+    return rows
+
+
+def llama_cpp_single_stream(gguf: Path, model: Path, requests: int, max_tokens: int, threads: int) -> dict:
+    """llama.cpp (llama-cpp-python) on the GGUF export: the load test's chat prompts one after another,
+    `max_tokens` sampled tokens each (temperature 0.8, no stop on EOS), in process."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    import llm_recipes  # noqa: F401  (registers RecipeGPT: the folder's tokenizer loads without remote code)
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    context = json.loads((model / "config.json").read_text())["max_position_embeddings"]
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+                          verbose=False, seed=0)
+    load = os.getloadavg()[0]
+    cpu, started, tokens, ttft = time.process_time(), time.perf_counter(), 0, []
+    for i in range(requests):
+        text = f"Question {i}: how do I read a file line by line in Python? " * (1 + i % 3)
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                               tokenize=False)
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # as the server tokenizes it
+        begin = time.perf_counter()
+        for k, _ in enumerate(llm.generate(ids, temp=0.8, reset=True)):
+            if k == 0:
+                ttft.append(time.perf_counter() - begin)
+            tokens += 1
+            if k + 1 == max_tokens:
+                break
+    wall = time.perf_counter() - started
+    return {"server": f"llama.cpp ({threads} thread{'s' if threads > 1 else ''})", "clients": 1,
+            "requests": requests, "errors": 0, "output_tokens": tokens, "output_tokens_per_s": tokens / wall,
+            "ttft_p50_s": sorted(ttft)[len(ttft) // 2], "ttft_p99_s": max(ttft), "tpot_p50_s": None,
+            "cpu_us_per_output_token": 1e6 * (time.process_time() - cpu) / tokens,
+            "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n| round | server | clients | errors | output tok/s | TTFT p50 | TTFT p99 | CPU/token | load avg |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['round']} | {r['server']} | {r['clients']} | {r['errors']} | {r['output_tokens_per_s']:.0f} | "
+              f"{r['ttft_p50_s'] * 1000:.0f} ms | {r['ttft_p99_s'] * 1000:.0f} ms | "
+              f"{r['cpu_us_per_output_token']:.0f} us | {r['loadavg_1min'][0]:.1f} -> {r['loadavg_1min'][1]:.1f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", required=True, help="native RecipeGPT folder")
+    parser.add_argument("--gguf", help="its `llm-recipes export --to gguf` file (llama.cpp single stream)")
+    parser.add_argument("--ours", action="append", default=[], metavar="LABEL=TREE",
+                        help="serve with PYTHONPATH=TREE under this label (repeat for an A/B); "
+                             "LABEL=TREE,threads=N also sets --torch_num_threads N")
+    parser.add_argument("--no_vllm", action="store_true", help="leave vLLM out")
+    parser.add_argument("--vllm_python", help="python of the vLLM venv (default as vllm_check.py)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--requests", type=int, nargs="+", default=[16, 128], help="requests per client count")
+    parser.add_argument("--max_tokens", type=int, default=48)
+    parser.add_argument("--max_batch_size", type=int, default=32, help="ours: --max_batch_size; vLLM: max-num-seqs")
+    parser.add_argument("--llama_threads", type=int, default=1)
+    parser.add_argument("--json_out", help="append the JSON lines here too")
+    args = parser.parse_args(argv)
+    model = Path(args.model_path)
+    trees = []  # (label, tree, decoding threads or None)
+    for label, _, spec in (o.partition("=") for o in args.ours):
+        tree, _, threads = spec.partition(",threads=")
+        trees.append((label, Path(tree).resolve(), int(threads) if threads else None))
+    python = None if args.no_vllm else vllm_check.vllm_python(args.vllm_python)
+    if not args.no_vllm and python is None:
+        parser.error("vLLM is not installed (see vllm_check.py); pass --no_vllm to leave it out")
+    max_len = json.loads((model / "config.json").read_text())["max_position_embeddings"]
+    work = Path(tempfile.mkdtemp(prefix="throughput-ab-"))
+    rows = []
+
+    def record(row: dict, round_: int, server: str) -> None:
+        row.update(round=round_, server=server, model=str(model), max_tokens=args.max_tokens,
+                   time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json_out:
+            with open(args.json_out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    for round_ in range(1, args.rounds + 1):
+        order = trees if round_ % 2 else trees[::-1]  # alternate which tree goes first
+        for label, tree, threads in order:
+            with vllm_check.ours_server(model, work / f"serve-{label}-{round_}", args.max_batch_size,
+                                        tree=tree, threads=threads) as (proc, url):
+                for row in load_rows(proc.pid, url, args.clients, args.requests, args.max_tokens):
+                    record(row, round_, f"llm-recipes serve ({label})")
+        if python:
+            with vllm(model, python, work / f"vllm-{round_}.log", max_len, args.max_batch_size) as (pid, url):
+                for row in load_rows(pid, url, args.clients, args.requests, args.max_tokens):
+                    record(row, round_, "vLLM (native folder)")
+        if args.gguf:
+            record(llama_cpp_single_stream(Path(args.gguf), model, args.requests[0], args.max_tokens,
+                                           args.llama_threads), round_, f"llama.cpp ({args.llama_threads} thread)")
+    print_table(rows)
+    print(f"logs: {work}", file=sys.stderr)
+    return 0 if all(r["errors"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
