@@ -47,11 +47,13 @@ def text_rows(corpus_path: str, tokenizer, rows: int, max_length: int, seed: int
     end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     chunks: list[list[int]] = []
     stream: list[int] = []
-    for text in documents:
-        stream += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + end
-        while len(stream) >= max_length and len(chunks) < rows:
-            chunks.append(stream[:max_length])
-            stream = stream[max_length:]
+    batch = 64  # the fast tokenizer encodes a list in parallel; documents are read only until `rows` are full
+    for start in range(0, len(documents), batch):
+        for ids in tokenizer(documents[start:start + batch], add_special_tokens=False, verbose=False)["input_ids"]:
+            stream += ids + end
+        full = min(len(stream) // max_length, rows - len(chunks))
+        chunks += [stream[i * max_length:(i + 1) * max_length] for i in range(full)]
+        stream = stream[full * max_length:]
         if len(chunks) >= rows:
             break
     if rows and not chunks:
