@@ -2,9 +2,15 @@
 clean corpus, and prints the held-out figures each stage measured.
 
     python benchmarks/finetune.py --run_dir runs/quickstart            # needs run_dir/pretrain/final and run_dir/clean
-    python benchmarks/finetune.py --run_dir /tmp/bench --override max_steps=20
+    python benchmarks/finetune.py --run_dir /tmp/bench --override max_steps=20 --override sft:text_mix_fraction=0
+    python benchmarks/finetune.py --run_dir /tmp/bench --override max_train_seconds=0 --bpb   # A/B: fixed steps
 
-Writes into run_dir/sft and run_dir/dpo (removed first, so the stages run from scratch).
+Writes into run_dir/sft and run_dir/dpo (removed first, so the stages run from scratch). An override
+`stage:key=value` applies to that stage only. `--bpb` then runs `llm-recipes evaluate` on held-out text (60 KB of
+the clean stage's validation split) for the pretrained model and each stage's model, and prints each model's
+paired difference in bits per byte against the pretrained one with its 95% interval (run_dir/evaluate_bpb).
+For A/B comparisons on a shared machine set `max_train_seconds=0` (fixed steps, not a time budget) and
+`torch_num_threads=1`: the figures then do not depend on the load.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ def run_stage(stage: str, run_dir: Path, recipe_dir: str, overrides: list[str]) 
             "--config", str(REPO / "recipes" / recipe_dir / f"{stage}.yaml")]
     for item in overrides:
         key, value = item.split("=", 1)
-        argv += [f"--{key}", value]
+        only, _, key = key.rpartition(":")
+        if only in ("", stage):
+            argv += [f"--{key}", value]
     env = {**os.environ, "LLM_RECIPES_RUN_DIR": str(run_dir)}
     start = time.perf_counter()
     subprocess.run(argv, check=True, env=env, cwd=REPO)
@@ -42,16 +50,42 @@ def run_stage(stage: str, run_dir: Path, recipe_dir: str, overrides: list[str]) 
             "extra": {k: v for k, v in record["trained"].items() if k in ("reward_accuracy", "mean_reward_margin")}}
 
 
+def heldout_bpb(run_dir: Path, stages: list[str]) -> list[dict]:
+    """Paired held-out bits per byte of each stage's model against the pretrained one (llm-recipes evaluate)."""
+    out = run_dir / "evaluate_bpb"
+    shutil.rmtree(out, ignore_errors=True)
+    config = {"output_dir": str(out), "heldout_data": str(run_dir / "clean"), "max_documents": 200,
+              "max_heldout_bytes": 60000, "max_length": 128, "choice_tasks": [], "torch_num_threads": 1,
+              "update_model_card": False,
+              "models": [f"base={run_dir / 'pretrain' / 'final'}"] + [f"{s}={run_dir / s / 'final'}" for s in stages]}
+    out.mkdir(parents=True)
+    (out.parent / "evaluate_bpb.json").write_text(json.dumps(config))  # YAML is a superset of JSON
+    subprocess.run([sys.executable, "-m", "llm_recipes.evaluate", "--config", str(out.parent / "evaluate_bpb.json")],
+                   check=True, cwd=REPO)
+    results = json.loads((out / "eval_results.json").read_text())
+    rows = []
+    for name in stages:
+        paired = results["comparisons"]["models"][name]["heldout"]["bits_per_byte"]
+        rows.append({"model": name, "bits_per_byte": results["models"][name]["results"]["heldout"]["bits_per_byte"],
+                     "vs_base": paired["difference"], "interval": paired["interval"], "verdict": paired["verdict"]})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--recipes", default="quickstart", help="recipe folder under recipes/")
-    parser.add_argument("--override", action="append", default=[], help="key=value passed to both stages")
+    parser.add_argument("--override", action="append", default=[],
+                        help="key=value passed to every stage, or stage:key=value to one")
     parser.add_argument("--stages", default="sft,dpo")
+    parser.add_argument("--bpb", action="store_true", help="then measure held-out bits per byte against the base")
     a = parser.parse_args()
     run_dir = Path(a.run_dir).resolve()
-    results = [run_stage(stage, run_dir, a.recipes, a.override) for stage in a.stages.split(",")]
+    stages = a.stages.split(",")
+    results = [run_stage(stage, run_dir, a.recipes, a.override) for stage in stages]
     print(json.dumps(results, indent=2))
+    if a.bpb:
+        print(json.dumps(heldout_bpb(run_dir, stages), indent=2))
     with open("/proc/loadavg") as f:
         print("load average:", f.read().split()[:3])
     return 0

@@ -14,7 +14,7 @@ def test_full_dpo_on_python_docs_preferences(tiny_model_dir, tmp_path):
     clean = write_clean_folder(tmp_path / "clean")
     out = tmp_path / "dpo"
     rc = dpo.main(stage_argv(tiny_model_dir, out, dataset_name="python-docs-preferences", corpus_path=clean,
-                             heldout_fraction=0.25, beta=0.1))
+                             heldout_fraction=0.25, beta=0.1, torch_num_threads=1))
     assert rc == 0
     losses = logged_losses(out)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
@@ -29,6 +29,18 @@ def test_full_dpo_on_python_docs_preferences(tiny_model_dir, tmp_path):
     assert 0.0 <= record["trained"]["reward_accuracy"] <= 1.0
     row = json.loads(held[0])
     assert set(row) == {"prompt", "chosen", "rejected"} and row["chosen"] != row["rejected"]
+    # threads: a recipe's torch_num_threads is used as is, and recorded with the steps trained
+    done = json.loads((out / "stage_complete.json").read_text())
+    assert done["torch_num_threads"] == 1 and done["steps"] == 2 and "cpu" not in done
+
+
+def test_text_mix_is_for_packed_sft_only(tiny_model_dir, tmp_path):
+    import pytest
+
+    from llm_recipes.config import ConfigError
+
+    with pytest.raises(ConfigError, match="text_mix_fraction is for sft with packing: true.*'dpo' packs nothing"):
+        dpo.main(stage_argv(tiny_model_dir, tmp_path / "o", dataset_name="x.jsonl", text_mix_fraction=0.5))
 
 
 def test_lora_dpo_learns_the_preference(tiny_model_dir, tmp_path):

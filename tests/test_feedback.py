@@ -74,6 +74,15 @@ def test_feedback_export_bad_input(tmp_path, capsys):
     capsys.readouterr()
     assert main(["feedback", str(tmp_path / "few.sqlite"), "--output_dir", str(tmp_path / "g")]) == 0
     assert "no DPO pairs: none of the 1 feedback rows has a suggested better answer" in capsys.readouterr().err
+    # training DPO on that export is not an empty training run: the stage stops on the data and says why
+    from finetuning_helpers import stage_argv
+
+    from llm_recipes import dpo
+    argv = stage_argv(tmp_path / "no-model-needed", tmp_path / "dpo", dataset_name=tmp_path / "g" / "dpo.jsonl")
+    assert dpo.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "dpo.jsonl' is empty" in err and "feedback export" in err and "holds no corrections" in err
+    assert "(1 feedback rows)" in err and not (tmp_path / "dpo" / "stage_complete.json").exists()
     # an empty store: nothing at all to train on is an error, and the stage is not marked finished
     FeedbackStore(tmp_path / "empty.sqlite").close()
     assert main(["feedback", str(tmp_path / "empty.sqlite"), "--output_dir", str(tmp_path / "h")]) == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO_ROOT, tiny_corpus
+from finetuning_helpers import write_clean_folder
 
 from llm_recipes.evaluation.everyday import GROUPS
 from llm_recipes.evaluation.feedback_demo import corrected_scenes, main, scene_pairs
@@ -69,6 +70,12 @@ def test_feedback_demo_bad_input(tmp_path, capsys):
     assert main([str(recipe), "--run_dir", str(tmp_path / "run")]) == 1
     assert "is outside the run folder" in capsys.readouterr().err
     assert store.read_bytes() == b"real feedback"
+    # a base run without a finished pretrain and clean stage
+    (tmp_path / "again").mkdir()
+    recipe = _toy_recipe(tmp_path / "again", tmp_path / "heldout.jsonl")
+    assert main([str(recipe), "--run_dir", str(tmp_path / "run2"), "--base_run", str(tmp_path / "users")]) == 1
+    err = capsys.readouterr().err
+    assert "base_run" in err and "pretrain/final" in err and "expected a run folder" in err
 
 
 def test_feedback_demo_end_to_end(tiny_model_dir, tmp_path):
@@ -76,9 +83,13 @@ def test_feedback_demo_end_to_end(tiny_model_dir, tmp_path):
     heldout.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus()[-40:]))
     recipe = _toy_recipe(tmp_path, heldout, max_steps=30)
     run_dir = tmp_path / "run"
-    shutil.copytree(tiny_model_dir, run_dir / "pretrain" / "final")  # the model to correct
+    base_run = tmp_path / "base-run"  # a finished run whose model is corrected (--base_run)
+    shutil.copytree(tiny_model_dir, base_run / "pretrain" / "final")
+    write_clean_folder(base_run / "clean", topics=4)
 
-    assert main([str(recipe), "--run_dir", str(run_dir), "--corrections", "13"]) == 0  # one scene per group
+    assert main([str(recipe), "--run_dir", str(run_dir), "--corrections", "13",  # one scene per group
+                 "--base_run", str(base_run)]) == 0
+    assert (run_dir / "pretrain" / "final" / "model.safetensors").is_file() and (run_dir / "clean").is_dir()
 
     conversation = [json.loads(line) for line in (run_dir / "demo" / "conversation.jsonl").read_text().splitlines()]
     assert len(conversation) == 13 and all("feedback_id" in c for c in conversation)  # a random model is wrong

@@ -159,3 +159,54 @@ def test_time_budget_stops_training_and_still_saves(tiny_model_dir, tmp_path):
     assert sft.main(stage_argv(tiny_model_dir, out, dataset_name=chats, max_steps=500, max_train_seconds=0.001)) == 0
     assert len(logged_losses(out)) == 1  # stopped after the first step
     assert (out / "final/model.safetensors").is_file() and (out / "eval_heldout.json").is_file()
+
+
+def test_text_mix_rows_come_from_the_train_split_and_train_on_every_token(tiny_tokenizer, clean_dir):
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    from llm_recipes.finetuning import text_mix
+
+    train_text = "\n".join(pq.read_table(next((clean_dir / "train").glob("*.parquet"))).column("text").to_pylist())
+    validation = pq.read_table(next((clean_dir / "validation").glob("*.parquet"))).column("text").to_pylist()
+    chunks = text_mix.text_rows(str(clean_dir), tiny_tokenizer, rows=5, max_length=32, seed=1)
+    assert len(chunks) == 5 and all(len(c) == 32 for c in chunks)
+    for chunk in chunks:  # every piece between EOS tokens is train-split text, never a held-out document's
+        for piece in tiny_tokenizer.decode(chunk).split(tiny_tokenizer.eos_token):
+            assert piece in train_text
+            assert len(piece) < 40 or not any(piece in doc for doc in validation)
+    assert text_mix.rows_for_fraction(0.5, 10) == 10 and text_mix.rows_for_fraction(0.2, 8) == 2
+
+    packed = Dataset.from_dict({"input_ids": [[1, 2, 3]], "labels": [[-100, 2, 3]], "seq_lengths": [[3]]})
+    mixed = text_mix.mix_into(packed, chunks[:2])
+    assert len(mixed) == 3
+    rows = sorted(mixed, key=lambda r: len(r["input_ids"]))
+    assert rows[0]["labels"] == [-100, 2, 3]  # the fine-tuning row keeps its mask
+    assert all(r["labels"] == r["input_ids"] and r["seq_lengths"] == [32] for r in rows[1:])
+    with pytest.raises(ValueError, match="packing: true"):
+        text_mix.mix_into(Dataset.from_dict({"input_ids": [[1]]}), chunks)
+
+
+def test_sft_with_text_mix_and_threads_from_the_free_cpus(tiny_model_dir, clean_dir, tmp_path, capsys):
+    from llm_recipes.config import ConfigError
+
+    out = tmp_path / "mix"
+    rc = sft.main(stage_argv(tiny_model_dir, out, dataset_name="python-docs-qa", corpus_path=clean_dir,
+                             assistant_only_loss="true", packing="true", max_length=64, text_mix_fraction=0.5,
+                             max_steps=3))
+    assert rc == 0
+    said = capsys.readouterr().out
+    assert "[sft] text mix:" in said and "of plain text among" in said
+    assert all(math.isfinite(x) for x in logged_losses(out))
+    # no torch_num_threads: chosen from the CPUs free at the start, logged and recorded
+    assert "CPU thread(s):" in said and "CPUs free at start" in said
+    done = json.loads((out / "stage_complete.json").read_text())
+    assert done["steps"] == 3 and done["torch_num_threads"] >= 1
+    assert done["cpu"]["cpus"] >= 1 and 0 <= done["cpu"]["cpus_free_min"] <= done["cpu"]["cpus"]
+
+    with pytest.raises(ConfigError, match="packing: true"):
+        sft.main(stage_argv(tiny_model_dir, tmp_path / "o1", dataset_name="python-docs-qa", corpus_path=clean_dir,
+                            text_mix_fraction=0.3, packing="false"))
+    with pytest.raises(ConfigError, match=r"text_mix_fraction must be in \[0, 1\)"):
+        sft.main(stage_argv(tiny_model_dir, tmp_path / "o2", dataset_name="python-docs-qa", corpus_path=clean_dir,
+                            text_mix_fraction=1.0))

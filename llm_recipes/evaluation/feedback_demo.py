@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,10 @@ class FeedbackDemoConfig:
     run_dir: str | None = field(default=None, metadata={"help": "where everything goes; default runs/feedback-demo"})
     trainer: str = field(default="dpo", metadata={"help": "stage that learns from the corrections",
                                                   "choices": ["dpo", "kto"]})
+    base_run: str | None = field(default=None, metadata={
+        "help": "correct the model of an existing run instead of pretraining one: its pretrain/final and clean/ "
+                "(e.g. runs/quickstart, whose model knows far more English than the demo's own 2-minute one) are "
+                "copied into run_dir, and the recipe's preparation stages are skipped"})
     corrections: int | None = field(default=None, metadata={
         "help": "scenes the scripted user corrects (the first N of 52); default: all"})
     max_tokens: int = field(default=6, metadata={"help": "tokens the server may answer each prompt with"})
@@ -141,6 +146,24 @@ class ServeProcess:
         return code
 
 
+def use_base_run(base_run: Path, run_dir: Path) -> None:
+    """Copies a finished run's model (pretrain/final) and cleaned corpus (clean/, whose validation split is the
+    held-out text) into run_dir, where the demo's serve, dpo and evaluate recipes look for them."""
+    sources = {"pretrain/final": base_run / "pretrain" / "final", "clean": base_run / "clean"}
+    missing = [str(path) for path in sources.values() if not path.is_dir()]
+    if missing:
+        raise PipelineError(f"base_run {str(base_run)!r} lacks {', '.join(missing)}: expected a run folder whose "
+                            "pretrain and clean stages finished (e.g. runs/quickstart)")
+    if base_run.resolve() == run_dir.resolve():
+        return
+    for name, source in sources.items():
+        target = run_dir / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+    print(f"[feedback-demo] correcting the model of {base_run} (copied to {run_dir / 'pretrain' / 'final'})",
+          flush=True)
+
+
 def scripted_user(url: str, scenes: list[Scene], max_tokens: int) -> list[dict[str, Any]]:
     """Asks each scene's first wording as the chat page does; a wrong answer gets thumbs down and the scene's word
     as the suggestion. Returns what was asked, answered and sent."""
@@ -225,9 +248,12 @@ def _run_demo(cfg: FeedbackDemoConfig) -> dict[str, Any]:
                             f"{str(run_dir)!r}; the demo replaces that feedback store, so it must be the demo's own "
                             "(e.g. ${run_dir}/serve)")
     demo_dir = run_dir / "demo"
-    prepare = [s for s in PREPARE_STAGES if (recipe_dir / f"{s}.yaml").is_file()]
-    if prepare:
-        run_recipe(recipe_dir, run_dir, stages=prepare)
+    if cfg.base_run:
+        use_base_run(Path(cfg.base_run), run_dir)
+    else:
+        prepare = [s for s in PREPARE_STAGES if (recipe_dir / f"{s}.yaml").is_file()]
+        if prepare:
+            run_recipe(recipe_dir, run_dir, stages=prepare)
 
     # a fresh feedback store: the demo's corrections, not those of an earlier run
     for stale in ("feedback.sqlite", "feedback.sqlite-wal", "feedback.sqlite-shm"):

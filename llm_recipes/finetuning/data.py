@@ -94,7 +94,8 @@ def _load_files(builder: str, files: list[str]):
 
     for file in files:
         if os.path.isfile(file) and not _has_content(file):
-            raise DatasetFormatError(f"dataset file {file!r} is empty (expected {builder} rows)")
+            raise DatasetFormatError(f"dataset file {file!r} is empty (expected {builder} rows)"
+                                     + _feedback_export_note(file))
     try:
         loaded = _as_dict(datasets.load_dataset(builder, data_files=files))
     except Exception as e:  # noqa: BLE001  (datasets raises many types, StopIteration included)
@@ -103,6 +104,22 @@ def _load_files(builder: str, files: list[str]):
     if all(len(split) == 0 for split in loaded.values()):
         raise DatasetFormatError(f"dataset file(s) {', '.join(map(repr, files))} hold no rows")
     return loaded
+
+
+def _feedback_export_note(file: str) -> str:
+    """Why an empty file written by `llm-recipes feedback` is empty (its feedback_summary.json lies next to it):
+    the store held no corrections, so there is nothing to train on; '' for other files."""
+    summary = Path(file).parent / "feedback_summary.json"
+    if not summary.is_file():
+        return ""
+    try:
+        counts = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        counts = {}
+    rows = counts.get("rows", "?") if isinstance(counts, dict) else "?"
+    return (f": it is a feedback export, and the store it came from ({rows} feedback rows) holds no corrections "
+            f"for it, so there is nothing to train on. Correct some answers first (\"suggest a better answer\" or "
+            "thumbs up and down on the chat page), then run `llm-recipes feedback` again")
 
 
 def _has_content(file: str) -> bool:

@@ -25,10 +25,11 @@ from ..evaluation.scoring import LMScorer
 from ..fileio import atomic_directory, atomic_write_json, atomic_write_text
 from ..pipeline.envelope import StageRun
 from ..publishing.model_card import write_stage_card
+from ..runtime.threads import ThreadGovernor
 from ..training.model_folder import save_model_folder
 from ..training.processes import check_process_group
 from ..training.resume import resolve_resume as resume_from
-from . import heldout
+from . import heldout, text_mix
 from .data import BUILTIN_DATASETS, DatasetFormatError, convert_for_stage, load_raw_dataset, split_heldout, write_jsonl
 from .heldout import summarize, verdict_text
 from .lora import LoraTargetError, build_lora_config, merge_adapter
@@ -84,6 +85,14 @@ class FinetuneArguments:
                   "choices": ["random", "sibling", "model"]})
     negatives_max_new_tokens: int = field(
         default=64, metadata={"help": "preference_negatives: model: longest generated answer, in tokens."})
+    text_mix_fraction: float = field(
+        default=0.0,
+        metadata={"help": "SFT with packing: share of the packed training rows that are plain text from "
+                          "text_mix_path's train split, trained with LM loss on every token, so fine-tuning keeps "
+                          "what pretraining taught (0 = none; 0.5 = as many text rows as fine-tuning rows)."})
+    text_mix_path: str | None = field(
+        default=None, metadata={"help": "Clean stage output folder whose train split is mixed in "
+                                        "(text_mix_fraction); defaults to corpus_path."})
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (updates are scaled by alpha / r)."})
@@ -102,8 +111,14 @@ class FinetuneArguments:
                           "the learning-rate schedule still follows max_steps."})
     evaluate_heldout: bool = field(
         default=True, metadata={"help": "Score base and trained model on the held-out data (eval_heldout.json)."})
+    torch_num_threads: int | None = field(
+        default=None, metadata={"help": "CPU threads for torch on the CPU; default: the CPUs free at the stage's "
+                                        "start (other busy processes make extra threads spin and wait), "
+                                        "re-checked at every log line."})
 
     def __post_init__(self):
+        if not 0.0 <= self.text_mix_fraction < 1.0:
+            raise ConfigError(f"text_mix_fraction must be in [0, 1), got {self.text_mix_fraction}")
         negatives = self.__dataclass_fields__["preference_negatives"].metadata["choices"]
         if self.preference_negatives not in negatives:
             raise ConfigError(f"preference_negatives must be one of {', '.join(negatives)}, "
@@ -279,11 +294,21 @@ def run_stage(m: Method, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     if args.preference_negatives == "model" and not m.own_answers:  # before any data or model is loaded
         takers = ", ".join(x.name for x in METHODS if x.own_answers)
         raise ConfigError(f"preference_negatives: model is for the preference stages ({takers}), not {stage!r}")
+    if args.text_mix_fraction and not getattr(train_cfg, "packing", False):  # SFTConfig's option
+        raise ConfigError(f"text_mix_fraction is for sft with packing: true (text rows join its packed batches); "
+                          f"stage {stage!r} {'has packing off' if hasattr(train_cfg, 'packing') else 'packs nothing'}")
+    if args.text_mix_fraction and not (args.text_mix_path or args.corpus_path):
+        raise ConfigError("text_mix_fraction needs text_mix_path (or corpus_path): the clean stage's output folder")
     # under `accelerate launch` every process runs this function; only the main process writes files
     state = PartialState()
     check_process_group(state.num_processes, stage)
     main = state.is_main_process
     output_dir = Path(train_cfg.output_dir)
+    # CPU threads from the CPUs actually free, before the first forward pass (negatives, base scores): with busy
+    # neighbours torch's default of a thread per core made a quickstart DPO step 10x slower (13 s vs 1.2 s)
+    threads = ThreadGovernor(stage, lambda line: print(f"[{stage}] {line.split(': ', 1)[1]}"),
+                             args.torch_num_threads,
+                             active=state.device.type == "cpu" and state.num_processes == 1)
 
     # Load datasets and model (nothing in output_dir changes until every check has passed)
     train, held, fmt = prepare_data(m, args, seed=train_cfg.seed)
@@ -340,8 +365,16 @@ def run_stage(m: Method, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
                                         args.lora_target_modules, args.lora_modules_to_save,
                                         args.use_rslora, args.use_dora)
     trainer = build_trainer(m, model, tokenizer, train_cfg, train, held, peft_config)
+    if args.text_mix_fraction:
+        rows = text_mix.rows_for_fraction(args.text_mix_fraction, len(trainer.train_dataset))
+        chunks = text_mix.text_rows(args.text_mix_path or args.corpus_path, tokenizer, rows, train_cfg.max_length,
+                                    seed=train_cfg.seed)
+        trainer.train_dataset = text_mix.mix_into(trainer.train_dataset, chunks, seed=train_cfg.seed)
+        print(f"[{stage}] text mix: {len(chunks)} rows of {train_cfg.max_length} tokens of plain text among "
+              f"{len(trainer.train_dataset)} packed rows")
+    trainer.add_callback(thread_callback(threads))
     if args.max_train_seconds:
-        trainer.add_callback(time_budget_callback(args.max_train_seconds, stage))
+        trainer.add_callback(time_budget_callback(args.max_train_seconds, stage, threads))
     if resume:
         print(f"[{stage}] resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
@@ -369,8 +402,11 @@ def run_stage(m: Method, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
         print(f"[{stage}] held-out {record['metric']}: base {record['base_value']:.4f} -> trained "
               f"{record['trained_value']:.4f} ({verdict_text(record)})")
     write_model_card(output_dir / "final", stage, args, fmt, len(train), record)
+    cpu = threads.summary()
     run.complete(stage=stage, train_rows=len(train), train_tokens=tokens_trained(trainer),
-                  heldout=record.get("trained_value"))
+                  heldout=record.get("trained_value"), steps=trainer.state.global_step,
+                  torch_num_threads=torch_threads(),
+                  **({"cpu": {**cpu, "busy": threads.busy()}} if cpu else {}))
     wrote = ["final/", "data/", "metrics.jsonl"] + (["adapter/"] if args.use_peft else []) + \
         (["eval_heldout.json"] if record else [])
     print(f"[{stage}] wrote {', '.join(wrote)} in {output_dir}")
@@ -394,8 +430,26 @@ def tokens_trained(trainer, sample: int = 1000) -> int | None:
     return round(rows * mean)
 
 
-def time_budget_callback(seconds: float, stage: str):
-    """A TrainerCallback that ends training once `seconds` of training have passed."""
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def thread_callback(threads: ThreadGovernor):
+    """A TrainerCallback that re-checks the CPU threads at every log line (`ThreadGovernor.recheck`)."""
+    from transformers import TrainerCallback
+
+    class Threads(TrainerCallback):
+        def on_log(self, args, state, control, **kwargs):
+            threads.recheck()
+
+    return Threads()
+
+
+def time_budget_callback(seconds: float, stage: str, threads: ThreadGovernor | None = None):
+    """A TrainerCallback that ends training once `seconds` of training have passed; when other processes kept
+    the CPUs busy (`threads`), it says the budget trained fewer steps than a quiet machine gives."""
     import time
 
     from transformers import TrainerCallback
@@ -406,7 +460,13 @@ def time_budget_callback(seconds: float, stage: str):
 
         def on_step_end(self, args, state, control, **kwargs):
             if time.monotonic() - self.start > seconds and not control.should_training_stop:
-                print(f"[{stage}] time budget of {seconds:.0f} s reached at step {state.global_step}; stopping")
+                print(f"[{stage}] time budget of {seconds:.0f} s reached at step {state.global_step} of "
+                      f"{state.max_steps}; stopping")
+                if threads is not None and threads.busy():
+                    free = threads.summary()
+                    print(f"[{stage}] the machine was busy: {free['cpus_free_mean']:.1f} of {free['cpus']} CPUs "
+                          f"free on average, so this budget trained {state.global_step} of {state.max_steps} "
+                          "steps, fewer than a quiet machine gives")
                 control.should_training_stop = True
             return control
 
