@@ -242,3 +242,21 @@ def test_report_card_says_when_pretraining_got_far_fewer_tokens_than_planned(tmp
     assert "Sized by the compute-budget dial: 2.11M parameters (depth 3), 1,000,000 tokens planned" in card
     warning = "**Fewer tokens than planned**: pretraining trained 300,000 tokens, 30% of the 1,000,000 planned"
     assert (warning in card) == (trained == 300_000)
+
+
+def test_dial_plan_script_prints_the_plan_for_an_assumed_device_and_for_this_cpu(capsys):
+    """benchmarks/pretrain/dial_plan.py: the printout behind the GPU figure in benchmarks/README.md, and its probe
+    path (the one gpu_sizing.sh runs on a GPU) here on the CPU."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dial_plan", REPO / "benchmarks/pretrain/dial_plan.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--budget", "60", "360", "--flops_per_s", "4e14", "--overhead_s", "0.02", "--memory_gb", "130",
+                        "--bf16", "--device", "cpu"]) == 0
+    short, long = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert long["plan"]["parameters"] >= short["plan"]["parameters"] > 1e6
+    assert long["plan"]["throughput"]["note"] == "assumed (--flops_per_s)"
+    assert script.main(["--budget", "30", "--device", "cpu", "--memory_gb", "4"]) == 0
+    probed = json.loads(capsys.readouterr().out)
+    assert probed["plan"]["throughput"]["measured"] and probed["plan"]["throughput"]["probes"]

@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                                                             device.type, False), memory, args.unique_tokens or None,
                              bf16=bf16)
             top = first.depth
-            throughput = measure_throughput(device, args.vocab, [max(1, top // 2), top], seq_len_for_depth(top),
-                                            min(16, first.per_device_train_batch_size), bf16=bf16)
+            throughput = measure_throughput(device, args.vocab, [max(1, top // 2), max(2, top)],
+                                            seq_len_for_depth(top), min(16, first.per_device_train_batch_size),
+                                            bf16=bf16)
         plan = plan_run(budget, args.vocab, throughput, memory, args.unique_tokens or None, bf16=bf16)
         print(json.dumps({"device": name, "budget_s": budget, "summary": plan.describe(), "plan": plan.as_dict()}),
               flush=True)

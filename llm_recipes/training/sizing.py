@@ -496,7 +496,8 @@ def size_run(cfg, tokenizer, accelerator, unique_tokens: int | None, say, saved:
         except BudgetError:  # the guess may be slower than the device: probe the smallest model
             top, seq_len, rows = 1, fixed.get("seq_len") or 128, 16
         try:
-            depths = [max(1, top // 2), top] if "shape" not in fixed else [top]
+            # two depths, so that the fit separates the per-step overhead from the FLOP rate (one point cannot)
+            depths = [max(1, top // 2), max(2, top)] if "shape" not in fixed else [top]
             throughput = measure_throughput(device, vocab, depths, seq_len, rows, bf16=bf16)
         except Exception as e:  # noqa: BLE001 - any failure of the probe falls back to the stated guess
             throughput = fallback_throughput(device.type, f"the probe failed: {type(e).__name__}: {e}",
