@@ -67,7 +67,7 @@ def test_values_are_type_checked_and_converted(tmp_path):
 
     with pytest.raises(ConfigError, match="'min_chars' must be an integer, got list"):
         _parse(tmp_path, "clean", {"min_chars": [1, 2]})
-    with pytest.raises(ConfigError, match="'seq_len' must be an integer, got bool"):
+    with pytest.raises(ConfigError, match="'seq_len' must be an integer( or null)?, got bool"):
         _parse(tmp_path, "pretrain", {"output_dir": "o", "seq_len": True})
     with pytest.raises(ConfigError, match="'output_dir' must be a string, got dict"):
         _parse(tmp_path, "clean", {"output_dir": {"a": 1}})

@@ -161,11 +161,19 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
                                                       if isinstance(v, (int, float))), ""]
         if plot:
             lines += ["![loss curves](report_loss.png)", ""]
-        cpu = (read_json(folder("pretrain") / "train_summary.json") or {}).get("cpu") or {}
+        train_summary = read_json(folder("pretrain") / "train_summary.json") or {}
+        cpu = train_summary.get("cpu") or {}
         if cpu.get("busy"):
             lines += [f"**The machine was busy while pretraining**: {cpu['cpus_free_mean']} of {cpu['cpus']} CPUs "
                       "were free on average, so a time-budgeted run trained on fewer tokens than a quiet machine "
                       "gives (`pretrain/train_summary.json`).", ""]
+        sizing = train_summary.get("sizing") or {}
+        if sizing:
+            lines += [f"Sized by the compute-budget dial: {sizing['parameters'] / 1e6:.2f}M parameters (depth "
+                      f"{sizing['depth']}), {sizing['planned_tokens']:,} tokens planned, "
+                      f"{train_summary.get('tokens', 0):,} trained (`pretrain/sizing.json`).", ""]
+        if sizing.get("shortfall"):
+            lines += [f"**Fewer tokens than planned**: pretraining {sizing['shortfall']}.", ""]
 
     # -- evaluation across stages
     comparison = folder("evaluate") / "comparison.md"

@@ -11,6 +11,9 @@ from ..config import RESUME_LATEST, RESUME_OFF, ConfigError, check_range
 SCHEDULES = ("cosine", "wsd", "linear", "constant")
 DATA_MODES = ("stream", "shards")
 OPTIMIZERS = ("adamw", "muon")
+# what the keys the compute-budget dial chooses are without it
+FIXED_DEFAULTS = {"model_preset": "micro", "seq_len": 256, "per_device_train_batch_size": 8,
+                  "gradient_accumulation_steps": 1, "learning_rate": 6e-4, "warmup_steps": 100, "max_steps": 1000}
 
 
 @dataclass
@@ -33,14 +36,26 @@ class PretrainConfig:
         "help": "Documents held in the stream shuffle buffer (data_mode 'stream'); 0 keeps file order."})
 
     # -- the model ---------------------------------------------------------------------------------
-    model_preset: str = field(default="micro", metadata={
-        "help": "Size preset of a new RecipeGPT: test, nano, micro, gpt2-small, gpt2-medium, 1b."})
+    compute_budget_seconds: Optional[float] = field(default=None, metadata={
+        "help": "The dial: seconds of training on this device. Sizes a new model (depth, hence width), its seq_len, "
+                "batch, learning rate, warmup and token count from a timing probe of the device and a scaling "
+                "law fitted on CPU sweeps (llm_recipes/training/sizing.py), and sets max_train_seconds. Keys set "
+                "in the recipe win over the dial's choice; the choice is logged and written to sizing.json and "
+                "run_info.json."})
+    model_depth: Optional[int] = field(default=None, metadata={
+        "help": "Layers of a new model in the dial's family (64 x depth wide, 64-wide heads; depth 4 is 4 x 256, "
+                "12 is GPT-2 small's 12 x 768); replaces model_preset. With compute_budget_seconds: fixes the "
+                "depth and the dial derives the rest."})
+    model_preset: Optional[str] = field(default=None, metadata={
+        "help": "Size preset of a new RecipeGPT: test, nano, micro, gpt2-small, gpt2-medium, 1b (default micro; "
+                "with compute_budget_seconds the dial picks the size unless this is set)."})
     init_from: Optional[str] = field(default=None, metadata={
         "help": "HF model folder to continue pretraining from (domain-adaptive pretraining); replaces model_preset."})
     model_overrides: Optional[Union[dict, str]] = field(default=None, metadata={
         "help": "Per-key overrides of the preset config, a mapping (YAML) or JSON string, e.g. "
                 "{\"num_hidden_layers\": 4, \"hidden_size\": 128}."})
-    seq_len: int = field(default=256, metadata={"help": "Tokens per packed training row (context length)."})
+    seq_len: Optional[int] = field(default=None, metadata={
+        "help": "Tokens per packed training row (context length); default 256, or the dial's choice."})
     rope_scaling: Optional[Union[dict, str]] = field(default=None, metadata={
         "help": "Context extension with init_from: continue pretraining at a seq_len longer than the checkpoint's "
                 "context with scaled RoPE, a mapping (YAML) or JSON string of transformers' rope_parameters, e.g. "
@@ -57,11 +72,13 @@ class PretrainConfig:
                 "causal kernels on GPU."})
 
     # -- optimisation ------------------------------------------------------------------------------
-    learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate of AdamW."})
+    learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "Peak learning rate of AdamW; default 6e-4, or the dial's choice."})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "Final learning rate as a fraction of the peak."})
     lr_scheduler_type: str = field(default="cosine", metadata={
         "help": "Schedule after linear warmup: cosine, wsd (warmup-stable-decay), linear, constant."})
-    warmup_steps: int = field(default=100, metadata={"help": "Linear warmup steps from 0 to the peak learning rate."})
+    warmup_steps: Optional[int] = field(default=None, metadata={
+        "help": "Linear warmup steps from 0 to the peak learning rate; default 100, or the dial's choice."})
     decay_ratio: float = field(default=0.2, metadata={
         "help": "wsd only: fraction of training spent in the final (linear) decay."})
     optim: str = field(default="adamw", metadata={
@@ -74,13 +91,16 @@ class PretrainConfig:
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables clipping)."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Packed rows per micro-batch per process."})
+    per_device_train_batch_size: Optional[int] = field(default=None, metadata={
+        "help": "Packed rows per micro-batch per process; default 8, or the dial's choice."})
     per_device_eval_batch_size: Optional[int] = field(default=None, metadata={
         "help": "Rows per evaluation batch per process (default: the train batch size)."})
-    gradient_accumulation_steps: int = field(default=1, metadata={
-        "help": "Micro-batches per optimizer step; the loss is normalised by the token count of all of them."})
-    max_steps: int = field(default=1000, metadata={
-        "help": "Optimizer steps to train (an upper bound with max_train_seconds)."})
+    gradient_accumulation_steps: Optional[int] = field(default=None, metadata={
+        "help": "Micro-batches per optimizer step; the loss is normalised by the token count of all of them "
+                "(default 1, or the dial's choice)."})
+    max_steps: Optional[int] = field(default=None, metadata={
+        "help": "Optimizer steps to train (an upper bound with max_train_seconds); default 1000, with the dial "
+                "ten times its planned steps."})
     max_train_seconds: Optional[float] = field(default=None, metadata={
         "help": "Wall-clock training budget in seconds; the learning-rate schedule then runs on elapsed time, "
                 "so the decay completes within the budget (CPU benchmarks). Not exactly reproducible."})
@@ -130,12 +150,25 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Raises ConfigError naming the key for values that cannot work."""
-        if self.max_steps < 1:
-            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
-        for key in ("seq_len", "per_device_train_batch_size", "gradient_accumulation_steps"):
-            if getattr(self, key) < 1:
+        if self.compute_budget_seconds is not None:
+            if self.compute_budget_seconds <= 0:
+                raise ConfigError(f"compute_budget_seconds must be positive, got {self.compute_budget_seconds}")
+            if self.init_from:
+                raise ConfigError("compute_budget_seconds sizes a new model; with init_from the model's size is "
+                                  "fixed: set max_train_seconds instead")
+        else:  # no dial: what is not set takes the fixed defaults
+            for key, value in FIXED_DEFAULTS.items():
+                if getattr(self, key) is None and not (key == "model_preset" and self.model_depth is not None):
+                    setattr(self, key, value)
+        if self.model_depth is not None and self.model_depth < 1:
+            raise ConfigError(f"model_depth must be at least 1, got {self.model_depth}")
+        if self.model_depth is not None and self.model_preset is not None:
+            raise ConfigError("set model_depth or model_preset, not both (a depth defines the whole shape)")
+        # keys the dial chooses are None until it has (loop.pretrain sizes the run, then validates again)
+        for key in ("max_steps", "seq_len", "per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.seq_len < 2:
+        if self.seq_len is not None and self.seq_len < 2:
             raise ConfigError(f"seq_len must be at least 2 (one input and one target token), got {self.seq_len}")
         if self.data_mode not in DATA_MODES:
             raise ConfigError(f"data_mode must be one of {', '.join(DATA_MODES)}, got {self.data_mode!r}")
@@ -144,13 +177,13 @@ class PretrainConfig:
         if self.lr_scheduler_type not in SCHEDULES:
             raise ConfigError(
                 f"lr_scheduler_type must be one of {', '.join(SCHEDULES)}, got {self.lr_scheduler_type!r}")
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None and self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 < self.decay_ratio <= 1:
             raise ConfigError(f"decay_ratio must be in (0, 1], got {self.decay_ratio}")
-        if self.warmup_steps < 0 or self.save_steps < 0 or self.eval_steps < 0 or self.logging_steps < 0:
+        if (self.warmup_steps or 0) < 0 or self.save_steps < 0 or self.eval_steps < 0 or self.logging_steps < 0:
             raise ConfigError("warmup_steps, save_steps, eval_steps and logging_steps must not be negative")
         if self.save_total_limit < 1:
             raise ConfigError(f"save_total_limit must be at least 1, got {self.save_total_limit}")
@@ -196,6 +229,11 @@ class PretrainConfig:
             self.report_to = [self.report_to]
         if isinstance(self.sample_prompts, str):
             self.sample_prompts = [self.sample_prompts]
+
+    @property
+    def sized(self) -> bool:
+        """Every key the compute-budget dial may choose has a value (always so without compute_budget_seconds)."""
+        return all(getattr(self, key) is not None for key in FIXED_DEFAULTS if key != "model_preset")
 
     @property
     def trackers(self) -> list[str]:

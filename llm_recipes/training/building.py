@@ -9,6 +9,7 @@ import torch
 from ..config import ConfigError
 from ..model import config_from_preset
 from ..tokenizer.bpe import round_vocab_size
+from .sizing import shape_for_depth
 
 
 def load_tokenizer(cfg):
@@ -53,6 +54,8 @@ def build_model(cfg, tokenizer):
                                                      trust_remote_code=True)
     else:
         overrides = dict(cfg.model_overrides or {})
+        if cfg.model_depth is not None:  # the dial's family: the depth gives the shape, overrides still win
+            overrides = {**shape_for_depth(cfg.model_depth), **overrides}
         overrides.setdefault("vocab_size", round_vocab_size(len(tokenizer)))
         overrides.setdefault("max_position_embeddings", cfg.seq_len)
         limit = overrides["max_position_embeddings"]
@@ -62,7 +65,7 @@ def build_model(cfg, tokenizer):
                               f"the saved model would claim a context shorter than it was trained on; raise "
                               f"max_position_embeddings or lower seq_len")
         try:
-            config = config_from_preset(cfg.model_preset, bos_token_id=tokenizer.bos_token_id,
+            config = config_from_preset(cfg.model_preset or "micro", bos_token_id=tokenizer.bos_token_id,
                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                         **overrides)
         except (TypeError, ValueError) as e:

@@ -174,6 +174,15 @@ def token_shards(cfg, tokenizer, split: str, accelerator) -> Path:
     return out
 
 
+def corpus_tokens(cfg, tokenizer, accelerator) -> int | None:
+    """Training tokens in the corpus (for the compute-budget dial): exact from the token shards (written now if
+    they are not there yet), None in stream mode (counting would mean tokenizing everything first)."""
+    if cfg.data_mode != "shards":
+        return None
+    meta = json.loads((token_shards(cfg, tokenizer, "train", accelerator) / "meta.json").read_text())
+    return int(meta["num_tokens"])
+
+
 def build_train_batches(cfg, tokenizer, accelerator) -> TrainBatches:
     """The training micro-batches of this process."""
     from torch.utils.data import DataLoader
@@ -201,8 +210,9 @@ def build_train_batches(cfg, tokenizer, accelerator) -> TrainBatches:
 
 
 def build_eval_batches(cfg, tokenizer, accelerator) -> list[dict[str, torch.Tensor]]:
-    """The first eval_max_batches validation batches of this process (processes get disjoint rows),
-    held in memory so every evaluation scores the same tokens."""
+    """eval_max_batches validation batches of this process (processes get disjoint rows), held in memory so every
+    evaluation scores the same tokens: in shards mode rows spread evenly over the split, in stream mode its first
+    rows (a stream is read in order)."""
     from torch.utils.data import DataLoader
 
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -211,6 +221,12 @@ def build_eval_batches(cfg, tokenizer, accelerator) -> list[dict[str, torch.Tens
     if cfg.data_mode == "shards":
         dataset = packing.TokenShardDataset(token_shards(cfg, tokenizer, "validation", accelerator), cfg.seq_len)
         rows = list(range(rank, len(dataset), world))
+        if limit is not None and limit * batch < len(rows):
+            # rows spread evenly over the whole split, not its first ones: the split is in file order, which
+            # groups documents by source (pydoc topics first, then one package after another), and the first
+            # quarter of the quickstart's was 0.23 bits/byte easier than the whole (benchmarks/README.md)
+            wanted = limit * batch
+            rows = [rows[i * len(rows) // wanted] for i in range(wanted)]
         chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
         batches = [collate([dataset[i] for i in chunk]) for chunk in chunks[:limit]]
     else:

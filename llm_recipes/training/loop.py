@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import ConfigError, config_to_dict
-from ..fileio import atomic_write_json, remove_leftovers
+from ..fileio import atomic_write_json, read_json, remove_leftovers
 from ..pipeline.envelope import StageRun
 from ..runtime.threads import ThreadGovernor
 from ..tokenizer.bpe import end_of_turn_token_ids
@@ -32,12 +32,13 @@ from .checkpoint import (
     save_checkpoint,
     tokenizer_fingerprint,
 )
-from .data import build_eval_batches, build_train_batches
+from .data import build_eval_batches, build_train_batches, corpus_tokens
 from .evaluation import evaluate, generate_samples, shifted_targets, token_byte_lengths, token_loss_sum
 from .model_folder import save_model_folder
 from .monitor import MetricsLog, OutlierGuard, model_flops_utilization, peak_flops
 from .processes import check_process_group
 from .schedule import learning_rate_at
+from .sizing import SIZING_FILE, record_plan, shortfall, size_run
 
 
 @dataclass
@@ -121,8 +122,20 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     threads = ThreadGovernor("pretrain", say, cfg.torch_num_threads,
                              active=accelerator.device.type == "cpu" and accelerator.num_processes == 1)
 
-    # ---- model, data, optimizer -------------------------------------------------------------------
+    # ---- the compute-budget dial, model, data, optimizer ---------------------------------------------
     tokenizer = load_tokenizer(cfg)
+    resume = None
+    if not cfg.overwrite_output_dir:  # an overwrite deletes the checkpoints instead
+        resume = resolve_resume(cfg.resume_from_checkpoint, checkpoints, warn=lambda m: say(f"pretrain: {m}"))
+    plan = None
+    if cfg.compute_budget_seconds is not None:
+        if model is not None:
+            raise ConfigError("compute_budget_seconds sizes a new model; it cannot size a model passed in")
+        if cfg.dataset_path is None:
+            raise ConfigError("dataset_path is required (the folder written by `llm-recipes clean`)")
+        saved = read_json(out / SIZING_FILE) if resume is not None else None
+        plan = size_run(cfg, tokenizer, accelerator, corpus_tokens(cfg, tokenizer, accelerator), say,
+                        saved=saved.get("plan") if isinstance(saved, dict) else None)
     if model is None:
         model = build_model(cfg, tokenizer)
     else:
@@ -137,13 +150,12 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
                     "max_position_embeddings": getattr(model.config, "max_position_embeddings", None),
                     "tokenizer_sha256": tokenizer_fingerprint(cfg.tokenizer_path or cfg.init_from),
                     **{k: getattr(cfg, k) for k in ("seq_len", "data_mode", "per_device_train_batch_size")}}
-    resume = None
-    if not cfg.overwrite_output_dir:  # an overwrite deletes the checkpoints instead
-        resume = resolve_resume(cfg.resume_from_checkpoint, checkpoints, warn=lambda m: say(f"pretrain: {m}"))
     if resume is not None:
         check_resume(resume, run_identity, accelerator.num_processes)
     run = run or StageRun("pretrain", cfg.output_dir, cfg)
     _start_output_dir(cfg, run, accelerator, checkpoints)  # every check passed: from here on the old output goes
+    if plan is not None and accelerator.is_main_process:
+        record_plan(out, plan)
     byte_lengths = token_byte_lengths(tokenizer, model.config.vocab_size)
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
@@ -234,6 +246,9 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
                     free = threads.summary()
                     say(f"pretrain: the machine was busy: {free['cpus_free_mean']:.1f} of {free['cpus']} CPUs free on "
                         f"average, so this budget trained {tokens:,} tokens, fewer than a quiet machine gives")
+                short = shortfall(tokens, plan.planned_tokens if plan else None)
+                if short:
+                    say(f"pretrain: warning: {short}")
                 break
             progress = elapsed / budget
         t0 = time.perf_counter()
@@ -327,6 +342,10 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
         summary = {"steps": step, "tokens": tokens, "skipped_steps": skipped,
                    "eval": result.eval_metrics, "final_dir": str(result.final_dir),
                    **({"cpu": {**cpu, "busy": threads.busy()}} if cpu else {})}
+        if plan is not None:
+            summary["sizing"] = {"parameters": plan.parameters, "depth": plan.depth,
+                                 "planned_tokens": plan.planned_tokens, "planned_steps": plan.planned_steps,
+                                 "shortfall": shortfall(tokens, plan.planned_tokens)}
         atomic_write_json(out / "train_summary.json", summary)
         run.complete(**summary)
         say(f"pretrain: {step} steps, {tokens:,} tokens, {skipped} skipped updates; "
@@ -363,7 +382,8 @@ def _card_lines(cfg, result: PretrainResult, model) -> list[str]:
     """The body of the pretrained model's card (`publishing.model_card.write_stage_card` adds the metadata)."""
     m = result.eval_metrics
     n_params = sum(p.numel() for p in model.parameters())
-    source = f"continued from `{cfg.init_from}`" if cfg.init_from else f"preset `{cfg.model_preset}`"
+    source = (f"continued from `{cfg.init_from}`" if cfg.init_from else f"preset `{cfg.model_preset}`"
+              if cfg.model_preset else f"depth {cfg.model_depth}")
     lines = [
         "# Pretrained with llm_recipes", "",
         f"A {n_params / 1e6:.1f}M-parameter {model.config.model_type} ({source}) pretrained with "
