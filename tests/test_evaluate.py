@@ -458,3 +458,19 @@ def test_heldout_budget_cuts_the_last_document(tmp_path):
     assert texts == ["é" * 50, "b" * 50] and sum(len(t.encode()) for t in texts) == 150
     assert load_heldout_texts(str(held), max_bytes=5) == ["éé"]  # a 2-byte character is never split
     assert load_heldout_texts(str(held), max_documents=2) == ["é" * 50, "b" * 100]
+
+
+def test_heldout_budget_samples_the_whole_split_not_its_first_source(tmp_path):
+    """A clean split is in source order; a budget takes documents at even steps over all of it."""
+    from llm_recipes.evaluation.data import load_heldout_texts
+
+    rows = [{"text": f"{source} document {i}"} for source in ("pydoc", "torch", "sympy", "numpy")
+            for i in range(25)]
+    held = write_jsonl(tmp_path / "held.jsonl", rows)
+    texts = load_heldout_texts(str(held), max_documents=8)
+    assert [t.split()[0] for t in texts] == ["pydoc", "pydoc", "torch", "torch", "sympy", "sympy", "numpy", "numpy"]
+    texts = load_heldout_texts(str(held), max_bytes=20 * 16)  # ~16 documents' worth
+    assert {t.split()[0] for t in texts} == {"pydoc", "torch", "sympy", "numpy"}
+    assert sum(len(t.encode()) for t in texts) <= 20 * 16
+    order = [[r["text"] for r in rows].index(t) for t in texts[:-1]]  # the last one is cut to the budget
+    assert order == sorted(order)  # file order kept
