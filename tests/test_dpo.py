@@ -149,3 +149,40 @@ def test_unknown_negatives_source_is_a_clear_error(tiny_model_dir, tmp_path, cap
     with pytest.raises(SystemExit):
         dpo.main(stage_argv(tiny_model_dir, tmp_path / "o", dataset_name="x.jsonl", preference_negatives="mine"))
     assert "invalid choice: 'mine'" in capsys.readouterr().err
+
+
+def test_text_loss_keeps_the_text_model_during_dpo(tiny_model_dir, tmp_path):
+    """Same DPO run with and without `text_loss_weight`: with it, the LM loss on the corpus' text is logged and
+    ends lower than without it (the preference loss alone never looks at plain text)."""
+    import pytest
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_recipes.config import ConfigError
+    from llm_recipes.finetuning import text_mix
+
+    clean = write_clean_folder(tmp_path / "clean")
+    common = dict(dataset_name="python-docs-preferences", corpus_path=clean, heldout_fraction=0.25, beta=0.1,
+                  torch_num_threads=1, max_steps=6, learning_rate=3e-3, logging_steps=1)
+    assert dpo.main(stage_argv(tiny_model_dir, tmp_path / "plain", **common)) == 0
+    assert dpo.main(stage_argv(tiny_model_dir, tmp_path / "text", text_loss_weight=1.0, **common)) == 0
+    logged = [json.loads(line) for line in (tmp_path / "text" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["text_loss"] for m in logged if "text_loss" in m] and all(
+        math.isfinite(m["text_loss"]) for m in logged if "text_loss" in m)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = torch.tensor(text_mix.text_rows(str(clean), tokenizer, rows=16, max_length=64, seed=7))
+
+    def text_loss(folder):
+        model = AutoModelForCausalLM.from_pretrained(folder / "final").eval()
+        with torch.no_grad():
+            return float(model(input_ids=rows, labels=rows).loss)
+
+    assert text_loss(tmp_path / "text") < text_loss(tmp_path / "plain")
+
+    with pytest.raises(ConfigError, match="text_loss_weight is for the preference stages; 'sft'"):
+        from llm_recipes import sft
+
+        sft.main(stage_argv(tiny_model_dir, tmp_path / "s", dataset_name="x.jsonl", text_loss_weight=0.5))
+    with pytest.raises(ConfigError, match="text_loss_weight must be a finite number >= 0"):
+        dpo.main(stage_argv(tiny_model_dir, tmp_path / "o", dataset_name="x.jsonl", text_loss_weight=-1))

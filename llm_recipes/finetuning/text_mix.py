@@ -1,4 +1,5 @@
-"""Plain text mixed into SFT's packed batches, so fine-tuning keeps what pretraining taught.
+"""Plain text mixed into fine-tuning, so it keeps what pretraining taught: rows in SFT's packed batches, and
+for the preference stages (DPO, KTO, ORPO) a language-model loss on a batch of text added to every step's loss.
 
 Fine-tuning a small model on question/answer pairs alone moved its held-out text bits per byte up (the quickstart:
 +0.11 bits/byte after 80 SFT steps, beyond the 95% interval): the answers' narrow style replaces the general text
@@ -7,8 +8,10 @@ mix" of InstructGPT's PPO-ptx) is the usual remedy. The text comes from the clea
 held-out bits per byte is measured on its validation split), tokenized as pretraining does (documents joined
 with EOS), cut into rows of exactly max_length tokens that are trained with plain LM loss on every token.
 
-The rows are added after TRL has tokenized and packed the fine-tuning data, in the same columns
-(`input_ids`, `labels`, `seq_lengths`), so the Trainer's shuffled sampler puts both kinds into each batch.
+For SFT the rows are added after TRL has tokenized and packed the fine-tuning data, in the same columns
+(`input_ids`, `labels`, `seq_lengths`), so the Trainer's shuffled sampler puts both kinds into each batch. The
+preference trainers' batches are pairs, so there the text is a second forward pass per step on its own batch,
+weighted by `text_loss_weight` (the "-ptx" term of InstructGPT's PPO-ptx, on DPO's loss instead of PPO's).
 """
 
 from __future__ import annotations
@@ -76,3 +79,35 @@ def mix_into(packed, chunks: list[list[int]], seed: int = 42):
                              "seq_lengths": [[len(c)] for c in chunks]}
     text = Dataset.from_dict(extra).cast(packed.select_columns(list(PACKED_COLUMNS)).features)
     return concatenate_datasets([packed.select_columns(list(PACKED_COLUMNS)), text]).shuffle(seed=seed)
+
+
+def with_text_loss(trainer_class: type, chunks: list[list[int]], weight: float, rows_per_step: int) -> type:
+    """`trainer_class` (a TRL preference trainer) whose training loss is its own plus `weight` x the LM loss of
+    `rows_per_step` text rows, taken from `chunks` in turn. The text loss is logged as `text_loss`."""
+    import torch
+
+    class TextLossTrainer(trainer_class):
+        _text_position = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            if not model.training:  # evaluation scores the preference loss alone
+                return result
+            start = self._text_position % len(chunks)
+            rows = [chunks[(start + i) % len(chunks)] for i in range(rows_per_step)]
+            self._text_position = start + rows_per_step
+            ids = torch.tensor(rows, device=self.accelerator.device)
+            text_loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            self._text_losses = getattr(self, "_text_losses", []) + [float(text_loss.detach())]
+            loss = (result[0] if return_outputs else result) + weight * text_loss
+            return (loss, result[1]) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if getattr(self, "_text_losses", None) and "loss" in logs:
+                logs["text_loss"] = sum(self._text_losses) / len(self._text_losses)
+                self._text_losses = []
+            return super().log(logs, *args, **kwargs)
+
+    TextLossTrainer.__name__ = f"{trainer_class.__name__}WithTextLoss"
+    return TextLossTrainer

@@ -13,6 +13,7 @@ Nothing here branches on a method's name: what differs between methods is data i
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -92,7 +93,12 @@ class FinetuneArguments:
                           "what pretraining taught (0 = none; 0.5 = as many text rows as fine-tuning rows)."})
     text_mix_path: str | None = field(
         default=None, metadata={"help": "Clean stage output folder whose train split is mixed in "
-                                        "(text_mix_fraction); defaults to corpus_path."})
+                                        "(text_mix_fraction, text_loss_weight); defaults to corpus_path."})
+    text_loss_weight: float = field(
+        default=0.0,
+        metadata={"help": "Preference stages (dpo, kto, orpo): add this x the LM loss of a batch of plain text from "
+                          "text_mix_path's train split to every training step's loss, so the preference training "
+                          "does not erode the text model (0 = off; one process only)."})
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (updates are scaled by alpha / r)."})
@@ -119,6 +125,8 @@ class FinetuneArguments:
     def __post_init__(self):
         if not 0.0 <= self.text_mix_fraction < 1.0:
             raise ConfigError(f"text_mix_fraction must be in [0, 1), got {self.text_mix_fraction}")
+        if not (self.text_loss_weight >= 0.0 and math.isfinite(self.text_loss_weight)):
+            raise ConfigError(f"text_loss_weight must be a finite number >= 0, got {self.text_loss_weight}")
         negatives = self.__dataclass_fields__["preference_negatives"].metadata["choices"]
         if self.preference_negatives not in negatives:
             raise ConfigError(f"preference_negatives must be one of {', '.join(negatives)}, "
@@ -279,10 +287,10 @@ class HeldoutScorer:
 # -- the stage ---------------------------------------------------------------------------------------------
 
 
-def build_trainer(m: Method, model, tokenizer, train_cfg, train, held, peft_config):
+def build_trainer(trainer_class: type, model, tokenizer, train_cfg, train, held, peft_config):
     eval_dataset = (held if held is not None and str(train_cfg.eval_strategy) not in ("no", "IntervalStrategy.NO")
                     else None)
-    return m.trainer_class()(model=model, args=train_cfg, train_dataset=train, eval_dataset=eval_dataset,
+    return trainer_class(model=model, args=train_cfg, train_dataset=train, eval_dataset=eval_dataset,
                              processing_class=tokenizer, peft_config=peft_config)
 
 
@@ -299,9 +307,17 @@ def run_stage(m: Method, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
                           f"stage {stage!r} {'has packing off' if hasattr(train_cfg, 'packing') else 'packs nothing'}")
     if args.text_mix_fraction and not (args.text_mix_path or args.corpus_path):
         raise ConfigError("text_mix_fraction needs text_mix_path (or corpus_path): the clean stage's output folder")
+    if args.text_loss_weight and not m.own_answers:
+        raise ConfigError(f"text_loss_weight is for the preference stages; {stage!r} mixes text with "
+                          "text_mix_fraction")
+    if args.text_loss_weight and not (args.text_mix_path or args.corpus_path):
+        raise ConfigError("text_loss_weight needs text_mix_path (or corpus_path): the clean stage's output folder")
     # under `accelerate launch` every process runs this function; only the main process writes files
     state = PartialState()
     check_process_group(state.num_processes, stage)
+    if args.text_loss_weight and state.num_processes > 1:
+        # DDP expects one forward pass per backward; the text loss is a second one
+        raise ConfigError(f"text_loss_weight runs on one process; this launch has {state.num_processes}")
     main = state.is_main_process
     output_dir = Path(train_cfg.output_dir)
     # CPU threads from the CPUs actually free, before the first forward pass (negatives, base scores): with busy
@@ -364,7 +380,16 @@ def run_stage(m: Method, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
         peft_config = build_lora_config(model, args.lora_r, args.lora_alpha, args.lora_dropout,
                                         args.lora_target_modules, args.lora_modules_to_save,
                                         args.use_rslora, args.use_dora)
-    trainer = build_trainer(m, model, tokenizer, train_cfg, train, held, peft_config)
+    trainer_class = m.trainer_class()
+    if args.text_loss_weight:
+        rows = train_cfg.per_device_train_batch_size
+        chunks = text_mix.text_rows(args.text_mix_path or args.corpus_path, tokenizer,
+                                    rows * min(train_cfg.max_steps if train_cfg.max_steps > 0 else 1000, 1000),
+                                    train_cfg.max_length, seed=train_cfg.seed)
+        trainer_class = text_mix.with_text_loss(trainer_class, chunks, args.text_loss_weight, rows)
+        print(f"[{stage}] text loss: {args.text_loss_weight} x LM loss on {rows} rows of {train_cfg.max_length} "
+              f"tokens of plain text per step ({len(chunks)} rows in turn)")
+    trainer = build_trainer(trainer_class, model, tokenizer, train_cfg, train, held, peft_config)
     if args.text_mix_fraction:
         rows = text_mix.rows_for_fraction(args.text_mix_fraction, len(trainer.train_dataset))
         chunks = text_mix.text_rows(args.text_mix_path or args.corpus_path, tokenizer, rows, train_cfg.max_length,
@@ -529,7 +554,8 @@ def set_aside_broken_checkpoints(output_dir: Path, after: str) -> list[Path]:
 
 
 def _short(scores: dict) -> dict:
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
+    """The summary numbers for the log line; the item-level lists stay in eval_heldout.json."""
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items() if k != "per_item"}
 
 
 def write_metrics(log_history: list[dict], path: Path) -> None:
