@@ -20,6 +20,15 @@ def split_files(folder: str | os.PathLike, split: str) -> list[str]:
     return sorted(glob.glob(os.path.join(os.fspath(folder), split, "*.parquet")))
 
 
+def evenly_spaced(items: list, count: int) -> list:
+    """`count` items at even steps over the list (all of it when count >= len), in their order. How a sample of a
+    split is taken: the clean stage writes documents in source order (one kind of documentation after another),
+    so its first rows are a sample of one source."""
+    if count >= len(items):
+        return items
+    return [items[i * len(items) // count] for i in range(count)]
+
+
 def load_clean_splits(path: str | os.PathLike):
     """Loads a clean stage's output folder as a `datasets.DatasetDict` with `train` and `validation`. A split the
     clean stage left without documents (its one placeholder file has the columns and no rows) loads as an

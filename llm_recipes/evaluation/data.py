@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.splits import split_files
+from ..data.splits import evenly_spaced, split_files
 from .models import EvalInputError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
@@ -213,10 +213,10 @@ def load_heldout_texts(path: str, text_field: str = "text", max_documents: int |
     if not texts:
         raise EvalInputError(f"heldout_data {path!r}: no non-empty {text_field!r} texts (empty set)")
     if max_documents:
-        texts = spread(texts, max_documents)
+        texts = evenly_spaced(texts, max_documents)
     if max_bytes:
         mean_size = sum(len(t.encode("utf-8")) for t in texts) / len(texts)
-        texts = spread(texts, math.ceil(max_bytes / mean_size))
+        texts = evenly_spaced(texts, math.ceil(max_bytes / mean_size))
         kept, total = [], 0
         for text in texts:
             size = len(text.encode("utf-8"))
@@ -231,13 +231,6 @@ def load_heldout_texts(path: str, text_field: str = "text", max_documents: int |
             total += size
         texts = kept
     return texts
-
-
-def spread(items: list, count: int) -> list:
-    """`count` items at even steps over the list (all of it when count >= len), in their order."""
-    if count >= len(items):
-        return items
-    return [items[i * len(items) // count] for i in range(count)]
 
 
 # -- QA and preferences -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..data.splits import split_files
+from ..data.splits import evenly_spaced, split_files
 from ..fileio import atomic_write_text
 from . import packing
 
@@ -221,12 +221,11 @@ def build_eval_batches(cfg, tokenizer, accelerator) -> list[dict[str, torch.Tens
     if cfg.data_mode == "shards":
         dataset = packing.TokenShardDataset(token_shards(cfg, tokenizer, "validation", accelerator), cfg.seq_len)
         rows = list(range(rank, len(dataset), world))
-        if limit is not None and limit * batch < len(rows):
+        if limit is not None:
             # rows spread evenly over the whole split, not its first ones: the split is in file order, which
             # groups documents by source (pydoc topics first, then one package after another), and the first
             # quarter of the quickstart's was 0.23 bits/byte easier than the whole (benchmarks/README.md)
-            wanted = limit * batch
-            rows = [rows[i * len(rows) // wanted] for i in range(wanted)]
+            rows = evenly_spaced(rows, limit * batch)
         chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
         batches = [collate([dataset[i] for i in chunk]) for chunk in chunks[:limit]]
     else:
