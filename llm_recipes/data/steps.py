@@ -203,6 +203,11 @@ def profile_for(source: str, mapping: dict[str, str], location: str = "") -> str
     return "books" if _BOOK_FILE.search(location) else "articles" if _ARTICLE_FILE.match(location) else "web"
 
 
+def profile_of(doc, mapping: dict[str, str]) -> str:
+    """`profile_for` a datatrove Document, from its source and location metadata."""
+    return profile_for(doc.metadata.get("source", ""), mapping, doc.metadata.get("location", ""))
+
+
 @lru_cache(maxsize=4096)
 def _profile_for(source: str, patterns: tuple[tuple[str, str], ...]) -> str:
     # asked for every document by two steps; matching the globs took half the repair time on short documents
@@ -351,8 +356,7 @@ class Repair(TallyStep):
             if fixed != text:
                 self.tally.extra["unicode repaired"] += 1
             text = fixed
-        mode = self.markup_of.get(profile_for(doc.metadata.get("source", ""), self.profile_map,
-                                              doc.metadata.get("location", "")), "none")
+        mode = self.markup_of.get(profile_of(doc, self.profile_map), "none")
         if self.markup and mode == "web":
             if textops.looks_like_html(text):
                 text = textops.strip_html(text)
@@ -449,7 +453,7 @@ class ProfiledQuality(TallyStep):
         return None
 
     def process(self, doc):
-        profile = profile_for(doc.metadata.get("source", ""), self.profile_map, doc.metadata.get("location", ""))
+        profile = profile_of(doc, self.profile_map)
         if profile not in self.profiles_cfg:
             profile = "web"
         self.tally.extra[f"profile {profile}: documents"] += 1
@@ -560,8 +564,7 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
     def run(self, data, rank: int = 0, world_size: int = 1):
         def keyed(documents):
             for doc in documents:  # the base class shingles doc.text right after taking the document
-                profile = profile_for(doc.metadata.get("source", ""), self.profile_map,
-                                      doc.metadata.get("location", ""))
+                profile = profile_of(doc, self.profile_map)
                 if profile in self.keyed_profiles:  # python-docs titles are qualified names (json.dumps)
                     self._key = _names_key(api_names(doc.text) | {doc.metadata.get("title") or ""})
                 else:

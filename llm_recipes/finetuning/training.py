@@ -305,13 +305,13 @@ def run_stage(m: Method, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     if args.text_mix_fraction and not getattr(train_cfg, "packing", False):  # SFTConfig's option
         raise ConfigError(f"text_mix_fraction is for sft with packing: true (text rows join its packed batches); "
                           f"stage {stage!r} {'has packing off' if hasattr(train_cfg, 'packing') else 'packs nothing'}")
-    if args.text_mix_fraction and not (args.text_mix_path or args.corpus_path):
-        raise ConfigError("text_mix_fraction needs text_mix_path (or corpus_path): the clean stage's output folder")
     if args.text_loss_weight and not m.own_answers:
         raise ConfigError(f"text_loss_weight is for the preference stages; {stage!r} mixes text with "
                           "text_mix_fraction")
-    if args.text_loss_weight and not (args.text_mix_path or args.corpus_path):
-        raise ConfigError("text_loss_weight needs text_mix_path (or corpus_path): the clean stage's output folder")
+    text_path = args.text_mix_path or args.corpus_path  # the clean folder whose train split is the plain text
+    for key in ("text_mix_fraction", "text_loss_weight"):
+        if getattr(args, key) and not text_path:
+            raise ConfigError(f"{key} needs text_mix_path (or corpus_path): the clean stage's output folder")
     # under `accelerate launch` every process runs this function; only the main process writes files
     state = PartialState()
     check_process_group(state.num_processes, stage)
@@ -383,17 +383,15 @@ def run_stage(m: Method, args: FinetuneArguments, train_cfg) -> dict[str, Any]:
     trainer_class = m.trainer_class()
     if args.text_loss_weight:
         rows = train_cfg.per_device_train_batch_size
-        chunks = text_mix.text_rows(args.text_mix_path or args.corpus_path, tokenizer,
-                                    rows * min(train_cfg.max_steps if train_cfg.max_steps > 0 else 1000, 1000),
-                                    train_cfg.max_length, seed=train_cfg.seed)
+        steps = min(train_cfg.max_steps, 1000) if train_cfg.max_steps > 0 else 1000  # rows beyond are reused
+        chunks = text_mix.text_rows(text_path, tokenizer, rows * steps, train_cfg.max_length, seed=train_cfg.seed)
         trainer_class = text_mix.with_text_loss(trainer_class, chunks, args.text_loss_weight, rows)
         print(f"[{stage}] text loss: {args.text_loss_weight} x LM loss on {rows} rows of {train_cfg.max_length} "
               f"tokens of plain text per step ({len(chunks)} rows in turn)")
     trainer = build_trainer(trainer_class, model, tokenizer, train_cfg, train, held, peft_config)
     if args.text_mix_fraction:
         rows = text_mix.rows_for_fraction(args.text_mix_fraction, len(trainer.train_dataset))
-        chunks = text_mix.text_rows(args.text_mix_path or args.corpus_path, tokenizer, rows, train_cfg.max_length,
-                                    seed=train_cfg.seed)
+        chunks = text_mix.text_rows(text_path, tokenizer, rows, train_cfg.max_length, seed=train_cfg.seed)
         trainer.train_dataset = text_mix.mix_into(trainer.train_dataset, chunks, seed=train_cfg.seed)
         print(f"[{stage}] text mix: {len(chunks)} rows of {train_cfg.max_length} tokens of plain text among "
               f"{len(trainer.train_dataset)} packed rows")
