@@ -30,7 +30,6 @@ import dataclasses
 import itertools
 import logging
 import multiprocessing
-import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -262,12 +261,12 @@ def engine_main(conn, spec: EngineSpec) -> None:
     try:
         import torch
 
-        from .loading import load_config_and_tokenizer, load_model
+        from .loading import load_config, load_model
 
         if spec.seed is not None:
             torch.manual_seed(spec.seed)
-        config = load_config_and_tokenizer(spec.model_path, spec.trust_remote_code)[0]
-        model = load_model(spec.model_path, config, spec.trust_remote_code, spec.dtype)
+        model = load_model(spec.model_path, load_config(spec.model_path, spec.trust_remote_code),
+                           spec.trust_remote_code, spec.dtype)
         # the HTTP side counts admissions against max_batch_size + max_queue; this queue never refuses first
         engine = GenerationEngine(model, spec.pad_token_id, max_batch_size=spec.max_batch_size,
                                   max_queue=spec.max_batch_size + spec.max_queue, num_threads=spec.num_threads,
@@ -280,7 +279,7 @@ def engine_main(conn, spec: EngineSpec) -> None:
     conn.send(("ready", {"num_threads": engine.num_threads, "free_cpus": engine.free_cpus,
                          "vocab_size": engine.vocab_size,
                          "embedding_size": model.get_input_embeddings().num_embeddings,
-                         "eos_token_ids": [eos] if isinstance(eos, int) else list(eos or []), "pid": os.getpid()}))
+                         "eos_token_ids": [eos] if isinstance(eos, int) else list(eos or [])}))
     tokenizer_info = None
     while True:
         try:

@@ -29,9 +29,22 @@ def load_for_serving(model_path: str | os.PathLike, trust_remote_code: bool = Fa
 
 
 def load_config_and_tokenizer(model_path: str | os.PathLike, trust_remote_code: bool = False):
-    """The folder's (config, tokenizer), after the checks `load_for_serving` makes (a model folder; remote
-    code only when allowed): what the HTTP process needs, the weights being the engine process's."""
-    from transformers import AutoConfig, AutoTokenizer
+    """The folder's (config, tokenizer), after `load_config`'s checks: what the HTTP process needs, the weights
+    being the engine process's."""
+    from transformers import AutoTokenizer
+
+    config = load_config(model_path, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=_remote(config.model_type,
+                                                                                    trust_remote_code))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return config, tokenizer
+
+
+def load_config(model_path: str | os.PathLike, trust_remote_code: bool = False):
+    """The folder's model config, after checking it is a model folder whose code is built in, or remote code
+    is allowed."""
+    from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     import llm_recipes  # noqa: F401  (registers RecipeGPT with the Auto classes)
@@ -48,12 +61,7 @@ def load_config_and_tokenizer(model_path: str | os.PathLike, trust_remote_code: 
             f"model type {model_type!r} in {str(config_file)!r} is not built into transformers or llm_recipes; "
             "serving it would run Python code shipped with the model. Re-run with --trust_remote_code true "
             "if you trust that code.")
-    remote = _remote(model_type, trust_remote_code)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return config, tokenizer
+    return AutoConfig.from_pretrained(path, trust_remote_code=_remote(model_type, trust_remote_code))
 
 
 def _remote(model_type, trust_remote_code: bool) -> bool:
