@@ -50,12 +50,14 @@ def run_stage(stage: str, run_dir: Path, recipe_dir: str, overrides: list[str]) 
             "extra": {k: v for k, v in record["trained"].items() if k in ("reward_accuracy", "mean_reward_margin")}}
 
 
-def heldout_bpb(run_dir: Path, stages: list[str]) -> list[dict]:
-    """Paired held-out bits per byte of each stage's model against the pretrained one (llm-recipes evaluate)."""
+def heldout_bpb(run_dir: Path, stages: list[str], whole_split: bool = False) -> list[dict]:
+    """Paired held-out bits per byte of each stage's model against the pretrained one (llm-recipes evaluate):
+    60 KB of the validation split at even steps, or the whole split."""
     out = run_dir / "evaluate_bpb"
     shutil.rmtree(out, ignore_errors=True)
-    config = {"output_dir": str(out), "heldout_data": str(run_dir / "clean"), "max_documents": 200,
-              "max_heldout_bytes": 60000, "max_length": 128, "choice_tasks": [], "torch_num_threads": 1,
+    sample = {} if whole_split else {"max_documents": 200, "max_heldout_bytes": 60000}
+    config = {"output_dir": str(out), "heldout_data": str(run_dir / "clean"), **sample,
+              "max_length": 128, "choice_tasks": [], "torch_num_threads": 1,
               "update_model_card": False,
               "models": [f"base={run_dir / 'pretrain' / 'final'}"] + [f"{s}={run_dir / s / 'final'}" for s in stages]}
     out.mkdir(parents=True)
@@ -79,13 +81,14 @@ def main() -> int:
                         help="key=value passed to every stage, or stage:key=value to one")
     parser.add_argument("--stages", default="sft,dpo")
     parser.add_argument("--bpb", action="store_true", help="then measure held-out bits per byte against the base")
+    parser.add_argument("--whole_split", action="store_true", help="--bpb over the whole validation split")
     a = parser.parse_args()
     run_dir = Path(a.run_dir).resolve()
     stages = a.stages.split(",")
     results = [run_stage(stage, run_dir, a.recipes, a.override) for stage in stages]
     print(json.dumps(results, indent=2))
     if a.bpb:
-        print(json.dumps(heldout_bpb(run_dir, stages), indent=2))
+        print(json.dumps(heldout_bpb(run_dir, stages, a.whole_split), indent=2))
     with open("/proc/loadavg") as f:
         print("load average:", f.read().split()[:3])
     return 0
