@@ -4,13 +4,13 @@ Why: on the quickstart's 4.3M-parameter model a decode step through the transfor
 for one token, almost all of it Python and torch dispatch (mask building, cache bookkeeping, output-capturing
 hooks, ~300 small operations), while llama.cpp takes ~0.7 ms. This step reads the model's own weights and does
 only the arithmetic: one fused QKV and one fused gate/up matmul per layer, rotary angles from a table, keys and
-values written in place into per-layer tensors of shape (max_batch_size, kv_heads, context, head_dim) and one
+values written in place into per-layer tensors of shape (max_batch_size, kv_heads, context + 1, head_dim) and one
 scaled-dot-product attention over them. Compiled (inductor, C++ on the CPU), the whole step becomes a few
 generated kernels.
 
 Rows live in cache slots 0..B-1 of the batch, each from position 0 (no left padding): a row that joins is
 copied into the next free slot after its prefill (the prefill stays the transformers forward: batched prompts,
-prompt log-probabilities); a row that leaves has its slot filled by the batch's last row (`compact`).
+prompt log-probabilities); a row that leaves has its slot filled by the batch's last row (`StaticDecoder.move`).
 
 Supported: RecipeGPT (`model_type` "recipe_gpt") with a rotary type whose frequencies do not depend on the
 sequence length (all but "dynamic"). `unsupported_reason` says why another model keeps the transformers path.
@@ -34,7 +34,7 @@ def unsupported_reason(model, max_batch_size: int, context: int) -> str | None:
     if config.rope_parameters.get("rope_type", "default") == "dynamic":
         return "dynamic NTK rotary frequencies change with the sequence length"
     element = next(model.parameters()).element_size()
-    size = (2 * config.num_hidden_layers * max_batch_size * config.num_key_value_heads * context
+    size = (2 * config.num_hidden_layers * max_batch_size * config.num_key_value_heads * (context + 1)
             * config.head_dim * element)
     if size > MAX_CACHE_BYTES:
         return f"a static KV cache of {size / 2**30:.1f} GiB (over {MAX_CACHE_BYTES / 2**30:g} GiB)"
@@ -75,7 +75,10 @@ def decode_step_for(config):
         cos = weights["cos"][positions][:, None, :]  # (B, 1, hd): broadcast over heads
         sin = weights["sin"][positions][:, None, :]
         rows = torch.arange(batch, device=tokens.device)
-        visible = (torch.arange(length, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
+        visible = torch.arange(length, device=tokens.device)[None, :] <= positions[:, None]
+        # additive, made once: a boolean mask is converted to this by the attention of every layer
+        bias = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, float("-inf"))
+        bias = bias[:, None, None, :]  # (B, 1, 1, length): over heads and the one query
         for layer, key_cache, value_cache in zip(weights["layers"], keys, values):
             qkv = _rms_norm(x, layer["input_norm"], eps) @ layer["qkv"]  # (B, q + 2 kv)
             q = qkv[:, :q_size].view(batch, heads, head_dim)
@@ -88,7 +91,7 @@ def decode_step_for(config):
             value_cache[rows, :, positions] = v
             attended = torch.nn.functional.scaled_dot_product_attention(
                 q[:, :, None, :], key_cache[:batch, :, :length], value_cache[:batch, :, :length],
-                attn_mask=visible, scale=scaling, enable_gqa=grouped)  # (B, nh, 1, hd)
+                attn_mask=bias, scale=scaling, enable_gqa=grouped)  # (B, nh, 1, hd)
             x = x + attended.reshape(batch, q_size) @ layer["o"]
             gate_up = _rms_norm(x, layer["post_norm"], eps) @ layer["gate_up"]
             gate, up = gate_up.chunk(2, dim=-1)
@@ -120,7 +123,9 @@ class StaticDecoder:
         base = model.model
         with torch.no_grad():
             # the rotary table from the model's own module: the same cos/sin (and scaling) as its forward
-            positions = torch.arange(self.context, device=self.device)[None]
+            # one spare position (never attended): a compiled step specialises `length` equal to these tables'
+            # and the cache's size (a third graph, compiled at the first request that reaches the context)
+            positions = torch.arange(self.context + 1, device=self.device)[None]
             cos, sin = base.rotary_emb(base.embed_tokens.weight[:1], positions)
             layers = []
             for block in base.layers:
@@ -137,7 +142,7 @@ class StaticDecoder:
                 "embed": base.embed_tokens.weight, "norm": base.norm.weight,
                 "lm_head": model.lm_head.weight.t().contiguous(), "cos": cos[0], "sin": sin[0], "layers": layers,
             }
-        shape = (self.max_batch_size, config.num_key_value_heads, self.context, config.head_dim)
+        shape = (self.max_batch_size, config.num_key_value_heads, self.context + 1, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]
         self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]
         self._eager_step = self._step = decode_step_for(config)
@@ -148,7 +153,9 @@ class StaticDecoder:
             self._compile()
 
     def _compile(self) -> None:
-        """Compiles the step and runs it once per batch size, so that no request waits for a compilation."""
+        """Compiles the step and runs it for every batch size, so that no request waits for a compilation: two
+        graphs (torch.compile specialises a batch of 1; larger ones share one with dynamic sizes). Lengths
+        start at 2 (`step` never asks for 1, another specialisation)."""
         import torch
 
         start = time.perf_counter()
@@ -156,18 +163,31 @@ class StaticDecoder:
             step = torch.compile(self._eager_step, dynamic=True, fullgraph=True)
             with torch.inference_mode():
                 for batch in range(1, self.max_batch_size + 1):
-                    zeros = torch.zeros(batch, dtype=torch.long, device=self.device)
-                    step(self.weights, self.keys, self.values, zeros, zeros, 1)
+                    tokens = torch.zeros(batch, dtype=torch.long, device=self.device)
+                    positions = torch.ones(batch, dtype=torch.long, device=self.device)  # not an alias: a guard
+                    step(self.weights, self.keys, self.values, tokens, positions, 2)
         except Exception as e:  # noqa: BLE001 - no compiler, an inductor bug: the eager step works the same
-            self.compile_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            self.compile_error = _first_line(e)
             return
         finally:
             self.compile_seconds = time.perf_counter() - start
         self._step, self.compiled = step, True
 
     def step(self, tokens, positions, length: int):
-        """Logits (B, V) of the rows in slots 0..B-1 (see `decode_step_for`)."""
-        return self._step(self.weights, self.keys, self.values, tokens, positions, length)
+        """Logits (B, V) of the rows in slots 0..B-1 (see `decode_step_for`); `length` >= 2."""
+        if not self.compiled:
+            return self._step(self.weights, self.keys, self.values, tokens, positions, length)
+        import torch
+
+        try:
+            # a shape the warm-up did not cover must not stall every request for a compilation: refuse it...
+            with torch.compiler.set_stance("fail_on_recompile"):
+                return self._step(self.weights, self.keys, self.values, tokens, positions, length)
+        except Exception as e:  # noqa: BLE001 - ...and decode eagerly from then on (same results)
+            self.compile_error = f"left for the eager step while serving: {_first_line(e)}"
+            logger.warning("compiled decode step: %s", self.compile_error)
+            self._step, self.compiled = self._eager_step, False
+            return self._step(self.weights, self.keys, self.values, tokens, positions, length)
 
     def load(self, slot: int, cache, row: int, start: int, length: int) -> None:
         """Copies row `row` of a prefilled transformers cache (its columns start..start+length: the prompt
@@ -181,3 +201,8 @@ class StaticDecoder:
         for keys, values in zip(self.keys, self.values):
             keys[targets, :, :length] = keys[sources, :, :length]
             values[targets, :, :length] = values[sources, :, :length]
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
