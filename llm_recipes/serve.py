@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
           f"batch {cfg.max_batch_size}, {engine.num_threads} CPU thread(s) for decoding in engine process {engine.pid}"
           f"{'' if engine.free_cpus is None else f' ({engine.free_cpus} of {os.cpu_count()} CPUs free at start)'}, "
           f"{'API key required' if api_key else 'no API key'})")
+    print(f"decoding: {engine.decode_path}")
     print(f"feedback is stored in {feedback_path}")
     def stop_on_sigterm(signum, frame):  # `kill`, systemd, docker stop: shut down like Ctrl+C
         raise KeyboardInterrupt

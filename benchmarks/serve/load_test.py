@@ -56,16 +56,18 @@ def free_port() -> int:
 
 
 def start_server(model_path: Path, out: Path, max_batch_size: int,
-                 threads: int | None, env: dict | None = None, cwd: str | None = None) -> tuple[subprocess.Popen, str]:
+                 threads: int | None, env: dict | None = None, cwd: str | None = None,
+                 extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     port = free_port()
     args = [sys.executable, "-m", "llm_recipes.serve", str(model_path), "--output_dir", str(out), "--port", str(port),
             "--served_model_name", "bench", "--max_batch_size", str(max_batch_size), "--max_queue", "256"]
     if threads:
         args += ["--torch_num_threads", str(threads)]
+    args += list(extra_args)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=cwd)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a compiled decode step (--compile_decode) takes a minute on a busy machine
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
@@ -75,7 +77,7 @@ def start_server(model_path: Path, out: Path, max_batch_size: int,
         except httpx.HTTPError:
             time.sleep(0.3)
     proc.kill()
-    raise RuntimeError("server did not start in 120 s")
+    raise RuntimeError("server did not start in 300 s")
 
 
 async def one_request(client: httpx.AsyncClient, i: int, max_tokens: int) -> dict:

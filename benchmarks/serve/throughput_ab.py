@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vllm_check  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
+SERVE_OPTIONS = {"compile": ["--compile_decode", "true"], "no_static": ["--static_kv_cache", "false"]}
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -54,10 +55,10 @@ def tree_cpu_seconds(root: int) -> float:
 
 
 @contextlib.contextmanager
-def vllm(model: Path, python: str, log: Path, max_len: int, seqs: int):
+def vllm(model: Path, python: str, log: Path, max_len: int, seqs: int, env: dict | None = None):
     """vLLM's OpenAI server (its own process group, whose leader is the API server); yields (pid, url)."""
     with vllm_check.vllm_server(model, python, log, trust_remote_code=True, max_model_len=max_len,
-                                max_num_seqs=seqs) as url:
+                                max_num_seqs=seqs, env_overrides=env) as url:
         port = url.rsplit(":", 1)[1]
         found = subprocess.run(["pgrep", "-f", "--", f"--port {port}"], capture_output=True, text=True)
         pid = min(int(p) for p in found.stdout.split())  # the API server; its engine core is its child
@@ -125,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf", help="its `llm-recipes export --to gguf` file (llama.cpp single stream)")
     parser.add_argument("--ours", action="append", default=[], metavar="LABEL=TREE",
                         help="serve with PYTHONPATH=TREE under this label (repeat for an A/B); "
-                             "LABEL=TREE,threads=N also sets --torch_num_threads N")
+                             "LABEL=TREE,threads=N also sets --torch_num_threads N; ',compile' adds "
+                             "--compile_decode true, ',no_static' --static_kv_cache false")
+    parser.add_argument("--vllm", action="append", default=[], metavar="LABEL[=KEY=VALUE,...]",
+                        help="a vLLM configuration under this label with these environment settings, e.g. "
+                             "'nobind=VLLM_CPU_OMP_THREADS_BIND=nobind,OMP_NUM_THREADS=1' (repeat to compare "
+                             "several; default: one, 'default', with vllm_check's settings)")
     parser.add_argument("--no_vllm", action="store_true", help="leave vLLM out")
     parser.add_argument("--vllm_python", help="python of the vLLM venv (default as vllm_check.py)")
     parser.add_argument("--rounds", type=int, default=2)
@@ -137,10 +143,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json_out", help="append the JSON lines here too")
     args = parser.parse_args(argv)
     model = Path(args.model_path)
-    trees = []  # (label, tree, decoding threads or None)
+    trees = []  # (label, tree, decoding threads or None, extra serve arguments)
     for label, _, spec in (o.partition("=") for o in args.ours):
-        tree, _, threads = spec.partition(",threads=")
-        trees.append((label, Path(tree).resolve(), int(threads) if threads else None))
+        tree, *options = spec.split(",")
+        threads, extra = None, []
+        for option in options:
+            if option.startswith("threads="):
+                threads = int(option.removeprefix("threads="))
+            elif option in SERVE_OPTIONS:
+                extra += SERVE_OPTIONS[option]
+            else:
+                parser.error(f"--ours {label}: unknown option {option!r} (threads=N, {', '.join(SERVE_OPTIONS)})")
+        trees.append((label, Path(tree).resolve(), threads, tuple(extra)))
+    vllms = []  # (label, environment settings)
+    for label, _, spec in (v.partition("=") for v in args.vllm or ["default"]):
+        settings = dict(item.split("=", 1) for item in spec.split(",") if item)
+        vllms.append((label, settings))
     python = None if args.no_vllm else vllm_check.vllm_python(args.vllm_python)
     if not args.no_vllm and python is None:
         parser.error("vLLM is not installed (see vllm_check.py); pass --no_vllm to leave it out")
@@ -159,15 +177,17 @@ def main(argv: list[str] | None = None) -> int:
 
     for round_ in range(1, args.rounds + 1):
         order = trees if round_ % 2 else trees[::-1]  # alternate which tree goes first
-        for label, tree, threads in order:
+        for label, tree, threads, extra in order:
             with vllm_check.ours_server(model, work / f"serve-{label}-{round_}", args.max_batch_size,
-                                        tree=tree, threads=threads) as (proc, url):
+                                        tree=tree, threads=threads, extra_args=extra) as (proc, url):
                 for row in load_rows(proc.pid, url, args.clients, args.requests, args.max_tokens):
                     record(row, round_, f"llm-recipes serve ({label})")
-        if python:
-            with vllm(model, python, work / f"vllm-{round_}.log", max_len, args.max_batch_size) as (pid, url):
+        for label, settings in vllms if python else []:
+            with vllm(model, python, work / f"vllm-{label}-{round_}.log", max_len, args.max_batch_size,
+                      settings) as (pid, url):
                 for row in load_rows(pid, url, args.clients, args.requests, args.max_tokens):
-                    record(row, round_, "vLLM (native folder)")
+                    row["vllm_env"] = settings
+                    record(row, round_, f"vLLM ({label})")
         if args.gguf:
             record(llama_cpp_single_stream(Path(args.gguf), model, args.requests[0], args.max_tokens,
                                            args.llama_threads), round_, f"llama.cpp ({args.llama_threads} thread)")

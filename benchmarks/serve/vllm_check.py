@@ -166,8 +166,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def vllm_server(model: Path, python: str, log: Path, *, trust_remote_code: bool, max_model_len: int,
-                max_num_seqs: int, enforce_eager: bool = False, startup_timeout_s: float = 600):
-    """vLLM's OpenAI server on 127.0.0.1 for `model`; yields its URL and always ends it."""
+                max_num_seqs: int, enforce_eager: bool = False, startup_timeout_s: float = 600,
+                env_overrides: dict | None = None):
+    """vLLM's OpenAI server on 127.0.0.1 for `model`; yields its URL and always ends it. `env_overrides`: its
+    CPU backend's settings (VLLM_CPU_OMP_THREADS_BIND, VLLM_CPU_NUM_OF_RESERVED_CPU, VLLM_CPU_KVCACHE_SPACE ...)."""
     port = load_test.free_port()
     args = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
@@ -180,7 +182,7 @@ def vllm_server(model: Path, python: str, log: Path, *, trust_remote_code: bool,
     if enforce_eager:
         args.append("--enforce-eager")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-           "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false", **(env_overrides or {})}
     env.pop("PYTHONPATH", None)  # nothing of this project leaks into vLLM's interpreter
     with open(log, "w") as log_file:
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=tempfile.gettempdir(),
@@ -196,13 +198,14 @@ def vllm_server(model: Path, python: str, log: Path, *, trust_remote_code: bool,
 
 
 @contextlib.contextmanager
-def ours_server(model: Path, out: Path, max_batch_size: int, tree: Path | None = None, threads: int | None = None):
+def ours_server(model: Path, out: Path, max_batch_size: int, tree: Path | None = None, threads: int | None = None,
+                extra_args: tuple[str, ...] = ()):
     """`llm-recipes serve` on 127.0.0.1 (load_test's start-up); yields (process, URL) and always ends it.
     With `tree`, that source tree's code: PYTHONPATH and the working directory both set to it (`python -m`
     puts the working directory before PYTHONPATH, so PYTHONPATH alone would run the caller's tree)."""
     env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
     proc, url = load_test.start_server(model.resolve(), out.resolve(), max_batch_size, threads, env=env,
-                                       cwd=None if tree is None else str(tree))
+                                       cwd=None if tree is None else str(tree), extra_args=extra_args)
     try:
         yield proc, url
     finally:

@@ -41,7 +41,8 @@ def build_server(cfg: ServeConfig, feedback_path: str | os.PathLike):
         engine = EngineClient(EngineSpec(model_path=str(cfg.model_path), pad_token_id=tokenizer.pad_token_id,
                                          max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue,
                                          num_threads=cfg.torch_num_threads, trust_remote_code=cfg.trust_remote_code,
-                                         dtype=cfg.dtype, seed=cfg.seed))
+                                         dtype=cfg.dtype, seed=cfg.seed, static_kv_cache=cfg.static_kv_cache,
+                                         compile_decode=cfg.compile_decode, context=window))
     except BaseException:
         store.close()
         raise

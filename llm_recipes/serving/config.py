@@ -47,4 +47,13 @@ class ServeConfig:
         "help": "CPU threads for decoding; default: 1 for a model under 10M parameters on the CPU (faster: fewer "
                 "thread synchronisations per tiny operation), else torch's, capped at the CPUs free at start "
                 "(printed at start)"})
+    static_kv_cache: bool = field(default=True, metadata={
+        "help": "decode with a preallocated KV cache and a fused decode step that reads the model's weights "
+                "(RecipeGPT; on the quickstart model a step costs a quarter of the transformers forward's CPU, the "
+                "server 1.5x less per streamed token); other "
+                "models, or false, decode through the transformers forward (the path taken is printed at start)"})
+    compile_decode: bool = field(default=False, metadata={
+        "help": "compile the static decode step with torch.compile (inductor, a C++ compiler) at start: "
+                "15-95 s more start-up on 2 busy cores for 5-20 percent less CPU per step; when compilation fails the "
+                "step stays eager and the reason is printed at start"})
     seed: int = field(default=0, metadata={"help": "global torch seed (requests may pass their own `seed`)"})

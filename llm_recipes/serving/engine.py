@@ -237,10 +237,18 @@ class GenerationEngine:
         on_step: called on the worker thread after every turn of its loop (a decoding step, or an idle wait
             of at most 50 ms), after the step's events were emitted: `engine_process` sends everything a step
             emitted to the HTTP process in one message from here.
+        static_cache: decode with a preallocated KV cache and a fused decode step (`static_decode`) when the
+            model allows it (RecipeGPT); otherwise, or when False, through the model's transformers forward.
+            `decode_path` says which, and why not the static one.
+        compile_decode: compile the static decode step with torch.compile at start (`compile_seconds`);
+            when that fails the step stays eager and `decode_path` gives the reason.
+        context: longest prompt + answer of a request (the static cache's positions); default: the model's
+            `max_position_embeddings`. A longer request fails with an error naming it.
     """
 
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64,
-                 num_threads: int | None = None, on_step: Callable[[], None] | None = None):
+                 num_threads: int | None = None, on_step: Callable[[], None] | None = None,
+                 static_cache: bool = True, compile_decode: bool = False, context: int | None = None):
         import torch
 
         self.model = model.eval()
@@ -257,12 +265,41 @@ class GenerationEngine:
             self.free_cpus = round(free_cpus(), 1)
         self._num_threads = int(num_threads or decode_threads(model, free=self.free_cpus))
         self.vocab_size = int(model.config.vocab_size)  # logits per position
+        self.context = int(context or getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        self._static = None
+        self.decode_path, self.compile_seconds = "transformers forward (static_cache off)", 0.0
+        if static_cache:
+            self._static, self.decode_path = self._static_decoder(model, compile_decode)
+        logger.info("decoding: %s", self.decode_path)
         self._warm_up()
         self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
         self.running = 0  # sequences in the current batch
         self.peak_batch = 0  # largest batch decoded so far (shows that concurrent requests share steps)
         self.steps = 0
         self._thread.start()
+
+    def _static_decoder(self, model, compile_decode: bool):
+        """The static decoder and a line for the log: which decode path runs, and why."""
+        from .static_decode import StaticDecoder, unsupported_reason
+
+        reason = "no context length known" if self.context is None else unsupported_reason(
+            model, self.max_batch_size, self.context)
+        if reason is not None:
+            return None, f"transformers forward (no static KV cache: {reason})"
+        torch = self._torch
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self._num_threads)  # compile and warm the kernels with the decoding threads
+        try:
+            decoder = StaticDecoder(model, self.max_batch_size, self.context, compile=compile_decode)
+        finally:
+            torch.set_num_threads(previous)
+        self.compile_seconds = round(decoder.compile_seconds, 1)
+        if decoder.compiled:
+            return decoder, f"static KV cache, decode step compiled by torch.compile in {self.compile_seconds} s"
+        if compile_decode:
+            return decoder, (f"static KV cache, eager decode step (torch.compile failed after "
+                             f"{self.compile_seconds} s: {decoder.compile_error})")
+        return decoder, "static KV cache, eager decode step (compile_decode off)"
 
     def _warm_up(self) -> None:
         # Measured on a 2-core CPU container: when the first parallel torch op of the process runs on the
@@ -364,6 +401,9 @@ class GenerationEngine:
         rows = []
         for request in requests:
             try:
+                if self._static is not None and len(request.prompt_ids) + request.max_new_tokens > self.context:
+                    raise ValueError(f"the prompt ({len(request.prompt_ids)} tokens) plus max_new_tokens "
+                                     f"({request.max_new_tokens}) exceeds the engine's context of {self.context}")
                 rows.append(_Row(request, self.device, self.vocab_size))
             except Exception as e:  # noqa: BLE001 - reported to that request only
                 logger.exception("request refused by the engine")
@@ -381,7 +421,8 @@ class GenerationEngine:
         for row in rows:  # find the culprit: each prompt alone
             alone_rows, alone_state = self._admit([row.request])
             if alone_rows:
-                merged_rows, merged_state = self._merge(merged_rows, merged_state, alone_rows, alone_state)
+                merged_rows, merged_state = self._merge_dynamic(merged_rows, merged_state, alone_rows,
+                                                                 alone_state)
         return merged_rows, merged_state
 
     def _prefill(self, rows: list[_Row]):
@@ -418,6 +459,12 @@ class GenerationEngine:
     def _merge(self, rows, state, new_rows, new_state):
         """Appends newcomers (state: cache, mask, next position, token to feed next) to the running batch:
         caches and masks are left-padded to a common length."""
+        if self._static is not None:
+            return self._merge_static(rows, state, new_rows, new_state)
+        return self._merge_dynamic(rows, state, new_rows, new_state)
+
+    def _merge_dynamic(self, rows, state, new_rows, new_state):
+        """`_merge` for two transformers caches (also how `_admit` joins prompts prefilled one at a time)."""
         torch = self._torch
         if not rows:
             return new_rows, new_state
@@ -445,10 +492,26 @@ class GenerationEngine:
         merged_tokens = torch.cat([tokens, new_tokens], dim=0)
         return rows + new_rows, (cache, merged_mask, torch.cat([pos, new_pos]), merged_tokens)
 
+    def _merge_static(self, rows, state, new_rows, new_state):
+        """Copies newcomers' prefilled keys and values (without their left padding) into the static cache's
+        next slots. The running batch's state is (None, None, positions: a list of ints, tokens to feed)."""
+        new_cache, new_mask, new_pos, new_tokens = new_state
+        lengths = new_pos.tolist()
+        for i, length in enumerate(lengths):
+            self._static.load(len(rows) + i, new_cache, i, new_mask.shape[1] - length, length)
+        if not rows:
+            return new_rows, (None, None, lengths, new_tokens)
+        return rows + new_rows, (None, None, state[2] + lengths, self._torch.cat([state[3], new_tokens]))
+
     def _decode_step(self, rows, state):
         """Feeds every running row its last token and samples the next."""
         torch = self._torch
         cache, mask, pos, last_tokens = state
+        if cache is None:  # the static cache: positions are ints, rows sit in slots 0..B-1
+            # at least 2 columns: a compiled step specialises a length of 1 (one more compilation)
+            logits = self._static.step(last_tokens, torch.tensor(pos, device=self.device), max(max(pos) + 1, 2))
+            self.steps += 1
+            return self._sample_and_emit(rows, (None, None, [p + 1 for p in pos], logits))
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         out = self.model(input_ids=last_tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
                          use_cache=True, logits_to_keep=1, **{self._cache_key: cache})
@@ -501,11 +564,28 @@ class GenerationEngine:
             return rows, (cache, mask, pos, tokens)
         if not keep:
             return [], None
+        if cache is None:
+            return self._compact_static(rows, keep, pos, tokens)
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         cache.batch_select_indices(index)
         rows = [rows[i] for i in keep]
         state = (cache, mask.index_select(0, index), pos.index_select(0, index), tokens.index_select(0, index))
         return rows, self._trim_padding(state)
+
+    def _compact_static(self, rows, keep: list[int], positions: list[int], tokens):
+        """The rows in `keep` back in slots 0..len(keep)-1: each emptied slot below that takes one of the rows
+        above it (one copy per moved row, not of the whole batch)."""
+        n = len(keep)
+        kept = set(keep)
+        holes = [i for i in range(n) if i not in kept]
+        movers = [i for i in keep if i >= n]
+        if holes:
+            self._static.move(movers, holes, max(positions[i] for i in movers))
+        order = list(range(n))
+        for hole, mover in zip(holes, movers):
+            order[hole] = mover
+        index = self._torch.tensor(order, dtype=self._torch.long, device=self.device)
+        return [rows[i] for i in order], (None, None, [positions[i] for i in order], tokens.index_select(0, index))
 
     def _trim_padding(self, state):
         """Drops left columns that no remaining row uses (after long rows finish, short ones stay cheap)."""

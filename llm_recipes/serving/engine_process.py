@@ -61,6 +61,9 @@ class EngineSpec:
     trust_remote_code: bool = False
     dtype: str = "float32"
     seed: int | None = None
+    static_kv_cache: bool = True
+    compile_decode: bool = False
+    context: int | None = None
 
 
 class EngineClient:
@@ -89,6 +92,7 @@ class EngineClient:
         self.num_threads, self.free_cpus = info["num_threads"], info["free_cpus"]
         self.vocab_size, self.embedding_size = info["vocab_size"], info["embedding_size"]
         self.eos_token_ids = frozenset(info["eos_token_ids"])
+        self.decode_path, self.compile_seconds = info["decode_path"], info["compile_seconds"]
         self.steps = 0  # decoding steps so far
         self.peak_batch = 0  # largest batch decoded so far
         self.error: str | None = None  # why the engine process is gone, once it is
@@ -270,13 +274,15 @@ def engine_main(conn, spec: EngineSpec) -> None:
         # the HTTP side counts admissions against max_batch_size + max_queue; this queue never refuses first
         engine = GenerationEngine(model, spec.pad_token_id, max_batch_size=spec.max_batch_size,
                                   max_queue=spec.max_batch_size + spec.max_queue, num_threads=spec.num_threads,
-                                  on_step=flush)
+                                  on_step=flush, static_cache=spec.static_kv_cache,
+                                  compile_decode=spec.compile_decode, context=spec.context)
     except BaseException as e:  # noqa: BLE001 - reported to the HTTP process, which raises it
         kind = "load" if isinstance(e, (ModelLoadError, OSError)) else "other"
         conn.send(("failed", kind, f"the engine process could not start: {type(e).__name__}: {e}"))
         return
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     conn.send(("ready", {"num_threads": engine.num_threads, "free_cpus": engine.free_cpus,
+                         "decode_path": engine.decode_path, "compile_seconds": engine.compile_seconds,
                          "vocab_size": engine.vocab_size,
                          "embedding_size": model.get_input_embeddings().num_embeddings,
                          "eos_token_ids": [eos] if isinstance(eos, int) else list(eos or [])}))

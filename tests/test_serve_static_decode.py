@@ -1,0 +1,115 @@
+"""The static KV cache and fused decode step (serving/static_decode.py) generate exactly what transformers' own
+greedy `generate` does, rows joining and leaving the batch included; models it cannot run keep the
+transformers path, and a failed compilation leaves the step eager, with the reason in `decode_path`.
+
+The step is tested eager only: compiling it takes tens of seconds on 2 cores (benchmarks/README.md, "Serving
+throughput"); the compiled step is checked against the eager one by the benchmark, not here."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+PROMPTS = [[5, 9, 11], [7] * 12, [20, 21, 22, 23, 24, 25, 26], [3], [8, 30]]
+BUDGETS = [10, 3, 8, 6, 5]  # rows end at different steps: slots are emptied and refilled
+
+
+def _model(**overrides):
+    import torch
+    from conftest import make_tiny_config
+
+    from llm_recipes.model import RecipeGPTForCausalLM
+
+    torch.manual_seed(0)
+    return RecipeGPTForCausalLM(make_tiny_config(vocab_size=96, max_position_embeddings=64, **overrides)).eval()
+
+
+def _expected(model, prompts=PROMPTS, budgets=BUDGETS):
+    import torch
+
+    return [model.generate(torch.tensor([p]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)[0, len(p):].tolist() for p, n in zip(prompts, budgets)]
+
+
+def _run(engine, prompts=PROMPTS, budgets=BUDGETS):
+    from llm_recipes.serving.engine import GenerationRequest
+
+    tokens = {i: [] for i in range(len(prompts))}
+    finish, done = {}, threading.Event()
+
+    def make(i):
+        def emit(event):
+            if event[0] == "token":
+                tokens[i].append(event[1])
+            else:
+                finish[i] = event
+                if len(finish) == len(prompts):
+                    done.set()
+        return emit
+
+    try:
+        for i, (p, n) in enumerate(zip(prompts, budgets)):
+            engine.submit(GenerationRequest(p, n, make(i), temperature=0))
+            time.sleep(0.003 * i)  # staggered: later requests join a running batch
+        assert done.wait(60)
+    finally:
+        engine.shutdown()
+    return [tokens[i] for i in range(len(prompts))], finish
+
+
+@pytest.mark.parametrize("overrides", [
+    {"qk_norm": True},  # query/key norms, grouped-query attention (4 heads, 2 key/value heads)
+    {"num_key_value_heads": 4, "rope_parameters": {"rope_type": "linear", "factor": 2.0}},  # scaled rotary table
+])
+def test_static_decode_equals_transformers_greedy(overrides):
+    from llm_recipes.serving.engine import GenerationEngine
+
+    model = _model(**overrides)
+    expected = _expected(model)
+    engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2)
+    assert engine.decode_path.startswith("static KV cache, eager decode step")
+    results, finish = _run(engine)
+    assert results == expected
+    assert all(event == ("done", "length") for event in finish.values())
+    assert engine.peak_batch == 2  # rows shared steps (5 requests through 2 slots: slots were reused)
+
+
+def test_unsupported_model_keeps_the_transformers_path():
+    from llm_recipes.serving.engine import GenerationEngine
+
+    model = _model(rope_parameters={"rope_type": "dynamic", "factor": 2.0})
+    engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2)
+    assert engine.decode_path == ("transformers forward (no static KV cache: dynamic NTK rotary frequencies "
+                                  "change with the sequence length)")
+    results, _ = _run(engine, PROMPTS[:3], BUDGETS[:3])
+    assert results == _expected(model, PROMPTS[:3], BUDGETS[:3])
+
+
+def test_failed_compilation_leaves_the_step_eager(monkeypatch):
+    import torch
+
+    from llm_recipes.serving.engine import GenerationEngine
+
+    def no_compiler(*args, **kwargs):  # as when inductor finds no C++ compiler
+        raise RuntimeError("no working C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    model = _model()
+    engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2, compile_decode=True)
+    assert engine.decode_path.startswith("static KV cache, eager decode step (torch.compile failed after ")
+    assert engine.decode_path.endswith("RuntimeError: no working C++ compiler found)")
+    results, _ = _run(engine, PROMPTS[:2], BUDGETS[:2])
+    assert results == _expected(model, PROMPTS[:2], BUDGETS[:2])
+
+
+def test_request_longer_than_the_context_fails_alone():
+    from llm_recipes.serving.engine import GenerationEngine
+
+    model = _model()
+    engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2, context=16)
+    results, finish = _run(engine, [[5] * 10, [6, 7]], [7, 5])
+    assert finish[0] == ("error", "generation failed: ValueError: the prompt (10 tokens) plus max_new_tokens (7) "
+                                  "exceeds the engine's context of 16")
+    assert results[1] == _expected(model, [[6, 7]], [5])[0] and finish[1] == ("done", "length")
