@@ -30,7 +30,7 @@ from datatrove.pipeline.dedup import MinhashDedupFilter, MinhashDedupSignature
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from ..fileio import atomic_open, atomic_write_json
-from . import textops
+from . import fastminhash, textops
 from .documents import COLUMNS, iter_parquet_rows, write_parquet_atomic
 from .fastfilters import FAST_FILTERS
 
@@ -574,7 +574,11 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
         return super().run(keyed(data), rank, world_size)  # writes signature files, yields nothing
 
     def get_shingles(self, text: str) -> np.ndarray:
-        shingles = super().get_shingles(text)
+        if fastminhash.fast_path_applies(self):  # the same shingles with less Python per n-gram
+            words = self.word_tokenizer.word_tokenize(fastminhash.simplified(text, self.config.norm_config))
+            shingles = fastminhash.sha1_shingles(words, self.config.n_grams)
+        else:
+            shingles = super().get_shingles(text)
         return np.bitwise_xor(shingles, np.uint64(self._key)) if self._key else shingles
 
 
