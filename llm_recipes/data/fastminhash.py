@@ -26,6 +26,8 @@ import unicodedata
 import numpy as np
 from datatrove.utils.text import simplify_text
 
+MERSENNE_PRIME = np.uint64((1 << 61) - 1)  # datatrove's modulus of the MinHash permutations (minhash.py)
+
 
 class _DropCombiningMarks(dict):
     """A `str.translate` table: characters of category Mn map to None (removed), others to themselves;

@@ -531,8 +531,8 @@ _API_NAME = re.compile(r"`[^`\n]+`|\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|\b[A-Za-z_]
 def api_names(text: str) -> set[str]:
     """The API names a documentation text mentions (`e.g` and `i.e` are not names)."""
     names = set()
-    for match in _API_NAME.finditer(text):
-        name = match.group().strip("`").strip()
+    for match in set(_API_NAME.findall(text)):  # each distinct match once: names repeat in a docstring
+        name = match.strip("`").strip()
         if name and not ("." in name and max(map(len, name.split("."))) < 2):
             names.add(name)
     return names
@@ -580,6 +580,17 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
         else:
             shingles = super().get_shingles(text)
         return np.bitwise_xor(shingles, np.uint64(self._key)) if self._key else shingles
+
+
+    def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
+        """datatrove's signature (the same permutations and minimum), split into bands by a reshape instead of
+        `np.split` (a quarter of the signature time on python-docs)."""
+        a, b = self.parameters
+        if self.config.hash_config.precision != 64:
+            return super().get_signature(shingles)
+        phv = (shingles * a + b) % fastminhash.MERSENNE_PRIME
+        return np.min(phv, axis=0).astype(self.config.hash_config.np_dtype).reshape(
+            self.config.num_buckets, -1).tolist()
 
 
 class NearDedup(PipelineStep):
