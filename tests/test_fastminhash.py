@@ -59,3 +59,18 @@ def test_our_signature_step_uses_the_fast_path_with_the_same_shingles(tmp_path):
         assert np.array_equal(ours.get_shingles(text), shingles), text
         if shingles.size:
             assert ours.get_signature(shingles) == reference.get_signature(shingles), text
+
+
+def test_api_name_pattern_matches_as_the_plain_pattern():
+    """steps._API_NAME is a faster spelling (possessive quantifiers, one \\b) of this plain pattern."""
+    import re
+
+    from llm_recipes.data.steps import _API_NAME
+
+    plain = re.compile(r"`[^`\n]+`|\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|\b[A-Za-z_]\w*(?=\()|\b\w*_\w+"
+                       r"|\b[A-Z][a-z0-9]+[A-Z]\w*")
+    texts = ["Use `os.path.join` or np.sum(a) with snake_case_name and CamelCase, e.g. i.e.", "a__ _ abc_ __x x_ _1",
+             "ConvBnReLU2d.forward(x) torch.xpu.synchronize() `unclosed\n` ``double`` a.b.c. .x x. 3.14 _x.y",
+             "ÅngströmUnit naïve_name Foo_Bar(1) HTTPServer Ab1Cd e_ f(g)(h) __init__ self.__dict__"]
+    for text in texts:
+        assert _API_NAME.findall(text) == plain.findall(text), text
