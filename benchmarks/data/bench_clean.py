@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -99,6 +100,7 @@ def repeated(gathered: Path, out: Path, times: int) -> Path:
     import pyarrow.parquet as pq
 
     shards = sorted((gathered / "data").glob("*.parquet"))
+    shutil.rmtree(out, ignore_errors=True)  # copies made from an earlier gather must not stay beside these
     (out / "data").mkdir(parents=True, exist_ok=True)
     for k in range(times):
         for shard in shards:
