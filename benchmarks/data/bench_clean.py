@@ -82,9 +82,9 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
+def run(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[float, int]:
     start = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_rss(proc.pid))
@@ -128,11 +128,13 @@ def clean_run(corpus: str, engine: str, repeat: int, gathered: Path, work: Path,
     out = work / "clean"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     profiles = {name: {"engine": engine} for name in ("web", "docs")}
+    # `python -m` puts the working folder first on sys.path, before PYTHONPATH: the other checkout's code runs
+    # only when the command starts in it
     env = {**os.environ, "PYTHONPATH": tree} if tree else None
     cpu = children_cpu_s()
-    seconds, peak = run([sys.executable, "-m", "llm_recipes.clean", "--input_dir", str(gathered),
-                         "--output_dir", str(out), "--num_workers", str(args.workers),
-                         "--profiles", json.dumps(profiles), "--progress", "false"], env)
+    seconds, peak = run([sys.executable, "-m", "llm_recipes.clean", "--input_dir", str(gathered.absolute()),
+                         "--output_dir", str(out.absolute()), "--num_workers", str(args.workers),
+                         "--profiles", json.dumps(profiles), "--progress", "false"], env, cwd=tree or None)
     clean_cpu = children_cpu_s() - cpu
     report = json.loads((out / "report.json").read_text())
     mb = report["input_bytes"] / 2**20
