@@ -181,8 +181,13 @@ def test_duplicated_ngram_bound_decides_as_the_full_scan():
     vocabulary = ["a", "ab", "b", "ba", "the", "cat", "sat"]
     for _ in range(400):
         words = [rng.choice(vocabulary) for _ in range(rng.randint(5, 80))]
-        for n in (5, 6, 8):
+        previous = None
+        for n in (5, 6, 7, 9):
             grams = ["".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+            # built from the (n-1)-grams when the previous n was n-1 (6 from 5, 7 from 6), else from the words
+            joined = F._joined_ngrams(words, n, previous)
+            assert joined == grams
+            previous = (n, joined)
             seen, repeated, i = set(), 0, 0
             while i < len(grams):
                 if grams[i] in seen:
@@ -192,4 +197,4 @@ def test_duplicated_ngram_bound_decides_as_the_full_scan():
                     i += 1
             chars = sum(map(len, words)) + len(words) - 1
             for frac in (0.0, 0.1, 0.2, repeated / chars):
-                assert F._repeated_ngrams_exceed(words, n, chars, frac) == (repeated / chars > frac)
+                assert F._repeated_ngrams_exceed(joined, n, chars, frac) == (repeated / chars > frac)

@@ -10,8 +10,14 @@ runs in a subprocess while this script samples the resident memory of that proce
 0.2 s. MB per CPU second counts the CPU time of the whole process tree (workers included, process start and
 imports too), so it is MB/s per core whatever the load. Corpora: shakespeare, verdict, instructions,
 python-docs, warc (the WARC of local HTML that bench_filters.py builds; gather extracts with trafilatura) and
-warc-resiliparse (the same, `html_extractor: resiliparse`). Writes a JSON line per run to
-benchmarks/data/results.jsonl.
+warc-resiliparse (the same, `html_extractor: resiliparse`); a WARC corpus is gathered again in every round,
+its gather CPU time (reading + extraction) added to the stage's. Several `--engine`, `--repeat` and `--before`
+runs are interleaved on the same gathered input, so their ratios hold under a changing load:
+
+    python benchmarks/data/bench_clean.py --corpus python-docs --engine fast --engine datatrove --repeat 1 \
+        --repeat 4 --before /work/main
+
+Writes a JSON line per run to benchmarks/data/results.jsonl.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -75,9 +82,9 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(cmd: list[str]) -> tuple[float, int]:
+def run(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[float, int]:
     start = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_rss(proc.pid))
@@ -93,6 +100,7 @@ def repeated(gathered: Path, out: Path, times: int) -> Path:
     import pyarrow.parquet as pq
 
     shards = sorted((gathered / "data").glob("*.parquet"))
+    shutil.rmtree(out, ignore_errors=True)  # copies made from an earlier gather must not stay beside these
     (out / "data").mkdir(parents=True, exist_ok=True)
     for k in range(times):
         for shard in shards:
@@ -103,6 +111,51 @@ def repeated(gathered: Path, out: Path, times: int) -> Path:
     return out
 
 
+def gather(corpus: str, args, gathered: Path) -> float:
+    """Runs `llm-recipes gather` for a corpus; returns its CPU seconds (for a WARC: reading and extraction)."""
+    cpu = children_cpu_s()
+    subprocess.run([sys.executable, "-m", "llm_recipes.gather", "--output_dir", str(gathered), "--sources",
+                    json.dumps(sources(corpus, args.packages)), "--shard_mb", str(args.shard_mb),
+                    "--overwrite_output_dir", "true"], check=True, stdout=subprocess.DEVNULL)
+    return children_cpu_s() - cpu
+
+
+def clean_run(corpus: str, engine: str, repeat: int, gathered: Path, work: Path, args, gather_cpu, tree: str,
+              raw_mb: float | None) -> dict:
+    """One `llm-recipes clean` of `gathered` (copied `repeat` times over) with every profile's engine set."""
+    if repeat > 1:
+        gathered = repeated(gathered, work / f"gather-x{repeat}", repeat)
+    out = work / "clean"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    profiles = {name: {"engine": engine} for name in ("web", "docs")}
+    # `python -m` puts the working folder first on sys.path, before PYTHONPATH: the other checkout's code runs
+    # only when the command starts in it
+    env = {**os.environ, "PYTHONPATH": tree} if tree else None
+    cpu = children_cpu_s()
+    seconds, peak = run([sys.executable, "-m", "llm_recipes.clean", "--input_dir", str(gathered.absolute()),
+                         "--output_dir", str(out.absolute()), "--num_workers", str(args.workers),
+                         "--profiles", json.dumps(profiles), "--progress", "false"], env, cwd=tree or None)
+    clean_cpu = children_cpu_s() - cpu
+    report = json.loads((out / "report.json").read_text())
+    mb = report["input_bytes"] / 2**20
+    result = {"corpus": corpus, "engine": engine, "tree": tree or "this", "repeat": repeat,
+              "input_mb": round(mb, 2),
+              "input_documents": report["input_documents"], "output_documents": report["output_documents"],
+              "shards": report["shards"], "workers": args.workers, "wall_s": round(seconds, 1),
+              "pipeline_s": report["seconds"], "mb_per_s_wall": round(mb / seconds, 3),
+              "peak_pss_mb": round(peak / 2**20), "clean_cpu_s": round(clean_cpu, 1),
+              "clean_mb_per_cpu_s": round(mb / clean_cpu, 3),
+              "gather_cpu_s": round(gather_cpu, 1) if gather_cpu is not None else None,
+              "gather_and_clean_mb_per_cpu_s":
+                  round(mb / (clean_cpu + gather_cpu * repeat), 3) if gather_cpu else None,
+              "load_avg": [round(x, 2) for x in os.getloadavg()],
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if raw_mb is not None and gather_cpu:  # the WARC's own bytes (HTML) through gather + clean, per CPU second
+        result.update({"raw_input_mb": round(raw_mb * repeat, 2),
+                       "raw_mb_per_cpu_s": round(raw_mb * repeat / (clean_cpu + gather_cpu * repeat), 3)})
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", action="append", required=True)
@@ -110,48 +163,51 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/llm_recipes_bench_data")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shard_mb", type=float, default=1.5)
-    ap.add_argument("--engine", choices=["fast", "datatrove"], default="fast",
-                    help="quality-filter engine of every profile (datatrove: its own filter classes, the reference)")
-    ap.add_argument("--repeat", type=int, default=1, help="clean the gathered shards this many times over (memory "
-                    "as the input grows; later copies are exact duplicates, removed after the filter phase)")
-    ap.add_argument("--regather", action="store_true", help="gather again (timed: gather_cpu_s)")
+    ap.add_argument("--engine", action="append", choices=["fast", "datatrove"],
+                    help="quality-filter engine of every profile (datatrove: its own filter classes, the reference); "
+                         "repeat to run several, interleaved, on the same gathered input (default: fast)")
+    ap.add_argument("--repeat", type=int, action="append", help="clean the gathered shards this many times over "
+                    "(memory as the input grows; later copies are exact duplicates, removed after the filter "
+                    "phase); repeat the option for several sizes (default: 1)")
+    ap.add_argument("--before", default="", help="also clean with the llm_recipes of this checkout (fast engine), "
+                    "interleaved: the same stage before a change, in the same run")
+    ap.add_argument("--gathered", default="", help="use this gather output for the (single) corpus instead of "
+                    "gathering, e.g. the quickstart's runs/<name>/gather")
+    ap.add_argument("--rounds", type=int, default=1, help="run the whole interleaved sequence this many times")
+    ap.add_argument("--regather", action="store_true", help="gather again (timed: gather_cpu_s); always done "
+                    "once per round for WARC corpora, whose extraction is part of the stage's time")
+    ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
-    for corpus in args.corpus:
-        work = Path(args.work) / corpus
-        gathered = work / "gather"
-        gather_cpu = None
-        if not (gathered / "stage_complete.json").exists() or args.regather:
-            cpu = children_cpu_s()
-            subprocess.run([sys.executable, "-m", "llm_recipes.gather", "--output_dir", str(gathered), "--sources",
-                            json.dumps(sources(corpus, args.packages)), "--shard_mb", str(args.shard_mb),
-                            "--overwrite_output_dir", "true"], check=True, stdout=subprocess.DEVNULL)
-            gather_cpu = children_cpu_s() - cpu
-        if args.repeat > 1:
-            gathered = repeated(gathered, work / f"gather-x{args.repeat}", args.repeat)
-        out = work / "clean"
-        subprocess.run(["rm", "-rf", str(out)], check=True)
-        profiles = {name: {"engine": args.engine} for name in ("web", "docs")}
-        cpu = children_cpu_s()
-        seconds, peak = run([sys.executable, "-m", "llm_recipes.clean", "--input_dir", str(gathered),
-                             "--output_dir", str(out), "--num_workers", str(args.workers),
-                             "--profiles", json.dumps(profiles)])
-        clean_cpu = children_cpu_s() - cpu
-        report = json.loads((out / "report.json").read_text())
-        mb = report["input_bytes"] / 2**20
-        result = {"corpus": corpus, "engine": args.engine, "repeat": args.repeat,
-                  "input_mb": round(report["input_bytes"] / 2**20, 2),
-                  "input_documents": report["input_documents"], "output_documents": report["output_documents"],
-                  "shards": report["shards"], "workers": args.workers, "wall_s": round(seconds, 1),
-                  "pipeline_s": report["seconds"], "mb_per_s_wall": round(report["input_bytes"] / 2**20 / seconds, 3),
-                  "peak_pss_mb": round(peak / 2**20), "clean_cpu_s": round(clean_cpu, 1),
-                  "clean_mb_per_cpu_s": round(mb / clean_cpu, 3),
-                  "gather_cpu_s": round(gather_cpu, 1) if gather_cpu is not None else None,
-                  "gather_and_clean_mb_per_cpu_s": round(mb / (clean_cpu + gather_cpu), 3) if gather_cpu else None,
-                  "load_avg": os.getloadavg(),
-                  "date": time.strftime("%Y-%m-%d %H:%M")}
-        print(json.dumps(result), flush=True)
-        with open(RESULTS, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    engines, repeats = args.engine or ["fast"], args.repeat or [1]
+    runs = [(engine, "") for engine in engines] + ([("fast", os.path.abspath(args.before))] if args.before else [])
+    for _ in range(args.rounds):
+        for corpus in args.corpus:
+            work = Path(args.work) / corpus
+            gathered = Path(args.gathered) if args.gathered else work / "gather"
+            gather_cpu, raw_mb = None, None
+            if not args.gathered and (corpus.startswith("warc") or args.regather
+                                      or not (gathered / "stage_complete.json").exists()):
+                gather_cpu = gather(corpus, args, gathered)
+                if corpus.startswith("warc"):
+                    raw_mb = _warc_html_mb(WARC)
+            for repeat in repeats:
+                for engine, tree in runs:
+                    result = clean_run(corpus, engine, repeat, gathered, work, args, gather_cpu, tree, raw_mb)
+                    print(json.dumps(result), flush=True)
+                    with open(args.results, "a") as f:
+                        f.write(json.dumps(result) + "\n")
+
+
+def _warc_html_mb(path: Path) -> float:
+    """MiB of HTTP payload (the pages' HTML) in a WARC."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    total = 0
+    with open(path, "rb") as f:
+        for record in ArchiveIterator(f):
+            if record.rec_type == "response":
+                total += len(record.content_stream().read())
+    return total / 2**20
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import inspect
+import operator
 import re
 import sys
 from collections import Counter
@@ -202,10 +203,18 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return len(items) - len(counts), sum(map(len, items)) - sum(map(len, counts))
 
 
-def _repeated_ngrams_exceed(words: list[str], n: int, text_chars: int, frac: float) -> bool:
-    """Whether the characters of n-grams that repeat an earlier n-gram, skipping past each repeat (Gopher's
-    rule, n-grams keyed by their concatenated words as datatrove keys them), exceed `frac` of the text."""
-    grams = list(map("".join, zip(*(words[i:] for i in range(n)))))
+def _joined_ngrams(words: list[str], n: int, previous: tuple[int, list[str]] | None) -> list[str]:
+    """Every word n-gram as its concatenated words (datatrove's key); from the (n-1)-grams when given
+    (`previous` = (n - 1, grams)): one concatenation per gram instead of a tuple and a join."""
+    if previous is not None and previous[0] == n - 1:
+        return list(map(operator.add, previous[1], words[n - 1:]))
+    return list(map("".join, zip(*(words[i:] for i in range(n)))))
+
+
+def _repeated_ngrams_exceed(grams: list[str], n: int, text_chars: int, frac: float) -> bool:
+    """Whether the characters of n-grams (`grams`: every word n-gram, keyed by its concatenated words as
+    datatrove keys them) that repeat an earlier n-gram, skipping past each repeat (Gopher's rule), exceed
+    `frac` of the text."""
     counts = Counter(grams)
     # the scan counts only occurrences after a gram's first, so all of them together bound it: when
     # they stay within the limit (the common case), the scan cannot exceed it
@@ -290,8 +299,11 @@ class FastGopherRepetition(_FastFilter):
                     unique_from = smallest
             if unique_from is not None and smallest >= unique_from:  # every duplicated fraction is 0
                 return True
+            previous = None
             for n, frac in a["dup_n_grams"]:
-                if _repeated_ngrams_exceed(words, n, len(text), frac):
+                grams = _joined_ngrams(words, n, previous)
+                previous = (n, grams)
+                if _repeated_ngrams_exceed(grams, n, len(text), frac):
                     return False, f"duplicated_{n}_n_grams"
         return True
 

@@ -146,6 +146,11 @@ _IPV6 = re.compile(r"(?<![\w:])[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:
 # at least 9 digits; plain numbers (versions, ids, years) have no such separators and are left alone.
 _PHONE = re.compile(r"(?<![\w.+-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])"
                     r"\d{3,4}[\s.-]\d{3,4}(?![\w-]|\.\d)")
+# What every match of each pattern contains: a digit, a dot, a digit (IPv4); a hex digit then a colon (IPv6);
+# a digit, a separator, a digit (phone: groups of 3-4 digits joined by a separator)
+_IPV4_HINT = re.compile(r"\d\.\d")
+_IPV6_HINT = re.compile(r"[0-9A-Fa-f]:")
+_PHONE_HINT = re.compile(r"\d[\s.-]\d")
 # Reserved for documentation by RFC 2606 / RFC 6761: not anybody's address.
 _EXAMPLE_DOMAINS = ("example.com", "example.org", "example.net", "example.edu",
                     ".example", ".test", ".invalid", ".localhost")
@@ -185,10 +190,16 @@ def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
             return placeholder
         return repl
 
-    text = _EMAIL.sub(sub("email", EMAIL_PLACEHOLDER, _is_personal_email), text)
-    text = _IPV4.sub(sub("ip", IP_PLACEHOLDER, _is_public_ip), text)
-    text = _IPV6.sub(sub("ip", IP_PLACEHOLDER, _is_public_ip), text)
-    text = _PHONE.sub(sub("phone", PHONE_PLACEHOLDER, lambda s: sum(c.isdigit() for c in s) >= 9), text)
+    # each pattern runs only on texts holding what every match of it contains (a cheap scan): most texts hold
+    # no address or phone number, and the full patterns, tried at every position, cost more
+    if "@" in text:
+        text = _EMAIL.sub(sub("email", EMAIL_PLACEHOLDER, _is_personal_email), text)
+    if _IPV4_HINT.search(text):
+        text = _IPV4.sub(sub("ip", IP_PLACEHOLDER, _is_public_ip), text)
+    if _IPV6_HINT.search(text):
+        text = _IPV6.sub(sub("ip", IP_PLACEHOLDER, _is_public_ip), text)
+    if _PHONE_HINT.search(text):
+        text = _PHONE.sub(sub("phone", PHONE_PLACEHOLDER, lambda s: sum(c.isdigit() for c in s) >= 9), text)
     return text, counts
 
 

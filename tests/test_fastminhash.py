@@ -1,0 +1,76 @@
+"""fastminhash.py gives datatrove's MinHash shingles and signatures bit for bit."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("datatrove")
+
+from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupSignature  # noqa: E402
+from datatrove.utils.hashing import HashConfig  # noqa: E402
+from datatrove.utils.text import simplify_text  # noqa: E402
+
+from llm_recipes.data import fastminhash  # noqa: E402
+from llm_recipes.data.steps import WhitespaceWords, fast_minhash_signature  # noqa: E402
+
+TEXTS = [
+    "",
+    "one",
+    "two words",
+    "The quick brown fox jumps over the lazy dog on Monday, 3 January 2024.",
+    "Café naïve résumé — coöperate; Ångström 1,5 km, ½ cup, 2.718 and ٣٫١٤",
+    "  Tabs\tand\n\nnewlines   everywhere!! (parentheses) [brackets] {braces} `code` os.path.join()  ",
+    "Ελληνικά κείμενα με τόνους, русский текст с ё и й, 中文文本没有空格, עברית עם ניקוד: שָׁלוֹם",
+    "a\u0301 e\u0308 combining marks at the end\u0301",
+    "\u0301 leading mark, zero\u200bwidth space, non\u00a0breaking",
+    "x " * 50 + "repeated shingles " * 20,
+]
+
+
+def reference_step(n: int) -> MinhashDedupSignature:
+    config = MinhashConfig(n_grams=n, num_buckets=4, hashes_per_bucket=3, seed=7,
+                           hash_config=HashConfig(precision=64, hash_fc="sha1"))
+    step = MinhashDedupSignature(output_folder="/tmp/unused-minhash", config=config)
+    step.word_tokenizer = WhitespaceWords()  # what our signature step splits simplified text with
+    return step
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_shingles_and_signatures_equal_datatrove(n):
+    reference = reference_step(n)
+    for text in TEXTS:
+        assert fastminhash.simplified(text, reference.config.norm_config) == simplify_text(
+            text, reference.config.norm_config), text
+        words = WhitespaceWords.word_tokenize(fastminhash.simplified(text, reference.config.norm_config))
+        ours = fastminhash.sha1_shingles(words, n)
+        theirs = reference.get_shingles(text)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, text
+        assert np.array_equal(ours, theirs), text
+        if theirs.size:
+            assert reference.get_signature(ours) == reference.get_signature(theirs)
+
+
+def test_our_signature_step_uses_the_fast_path_with_the_same_shingles(tmp_path):
+    config = reference_step(3).config
+    ours = fast_minhash_signature(str(tmp_path), config)
+    assert fastminhash.fast_path_applies(ours)
+    reference = reference_step(3)
+    for text in TEXTS:
+        shingles = reference.get_shingles(text)
+        assert np.array_equal(ours.get_shingles(text), shingles), text
+        if shingles.size:
+            assert ours.get_signature(shingles) == reference.get_signature(shingles), text
+
+
+def test_api_name_pattern_matches_as_the_plain_pattern():
+    """steps._API_NAME is a faster spelling (possessive quantifiers, one \\b) of this plain pattern."""
+    import re
+
+    from llm_recipes.data.steps import _API_NAME
+
+    plain = re.compile(r"`[^`\n]+`|\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|\b[A-Za-z_]\w*(?=\()|\b\w*_\w+"
+                       r"|\b[A-Z][a-z0-9]+[A-Z]\w*")
+    texts = ["Use `os.path.join` or np.sum(a) with snake_case_name and CamelCase, e.g. i.e.", "a__ _ abc_ __x x_ _1",
+             "ConvBnReLU2d.forward(x) torch.xpu.synchronize() `unclosed\n` ``double`` a.b.c. .x x. 3.14 _x.y",
+             "ÅngströmUnit naïve_name Foo_Bar(1) HTTPServer Ab1Cd e_ f(g)(h) __init__ self.__dict__"]
+    for text in texts:
+        assert _API_NAME.findall(text) == plain.findall(text), text
