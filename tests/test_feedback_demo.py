@@ -106,6 +106,7 @@ def test_feedback_demo_end_to_end(tiny_model_dir, tmp_path):
     # DPO learnt its training pairs: the user's word over the model's own answer, relative to the reference
     logged = [json.loads(line) for line in (run_dir / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert [m for m in logged if "rewards/accuracies" in m][-1]["rewards/accuracies"] >= 0.9
+    assert all(m["text_loss"] > 0 for m in logged if "loss" in m)  # the recipe's rehearsal on the corpus' text
 
     summary = json.loads((run_dir / "demo" / "summary.json").read_text())
     assert summary["corrections"] == 13 and summary["heldout_pairs"] == 13 * 3 * 3
