@@ -49,6 +49,11 @@ def test_scene_pairs_are_the_other_wordings_against_the_group():
     chosen = sorted(p["chosen"][0]["content"] for p in pairs)
     rejected = sorted(p["rejected"][0]["content"] for p in pairs)
     assert chosen == rejected
+    # two wordings of each scene corrected (--wordings 2): the other two are held out, none of them asked
+    twice = scene_pairs(scenes, asked=2)
+    assert len(twice) == 52 * 2 * 3 and len(scene_pairs(scenes, heldout=False, asked=2)) == 52 * 2 * 3
+    asked_twice = {w for s in scenes for w in s.wordings[:2]}
+    assert not asked_twice & {p["prompt"][0]["content"] for p in twice}
 
 
 def test_feedback_demo_bad_input(tmp_path, capsys):
@@ -56,6 +61,8 @@ def test_feedback_demo_bad_input(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match=r"corrections must be in \[1, 52\], got 0"):
         main([str(RECIPE), "--corrections", "0"])
+    with pytest.raises(ConfigError, match=r"wordings must be in \[1, 3\], got 4"):
+        main([str(RECIPE), "--wordings", "4"])
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(empty), "--run_dir", str(tmp_path / "run")]) == 1
@@ -99,6 +106,7 @@ def test_feedback_demo_end_to_end(tiny_model_dir, tmp_path):
     # DPO learnt its training pairs: the user's word over the model's own answer, relative to the reference
     logged = [json.loads(line) for line in (run_dir / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert [m for m in logged if "rewards/accuracies" in m][-1]["rewards/accuracies"] >= 0.9
+    assert all(m["text_loss"] > 0 for m in logged if "loss" in m)  # the recipe's rehearsal on the corpus' text
 
     summary = json.loads((run_dir / "demo" / "summary.json").read_text())
     assert summary["corrections"] == 13 and summary["heldout_pairs"] == 13 * 3 * 3

@@ -5,13 +5,13 @@
 
 1. the recipe's preparation stages (gather, clean, train_tokenizer, pretrain: the model to correct), skipped
    when already complete;
-2. `llm-recipes serve` with the recipe's serve.yaml, in its own process; a scripted user asks the first wording of
-   each everyday scene ("The cat sat on the") through `/v1/chat/completions`, and where the answer is not the
-   scene's word, sends thumbs down with the word as the suggested answer through `/v1/feedback`, as the chat
-   page does; then the server is stopped;
+2. `llm-recipes serve` with the recipe's serve.yaml, in its own process; a scripted user asks the first wording
+   (or the first `--wordings`) of each everyday scene ("The cat sat on the") through `/v1/chat/completions`,
+   and where the answer is not the scene's word, sends thumbs down with the word as the suggested answer
+   through `/v1/feedback`, as the chat page does; then the server is stopped;
 3. the recipe's `feedback` stage (store -> dpo.jsonl) and `dpo` (or `kto`) stage;
 4. the recipe's `evaluate` stage on the model before and after, with preference pairs built from the other
-   three wordings of every scene (never sent to the server): the scene's word against each of the three
+   wordings of every scene (never sent to the server): the scene's word against each of the three
    other words of its group (`everyday.py`), and on held-out text (bits per byte). Both are paired comparisons
    with 95% intervals; `demo/summary.json` holds the before/after figures and the verdicts.
 """
@@ -59,12 +59,16 @@ class FeedbackDemoConfig:
                 "copied into run_dir, and the recipe's preparation stages are skipped"})
     corrections: int | None = field(default=None, metadata={
         "help": "scenes the scripted user corrects (the first N of 52); default: all"})
+    wordings: int = field(default=1, metadata={
+        "help": "wordings of each corrected scene the scripted user asks and corrects (the first N of its 4); the "
+                "others are the held-out paraphrases"})
     max_tokens: int = field(default=6, metadata={"help": "tokens the server may answer each prompt with"})
     server_start_timeout_s: float = field(default=120.0, metadata={
         "help": "give up when the server is not up by then"})
 
     def __post_init__(self):
         check_range(self, "corrections", 1, sum(len(group) for group in GROUPS))  # at most one per scene
+        check_range(self, "wordings", 1, 3)  # at least one wording of each scene stays held out
         check_range(self, "max_tokens", 1)
 
 
@@ -74,15 +78,15 @@ def corrected_scenes(count: int | None) -> list[Scene]:
     return order[:count] if count else order
 
 
-def scene_pairs(scenes: list[Scene], heldout: bool = True) -> list[dict[str, Any]]:
-    """Preference pairs for each corrected scene: its wordings the server never saw (`heldout`; else the one it
-    was corrected on), each with the scene's word chosen over the three other words of its group. A model that
-    learnt a word, not the scene, gains nothing here (every word is as often chosen as rejected within a group
-    whose scenes were all corrected)."""
+def scene_pairs(scenes: list[Scene], heldout: bool = True, asked: int = 1) -> list[dict[str, Any]]:
+    """Preference pairs for each corrected scene: its wordings the server never saw (`heldout`; else the first
+    `asked`, those it was corrected on), each with the scene's word chosen over the three other words of its
+    group. A model that learnt a word, not the scene, gains nothing here (every word is as often chosen as
+    rejected within a group whose scenes were all corrected)."""
     pairs = []
     for scene in scenes:
         group = next(g for g in GROUPS if scene in g)
-        for wording in (scene.wordings[1:] if heldout else scene.wordings[:1]):
+        for wording in (scene.wordings[asked:] if heldout else scene.wordings[:asked]):
             for other in group:
                 if other is not scene:
                     pairs.append({"prompt": [{"role": "user", "content": wording}],
@@ -164,17 +168,17 @@ def use_base_run(base_run: Path, run_dir: Path) -> None:
           flush=True)
 
 
-def scripted_user(url: str, scenes: list[Scene], max_tokens: int) -> list[dict[str, Any]]:
-    """Asks each scene's first wording as the chat page does; a wrong answer gets thumbs down and the scene's word
-    as the suggestion. Returns what was asked, answered and sent."""
+def scripted_user(url: str, scenes: list[Scene], max_tokens: int, wordings: int = 1) -> list[dict[str, Any]]:
+    """Asks each scene's first `wordings` wordings as the chat page does; a wrong answer gets thumbs down and the
+    scene's word as the suggestion. Returns what was asked, answered and sent."""
     model = json.loads(urllib.request.urlopen(f"{url}/v1/models", timeout=30).read())["data"][0]["id"]
     log = []
-    for scene in scenes:
-        messages = [{"role": "user", "content": scene.wordings[0]}]
+    for scene, wording in ((scene, wording) for scene in scenes for wording in scene.wordings[:wordings]):
+        messages = [{"role": "user", "content": wording}]
         reply = _post(f"{url}/v1/chat/completions", {"model": model, "messages": messages,
                                                       "max_tokens": max_tokens, "temperature": 0})
         answer = reply["choices"][0]["message"]["content"]
-        entry = {"prompt": scene.wordings[0], "answer": answer, "expected": scene.answer}
+        entry = {"prompt": wording, "answer": answer, "expected": scene.answer}
         if answer.strip().strip(".").lower() != scene.answer:
             feedback = _post(f"{url}/v1/feedback", {"model": model, "messages": messages, "completion": answer,
                                                     "rating": "down", "suggestion": scene.answer,
@@ -264,9 +268,9 @@ def _run_demo(cfg: FeedbackDemoConfig) -> dict[str, Any]:
     server = ServeProcess(recipe_dir / "serve.yaml", run_dir, run_dir / "logs" / "serve.log",
                           cfg.server_start_timeout_s)
     try:
-        print(f"[feedback-demo] {server.url}: a scripted user asks {len(scenes)} prompts and corrects wrong answers",
-              flush=True)
-        conversation = scripted_user(server.url, scenes, cfg.max_tokens)
+        print(f"[feedback-demo] {server.url}: a scripted user asks {len(scenes) * cfg.wordings} prompts and "
+              "corrects wrong answers", flush=True)
+        conversation = scripted_user(server.url, scenes, cfg.max_tokens, cfg.wordings)
     finally:
         code = server.stop()
     if code != 0:
@@ -275,11 +279,12 @@ def _run_demo(cfg: FeedbackDemoConfig) -> dict[str, Any]:
     print(f"[feedback-demo] {sent} corrections sent ({len(conversation) - sent} answers were already right) in "
           f"{time.time() - started:.0f} s; server stopped", flush=True)
     atomic_write_text(demo_dir / "conversation.jsonl", "".join(json.dumps(e) + "\n" for e in conversation))
-    pairs = scene_pairs(scenes)
+    pairs = scene_pairs(scenes, asked=cfg.wordings)
     atomic_write_text(pairs_path, "".join(json.dumps(p) + "\n" for p in pairs))
     print(f"[feedback-demo] {len(pairs)} held-out paraphrase pairs -> {pairs_path}", flush=True)
     corrected_path = demo_dir / "corrected_pairs.jsonl"
-    atomic_write_text(corrected_path, "".join(json.dumps(p) + "\n" for p in scene_pairs(scenes, heldout=False)))
+    corrected_pairs = scene_pairs(scenes, heldout=False, asked=cfg.wordings)
+    atomic_write_text(corrected_path, "".join(json.dumps(p) + "\n" for p in corrected_pairs))
 
     # the store changed: every later stage is redone
     run_recipe(recipe_dir, run_dir, stages=["feedback"], force=True)
