@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 
 
@@ -23,3 +24,23 @@ def running_server(model_dir: Path, feedback_path: Path, **kwargs):
         server.stop()
         engine.shutdown()
         store.close()
+
+
+def collector(n: int):
+    """What n engine requests emit: (tokens per request, finish event per request, an Event set when all n
+    finished, make(i) -> request i's emit callback)."""
+    results = {i: [] for i in range(n)}
+    finish = {}
+    done = threading.Event()
+
+    def make(i):
+        def emit(event):
+            if event[0] == "token":
+                results[i].append(event[1])
+            else:
+                finish[i] = event
+                if len(finish) == n:
+                    done.set()
+        return emit
+
+    return results, finish, done, make

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from serve_helpers import collector
 
 
 @pytest.fixture(scope="module")
@@ -14,24 +15,6 @@ def model_and_tokenizer(tiny_model_dir):
     from llm_recipes.serving.loading import load_for_serving
 
     return load_for_serving(tiny_model_dir)
-
-
-def _collector(n):
-    results = {i: [] for i in range(n)}
-    finish = {}
-    done = threading.Event()
-
-    def make(i):
-        def emit(event):
-            if event[0] == "token":
-                results[i].append(event[1])
-            else:
-                finish[i] = event
-                if len(finish) == n:
-                    done.set()
-        return emit
-
-    return results, finish, done, make
 
 
 def test_batched_equals_one_at_a_time(model_and_tokenizer):
@@ -50,7 +33,7 @@ def test_batched_equals_one_at_a_time(model_and_tokenizer):
                              pad_token_id=tok.pad_token_id)
         expected.append(out[0, len(ids):].tolist())
     engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=3)
-    results, finish, done, make = _collector(len(prompts))
+    results, finish, done, make = collector(len(prompts))
     try:
         for i, (p, n) in enumerate(zip(prompts, budgets)):
             engine.submit(GenerationRequest(tok(p)["input_ids"], n, make(i), temperature=0))
@@ -72,17 +55,17 @@ def test_stop_token_ends_row_and_cancel(model_and_tokenizer):
     engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=2, max_queue=1)
     try:
         ids = tok("The os module")["input_ids"]
-        results, finish, done, make = _collector(1)
+        results, finish, done, make = collector(1)
         first = GenerationRequest(ids, 10, make(0), temperature=0)
         engine.submit(first)
         assert done.wait(30)
         # the greedy first token as a stop id: the row ends at once with "stop", nothing emitted
-        stop_results, stop_finish, stop_done, make2 = _collector(1)
+        stop_results, stop_finish, stop_done, make2 = collector(1)
         engine.submit(GenerationRequest(ids, 10, make2(0), temperature=0, stop_ids=frozenset({results[0][0]})))
         assert stop_done.wait(30)
         assert stop_results[0] == [] and stop_finish[0] == ("done", "stop")
         # a cancelled request is dropped without generating
-        c_results, c_finish, c_done, make3 = _collector(1)
+        c_results, c_finish, c_done, make3 = collector(1)
         cancelled = GenerationRequest(ids, 10, make3(0), temperature=0)
         cancelled.cancel()
         engine.submit(cancelled)
@@ -100,7 +83,7 @@ def test_seeded_sampling_is_reproducible(model_and_tokenizer):
     model, tok = model_and_tokenizer
     engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=4)
     try:
-        results, finish, done, make = _collector(3)
+        results, finish, done, make = collector(3)
         ids = tok("The os module")["input_ids"]
         for i, seed in enumerate([7, 7, 8]):
             engine.submit(GenerationRequest(ids, 16, make(i), temperature=1.0, top_p=0.9, seed=seed))
@@ -126,7 +109,7 @@ def test_batched_sampling_equals_row_by_row(model_and_tokenizer, monkeypatch):
             requests += [dict(prompt_ids=tok("for")["input_ids"], temperature=0),
                          dict(prompt_ids=tok("A class is")["input_ids"], temperature=1.3),
                          dict(prompt_ids=ids, temperature=0.8, seed=8, top_k=5)]
-        results, finish, done, make = _collector(len(requests))
+        results, finish, done, make = collector(len(requests))
         try:
             for i, fields in enumerate(requests):
                 engine.submit(GenerationRequest(max_new_tokens=12, emit=make(i), **fields))

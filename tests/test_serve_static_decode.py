@@ -7,10 +7,10 @@ throughput"); the compiled step is checked against the eager one by the benchmar
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
+from serve_helpers import collector
 
 PROMPTS = [[5, 9, 11], [7] * 12, [20, 21, 22, 23, 24, 25, 26], [3], [8, 30]]
 BUDGETS = [10, 3, 8, 6, 5]  # rows end at different steps: slots are emptied and refilled
@@ -36,18 +36,7 @@ def _expected(model, prompts=PROMPTS, budgets=BUDGETS):
 def _run(engine, prompts=PROMPTS, budgets=BUDGETS):
     from llm_recipes.serving.engine import GenerationRequest
 
-    tokens = {i: [] for i in range(len(prompts))}
-    finish, done = {}, threading.Event()
-
-    def make(i):
-        def emit(event):
-            if event[0] == "token":
-                tokens[i].append(event[1])
-            else:
-                finish[i] = event
-                if len(finish) == len(prompts):
-                    done.set()
-        return emit
+    tokens, finish, done, make = collector(len(prompts))
 
     try:
         for i, (p, n) in enumerate(zip(prompts, budgets)):

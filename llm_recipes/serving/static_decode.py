@@ -41,25 +41,12 @@ def unsupported_reason(model, max_batch_size: int, context: int) -> str | None:
     return None
 
 
-def _rms_norm(x, weight, eps: float):
-    # as RecipeGPTRMSNorm: normalised in float32, scaled in the model's dtype
-    import torch
-
-    h = x.float()
-    return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def _rotate(x, cos, sin):
-    import torch
-
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
 def decode_step_for(config):
     """The decode step of a model with this config: its sizes are constants of the function (so that a
     compilation with dynamic shapes specialises on them), its weights and cache are arguments."""
     import torch
+
+    from ..model.modeling_recipe_gpt import rms_norm, rotate_half  # the model's own norm and rotation
 
     eps, heads, kv_heads, head_dim = float(config.rms_norm_eps), config.num_attention_heads, \
         config.num_key_value_heads, config.head_dim
@@ -80,23 +67,23 @@ def decode_step_for(config):
         bias = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, float("-inf"))
         bias = bias[:, None, None, :]  # (B, 1, 1, length): over heads and the one query
         for layer, key_cache, value_cache in zip(weights["layers"], keys, values):
-            qkv = _rms_norm(x, layer["input_norm"], eps) @ layer["qkv"]  # (B, q + 2 kv)
+            qkv = rms_norm(x, layer["input_norm"], eps) @ layer["qkv"]  # (B, q + 2 kv)
             q = qkv[:, :q_size].view(batch, heads, head_dim)
             k = qkv[:, q_size:q_size + kv_size].view(batch, kv_heads, head_dim)
             v = qkv[:, q_size + kv_size:].view(batch, kv_heads, head_dim)
             if qk_norm:
-                q, k = _rms_norm(q, layer["q_norm"], eps), _rms_norm(k, layer["k_norm"], eps)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+                q, k = rms_norm(q, layer["q_norm"], eps), rms_norm(k, layer["k_norm"], eps)
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             key_cache[rows, :, positions] = k
             value_cache[rows, :, positions] = v
             attended = torch.nn.functional.scaled_dot_product_attention(
                 q[:, :, None, :], key_cache[:batch, :, :length], value_cache[:batch, :, :length],
                 attn_mask=bias, scale=scaling, enable_gqa=grouped)  # (B, nh, 1, hd)
             x = x + attended.reshape(batch, q_size) @ layer["o"]
-            gate_up = _rms_norm(x, layer["post_norm"], eps) @ layer["gate_up"]
+            gate_up = rms_norm(x, layer["post_norm"], eps) @ layer["gate_up"]
             gate, up = gate_up.chunk(2, dim=-1)
             x = x + (torch.nn.functional.silu(gate) * up) @ layer["down"]
-        return _rms_norm(x, weights["norm"], eps) @ weights["lm_head"]
+        return rms_norm(x, weights["norm"], eps) @ weights["lm_head"]
 
     return decode_step
 
