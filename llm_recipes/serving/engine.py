@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import queue
 import threading
 import time
@@ -614,9 +615,12 @@ class GenerationEngine:
         if greedy:
             chosen.update(zip(greedy, logits[greedy].argmax(-1).tolist()))
         if sampled:
+            scores = logits if len(sampled) == len(rows) else logits[sampled]  # no index copy when all sample
+            # a tensor division for every batch (not a Python scalar's, which the CPU kernel turns into a
+            # product with 1/t): a seeded row draws the same tokens alone and beside others
             temperatures = torch.tensor([rows[i].request.temperature for i in sampled], device=logits.device)
-            probs = torch.softmax(logits[sampled].float() / temperatures[:, None], dim=-1)  # (rows, V)
-            draws = _draw(probs, [rows[i].generator for i in sampled])
+            scores = scores.float() / temperatures[:, None]
+            draws = _draw(torch.softmax(scores, dim=-1), [rows[i].generator for i in sampled])  # (rows, V)
             chosen.update(zip(sampled, draws))
         return chosen
 
@@ -646,22 +650,28 @@ def _draw(probs, generators: list) -> list[int]:
     A seeded row's draws depend on its generator only, never on its batch neighbours."""
     import torch
 
-    uniform = torch.empty(len(generators), device=probs.device)
-    free = [j for j, g in enumerate(generators) if g is None]
-    if free:
-        uniform[free] = torch.rand(len(free), device=probs.device)
-    for j, generator in enumerate(generators):
-        if generator is not None:
-            uniform[j] = torch.rand(1, generator=generator, device=probs.device)[0]
+    if all(g is None for g in generators):
+        uniform = torch.rand(len(generators), device=probs.device)
+    elif len(generators) == 1:
+        uniform = torch.rand(1, generator=generators[0], device=probs.device)
+    else:
+        uniform = torch.empty(len(generators), device=probs.device)
+        free = [j for j, g in enumerate(generators) if g is None]
+        if free:
+            uniform[free] = torch.rand(len(free), device=probs.device)
+        for j, generator in enumerate(generators):
+            if generator is not None:
+                uniform[j] = torch.rand(1, generator=generator, device=probs.device)[0]
     cumulative = probs.cumsum(dim=-1)
-    total = cumulative[:, -1]
-    if not bool((torch.isfinite(total) & (total > 0)).all()):  # as torch.multinomial refuses such rows
+    total = cumulative[:, -1:]  # (rows, 1)
+    # checked in Python on the few totals: cheaper than four tensor operations on one row
+    if not all(math.isfinite(t) and t > 0 for t in total.view(-1).tolist()):  # as torch.multinomial refuses
         raise ValueError("the probabilities are not a distribution (NaN, infinite or all zero): a temperature "
                          "too small for float32, or logits that overflowed")
     # the first token whose cumulative mass exceeds u x total: never one of probability 0 (its mass adds
     # nothing), and scaling by the row's own total keeps float rounding from running past the end
-    targets = (uniform * total)[:, None]
-    return torch.searchsorted(cumulative, targets, right=True).clamp_(max=probs.shape[-1] - 1)[:, 0].tolist()
+    targets = uniform[:, None] * total
+    return torch.searchsorted(cumulative, targets, right=True).clamp_(max=probs.shape[-1] - 1).view(-1).tolist()
 
 
 def _fail(request: GenerationRequest, error: Exception) -> None:
