@@ -66,7 +66,8 @@ def decode_step_for(config):
         if x.dtype != torch.float32:
             return rms_norm(x, weight, eps)
         # rms_norm's arithmetic without its casts: weight * (x * rsqrt(mean(x^2) + eps))
-        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+        # (a mean on the CPU is a sum and a division, plus a dtype check that dispatches a copy: written out)
+        return weight * (x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True).div_(x.shape[-1]) + eps))
 
     def decode_step(weights: dict, keys: list, values: list, tokens, positions, length: int):
         """Logits (B, V) for one token per row. tokens, positions: (B,); row b's token is at `positions[b]`
