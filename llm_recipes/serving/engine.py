@@ -245,11 +245,15 @@ class GenerationEngine:
             when that fails the step stays eager and `decode_path` gives the reason.
         context: longest prompt + answer of a request (the static cache's positions); default: the model's
             `max_position_embeddings`. A longer request fails with an error naming it.
+        prefix_cache: with the static cache, how many finished sequences' keys and values to keep (one cache
+            slot each): a prompt that starts with one's tokens (a chat's next turn re-sends the conversation)
+            prefills only the rest (`prefix_hits`, `prefix_reused_tokens` count them); 0 turns it off.
     """
 
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64,
                  num_threads: int | None = None, on_step: Callable[[], None] | None = None,
-                 static_cache: bool = True, compile_decode: bool = False, context: int | None = None):
+                 static_cache: bool = True, compile_decode: bool = False, context: int | None = None,
+                 prefix_cache: int = 4):
         import torch
 
         self.model = model.eval()
@@ -268,6 +272,7 @@ class GenerationEngine:
         self.vocab_size = int(model.config.vocab_size)  # logits per position
         self.context = int(context or getattr(model.config, "max_position_embeddings", 0) or 0) or None
         self._static = None
+        self._prefix_slots = max(int(prefix_cache), 0)
         self.decode_path, self.compile_seconds = "transformers forward (static_cache off)", 0.0
         if static_cache:
             self._static, self.decode_path = self._static_decoder(model, compile_decode)
@@ -284,14 +289,15 @@ class GenerationEngine:
         from .static_decode import StaticDecoder, unsupported_reason
 
         reason = "no context length known" if self.context is None else unsupported_reason(
-            model, self.max_batch_size, self.context)
+            model, self.max_batch_size, self.context, self._prefix_slots)
         if reason is not None:
             return None, f"transformers forward (no static KV cache: {reason})"
         torch = self._torch
         previous = torch.get_num_threads()
         torch.set_num_threads(self._num_threads)  # compile and warm the kernels with the decoding threads
         try:
-            decoder = StaticDecoder(model, self.max_batch_size, self.context, compile=compile_decode)
+            decoder = StaticDecoder(model, self.max_batch_size, self.context, compile=compile_decode,
+                                    prefix_slots=self._prefix_slots)
         finally:
             torch.set_num_threads(previous)
         self.compile_seconds = round(decoder.compile_seconds, 1)
@@ -412,7 +418,7 @@ class GenerationEngine:
         if not rows:
             return [], None
         try:
-            return self._sample_and_emit(*self._prefill(rows))
+            return self._prefill_and_sample(rows)
         except Exception as e:  # noqa: BLE001
             if len(rows) == 1:
                 logger.exception("prefill failed")
@@ -425,6 +431,47 @@ class GenerationEngine:
                 merged_rows, merged_state = self._merge_dynamic(merged_rows, merged_state, alone_rows,
                                                                  alone_state)
         return merged_rows, merged_state
+
+    def _prefill_and_sample(self, rows: list[_Row]):
+        """Prefills new rows and samples their first tokens: the prompts that start with a kept sequence's tokens
+        (`StaticDecoder.reuse`) one at a time from its keys and values, the others as one batch."""
+        groups, fresh = [], []
+        for row in rows:
+            cache, length = (None, 0) if self._static is None or row.request.prompt_logprobs else \
+                self._static.reuse(row.request.prompt_ids)  # scoring a prompt needs all its logits
+            if length:
+                groups.append(self._sample_and_emit(*self._prefill_cached(row, cache, length)))
+            else:
+                fresh.append(row)
+        if fresh:
+            groups.insert(0, self._sample_and_emit(*self._prefill(fresh)))
+        merged_rows, merged_state = [], None
+        for group_rows, group_state in groups:
+            if group_rows:
+                merged_rows, merged_state = self._merge_dynamic(merged_rows, merged_state, group_rows, group_state)
+        return merged_rows, merged_state
+
+    @property
+    def prefix_hits(self) -> int:
+        """Prompts that reused kept keys and values (0 without the static cache)."""
+        return self._static.prefix.hits if self._static is not None else 0
+
+    @property
+    def prefix_reused_tokens(self) -> int:
+        """Prompt tokens not prefilled, their keys and values reused."""
+        return self._static.prefix.reused_tokens if self._static is not None else 0
+
+    def _prefill_cached(self, row: _Row, cache, length: int):
+        """`_prefill` for one prompt whose first `length` tokens' keys and values are in `cache`: the model runs on
+        the rest only, at positions length.."""
+        torch = self._torch
+        prompt = row.request.prompt_ids
+        rest = torch.tensor([prompt[length:]], dtype=torch.long, device=self.device)
+        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=self.device)
+        positions = torch.arange(length, len(prompt), device=self.device)[None]
+        out = self.model(input_ids=rest, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **{self._cache_key: cache})
+        return [row], (cache, mask, torch.tensor([len(prompt)], device=self.device), out.logits[:, -1, :])
 
     def _prefill(self, rows: list[_Row]):
         """Runs the prompts of new rows as one left-padded batch; returns the rows and their state."""
@@ -563,6 +610,11 @@ class GenerationEngine:
         tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
         if len(keep) == len(rows):
             return rows, (cache, mask, pos, tokens)
+        if cache is None and self._static.prefix.entries:  # rows that end: their keys and values may be reused
+            kept = set(keep)
+            for i, row in enumerate(rows):
+                if i not in kept:
+                    self._static.keep(i, row.ids[:pos[i]])  # the tokens fed so far: positions 0..pos[i]-1
         if not keep:
             return [], None
         if cache is None:

@@ -64,6 +64,7 @@ class EngineSpec:
     static_kv_cache: bool = True
     compile_decode: bool = False
     context: int | None = None
+    prefix_cache: int = 4
 
 
 class EngineClient:
@@ -275,7 +276,8 @@ def engine_main(conn, spec: EngineSpec) -> None:
         engine = GenerationEngine(model, spec.pad_token_id, max_batch_size=spec.max_batch_size,
                                   max_queue=spec.max_batch_size + spec.max_queue, num_threads=spec.num_threads,
                                   on_step=flush, static_cache=spec.static_kv_cache,
-                                  compile_decode=spec.compile_decode, context=spec.context)
+                                  compile_decode=spec.compile_decode, context=spec.context,
+                                  prefix_cache=spec.prefix_cache)
     except BaseException as e:  # noqa: BLE001 - reported to the HTTP process, which raises it
         kind = "load" if isinstance(e, (ModelLoadError, OSError)) else "other"
         conn.send(("failed", kind, f"the engine process could not start: {type(e).__name__}: {e}"))

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 MAX_CACHE_BYTES = 4 * 2**30  # a bigger static cache (long context x many rows x a big model) is not allocated
 
 
-def unsupported_reason(model, max_batch_size: int, context: int) -> str | None:
+def unsupported_reason(model, max_batch_size: int, context: int, prefix_slots: int = 0) -> str | None:
     """Why this model cannot use the static decode step (None when it can)."""
     config = model.config
     if getattr(config, "model_type", None) != "recipe_gpt":
@@ -34,7 +34,7 @@ def unsupported_reason(model, max_batch_size: int, context: int) -> str | None:
     if config.rope_parameters.get("rope_type", "default") == "dynamic":
         return "dynamic NTK rotary frequencies change with the sequence length"
     element = next(model.parameters()).element_size()
-    size = (2 * config.num_hidden_layers * max_batch_size * config.num_key_value_heads * (context + 1)
+    size = (2 * config.num_hidden_layers * (max_batch_size + prefix_slots) * config.num_key_value_heads * (context + 1)
             * config.head_dim * element)
     if size > MAX_CACHE_BYTES:
         return f"a static KV cache of {size / 2**30:.1f} GiB (over {MAX_CACHE_BYTES / 2**30:g} GiB)"
@@ -113,12 +113,14 @@ class StaticDecoder:
         context: positions per slot (the longest prompt + answer).
         compile: compile the step with torch.compile (inductor) for every batch size up to max_batch_size
             now; on failure the step stays eager and `compile_error` says why.
+        prefix_slots: extra slots after the batch's, where finished rows' keys and values are kept for a later
+            prompt that starts with the same tokens (`PrefixCache`); the decode step never reads them.
     """
 
-    def __init__(self, model, max_batch_size: int, context: int, compile: bool = False):
+    def __init__(self, model, max_batch_size: int, context: int, compile: bool = False, prefix_slots: int = 0):
         import torch
 
-        config = model.config
+        config = self.config = model.config
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.max_batch_size, self.context = int(max_batch_size), int(context)
@@ -147,7 +149,9 @@ class StaticDecoder:
                 # rotate_half(x) * sin == roll(x, hd/2) * signed_sin: the first half's sign moves into the table
                 "signed_sin": torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1),
             }
-        shape = (self.max_batch_size, config.num_key_value_heads, self.context + 1, config.head_dim)
+        self.prefix = PrefixCache(range(self.max_batch_size, self.max_batch_size + int(prefix_slots)))
+        shape = (self.max_batch_size + int(prefix_slots), config.num_key_value_heads, self.context + 1,
+                 config.head_dim)
         self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]
         self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]
         self._eager_step = self._step = decode_step_for(config)
@@ -201,11 +205,84 @@ class StaticDecoder:
             keys[slot, :, :length] = layer.keys[row, :, start:start + length]
             values[slot, :, :length] = layer.values[row, :, start:start + length]
 
+    def keep(self, slot: int, tokens: list[int]) -> None:
+        """Keeps the keys and values of `slot` (a row that ends: positions 0..len(tokens)-1, those of `tokens`) in
+        a prefix slot, for `reuse`."""
+        target = self.prefix.claim(tokens)
+        if target is not None:
+            self.move([slot], [target], len(tokens))
+
+    def reuse(self, prompt: list[int]):
+        """For a prompt whose first tokens are those of a kept row: a transformers cache (one row) holding their
+        keys and values, and how many they are; (None, 0) when no kept row shares a first token with it. At
+        least the prompt's last token is left out (its logits choose the first answer token)."""
+        slot, length = self.prefix.lookup(prompt)
+        if not length:
+            return None, 0
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(config=self.config)
+        for index, (keys, values) in enumerate(zip(self.keys, self.values)):
+            cache.update(keys[slot:slot + 1, :, :length].clone(), values[slot:slot + 1, :, :length].clone(), index)
+        return cache, length
+
     def move(self, sources: list[int], targets: list[int], length: int) -> None:
         """Copies the first `length` positions of slots `sources` into slots `targets`."""
         for keys, values in zip(self.keys, self.values):
             keys[targets, :, :length] = keys[sources, :, :length]
             values[targets, :, :length] = values[sources, :, :length]
+
+
+class PrefixCache:
+    """Which token ids each prefix slot holds the keys and values of, and which slot to reuse for a prompt
+    (the one sharing the longest run of first tokens with it) or to overwrite (one whose tokens begin the new
+    ones: the same conversation's previous turn; else the least recently used).
+
+    Why: a chat client re-sends the whole conversation every turn, so a turn's prompt starts with the previous
+    turn's prompt and answer, whose keys and values the engine computed already; only the rest is prefilled."""
+
+    def __init__(self, slots):
+        self.entries: dict[int, tuple[int, ...]] = {slot: () for slot in slots}
+        self._used: dict[int, int] = {slot: 0 for slot in slots}
+        self._clock = 0
+        self.hits, self.reused_tokens = 0, 0
+
+    def _touch(self, slot: int) -> None:
+        self._clock += 1
+        self._used[slot] = self._clock
+
+    def claim(self, tokens: list[int]) -> int | None:
+        """The slot to store `tokens` into (its entry is set to them), or None when there are no slots."""
+        if not self.entries or not tokens:
+            return None
+        tokens = tuple(tokens)
+        older = [s for s, held in self.entries.items() if held and tokens[:len(held)] == held]
+        slot = older[0] if older else min(self._used, key=self._used.get)
+        self.entries[slot] = tokens
+        self._touch(slot)
+        return slot
+
+    def lookup(self, prompt: list[int]) -> tuple[int | None, int]:
+        """(slot, length): the kept row sharing the longest run of first tokens with `prompt` and that run's
+        length (at most len(prompt) - 1); (None, 0) when none shares one."""
+        best, best_length = None, 0
+        for slot, held in self.entries.items():
+            length = _common_prefix(held, prompt, len(prompt) - 1)
+            if length > best_length:
+                best, best_length = slot, length
+        if best is not None:
+            self._touch(best)
+            self.hits += 1
+            self.reused_tokens += best_length
+        return best, best_length
+
+
+def _common_prefix(a, b, limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def _first_line(error: Exception) -> str:

@@ -1,0 +1,94 @@
+"""The engine alone (no HTTP), prefix caching on and off in one process: multi-turn chats as the chat page sends
+them (each turn re-sends the conversation through the model's chat template), alternating rounds. Prints and
+appends one JSON row per round and setting: time to first token (submit -> first token) per turn, the prompt
+tokens prefilled and reused, and whether every answer equalled the other setting's (greedy).
+
+    python benchmarks/serve/prefix_cache_ab.py runs/quickstart/dpo/final --json_out prefix.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import threading
+import time
+
+from llm_recipes.serving.engine import GenerationEngine, GenerationRequest
+from llm_recipes.serving.loading import load_for_serving
+
+QUESTIONS = ["How do I read a file?", "And write one?", "What about JSON?", "Show a loop.", "Thanks, and errors?",
+             "One more tip?", "Bye."]
+
+
+def chat(engine, tokenizer, answer_tokens: int, conversation: int) -> list[dict]:
+    """One conversation, turn after turn until the context is full: [{turn, prompt, ttft_s, tokens}, ...]."""
+    messages, turns = [], []
+    for turn, question in enumerate(QUESTIONS):
+        messages.append({"role": "user", "content": f"({conversation}) {question}"})
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        if len(ids) + answer_tokens > engine.context:
+            break
+        got, first, done = [], [], threading.Event()
+
+        def emit(event, got=got, first=first, done=done):
+            if event[0] == "token":
+                first.append(first[0] if first else time.perf_counter())
+                got.append(event[1])
+            else:
+                done.set()
+
+        start = time.perf_counter()
+        engine.submit(GenerationRequest(ids, answer_tokens, emit, temperature=0))
+        done.wait(120)
+        turns.append({"turn": turn, "prompt": len(ids), "ttft_s": first[0] - start, "tokens": got})
+        messages.append({"role": "assistant", "content": tokenizer.decode(got, skip_special_tokens=True)})
+    return turns
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_path")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--conversations", type=int, default=4)
+    parser.add_argument("--answer_tokens", type=int, default=12)
+    parser.add_argument("--json_out")
+    args = parser.parse_args()
+    model, tokenizer = load_for_serving(args.model_path)
+    engines = {"prefix cache on": GenerationEngine(model, tokenizer.pad_token_id, max_batch_size=8, prefix_cache=4),
+               "prefix cache off": GenerationEngine(model, tokenizer.pad_token_id, max_batch_size=8, prefix_cache=0)}
+    for name, engine in engines.items():  # warm-up, not counted
+        chat(engine, tokenizer, args.answer_tokens, -1)
+    answers = {}
+    for round_ in range(args.rounds):
+        for name, engine in (list(engines.items()) if round_ % 2 == 0 else list(engines.items())[::-1]):
+            load = os.getloadavg()[0]
+            hits, reused = engine.prefix_hits, engine.prefix_reused_tokens
+            # new conversations every round (the same in both settings): a round never finds the previous one's
+            conversations = range(round_ * args.conversations, (round_ + 1) * args.conversations)
+            turns = [t for c in conversations for t in chat(engine, tokenizer, args.answer_tokens, c)]
+            answers.setdefault(round_, {})[name] = [t["tokens"] for t in turns]
+            later = [t["ttft_s"] for t in turns if t["turn"] > 0]
+            row = {"round": round_ + 1, "setting": name, "turns": len(turns),
+                   "ttft_first_turn_ms": 1000 * statistics.median(t["ttft_s"] for t in turns if t["turn"] == 0),
+                   "ttft_later_turns_ms": 1000 * statistics.median(later),
+                   "ttft_later_turns_mean_ms": 1000 * statistics.mean(later),
+                   "prompt_tokens": sum(t["prompt"] for t in turns),
+                   "reused_tokens": engine.prefix_reused_tokens - reused, "hits": engine.prefix_hits - hits,
+                   "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            print(json.dumps(row), flush=True)
+            if args.json_out:
+                with open(args.json_out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    same = all(len(set(map(json.dumps, by_name.values()))) == 1 for by_name in answers.values())
+    print(f"greedy answers equal with and without the prefix cache: {same}")
+    for engine in engines.values():
+        engine.shutdown()
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
