@@ -111,7 +111,7 @@ def test_prefix_cache_reuses_a_previous_turn_and_answers_as_without_it():
 
     model = _model()
     engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2, prefix_cache=2)
-    prompt, reused = [5, 9, 11, 40], []
+    prompt, reused = list(range(5, 21)), []  # 16 tokens: MIN_REUSED_TOKENS
     try:
         for turn, question in enumerate([[], [17, 18, 19], [23, 5]]):
             prompt = prompt + question
@@ -122,13 +122,18 @@ def test_prefix_cache_reuses_a_previous_turn_and_answers_as_without_it():
             reused.append(engine.prefix_reused_tokens)
             prompt = prompt + tokens[0]
         # turn 2 reused turn 1's prompt and the 5 answer tokens it fed (the 6th was never fed); turn 3 likewise
-        assert engine.prefix_hits == 2 and reused == [0, 4 + 5, 9 + (4 + 6 + 3 + 5)]
+        assert engine.prefix_hits == 2 and reused == [0, 16 + 5, 21 + (16 + 6 + 3 + 5)]
         # a prompt that leaves the conversation part-way reuses the shared part only, and still answers right
-        other = prompt[:6] + [70, 71]
+        other = prompt[:18] + [70, 71]
         tokens, finish, done, make = collector(1)
         engine.submit(GenerationRequest(other, 4, make(0), temperature=0))
         assert done.wait(60)
         assert tokens[0] == _expected(model, [other], [4])[0]
-        assert engine.prefix_hits == 3 and engine.prefix_reused_tokens == reused[-1] + 6
+        assert engine.prefix_hits == 3 and engine.prefix_reused_tokens == reused[-1] + 18
+        # a prompt sharing fewer than 16 first tokens is prefilled whole (with the batch's other prompts)
+        tokens, finish, done, make = collector(1)
+        engine.submit(GenerationRequest(prompt[:10] + [70], 2, make(0), temperature=0))
+        assert done.wait(60)
+        assert engine.prefix_hits == 3
     finally:
         engine.shutdown()

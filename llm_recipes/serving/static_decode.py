@@ -24,6 +24,9 @@ import time
 logger = logging.getLogger(__name__)
 
 MAX_CACHE_BYTES = 4 * 2**30  # a bigger static cache (long context x many rows x a big model) is not allocated
+# fewer shared first tokens are not reused: every chat prompt shares its template's first few, and a prompt that
+# reuses kept keys and values is prefilled alone, outside the batched prefill of the others (vLLM's block: 16)
+MIN_REUSED_TOKENS = 16
 
 
 def unsupported_reason(model, max_batch_size: int, context: int, prefix_slots: int = 0) -> str | None:
@@ -214,7 +217,7 @@ class StaticDecoder:
 
     def reuse(self, prompt: list[int]):
         """For a prompt whose first tokens are those of a kept row: a transformers cache (one row) holding their
-        keys and values, and how many they are; (None, 0) when no kept row shares a first token with it. At
+        keys and values, and how many they are; (None, 0) when no kept row shares `MIN_REUSED_TOKENS` with it. At
         least the prompt's last token is left out (its logits choose the first answer token)."""
         slot, length = self.prefix.lookup(prompt)
         if not length:
@@ -264,11 +267,11 @@ class PrefixCache:
 
     def lookup(self, prompt: list[int]) -> tuple[int | None, int]:
         """(slot, length): the kept row sharing the longest run of first tokens with `prompt` and that run's
-        length (at most len(prompt) - 1); (None, 0) when none shares one."""
+        length (at most len(prompt) - 1); (None, 0) when none shares `MIN_REUSED_TOKENS` or more."""
         best, best_length = None, 0
         for slot, held in self.entries.items():
             length = _common_prefix(held, prompt, len(prompt) - 1)
-            if length > best_length:
+            if length > best_length and length >= MIN_REUSED_TOKENS:
                 best, best_length = slot, length
         if best is not None:
             self._touch(best)
