@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import statistics
 import subprocess
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from rows import record  # benchmarks/serve/rows.py (the script's folder is on sys.path)
 
 from llm_recipes.serving.loading import load_for_serving
 from llm_recipes.serving.static_decode import StaticDecoder
@@ -79,12 +79,8 @@ def main() -> int:
     row = {"before": args.before, "logits_equal": bool(equal), "after_median_us": statistics.median(times["after"]),
            "before_median_us": statistics.median(times["before"]), "ratio_median": statistics.median(ratios),
            "ratio_quartiles": statistics.quantiles(ratios, n=4), "alternations": args.alternations,
-           "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
-           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    print(json.dumps(row))
-    if args.json_out:
-        with open(args.json_out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+           "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
+    record(row, args.json_out)
     return 0
 
 

@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 
+from rows import record  # benchmarks/serve/rows.py (the script's folder is on sys.path)
+
 
 def child(model_path: str, threads: int) -> dict:
     from llm_recipes.serving.engine import GenerationEngine, GenerationRequest
@@ -92,12 +94,7 @@ def main() -> int:
             env = {**os.environ, "PYTHONPATH": tree}
             out = subprocess.run([sys.executable, __file__, args.model_path, "--tree", "x=.", "--child", str(threads)],
                                  env=env, cwd=tree, capture_output=True, text=True, check=True)
-            row = {"round": round_, "tree": label, **json.loads(out.stdout.strip().splitlines()[-1]),
-                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            print(json.dumps(row), flush=True)
-            if args.json_out:
-                with open(args.json_out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            record({"round": round_, "tree": label, **json.loads(out.stdout.strip().splitlines()[-1])}, args.json_out)
     return 0
 
 

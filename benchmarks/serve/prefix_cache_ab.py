@@ -15,6 +15,8 @@ import statistics
 import threading
 import time
 
+from rows import record  # benchmarks/serve/rows.py (the script's folder is on sys.path)
+
 from llm_recipes.serving.engine import GenerationEngine, GenerationRequest
 from llm_recipes.serving.loading import load_for_serving
 
@@ -77,12 +79,8 @@ def main() -> int:
                    "ttft_later_turns_mean_ms": 1000 * statistics.mean(later),
                    "prompt_tokens": sum(t["prompt"] for t in turns),
                    "reused_tokens": engine.prefix_reused_tokens - reused, "hits": engine.prefix_hits - hits,
-                   "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
-                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            print(json.dumps(row), flush=True)
-            if args.json_out:
-                with open(args.json_out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                   "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
+            record(row, args.json_out)
     same = all(len(set(map(json.dumps, by_name.values()))) == 1 for by_name in answers.values())
     print(f"greedy answers equal with and without the prefix cache: {same}")
     for engine in engines.values():
