@@ -557,7 +557,8 @@ class GenerationEngine:
         cache, mask, pos, last_tokens = state
         if cache is None:  # the static cache: positions are ints, rows sit in slots 0..B-1
             # at least 2 columns: a compiled step specialises a length of 1 (one more compilation)
-            logits = self._static.step(last_tokens, torch.tensor(pos, device=self.device), max(max(pos) + 1, 2))
+            logits = self._static.step(last_tokens, torch.tensor(pos, device=self.device), max(max(pos) + 1, 2),
+                                       position=pos[0] if len(pos) == 1 else None)
             self.steps += 1
             return self._sample_and_emit(rows, (None, None, [p + 1 for p in pos], logits))
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)

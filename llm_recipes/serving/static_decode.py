@@ -72,15 +72,21 @@ def decode_step_for(config):
         # (a mean on the CPU is a sum and a division, plus a dtype check that dispatches a copy: written out)
         return weight * (x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True).div_(x.shape[-1]) + eps))
 
-    def decode_step(weights: dict, keys: list, values: list, tokens, positions, length: int):
+    def decode_step(weights: dict, keys: list, values: list, tokens, positions, length: int,
+                    position: int | None = None):
         """Logits (B, V) for one token per row. tokens, positions: (B,); row b's token is at `positions[b]`
         and its keys/values are written there in slot b; rows attend to their positions 0..positions[b] within
-        the first `length` columns (for one row, `length` must be its position + 1: it attends unmasked)."""
+        the first `length` columns (for one row, `length` must be its position + 1: it attends unmasked).
+        `position`: that one row's position as a Python int (eager only: a compiled step would specialise on
+        it), for views and plain copies where a tensor of positions takes gathers and scatters."""
         batch = tokens.shape[0]
         x = weights["embed"][tokens]  # (B, C)
-        cos = weights["cos"][positions][:, None, :]  # (B, 1, hd): broadcast over heads
-        sin = weights["signed_sin"][positions][:, None, :]
-        rows = torch.arange(batch, device=tokens.device)
+        if position is not None:
+            cos, sin = weights["cos"][position], weights["signed_sin"][position]  # (hd,): views
+        else:
+            cos = weights["cos"][positions][:, None, :]  # (B, 1, hd): broadcast over heads
+            sin = weights["signed_sin"][positions][:, None, :]
+            rows = torch.arange(batch, device=tokens.device)
         bias = None
         if batch > 1:
             visible = torch.arange(length, device=tokens.device)[None, :] <= positions[:, None]
@@ -93,8 +99,13 @@ def decode_step_for(config):
             if qk_norm:
                 qk = torch.cat([norm(qk[:, :heads], layer["q_norm"]), norm(qk[:, heads:], layer["k_norm"])], dim=1)
             qk = qk * cos + qk.roll(half, -1) * sin
-            key_cache[rows, :, positions] = qk[:, heads:]
-            value_cache[rows, :, positions] = qkv[:, q_size + kv_size:].view(batch, kv_heads, head_dim)
+            new_values = qkv[:, q_size + kv_size:].view(batch, kv_heads, head_dim)
+            if position is not None:
+                key_cache[0, :, position] = qk[0, heads:]
+                value_cache[0, :, position] = new_values[0]
+            else:
+                key_cache[rows, :, positions] = qk[:, heads:]
+                value_cache[rows, :, positions] = new_values
             attended = torch.nn.functional.scaled_dot_product_attention(
                 qk[:, :heads, None, :], key_cache[:batch, :, :length], value_cache[:batch, :, :length],
                 attn_mask=bias, scale=scaling, enable_gqa=grouped)  # (B, nh, 1, hd)
@@ -185,10 +196,11 @@ class StaticDecoder:
             self.compile_seconds = time.perf_counter() - start
         self._step, self.compiled = step, True
 
-    def step(self, tokens, positions, length: int):
-        """Logits (B, V) of the rows in slots 0..B-1 (see `decode_step_for`); `length` >= 2."""
+    def step(self, tokens, positions, length: int, position: int | None = None):
+        """Logits (B, V) of the rows in slots 0..B-1 (see `decode_step_for`); `length` >= 2; `position`: a single
+        row's position as an int (used by the eager step)."""
         if not self.compiled:
-            return self._step(self.weights, self.keys, self.values, tokens, positions, length)
+            return self._step(self.weights, self.keys, self.values, tokens, positions, length, position)
         import torch
 
         try:
@@ -199,7 +211,7 @@ class StaticDecoder:
             self.compile_error = f"left for the eager step while serving: {_first_line(e)}"
             logger.warning("compiled decode step: %s", self.compile_error)
             self._step, self.compiled = self._eager_step, False
-            return self._step(self.weights, self.keys, self.values, tokens, positions, length)
+            return self._step(self.weights, self.keys, self.values, tokens, positions, length, position)
 
     def load(self, slot: int, cache, row: int, start: int, length: int) -> None:
         """Copies row `row` of a prefilled transformers cache (its columns start..start+length: the prompt
