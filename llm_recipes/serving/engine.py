@@ -434,19 +434,21 @@ class GenerationEngine:
 
     def _prefill_and_sample(self, rows: list[_Row]):
         """Prefills new rows and samples their first tokens: the prompts that start with a kept sequence's tokens
-        (`StaticDecoder.reuse`) one at a time from its keys and values, the others as one batch."""
-        groups, fresh = [], []
+        (`StaticDecoder.reuse`) one at a time from its keys and values, the others as one batch. Every prefill
+        runs before any token is emitted: when one fails, `_admit` retries the prompts alone and no answer has
+        had its first token twice."""
+        prefilled, fresh = [], []
         for row in rows:
             cache, length = (None, 0) if self._static is None or row.request.prompt_logprobs else \
                 self._static.reuse(row.request.prompt_ids)  # scoring a prompt needs all its logits
             if length:
-                groups.append(self._sample_and_emit(*self._prefill_cached(row, cache, length)))
+                prefilled.append(self._prefill_cached(row, cache, length))
             else:
                 fresh.append(row)
         if fresh:
-            groups.insert(0, self._sample_and_emit(*self._prefill(fresh)))
+            prefilled.insert(0, self._prefill(fresh))
         merged_rows, merged_state = [], None
-        for group_rows, group_state in groups:
+        for group_rows, group_state in (self._sample_and_emit(*group) for group in prefilled):
             if group_rows:
                 merged_rows, merged_state = self._merge_dynamic(merged_rows, merged_state, group_rows, group_state)
         return merged_rows, merged_state
