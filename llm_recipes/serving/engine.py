@@ -290,6 +290,10 @@ class GenerationEngine:
 
         reason = "no context length known" if self.context is None else unsupported_reason(
             model, self.max_batch_size, self.context, self._prefix_slots)
+        if reason is not None and self._prefix_slots and self.context is not None and unsupported_reason(
+                model, self.max_batch_size, self.context) is None:  # the prefix slots made the cache too big
+            logger.warning("no prefix cache: %s with %d prefix slots", reason, self._prefix_slots)
+            self._prefix_slots, reason = 0, None
         if reason is not None:
             return None, f"transformers forward (no static KV cache: {reason})"
         torch = self._torch
