@@ -38,21 +38,30 @@ def test_metrics_count_what_the_server_did(tiny_model_dir, tmp_path):
                     usage.append(http.post("/v1/completions", json=body).json()["usage"])
             assert http.post("/v1/feedback", json={"messages": [{"role": "user", "content": "q"}],
                                                    "completion": "a", "rating": "up"}).status_code == 200
+            # a prompt that starts with a finished one's 16+ tokens reuses their keys and values (prefix cache)
+            text = "The os module lets a program list, create and remove folders and files on any system"
+            for prompt in (text, text + " it runs on"):
+                response = http.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 2,
+                                                              "ignore_eos": True})
+                assert response.status_code == 200
+                usage.append(response.json()["usage"])
             assert http.get("/v1/models/nope").status_code == 404
             assert http.get("/no/such/page").status_code == 404
         assert httpx.get(url + "/v1/models").status_code == 401
 
         m = _scrape(url)
-        assert m[("llm_recipes_requests_total", (("route", "/v1/completions"), ("status", "200")))] == 2
+        assert m[("llm_recipes_requests_total", (("route", "/v1/completions"), ("status", "200")))] == 4
         assert m[("llm_recipes_requests_total", (("route", "/v1/feedback"), ("status", "200")))] == 1
         assert m[("llm_recipes_requests_total", (("route", "/v1/models/{model_id:path}"), ("status", "404")))] == 1
         assert m[("llm_recipes_requests_total", (("route", "unmatched"), ("status", "404")))] == 1
         assert m[("llm_recipes_requests_total", (("route", "/v1/models"), ("status", "401")))] == 1
+        assert m[("llm_recipes_prefix_cache_hits_total", ())] == 1
+        assert 16 <= m[("llm_recipes_prefix_cache_reused_tokens_total", ())] <= usage[-1]["prompt_tokens"] - 1
         assert m[("llm_recipes_prompt_tokens_total", ())] == sum(u["prompt_tokens"] for u in usage)
         generated = sum(u["completion_tokens"] for u in usage)
-        assert generated == 4 * 6 and m[("llm_recipes_generation_tokens_total", ())] == generated
-        assert m[("llm_recipes_time_to_first_token_seconds_count", ())] == 4  # one per answer
-        assert m[("llm_recipes_inter_token_latency_seconds_count", ())] == generated - 4
+        assert generated == 4 * 6 + 2 * 2 and m[("llm_recipes_generation_tokens_total", ())] == generated
+        assert m[("llm_recipes_time_to_first_token_seconds_count", ())] == 6  # one per answer
+        assert m[("llm_recipes_inter_token_latency_seconds_count", ())] == generated - 6
         assert m[("llm_recipes_time_to_first_token_seconds_sum", ())] > 0
         assert m[("llm_recipes_feedback_rows", ())] == 1
         assert m[("llm_recipes_num_requests_running", ())] == 0

@@ -102,3 +102,38 @@ def test_request_longer_than_the_context_fails_alone():
     assert finish[0] == ("error", "generation failed: ValueError: the prompt (10 tokens) plus max_new_tokens (7) "
                                   "exceeds the engine's context of 16")
     assert results[1] == _expected(model, [[6, 7]], [5])[0] and finish[1] == ("done", "length")
+
+
+def test_prefix_cache_reuses_a_previous_turn_and_answers_as_without_it():
+    """A chat re-sends the conversation: each turn's prompt starts with the previous prompt and answer, whose
+    keys and values the engine kept; only the rest is prefilled, and the greedy answer is transformers' own."""
+    from llm_recipes.serving.engine import GenerationEngine, GenerationRequest
+
+    model = _model()
+    engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2, prefix_cache=2)
+    prompt, reused = list(range(5, 21)), []  # 16 tokens: MIN_REUSED_TOKENS
+    try:
+        for turn, question in enumerate([[], [17, 18, 19], [23, 5]]):
+            prompt = prompt + question
+            tokens, finish, done, make = collector(1)
+            engine.submit(GenerationRequest(list(prompt), 6, make(0), temperature=0))
+            assert done.wait(60)
+            assert tokens[0] == _expected(model, [prompt], [6])[0], f"turn {turn}"
+            reused.append(engine.prefix_reused_tokens)
+            prompt = prompt + tokens[0]
+        # turn 2 reused turn 1's prompt and the 5 answer tokens it fed (the 6th was never fed); turn 3 likewise
+        assert engine.prefix_hits == 2 and reused == [0, 16 + 5, 21 + (16 + 6 + 3 + 5)]
+        # a prompt that leaves the conversation part-way reuses the shared part only, and still answers right
+        other = prompt[:18] + [70, 71]
+        tokens, finish, done, make = collector(1)
+        engine.submit(GenerationRequest(other, 4, make(0), temperature=0))
+        assert done.wait(60)
+        assert tokens[0] == _expected(model, [other], [4])[0]
+        assert engine.prefix_hits == 3 and engine.prefix_reused_tokens == reused[-1] + 18
+        # a prompt sharing fewer than 16 first tokens is prefilled whole (with the batch's other prompts)
+        tokens, finish, done, make = collector(1)
+        engine.submit(GenerationRequest(prompt[:10] + [70], 2, make(0), temperature=0))
+        assert done.wait(60)
+        assert engine.prefix_hits == 3
+    finally:
+        engine.shutdown()

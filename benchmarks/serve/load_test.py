@@ -80,15 +80,21 @@ def start_server(model_path: Path, out: Path, max_batch_size: int,
     raise RuntimeError("server did not start in 300 s")
 
 
+# fields added to (or, with None, removed from) every request body: another server's way to the same answers
+# (llama.cpp's server ignores `ignore_eos`; throughput_ab.py bans its end tokens through logit_bias instead)
+EXTRA_BODY: dict = {}
+
+
 async def one_request(client: httpx.AsyncClient, i: int, max_tokens: int) -> dict:
     messages = [
         {"role": "user", "content": f"Question {i}: how do I read a file line by line in Python? " * (1 + i % 3)}
     ]
     body = {"model": "bench", "messages": messages, "max_tokens": max_tokens, "temperature": 0.8, "seed": i,
             "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+    body = {k: v for k, v in {**body, **EXTRA_BODY}.items() if v is not None}
     start = time.perf_counter()
     first = None
-    text, tokens = "", 0
+    text, tokens, finish = "", 0, None
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
             return {"error": f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"}
@@ -100,10 +106,14 @@ async def one_request(client: httpx.AsyncClient, i: int, max_tokens: int) -> dic
                 return {"error": data["error"]["message"]}
             if data.get("usage"):
                 tokens = data["usage"]["completion_tokens"]
+            if data["choices"] and data["choices"][0].get("finish_reason"):
+                finish = data["choices"][0]["finish_reason"]
             if data["choices"] and data["choices"][0]["delta"].get("content"):
                 first = first or time.perf_counter()
                 text += data["choices"][0]["delta"]["content"]
     end = time.perf_counter()
+    if not tokens and finish == "length":  # a server that sends no usage in streams: the whole budget was used
+        tokens = max_tokens
     feedback = await client.post("/v1/feedback", json={"messages": messages, "completion": text,
                                                       "rating": "up" if i % 2 else "down"})
     if feedback.status_code != 200:

@@ -5,12 +5,14 @@ shared machine whose load moves.
 Each round starts every server in turn on the same model and runs the same streaming chat clients as
 `vllm_check.py throughput` (load_test.py's requests, 48 tokens, temperature 0.8, a seed per request, no
 feedback posts), then llama.cpp on the model's GGUF export through llama-cpp-python (one thread, the same
-chat prompts, 48 sampled tokens each, in process: no HTTP). Every row gives the 1-minute load average before
-and after, and the server's CPU time per output token (its whole process tree: our engine process, vLLM's
-engine core), which moves less with the neighbours' load than tokens/s does.
+chat prompts, 48 sampled tokens each, in process: no HTTP) and, with --llama_server, llama.cpp's own OpenAI
+server (llama-cpp-python's `llama_cpp.server`, `pip install -e .[bench]`) on the same GGUF under the same load
+client as ours. Every row gives the 1-minute load average before and after, and the server's CPU time per
+output token (its whole process tree: our engine process, vLLM's engine core), which moves less with the
+neighbours' load than tokens/s does.
 
     python benchmarks/serve/throughput_ab.py --model_path runs/quickstart/dpo/final \\
-        --gguf runs/quickstart/gguf/dpo.gguf --ours before=/work/main --ours after=. --rounds 2 \\
+        --gguf runs/quickstart/gguf/dpo.gguf --llama_server --ours before=/work/main --ours after=. --rounds 2 \\
         --json_out benchmarks/serve/throughput-DATE.jsonl
 """
 
@@ -25,8 +27,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import httpx  # noqa: E402
+import load_test  # noqa: E402
 import vllm_check  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -63,6 +68,33 @@ def vllm(model: Path, python: str, log: Path, max_len: int, seqs: int, env: dict
         found = subprocess.run(["pgrep", "-f", "--", f"--port {port}"], capture_output=True, text=True)
         pid = min(int(p) for p in found.stdout.split())  # the API server; its engine core is its child
         yield pid, url
+
+
+@contextlib.contextmanager
+def llama_server(gguf: Path, log: Path, context: int, threads: int):
+    """llama.cpp's own OpenAI-compatible server (llama-cpp-python's `llama_cpp.server`, the `bench` extra) on
+    the GGUF; yields (pid, url). It answers one request at a time (no batching across clients)."""
+    port = load_test.free_port()
+    args = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", vllm_check.SERVED_NAME,
+            "--n_ctx", str(context), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            "--host", "127.0.0.1", "--port", str(port), "--verbose", "false",
+            # queue a request that arrives during another (its default stops the running stream for it)
+            "--interrupt_requests", "false"]
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:  # it has no /health: its model list answers once the model is loaded
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"llama_cpp.server did not start (log: {log})")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        yield proc.pid, url
+    finally:
+        vllm_check._stop(proc)
 
 
 def load_rows(pid: int, url: str, clients: list[int], requests: list[int], max_tokens: int) -> list[dict]:
@@ -140,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_tokens", type=int, default=48)
     parser.add_argument("--max_batch_size", type=int, default=32, help="ours: --max_batch_size; vLLM: max-num-seqs")
     parser.add_argument("--llama_threads", type=int, default=1)
+    parser.add_argument("--llama_server", action="store_true",
+                        help="also llama.cpp's own OpenAI server (llama_cpp.server) on --gguf, under the same load "
+                             "client as ours (its end tokens banned by logit_bias: it ignores ignore_eos)")
     parser.add_argument("--json_out", help="append the JSON lines here too")
     args = parser.parse_args(argv)
     model = Path(args.model_path)
@@ -188,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
                 for row in load_rows(pid, url, args.clients, args.requests, args.max_tokens):
                     row["vllm_env"] = settings
                     record(row, round_, f"vLLM ({label})")
+        if args.gguf and args.llama_server:
+            # same answers as ours: no stop at an end token (ignore_eos there), so every answer has max_tokens
+            eos = json.loads((model / "generation_config.json").read_text()).get("eos_token_id", [])
+            ban = {str(t): -100 for t in (eos if isinstance(eos, list) else [eos])}
+            with llama_server(Path(args.gguf), work / f"llama-server-{round_}.log", max_len, args.llama_threads) \
+                    as (pid, url), mock.patch.object(load_test, "EXTRA_BODY", {"ignore_eos": None, "logit_bias": ban}):
+                for row in load_rows(pid, url, args.clients, args.requests, args.max_tokens):
+                    record(row, round_, f"llama.cpp server ({args.llama_threads} thread)")
         if args.gguf:
             record(llama_cpp_single_stream(Path(args.gguf), model, args.requests[0], args.max_tokens,
                                            args.llama_threads), round_, f"llama.cpp ({args.llama_threads} thread)")

@@ -42,7 +42,8 @@ def build_server(cfg: ServeConfig, feedback_path: str | os.PathLike):
                                          max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue,
                                          num_threads=cfg.torch_num_threads, trust_remote_code=cfg.trust_remote_code,
                                          dtype=cfg.dtype, seed=cfg.seed, static_kv_cache=cfg.static_kv_cache,
-                                         compile_decode=cfg.compile_decode, context=window))
+                                         compile_decode=cfg.compile_decode, context=window,
+                                         prefix_cache=cfg.prefix_cache))
     except BaseException:
         store.close()
         raise

@@ -56,4 +56,8 @@ class ServeConfig:
         "help": "compile the static decode step with torch.compile (inductor, a C++ compiler) at start: "
                 "15-95 s more start-up on 2 busy cores for 5-20 percent less CPU per step; when compilation fails the "
                 "step stays eager and the reason is printed at start"})
+    prefix_cache: int = field(default=4, metadata={
+        "help": "with the static KV cache: keys and values of this many finished answers are kept, and a prompt "
+                "that starts with one's tokens (the chat page re-sends the conversation every turn) prefills only "
+                "the rest; 0 turns it off"})
     seed: int = field(default=0, metadata={"help": "global torch seed (requests may pass their own `seed`)"})

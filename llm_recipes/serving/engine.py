@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import queue
 import threading
 import time
@@ -244,11 +245,15 @@ class GenerationEngine:
             when that fails the step stays eager and `decode_path` gives the reason.
         context: longest prompt + answer of a request (the static cache's positions); default: the model's
             `max_position_embeddings`. A longer request fails with an error naming it.
+        prefix_cache: with the static cache, how many finished sequences' keys and values to keep (one cache
+            slot each): a prompt that starts with one's tokens (a chat's next turn re-sends the conversation)
+            prefills only the rest (`prefix_hits`, `prefix_reused_tokens` count them); 0 turns it off.
     """
 
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64,
                  num_threads: int | None = None, on_step: Callable[[], None] | None = None,
-                 static_cache: bool = True, compile_decode: bool = False, context: int | None = None):
+                 static_cache: bool = True, compile_decode: bool = False, context: int | None = None,
+                 prefix_cache: int = 4):
         import torch
 
         self.model = model.eval()
@@ -267,6 +272,7 @@ class GenerationEngine:
         self.vocab_size = int(model.config.vocab_size)  # logits per position
         self.context = int(context or getattr(model.config, "max_position_embeddings", 0) or 0) or None
         self._static = None
+        self._prefix_slots = max(int(prefix_cache), 0)
         self.decode_path, self.compile_seconds = "transformers forward (static_cache off)", 0.0
         if static_cache:
             self._static, self.decode_path = self._static_decoder(model, compile_decode)
@@ -283,14 +289,19 @@ class GenerationEngine:
         from .static_decode import StaticDecoder, unsupported_reason
 
         reason = "no context length known" if self.context is None else unsupported_reason(
-            model, self.max_batch_size, self.context)
+            model, self.max_batch_size, self.context, self._prefix_slots)
+        if reason is not None and self._prefix_slots and self.context is not None and unsupported_reason(
+                model, self.max_batch_size, self.context) is None:  # the prefix slots made the cache too big
+            logger.warning("no prefix cache: %s with %d prefix slots", reason, self._prefix_slots)
+            self._prefix_slots, reason = 0, None
         if reason is not None:
             return None, f"transformers forward (no static KV cache: {reason})"
         torch = self._torch
         previous = torch.get_num_threads()
         torch.set_num_threads(self._num_threads)  # compile and warm the kernels with the decoding threads
         try:
-            decoder = StaticDecoder(model, self.max_batch_size, self.context, compile=compile_decode)
+            decoder = StaticDecoder(model, self.max_batch_size, self.context, compile=compile_decode,
+                                    prefix_slots=self._prefix_slots)
         finally:
             torch.set_num_threads(previous)
         self.compile_seconds = round(decoder.compile_seconds, 1)
@@ -411,7 +422,7 @@ class GenerationEngine:
         if not rows:
             return [], None
         try:
-            return self._sample_and_emit(*self._prefill(rows))
+            return self._prefill_and_sample(rows)
         except Exception as e:  # noqa: BLE001
             if len(rows) == 1:
                 logger.exception("prefill failed")
@@ -424,6 +435,49 @@ class GenerationEngine:
                 merged_rows, merged_state = self._merge_dynamic(merged_rows, merged_state, alone_rows,
                                                                  alone_state)
         return merged_rows, merged_state
+
+    def _prefill_and_sample(self, rows: list[_Row]):
+        """Prefills new rows and samples their first tokens: the prompts that start with a kept sequence's tokens
+        (`StaticDecoder.reuse`) one at a time from its keys and values, the others as one batch. Every prefill
+        runs before any token is emitted: when one fails, `_admit` retries the prompts alone and no answer has
+        had its first token twice."""
+        prefilled, fresh = [], []
+        for row in rows:
+            cache, length = (None, 0) if self._static is None or row.request.prompt_logprobs else \
+                self._static.reuse(row.request.prompt_ids)  # scoring a prompt needs all its logits
+            if length:
+                prefilled.append(self._prefill_cached(row, cache, length))
+            else:
+                fresh.append(row)
+        if fresh:
+            prefilled.insert(0, self._prefill(fresh))
+        merged_rows, merged_state = [], None
+        for group_rows, group_state in (self._sample_and_emit(*group) for group in prefilled):
+            if group_rows:
+                merged_rows, merged_state = self._merge_dynamic(merged_rows, merged_state, group_rows, group_state)
+        return merged_rows, merged_state
+
+    @property
+    def prefix_hits(self) -> int:
+        """Prompts that reused kept keys and values (0 without the static cache)."""
+        return self._static.prefix.hits if self._static is not None else 0
+
+    @property
+    def prefix_reused_tokens(self) -> int:
+        """Prompt tokens not prefilled, their keys and values reused."""
+        return self._static.prefix.reused_tokens if self._static is not None else 0
+
+    def _prefill_cached(self, row: _Row, cache, length: int):
+        """`_prefill` for one prompt whose first `length` tokens' keys and values are in `cache`: the model runs on
+        the rest only, at positions length.."""
+        torch = self._torch
+        prompt = row.request.prompt_ids
+        rest = torch.tensor([prompt[length:]], dtype=torch.long, device=self.device)
+        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=self.device)
+        positions = torch.arange(length, len(prompt), device=self.device)[None]
+        out = self.model(input_ids=rest, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **{self._cache_key: cache})
+        return [row], (cache, mask, torch.tensor([len(prompt)], device=self.device), out.logits[:, -1, :])
 
     def _prefill(self, rows: list[_Row]):
         """Runs the prompts of new rows as one left-padded batch; returns the rows and their state."""
@@ -509,7 +563,8 @@ class GenerationEngine:
         cache, mask, pos, last_tokens = state
         if cache is None:  # the static cache: positions are ints, rows sit in slots 0..B-1
             # at least 2 columns: a compiled step specialises a length of 1 (one more compilation)
-            logits = self._static.step(last_tokens, torch.tensor(pos, device=self.device), max(max(pos) + 1, 2))
+            logits = self._static.step(last_tokens, torch.tensor(pos, device=self.device), max(max(pos) + 1, 2),
+                                       position=pos[0] if len(pos) == 1 else None)
             self.steps += 1
             return self._sample_and_emit(rows, (None, None, [p + 1 for p in pos], logits))
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
@@ -562,6 +617,11 @@ class GenerationEngine:
         tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
         if len(keep) == len(rows):
             return rows, (cache, mask, pos, tokens)
+        if cache is None and self._static.prefix.entries:  # rows that end: their keys and values may be reused
+            kept = set(keep)
+            for i, row in enumerate(rows):
+                if i not in kept:
+                    self._static.keep(i, row.ids[:pos[i]])  # the tokens fed so far: positions 0..pos[i]-1
         if not keep:
             return [], None
         if cache is None:
@@ -614,9 +674,12 @@ class GenerationEngine:
         if greedy:
             chosen.update(zip(greedy, logits[greedy].argmax(-1).tolist()))
         if sampled:
+            scores = logits if len(sampled) == len(rows) else logits[sampled]  # no index copy when all sample
+            # a tensor division for every batch (not a Python scalar's, which the CPU kernel turns into a
+            # product with 1/t): a seeded row draws the same tokens alone and beside others
             temperatures = torch.tensor([rows[i].request.temperature for i in sampled], device=logits.device)
-            probs = torch.softmax(logits[sampled].float() / temperatures[:, None], dim=-1)  # (rows, V)
-            draws = _draw(probs, [rows[i].generator for i in sampled])
+            scores = scores.float() / temperatures[:, None]
+            draws = _draw(torch.softmax(scores, dim=-1), [rows[i].generator for i in sampled])  # (rows, V)
             chosen.update(zip(sampled, draws))
         return chosen
 
@@ -646,22 +709,28 @@ def _draw(probs, generators: list) -> list[int]:
     A seeded row's draws depend on its generator only, never on its batch neighbours."""
     import torch
 
-    uniform = torch.empty(len(generators), device=probs.device)
-    free = [j for j, g in enumerate(generators) if g is None]
-    if free:
-        uniform[free] = torch.rand(len(free), device=probs.device)
-    for j, generator in enumerate(generators):
-        if generator is not None:
-            uniform[j] = torch.rand(1, generator=generator, device=probs.device)[0]
+    if all(g is None for g in generators):
+        uniform = torch.rand(len(generators), device=probs.device)
+    elif len(generators) == 1:
+        uniform = torch.rand(1, generator=generators[0], device=probs.device)
+    else:
+        uniform = torch.empty(len(generators), device=probs.device)
+        free = [j for j, g in enumerate(generators) if g is None]
+        if free:
+            uniform[free] = torch.rand(len(free), device=probs.device)
+        for j, generator in enumerate(generators):
+            if generator is not None:
+                uniform[j] = torch.rand(1, generator=generator, device=probs.device)[0]
     cumulative = probs.cumsum(dim=-1)
-    total = cumulative[:, -1]
-    if not bool((torch.isfinite(total) & (total > 0)).all()):  # as torch.multinomial refuses such rows
+    total = cumulative[:, -1:]  # (rows, 1)
+    # checked in Python on the few totals: cheaper than four tensor operations on one row
+    if not all(math.isfinite(t) and t > 0 for t in total.view(-1).tolist()):  # as torch.multinomial refuses
         raise ValueError("the probabilities are not a distribution (NaN, infinite or all zero): a temperature "
                          "too small for float32, or logits that overflowed")
     # the first token whose cumulative mass exceeds u x total: never one of probability 0 (its mass adds
     # nothing), and scaling by the row's own total keeps float rounding from running past the end
-    targets = (uniform * total)[:, None]
-    return torch.searchsorted(cumulative, targets, right=True).clamp_(max=probs.shape[-1] - 1)[:, 0].tolist()
+    targets = uniform[:, None] * total
+    return torch.searchsorted(cumulative, targets, right=True).clamp_(max=probs.shape[-1] - 1).view(-1).tolist()
 
 
 def _fail(request: GenerationRequest, error: Exception) -> None:

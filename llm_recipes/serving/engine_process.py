@@ -13,7 +13,8 @@ over a `multiprocessing` pipe (spawn context: no fork of a process with threads 
     HTTP -> engine:  ("submit", id, request fields, serialised grammar or None), ("cancel", id),
                      ("tokenizer_info", json) once before the first grammar, ("shutdown",)
     engine -> HTTP:  ("ready", facts about the model and threads) or ("failed", kind, message) at start;
-                     then ("events", [(id, event), ...], steps, peak batch) ONCE per decoding step with
+                     then ("events", [(id, event), ...], steps, peak batch, (prefix cache hits, reused
+                     prompt tokens)) ONCE per decoding step with
                      every event the step emitted (each row's token, done, error), so the HTTP side
                      wakes once per step, not once per token.
 
@@ -64,6 +65,7 @@ class EngineSpec:
     static_kv_cache: bool = True
     compile_decode: bool = False
     context: int | None = None
+    prefix_cache: int = 4
 
 
 class EngineClient:
@@ -95,6 +97,7 @@ class EngineClient:
         self.decode_path, self.compile_seconds = info["decode_path"], info["compile_seconds"]
         self.steps = 0  # decoding steps so far
         self.peak_batch = 0  # largest batch decoded so far
+        self.prefix_hits = self.prefix_reused_tokens = 0  # prompts that reused kept keys and values; their tokens
         self.error: str | None = None  # why the engine process is gone, once it is
         self._lock = threading.Lock()  # the tables below
         self._send_lock = threading.Lock()  # one writer at a time on the pipe
@@ -200,7 +203,8 @@ class EngineClient:
         """The reader thread: one message per decoding step, its events handed to their requests."""
         try:
             while True:
-                _, events, self.steps, self.peak_batch = self._conn.recv()
+                _, events, self.steps, self.peak_batch, (self.prefix_hits, self.prefix_reused_tokens) = \
+                    self._conn.recv()
                 for rid, event in events:
                     with self._lock:
                         request = self._requests.get(rid)
@@ -258,7 +262,8 @@ def engine_main(conn, spec: EngineSpec) -> None:
             events = outbox[:]
             outbox.clear()
         try:
-            conn.send(("events", events, engine.steps, engine.peak_batch))
+            conn.send(("events", events, engine.steps, engine.peak_batch,
+                       (engine.prefix_hits, engine.prefix_reused_tokens)))
         except OSError:  # the HTTP process is gone; the main thread sees end-of-file and stops the engine
             pass
 
@@ -275,7 +280,8 @@ def engine_main(conn, spec: EngineSpec) -> None:
         engine = GenerationEngine(model, spec.pad_token_id, max_batch_size=spec.max_batch_size,
                                   max_queue=spec.max_batch_size + spec.max_queue, num_threads=spec.num_threads,
                                   on_step=flush, static_cache=spec.static_kv_cache,
-                                  compile_decode=spec.compile_decode, context=spec.context)
+                                  compile_decode=spec.compile_decode, context=spec.context,
+                                  prefix_cache=spec.prefix_cache)
     except BaseException as e:  # noqa: BLE001 - reported to the HTTP process, which raises it
         kind = "load" if isinstance(e, (ModelLoadError, OSError)) else "other"
         conn.send(("failed", kind, f"the engine process could not start: {type(e).__name__}: {e}"))

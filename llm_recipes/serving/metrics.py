@@ -41,9 +41,29 @@ class ServerMetrics:
               registry=registry).set_function(lambda: engine.running)
         Gauge("llm_recipes_feedback_rows", "rows in the feedback store",
               registry=registry).set_function(store.count)
+        registry.register(_PrefixCacheCollector(engine))
+
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics in Prometheus' text format, and its content type."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _PrefixCacheCollector:
+    """The engine's prefix cache counters, read at scrape time (the engine counts them; a prometheus_client
+    Counter cannot read another object's count): prompts that reused kept keys and values, and the prompt
+    tokens they did not prefill."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily("llm_recipes_prefix_cache_hits", "prompts that reused a finished answer's keys "
+                                  "and values", value=getattr(self._engine, "prefix_hits", 0))
+        yield CounterMetricFamily("llm_recipes_prefix_cache_reused_tokens", "prompt tokens not prefilled: their "
+                                  "keys and values were reused",
+                                  value=getattr(self._engine, "prefix_reused_tokens", 0))

@@ -24,9 +24,12 @@ import time
 logger = logging.getLogger(__name__)
 
 MAX_CACHE_BYTES = 4 * 2**30  # a bigger static cache (long context x many rows x a big model) is not allocated
+# fewer shared first tokens are not reused: every chat prompt shares its template's first few, and a prompt that
+# reuses kept keys and values is prefilled alone, outside the batched prefill of the others (vLLM's block: 16)
+MIN_REUSED_TOKENS = 16
 
 
-def unsupported_reason(model, max_batch_size: int, context: int) -> str | None:
+def unsupported_reason(model, max_batch_size: int, context: int, prefix_slots: int = 0) -> str | None:
     """Why this model cannot use the static decode step (None when it can)."""
     config = model.config
     if getattr(config, "model_type", None) != "recipe_gpt":
@@ -34,7 +37,7 @@ def unsupported_reason(model, max_batch_size: int, context: int) -> str | None:
     if config.rope_parameters.get("rope_type", "default") == "dynamic":
         return "dynamic NTK rotary frequencies change with the sequence length"
     element = next(model.parameters()).element_size()
-    size = (2 * config.num_hidden_layers * max_batch_size * config.num_key_value_heads * (context + 1)
+    size = (2 * config.num_hidden_layers * (max_batch_size + prefix_slots) * config.num_key_value_heads * (context + 1)
             * config.head_dim * element)
     if size > MAX_CACHE_BYTES:
         return f"a static KV cache of {size / 2**30:.1f} GiB (over {MAX_CACHE_BYTES / 2**30:g} GiB)"
@@ -43,47 +46,73 @@ def unsupported_reason(model, max_batch_size: int, context: int) -> str | None:
 
 def decode_step_for(config):
     """The decode step of a model with this config: its sizes are constants of the function (so that a
-    compilation with dynamic shapes specialises on them), its weights and cache are arguments."""
+    compilation with dynamic shapes specialises on them), its weights and cache are arguments.
+
+    The arithmetic is the model's (the same products and sums in the same order, so greedy answers equal
+    `generate`'s), in fewer torch operations: on one row of the quickstart model each operation's dispatch
+    (~2-5 us) costs more than its arithmetic, and a step was ~200 of them around 17 matrix products. The
+    rotation runs on queries and keys together, as `x * cos + roll(x, hd/2) * sin'` where `sin'` is the sine
+    table with its first half negated (`rotate_half(x) * sin` term by term: a negation is exact); the norm
+    skips the model's float32 casts when the weights are float32 already (each a no-op that still
+    dispatches); one row attends without a mask (every cached position up to its own is visible)."""
     import torch
 
-    from ..model.modeling_recipe_gpt import rms_norm, rotate_half  # the model's own norm and rotation
+    from ..model.modeling_recipe_gpt import rms_norm  # the model's own norm (any dtype)
 
     eps, heads, kv_heads, head_dim = float(config.rms_norm_eps), config.num_attention_heads, \
         config.num_key_value_heads, config.head_dim
     q_size, kv_size, scaling, qk_norm = heads * head_dim, kv_heads * head_dim, head_dim**-0.5, bool(config.qk_norm)
     grouped = kv_heads != heads  # a bool here: torch.compile would make the comparison symbolic
+    half = head_dim // 2
 
-    def decode_step(weights: dict, keys: list, values: list, tokens, positions, length: int):
+    def norm(x, weight):
+        if x.dtype != torch.float32:
+            return rms_norm(x, weight, eps)
+        # rms_norm's arithmetic without its casts: weight * (x * rsqrt(mean(x^2) + eps))
+        # (a mean on the CPU is a sum and a division, plus a dtype check that dispatches a copy: written out)
+        return weight * (x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True).div_(x.shape[-1]) + eps))
+
+    def decode_step(weights: dict, keys: list, values: list, tokens, positions, length: int,
+                    position: int | None = None):
         """Logits (B, V) for one token per row. tokens, positions: (B,); row b's token is at `positions[b]`
         and its keys/values are written there in slot b; rows attend to their positions 0..positions[b] within
-        the first `length` columns."""
+        the first `length` columns (for one row, `length` must be its position + 1: it attends unmasked).
+        `position`: that one row's position as a Python int (eager only: a compiled step would specialise on
+        it), for views and plain copies where a tensor of positions takes gathers and scatters."""
         batch = tokens.shape[0]
         x = weights["embed"][tokens]  # (B, C)
-        cos = weights["cos"][positions][:, None, :]  # (B, 1, hd): broadcast over heads
-        sin = weights["sin"][positions][:, None, :]
-        rows = torch.arange(batch, device=tokens.device)
-        visible = torch.arange(length, device=tokens.device)[None, :] <= positions[:, None]
-        # additive, made once: a boolean mask is converted to this by the attention of every layer
-        bias = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, float("-inf"))
-        bias = bias[:, None, None, :]  # (B, 1, 1, length): over heads and the one query
+        if position is not None:
+            cos, sin = weights["cos"][position], weights["signed_sin"][position]  # (hd,): views
+        else:
+            cos = weights["cos"][positions][:, None, :]  # (B, 1, hd): broadcast over heads
+            sin = weights["signed_sin"][positions][:, None, :]
+            rows = torch.arange(batch, device=tokens.device)
+        bias = None
+        if batch > 1:
+            visible = torch.arange(length, device=tokens.device)[None, :] <= positions[:, None]
+            # additive, made once: a boolean mask is converted to this by the attention of every layer
+            bias = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, float("-inf"))
+            bias = bias[:, None, None, :]  # (B, 1, 1, length): over heads and the one query
         for layer, key_cache, value_cache in zip(weights["layers"], keys, values):
-            qkv = rms_norm(x, layer["input_norm"], eps) @ layer["qkv"]  # (B, q + 2 kv)
-            q = qkv[:, :q_size].view(batch, heads, head_dim)
-            k = qkv[:, q_size:q_size + kv_size].view(batch, kv_heads, head_dim)
-            v = qkv[:, q_size + kv_size:].view(batch, kv_heads, head_dim)
+            qkv = norm(x, layer["input_norm"]) @ layer["qkv"]  # (B, q + 2 kv)
+            qk = qkv[:, :q_size + kv_size].view(batch, heads + kv_heads, head_dim)
             if qk_norm:
-                q, k = rms_norm(q, layer["q_norm"], eps), rms_norm(k, layer["k_norm"], eps)
-            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-            key_cache[rows, :, positions] = k
-            value_cache[rows, :, positions] = v
+                qk = torch.cat([norm(qk[:, :heads], layer["q_norm"]), norm(qk[:, heads:], layer["k_norm"])], dim=1)
+            qk = qk * cos + qk.roll(half, -1) * sin
+            new_values = qkv[:, q_size + kv_size:].view(batch, kv_heads, head_dim)
+            if position is not None:
+                key_cache[0, :, position] = qk[0, heads:]
+                value_cache[0, :, position] = new_values[0]
+            else:
+                key_cache[rows, :, positions] = qk[:, heads:]
+                value_cache[rows, :, positions] = new_values
             attended = torch.nn.functional.scaled_dot_product_attention(
-                q[:, :, None, :], key_cache[:batch, :, :length], value_cache[:batch, :, :length],
+                qk[:, :heads, None, :], key_cache[:batch, :, :length], value_cache[:batch, :, :length],
                 attn_mask=bias, scale=scaling, enable_gqa=grouped)  # (B, nh, 1, hd)
             x = x + attended.reshape(batch, q_size) @ layer["o"]
-            gate_up = rms_norm(x, layer["post_norm"], eps) @ layer["gate_up"]
-            gate, up = gate_up.chunk(2, dim=-1)
+            gate, up = (norm(x, layer["post_norm"]) @ layer["gate_up"]).chunk(2, dim=-1)
             x = x + (torch.nn.functional.silu(gate) * up) @ layer["down"]
-        return rms_norm(x, weights["norm"], eps) @ weights["lm_head"]
+        return norm(x, weights["norm"]) @ weights["lm_head"]
 
     return decode_step
 
@@ -98,12 +127,14 @@ class StaticDecoder:
         context: positions per slot (the longest prompt + answer).
         compile: compile the step with torch.compile (inductor) for every batch size up to max_batch_size
             now; on failure the step stays eager and `compile_error` says why.
+        prefix_slots: extra slots after the batch's, where finished rows' keys and values are kept for a later
+            prompt that starts with the same tokens (`PrefixCache`); the decode step never reads them.
     """
 
-    def __init__(self, model, max_batch_size: int, context: int, compile: bool = False):
+    def __init__(self, model, max_batch_size: int, context: int, compile: bool = False, prefix_slots: int = 0):
         import torch
 
-        config = model.config
+        config = self.config = model.config
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.max_batch_size, self.context = int(max_batch_size), int(context)
@@ -114,6 +145,7 @@ class StaticDecoder:
             # and the cache's size (a third graph, compiled at the first request that reaches the context)
             positions = torch.arange(self.context + 1, device=self.device)[None]
             cos, sin = base.rotary_emb(base.embed_tokens.weight[:1], positions)
+            half = config.head_dim // 2
             layers = []
             for block in base.layers:
                 attn, mlp = block.self_attn, block.mlp
@@ -127,9 +159,13 @@ class StaticDecoder:
                 })
             self.weights = {
                 "embed": base.embed_tokens.weight, "norm": base.norm.weight,
-                "lm_head": model.lm_head.weight.t().contiguous(), "cos": cos[0], "sin": sin[0], "layers": layers,
+                "lm_head": model.lm_head.weight.t().contiguous(), "cos": cos[0], "layers": layers,
+                # rotate_half(x) * sin == roll(x, hd/2) * signed_sin: the first half's sign moves into the table
+                "signed_sin": torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1),
             }
-        shape = (self.max_batch_size, config.num_key_value_heads, self.context + 1, config.head_dim)
+        self.prefix = PrefixCache(range(self.max_batch_size, self.max_batch_size + int(prefix_slots)))
+        shape = (self.max_batch_size + int(prefix_slots), config.num_key_value_heads, self.context + 1,
+                 config.head_dim)
         self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]
         self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]
         self._eager_step = self._step = decode_step_for(config)
@@ -160,10 +196,11 @@ class StaticDecoder:
             self.compile_seconds = time.perf_counter() - start
         self._step, self.compiled = step, True
 
-    def step(self, tokens, positions, length: int):
-        """Logits (B, V) of the rows in slots 0..B-1 (see `decode_step_for`); `length` >= 2."""
+    def step(self, tokens, positions, length: int, position: int | None = None):
+        """Logits (B, V) of the rows in slots 0..B-1 (see `decode_step_for`); `length` >= 2; `position`: a single
+        row's position as an int (used by the eager step)."""
         if not self.compiled:
-            return self._step(self.weights, self.keys, self.values, tokens, positions, length)
+            return self._step(self.weights, self.keys, self.values, tokens, positions, length, position)
         import torch
 
         try:
@@ -174,7 +211,7 @@ class StaticDecoder:
             self.compile_error = f"left for the eager step while serving: {_first_line(e)}"
             logger.warning("compiled decode step: %s", self.compile_error)
             self._step, self.compiled = self._eager_step, False
-            return self._step(self.weights, self.keys, self.values, tokens, positions, length)
+            return self._step(self.weights, self.keys, self.values, tokens, positions, length, position)
 
     def load(self, slot: int, cache, row: int, start: int, length: int) -> None:
         """Copies row `row` of a prefilled transformers cache (its columns start..start+length: the prompt
@@ -183,11 +220,84 @@ class StaticDecoder:
             keys[slot, :, :length] = layer.keys[row, :, start:start + length]
             values[slot, :, :length] = layer.values[row, :, start:start + length]
 
+    def keep(self, slot: int, tokens: list[int]) -> None:
+        """Keeps the keys and values of `slot` (a row that ends: positions 0..len(tokens)-1, those of `tokens`) in
+        a prefix slot, for `reuse`."""
+        target = self.prefix.claim(tokens)
+        if target is not None:
+            self.move([slot], [target], len(tokens))
+
+    def reuse(self, prompt: list[int]):
+        """For a prompt whose first tokens are those of a kept row: a transformers cache (one row) holding their
+        keys and values, and how many they are; (None, 0) when no kept row shares `MIN_REUSED_TOKENS` with it. At
+        least the prompt's last token is left out (its logits choose the first answer token)."""
+        slot, length = self.prefix.lookup(prompt)
+        if not length:
+            return None, 0
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(config=self.config)
+        for index, (keys, values) in enumerate(zip(self.keys, self.values)):
+            cache.update(keys[slot:slot + 1, :, :length].clone(), values[slot:slot + 1, :, :length].clone(), index)
+        return cache, length
+
     def move(self, sources: list[int], targets: list[int], length: int) -> None:
         """Copies the first `length` positions of slots `sources` into slots `targets`."""
         for keys, values in zip(self.keys, self.values):
             keys[targets, :, :length] = keys[sources, :, :length]
             values[targets, :, :length] = values[sources, :, :length]
+
+
+class PrefixCache:
+    """Which token ids each prefix slot holds the keys and values of, and which slot to reuse for a prompt
+    (the one sharing the longest run of first tokens with it) or to overwrite (one whose tokens begin the new
+    ones: the same conversation's previous turn; else the least recently used).
+
+    Why: a chat client re-sends the whole conversation every turn, so a turn's prompt starts with the previous
+    turn's prompt and answer, whose keys and values the engine computed already; only the rest is prefilled."""
+
+    def __init__(self, slots):
+        self.entries: dict[int, tuple[int, ...]] = {slot: () for slot in slots}
+        self._used: dict[int, int] = {slot: 0 for slot in slots}
+        self._clock = 0
+        self.hits, self.reused_tokens = 0, 0
+
+    def _touch(self, slot: int) -> None:
+        self._clock += 1
+        self._used[slot] = self._clock
+
+    def claim(self, tokens: list[int]) -> int | None:
+        """The slot to store `tokens` into (its entry is set to them), or None when there are no slots."""
+        if not self.entries or not tokens:
+            return None
+        tokens = tuple(tokens)
+        older = [s for s, held in self.entries.items() if held and tokens[:len(held)] == held]
+        slot = older[0] if older else min(self._used, key=self._used.get)
+        self.entries[slot] = tokens
+        self._touch(slot)
+        return slot
+
+    def lookup(self, prompt: list[int]) -> tuple[int | None, int]:
+        """(slot, length): the kept row sharing the longest run of first tokens with `prompt` and that run's
+        length (at most len(prompt) - 1); (None, 0) when none shares `MIN_REUSED_TOKENS` or more."""
+        best, best_length = None, 0
+        for slot, held in self.entries.items():
+            length = _common_prefix(held, prompt, len(prompt) - 1)
+            if length > best_length and length >= MIN_REUSED_TOKENS:
+                best, best_length = slot, length
+        if best is not None:
+            self._touch(best)
+            self.hits += 1
+            self.reused_tokens += best_length
+        return best, best_length
+
+
+def _common_prefix(a, b, limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def _first_line(error: Exception) -> str:
