@@ -37,6 +37,7 @@ from functools import lru_cache
 from itertools import chain
 from typing import Any
 
+import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS
 from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
@@ -178,7 +179,7 @@ def word_splitter(language: Any):
     return lambda text: _words(language, text)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=1024)  # more than a prepared batch (steps.ProfiledQuality.BATCH): filters of a chain share words
 def _words(tokenizer, text: str) -> list[str]:
     return tokenizer(text) if isinstance(tokenizer, SpacyWords) else tokenizer.word_tokenize(text)
 
@@ -252,60 +253,167 @@ class _FastFilter:
 # -------------------------------------------------------------------------------------------- filters
 
 class FastGopherRepetition(_FastFilter):
+    """Gopher's repetition rules; the word n-gram statistics of many documents are computed at once.
+
+    `prepare(docs)` decides a batch (numpy over the words of all its documents, `_ngram_failures`) and
+    `filter(doc)` then answers from it; a document outside the prepared batch is decided alone, the same way.
+    """
+
     from datatrove.pipeline.filters import GopherRepetitionFilter as reference
 
     _PARAGRAPHS = re.compile(r"\n{2,}")
     _LINES = re.compile(r"\n+")
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # decisions of the last prepared batch by text (a decision depends on the text only)
+        self._prepared: dict[str, bool | tuple[bool, str]] = {}
+
+    def prepare(self, docs: list[Document]) -> None:
+        texts = [doc.text for doc in docs]
+        self._prepared = dict(zip(texts, self.decide(texts)))
+
     def filter(self, doc):
-        a, text = self.args, doc.text
+        decision = self._prepared.get(doc.text)
+        return self.decide([doc.text])[0] if decision is None else decision
+
+    def decide(self, texts: list[str]) -> list[bool | tuple[bool, str]]:
+        decisions: list[bool | tuple[bool, str]] = [True] * len(texts)
+        pending, words = [], []
+        for i, text in enumerate(texts):
+            failure = self._line_failure(text)
+            if failure is not None:
+                decisions[i] = (False, failure)
+            else:
+                pending.append(i)
+                words.append(self.words(text))
+        a = self.args
+        failures = _ngram_failures(words, [texts[i] for i in pending], a["top_n_grams"] or (), a["dup_n_grams"] or ())
+        for i, failure in zip(pending, failures):
+            if failure is not None:
+                decisions[i] = (False, failure)
+        return decisions
+
+    def _line_failure(self, text: str) -> str | None:
+        a = self.args
         if not text:
-            return False, "empty"
+            return "empty"
         paragraphs = self._PARAGRAPHS.split(text.strip())
         n_dup, dup_chars = _duplicates(paragraphs)
         if a["dup_para_frac"] and n_dup / len(paragraphs) > a["dup_para_frac"]:
-            return False, "dup_para_frac"
+            return "dup_para_frac"
         if a["dup_para_char_frac"] and dup_chars / len(text) > a["dup_para_char_frac"]:
-            return False, "dup_para_char_frac"
+            return "dup_para_char_frac"
         lines = self._LINES.split(text)
         n_dup, dup_chars = _duplicates(lines)
         if a["dup_line_frac"] and n_dup / len(lines) > a["dup_line_frac"]:
-            return False, "dup_line_frac"
+            return "dup_line_frac"
         if a["dup_line_char_frac"] and dup_chars / len(text) > a["dup_line_char_frac"]:
-            return False, "dup_line_char_frac"
+            return "dup_line_char_frac"
+        return None
 
-        words = self.words(text)
-        # once no n-gram repeats, no longer one does: later counts are known without counting
-        unique_from = None
-        for n, frac in a["top_n_grams"]:
-            if len(words) < n:
+
+# Word n-grams of a batch of documents, as numpy arrays over the concatenated words of all of them.
+# Position i is the n-gram of words i..i+n-1; it belongs to a document when all n words do.
+_B = np.uint64(0x9E3779B97F4A7C15)  # odd: invertible modulo 2**64
+_B_INV = np.uint64(pow(int(_B), -1, 2**64))
+_DOC_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+def _ngram_failures(words: list[list[str]], texts: list[str], top_n_grams, dup_n_grams) -> list[str | None]:
+    """Gopher's word n-gram rules for each document (`words[d]` of `texts[d]`): the first failing rule's
+    reason (`top_{n}_gram`, `duplicated_{n}_n_grams`) or None, as datatrove decides.
+
+    - top n-grams: datatrove counts the space-joined n-grams (words hold no whitespace, so equal strings
+      are equal word tuples) and takes the commonest, the first seen among equals. Here a word tuple is an
+      exact integer: word ids (a word's first position in the batch) and document are ranked (`np.unique`),
+      and an n-gram is ranked from its (n-1)-gram's rank and its last word's rank, no hashing involved.
+    - duplicated n-grams: datatrove keys n-grams by their words concatenated without a separator (so
+      "ab"+"c" repeats "a"+"bc") and scans them in order. Every occurrence the scan counts repeats an
+      earlier equal string, and the occurrences it counts do not overlap, so the characters of the words
+      covered by occurrences after a string's first bound the scan. The bound is computed over a hash of
+      the concatenated characters (a polynomial over the code points, modulo 2**64, mixed with the
+      document): equal strings have equal hashes, so hash classes only merge string classes and the hash
+      bound is at least the string bound. Where it is within the threshold
+      (almost every document) the rule passes, exactly; elsewhere datatrove's scan runs on the strings.
+    """
+    failures: list[str | None] = [None] * len(words)
+    counts = np.fromiter(map(len, words), np.int64, len(words))
+    total = int(counts.sum())
+    if not total:
+        return failures
+    flat = list(chain.from_iterable(words))
+    vocabulary: dict[str, int] = {}
+    ids = np.fromiter(map(vocabulary.setdefault, flat, range(total)), np.int64, total)
+    lengths = np.fromiter(map(len, flat), np.int64, total)
+    ends = np.cumsum(lengths)
+    offsets = np.concatenate(([0], ends))  # characters before word i in the concatenated words
+    doc = np.repeat(np.arange(len(words)), counts)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    left = (counts[doc] - (np.arange(total) - starts[doc]))  # words from position i to its document's end
+    text_chars = np.fromiter(map(len, texts), np.float64, len(texts))
+    decided = np.zeros(len(words), bool)
+
+    # exact ranks of word n-grams (for the top n-grams)
+    needed = max((n for n, _ in top_n_grams), default=0)
+    ranks, r1 = {}, None
+    if needed:
+        _, r1 = np.unique(doc * total + ids, return_inverse=True)
+        ranks[1] = r1
+        r1_classes = int(r1.max()) + 1
+        for n in range(2, needed + 1):
+            previous = ranks[n - 1]
+            _, ranks[n] = np.unique(previous[:-1] * r1_classes + r1[n - 1:], return_inverse=True)
+    for n, frac in top_n_grams:
+        if total < n:
+            continue
+        rank = ranks[n]
+        positions = np.flatnonzero(left[:len(rank)] >= n)
+        if not positions.size:
+            continue
+        rank = rank[positions]
+        count = np.bincount(rank)[rank]
+        has = np.flatnonzero(counts >= n)  # documents with n-grams, in order; their n-grams are contiguous
+        seg = np.concatenate(([0], np.cumsum(counts[has] - n + 1)[:-1]))
+        top = np.maximum.reduceat(count, seg)
+        at_top = np.where(count == np.repeat(top, counts[has] - n + 1), np.arange(len(count)), len(count))
+        first = positions[np.minimum.reduceat(at_top, seg)]  # the commonest n-gram's first occurrence
+        chars = (offsets[first + n] - offsets[first] + n - 1) * top
+        failing = has[(chars / text_chars[has] > frac) & ~decided[has]]
+        for d in failing:
+            failures[d] = f"top_{n}_gram"
+        decided[failing] = True
+    if not dup_n_grams or decided.all():
+        return failures
+
+    codes = np.frombuffer("".join(flat).encode("utf-32-le", "surrogatepass"), "<u4").astype(np.uint64)
+    powers = np.cumprod(np.full(len(codes), _B, np.uint64))
+    prefix = np.concatenate(([np.uint64(0)], np.cumsum(codes * powers, dtype=np.uint64)))  # wraps mod 2**64
+    inverse = np.concatenate(([np.uint64(1)], np.cumprod(np.full(len(codes), _B_INV, np.uint64))))
+    mixed_doc = (doc.astype(np.uint64) + np.uint64(1)) * _DOC_MIX
+    for n, frac in dup_n_grams:
+        positions = np.flatnonzero((left >= n) & ~decided[doc])
+        if not positions.size:
+            continue
+        a, b = offsets[positions], offsets[positions + n]
+        key = ((prefix[b] - prefix[a]) * inverse[a]) ^ mixed_doc[positions]
+        _, first = np.unique(key, return_index=True)
+        later = np.ones(len(key), bool)
+        later[first] = False
+        # the n-grams the scan counts do not overlap (it jumps n words past each), so their characters are
+        # at most those of the words covered by some later occurrence
+        later = positions[later]
+        depth = np.cumsum(np.bincount(later, minlength=total + n) - np.bincount(later + n, minlength=total + n))
+        covered = np.flatnonzero(depth[:total] > 0)
+        bound = np.bincount(doc[covered], weights=lengths[covered], minlength=len(words))
+        for d in np.flatnonzero(bound / np.maximum(text_chars, 1) > frac):
+            if decided[d]:
                 continue
-            if unique_from is not None and n >= unique_from:
-                gram, count = words[:n], 1
-            else:
-                counts = Counter(zip(*(words[i:] for i in range(n))))
-                count = max(counts.values())
-                if count == 1:
-                    unique_from = n if unique_from is None else min(unique_from, n)
-                # the most frequent n-gram, the first seen among equals (as Counter.most_common(1) picks)
-                gram = next(g for g, c in counts.items() if c == count)
-            if (sum(map(len, gram)) + n - 1) * count / len(text) > frac:
-                return False, f"top_{n}_gram"
-        if a["dup_n_grams"]:
-            smallest = min(n for n, _ in a["dup_n_grams"])
-            if unique_from is None or smallest < unique_from:
-                grams = list(zip(*(words[i:] for i in range(smallest))))
-                if len(set(grams)) == len(grams):
-                    unique_from = smallest
-            if unique_from is not None and smallest >= unique_from:  # every duplicated fraction is 0
-                return True
-            previous = None
-            for n, frac in a["dup_n_grams"]:
-                grams = _joined_ngrams(words, n, previous)
-                previous = (n, grams)
-                if _repeated_ngrams_exceed(grams, n, len(text), frac):
-                    return False, f"duplicated_{n}_n_grams"
-        return True
+            grams = list(map("".join, zip(*(words[d][i:] for i in range(n)))))
+            if _repeated_ngrams_exceed(grams, n, len(texts[d]), frac):
+                failures[d] = f"duplicated_{n}_n_grams"
+                decided[d] = True
+    return failures
 
 
 class FastGopherQuality(_FastFilter):
