@@ -74,3 +74,35 @@ def test_api_name_pattern_matches_as_the_plain_pattern():
              "ÅngströmUnit naïve_name Foo_Bar(1) HTTPServer Ab1Cd e_ f(g)(h) __init__ self.__dict__"]
     for text in texts:
         assert _API_NAME.findall(text) == plain.findall(text), text
+
+
+def test_our_modulus_is_datatroves():
+    """datatrove keeps its modulus private (`_mersenne_prime`): a change there must fail here."""
+    from datatrove.pipeline.dedup import minhash
+
+    assert int(fastminhash.MERSENNE_PRIME) == int(minhash._mersenne_prime)
+
+
+def test_permuted_minimum_equals_the_modulo_of_the_wrapped_products():
+    rng = np.random.default_rng(1)
+    p = int(fastminhash.MERSENNE_PRIME)
+    # random shingles, and (in the last column: a = 1, b = 7) sums 2**62 - 1 and 2**64 - 1, which the fold
+    # leaves at p + 1 and p + 7
+    shingles = np.concatenate([rng.integers(0, 2**64 - 1, size=(200, 1), dtype=np.uint64, endpoint=True),
+                               np.array([[p], [2**62 - 8], [2**64 - 8], [2**64 - 1], [0], [1]], dtype=np.uint64)])
+    a = np.concatenate([rng.integers(1, p, size=(1, 40), dtype=np.uint64), np.ones((1, 1), np.uint64)], axis=1)
+    b = np.concatenate([rng.integers(0, p, size=(1, 40), dtype=np.uint64), np.array([[7]], np.uint64)], axis=1)
+    for rows in (shingles, shingles[-6:], shingles[-5:-4], shingles[-4:-3]):
+        assert np.array_equal(fastminhash.permuted_minimum(rows, a, b), np.min((rows * a + b) % np.uint64(p), axis=0))
+
+
+def test_simplified_follows_the_config_it_is_given_also_after_it_changes():
+    config = MinhashConfig().norm_config
+    text = "Café Ångström 1,5 km"
+    assert fastminhash.simplified(text, config) == simplify_text(text, config)
+    config.lowercase = False  # the same object, other settings: not an earlier answer
+    assert fastminhash.simplified(text, config) == simplify_text(text, config)
+    config.norm_unicode_diacritics = False
+    assert fastminhash.simplified(text, config) == simplify_text(text, config)
+    assert fastminhash._without_diacritics(MinhashConfig().norm_config) is fastminhash._without_diacritics(
+        MinhashConfig().norm_config)  # equal settings share one entry

@@ -26,7 +26,23 @@ import unicodedata
 import numpy as np
 from datatrove.utils.text import simplify_text
 
-MERSENNE_PRIME = np.uint64((1 << 61) - 1)  # datatrove's modulus of the MinHash permutations (minhash.py)
+# datatrove's modulus of the MinHash permutations (its private `minhash._mersenne_prime`;
+# tests/test_fastminhash.py checks the two are equal)
+MERSENNE_PRIME = np.uint64((1 << 61) - 1)
+_SHIFT = np.uint64(61)
+
+
+def permuted_minimum(shingles: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`np.min((shingles * a + b) % MERSENNE_PRIME, axis=0)` as datatrove computes it (the products wrap
+    modulo 2**64 first), without numpy's 64-bit division: modulo 2**61 - 1, y = (y >> 61) * 2**61 + (y & p)
+    is congruent to (y >> 61) + (y & p), which is below 2 * p, so one conditional subtraction finishes it."""
+    y = shingles * a
+    y += b
+    high = y >> _SHIFT
+    y &= MERSENNE_PRIME
+    y += high
+    np.subtract(y, MERSENNE_PRIME, out=y, where=y >= MERSENNE_PRIME)
+    return np.min(y, axis=0)
 
 
 class _DropCombiningMarks(dict):
@@ -56,10 +72,14 @@ _NO_DIACRITICS: dict = {}
 
 
 def _without_diacritics(config):
-    key = id(config)
-    if key not in _NO_DIACRITICS:
-        _NO_DIACRITICS[key] = (config, dataclasses.replace(config, norm_unicode_diacritics=False))
-    return _NO_DIACRITICS[key][1]
+    """`config` with `norm_unicode_diacritics=False`, made once per distinct setting. The key is the
+    settings themselves (TextNormConfig is a mutable dataclass, not hashable): equal settings share an
+    entry, and a config changed after its first use gets a new one."""
+    key = (type(config), tuple(vars(config).items()))
+    replaced = _NO_DIACRITICS.get(key)
+    if replaced is None:
+        replaced = _NO_DIACRITICS[key] = dataclasses.replace(config, norm_unicode_diacritics=False)
+    return replaced
 
 
 def sha1_shingles(words: list[str], n: int) -> np.ndarray:

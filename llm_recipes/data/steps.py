@@ -625,8 +625,7 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
         a, b = self.parameters
         if self.config.hash_config.precision != 64:
             return super().get_signature(shingles)
-        phv = (shingles * a + b) % fastminhash.MERSENNE_PRIME
-        return np.min(phv, axis=0).astype(self.config.hash_config.np_dtype).reshape(
+        return fastminhash.permuted_minimum(shingles, a, b).astype(self.config.hash_config.np_dtype).reshape(
             self.config.num_buckets, -1).tolist()
 
 
