@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 from conftest import shared_file, tiny_corpus
 from datatrove.data import Document
@@ -181,13 +182,10 @@ def test_duplicated_ngram_bound_decides_as_the_full_scan():
     vocabulary = ["a", "ab", "b", "ba", "the", "cat", "sat"]
     for _ in range(400):
         words = [rng.choice(vocabulary) for _ in range(rng.randint(5, 80))]
-        previous = None
         for n in (5, 6, 7, 9):
             grams = ["".join(words[i:i + n]) for i in range(len(words) - n + 1)]
-            # built from the (n-1)-grams when the previous n was n-1 (6 from 5, 7 from 6), else from the words
-            joined = F._joined_ngrams(words, n, previous)
+            joined = F._joined_ngrams(words, n)
             assert joined == grams
-            previous = (n, joined)
             seen, repeated, i = set(), 0, 0
             while i < len(grams):
                 if grams[i] in seen:
@@ -231,3 +229,16 @@ def test_gopher_repetition_decides_a_batch_as_datatrove_decides_each_document(pr
     theirs = [reference.filter(Document(text=t, id="x")) for t in texts]
     assert [(t[:40], o, r) for t, o, r in zip(texts, ours, theirs) if o != r] == []
     assert len({str(r) for r in theirs}) >= 4  # several rules decide somewhere
+
+
+def test_exact_ranks_equal_for_equal_keys_only():
+    rng = np.random.default_rng(4)
+    for size, spread in [(1, 5), (50, 10), (5000, 3000), (5000, 2**62)]:
+        keys = rng.integers(0, spread, size=size, dtype=np.int64)
+        ranks = F._exact_ranks(keys)
+        assert (ranks < 2 * size).all()
+        same_key, same_rank = keys[:, None] == keys[None, :200], ranks[:, None] == ranks[None, :200]
+        assert (same_key == same_rank).all()
+        maybe = set(F._maybe_repeated(keys).tolist())
+        values, counts = np.unique(keys, return_counts=True)
+        assert {i for i, k in enumerate(keys) if k in set(values[counts > 1].tolist())} <= maybe

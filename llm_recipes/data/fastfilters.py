@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import inspect
-import operator
 import re
 import sys
 from collections import Counter
@@ -204,11 +203,8 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return len(items) - len(counts), sum(map(len, items)) - sum(map(len, counts))
 
 
-def _joined_ngrams(words: list[str], n: int, previous: tuple[int, list[str]] | None) -> list[str]:
-    """Every word n-gram as its concatenated words (datatrove's key); from the (n-1)-grams when given
-    (`previous` = (n - 1, grams)): one concatenation per gram instead of a tuple and a join."""
-    if previous is not None and previous[0] == n - 1:
-        return list(map(operator.add, previous[1], words[n - 1:]))
+def _joined_ngrams(words: list[str], n: int) -> list[str]:
+    """Every word n-gram as its concatenated words (datatrove's key for duplicated n-grams)."""
     return list(map("".join, zip(*(words[i:] for i in range(n)))))
 
 
@@ -320,14 +316,41 @@ _B_INV = np.uint64(pow(int(_B), -1, 2**64))
 _DOC_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 
 
+_SPREAD = np.uint64(0x9FB21C651E98DF25)  # odd: a multiplicative hash's factor
+
+
+def _first_positions(words: list[str], start: int):
+    """Each word's first position in `words`, counted from `start`."""
+    return map({}.setdefault, words, range(start, start + len(words)))
+
+
+def _maybe_repeated(keys: np.ndarray) -> np.ndarray:
+    """Indices of the keys that may occur more than once: all that do, and the few others that share a
+    bucket with another key (a bucket holding one key holds a key that occurs once). Counting buckets is one
+    pass; only these candidates are then sorted."""
+    bits = max(4, (8 * len(keys)).bit_length())
+    buckets = ((keys.view(np.uint64) * _SPREAD) >> np.uint64(64 - bits)).astype(np.intp)
+    return np.flatnonzero(np.bincount(buckets, minlength=1 << bits)[buckets] > 1)
+
+
+def _exact_ranks(keys: np.ndarray) -> np.ndarray:
+    """Ranks of int64 keys, all below 2 * len(keys): equal keys get the same rank, different keys different
+    ranks (a key that occurs once keeps one of its own, len(keys) + its index)."""
+    ranks = np.arange(len(keys), 2 * len(keys), dtype=np.int64)
+    maybe = _maybe_repeated(keys)
+    if maybe.size:
+        ranks[maybe] = np.unique(keys[maybe], return_inverse=True)[1]
+    return ranks
+
+
 def _ngram_failures(words: list[list[str]], texts: list[str], top_n_grams, dup_n_grams) -> list[str | None]:
     """Gopher's word n-gram rules for each document (`words[d]` of `texts[d]`): the first failing rule's
     reason (`top_{n}_gram`, `duplicated_{n}_n_grams`) or None, as datatrove decides.
 
     - top n-grams: datatrove counts the space-joined n-grams (words hold no whitespace, so equal strings
       are equal word tuples) and takes the commonest, the first seen among equals. Here a word tuple is an
-      exact integer: word ids (a word's first position in the batch) and document are ranked (`np.unique`),
-      and an n-gram is ranked from its (n-1)-gram's rank and its last word's rank, no hashing involved.
+      exact integer rank: a word's is its first position in its document, an n-gram's is computed from its
+      (n-1)-gram's rank and its last word's (hashing only picks the candidates that are sorted).
     - duplicated n-grams: datatrove keys n-grams by their words concatenated without a separator (so
       "ab"+"c" repeats "a"+"bc") and scans them in order. Every occurrence the scan counts repeats an
       earlier equal string, and the occurrences it counts do not overlap, so the characters of the words
@@ -343,27 +366,23 @@ def _ngram_failures(words: list[list[str]], texts: list[str], top_n_grams, dup_n
     if not total:
         return failures
     flat = list(chain.from_iterable(words))
-    vocabulary: dict[str, int] = {}
-    ids = np.fromiter(map(vocabulary.setdefault, flat, range(total)), np.int64, total)
     lengths = np.fromiter(map(len, flat), np.int64, total)
-    ends = np.cumsum(lengths)
-    offsets = np.concatenate(([0], ends))  # characters before word i in the concatenated words
+    offsets = np.concatenate(([0], np.cumsum(lengths)))  # characters before word i in the concatenated words
     doc = np.repeat(np.arange(len(words)), counts)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     left = (counts[doc] - (np.arange(total) - starts[doc]))  # words from position i to its document's end
     text_chars = np.fromiter(map(len, texts), np.float64, len(texts))
     decided = np.zeros(len(words), bool)
 
-    # exact ranks of word n-grams (for the top n-grams)
+    # exact ranks of word n-grams (for the top n-grams): a word's rank is its first position in its document,
+    # an n-gram's comes from its (n-1)-gram's rank and its last word's (pairs below (2 * total)**2 < 2**63)
     needed = max((n for n, _ in top_n_grams), default=0)
-    ranks, r1 = {}, None
+    ranks = {}
     if needed:
-        _, r1 = np.unique(doc * total + ids, return_inverse=True)
+        r1 = np.fromiter(chain.from_iterable(map(_first_positions, words, starts.tolist())), np.int64, total)
         ranks[1] = r1
-        r1_classes = int(r1.max()) + 1
         for n in range(2, needed + 1):
-            previous = ranks[n - 1]
-            _, ranks[n] = np.unique(previous[:-1] * r1_classes + r1[n - 1:], return_inverse=True)
+            ranks[n] = _exact_ranks(ranks[n - 1][:-1] * (2 * total) + r1[n - 1:])
     for n, frac in top_n_grams:
         if total < n:
             continue
@@ -397,20 +416,20 @@ def _ngram_failures(words: list[list[str]], texts: list[str], top_n_grams, dup_n
             continue
         a, b = offsets[positions], offsets[positions + n]
         key = ((prefix[b] - prefix[a]) * inverse[a]) ^ mixed_doc[positions]
-        _, first = np.unique(key, return_index=True)
-        later = np.ones(len(key), bool)
+        maybe = _maybe_repeated(key)  # the others occur once: first occurrences
+        _, first = np.unique(key[maybe], return_index=True)
+        later = np.ones(len(maybe), bool)
         later[first] = False
         # the n-grams the scan counts do not overlap (it jumps n words past each), so their characters are
         # at most those of the words covered by some later occurrence
-        later = positions[later]
+        later = positions[maybe[later]]
         depth = np.cumsum(np.bincount(later, minlength=total + n) - np.bincount(later + n, minlength=total + n))
         covered = np.flatnonzero(depth[:total] > 0)
         bound = np.bincount(doc[covered], weights=lengths[covered], minlength=len(words))
         for d in np.flatnonzero(bound / np.maximum(text_chars, 1) > frac):
             if decided[d]:
                 continue
-            grams = list(map("".join, zip(*(words[d][i:] for i in range(n)))))
-            if _repeated_ngrams_exceed(grams, n, len(texts[d]), frac):
+            if _repeated_ngrams_exceed(_joined_ngrams(words[d], n), n, len(texts[d]), frac):
                 failures[d] = f"duplicated_{n}_n_grams"
                 decided[d] = True
     return failures
