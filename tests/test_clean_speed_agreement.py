@@ -199,36 +199,37 @@ def test_duplicated_ngram_bound_decides_as_the_full_scan():
 
 
 @pytest.mark.parametrize("profile", ["web", "docs", "n-grams only"])
-def test_gopher_repetition_decides_a_batch_as_datatrove_decides_each_document(profile):
-    """The batched n-gram statistics (numpy over a batch's words) give datatrove's answer for every document:
+def test_gopher_filters_decide_a_batch_as_datatrove_decides_each_document(profile):
+    """The batched statistics (numpy over a batch's words) give datatrove's answer for every document:
     crafted and real texts, and generated ones where concatenated n-grams collide ("ab"+"c" = "a"+"bc"),
     the commonest n-gram ties, and repeats sit near every threshold."""
     rng = random.Random(5)
-    vocabulary = ["a", "ab", "b", "ba", "c", "the", "cat", "sat", "."]
+    vocabulary = ["a", "ab", "b", "ba", "c", "the", "cat", "sat", ".", "...", "#", "-"]
     generated = []
     for _ in range(300):
-        words = [rng.choice(vocabulary[:rng.randint(3, 9)]) for _ in range(rng.randint(1, 60))]
+        words = [rng.choice(vocabulary[:rng.randint(3, 12)]) for _ in range(rng.randint(1, 60))]
         if rng.random() < 0.3:  # a repeated run
             at = rng.randrange(len(words))
             words[at:at] = words[max(0, at - rng.randint(2, 12)):at] * rng.randint(1, 3)
-        generated.append(" ".join(words))
+        generated.append(rng.choice([" ", "\n"]).join(words))
     texts = crafted() + tiny_corpus()[:150] + generated
     if profile == "n-grams only":  # every rule on n-grams, odd sizes and orders, thresholds ties can meet
         settings = {"gopher_repetition": {"dup_line_frac": None, "dup_para_frac": None, "dup_line_char_frac": None,
                                           "dup_para_char_frac": None, "top_n_grams": [[3, 0.1], [1, 0.3], [2, 0.25]],
                                           "dup_n_grams": [[6, 0.1], [2, 0.3], [5, 0.15], [3, 0.2]]},
+                    "gopher_quality": {"min_doc_words": 3, "min_stop_words": 1, "max_non_alpha_words_ratio": 0.5},
                     "word_tokenizer": "regex"}
     else:
         settings = S.resolve_profiles({})[profile]
-    settings = {"gopher_repetition": settings["gopher_repetition"], "word_tokenizer": settings.get("word_tokenizer")}
-    [(_, fast)] = S.build_filters(settings)
-    [(_, reference)] = S.build_filters({**settings, "engine": "datatrove"})
+    settings = {key: settings.get(key) for key in ("gopher_repetition", "gopher_quality", "word_tokenizer")}
     docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
-    fast.prepare(docs)
-    ours = [fast.filter(d) for d in docs]
-    theirs = [reference.filter(Document(text=t, id="x")) for t in texts]
-    assert [(t[:40], o, r) for t, o, r in zip(texts, ours, theirs) if o != r] == []
-    assert len({str(r) for r in theirs}) >= 4  # several rules decide somewhere
+    for (name, fast), (_, reference) in zip(S.build_filters(settings),
+                                            S.build_filters({**settings, "engine": "datatrove"})):
+        fast.prepare(docs)
+        ours = [fast.filter(d) for d in docs]
+        theirs = [reference.filter(Document(text=t, id="x")) for t in texts]
+        assert [(name, t[:40], o, r) for t, o, r in zip(texts, ours, theirs) if o != r] == []
+        assert len({str(r) for r in theirs}) >= 4, name  # several rules decide somewhere
 
 
 def test_exact_ranks_equal_for_equal_keys_only():

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import inspect
+import operator
 import re
 import sys
 from collections import Counter
@@ -240,29 +241,20 @@ class _FastFilter:
 
     def __init__(self, **kwargs):
         self.args = _datatrove_arguments(self.reference, kwargs)
-        self.words = word_splitter(self.args.pop("language"))
+        self.language = self.args.pop("language")
+        self.words = word_splitter(self.language)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
-# -------------------------------------------------------------------------------------------- filters
-
-class FastGopherRepetition(_FastFilter):
-    """Gopher's repetition rules; the word n-gram statistics of many documents are computed at once.
-
-    `prepare(docs)` decides a batch (numpy over the words of all its documents, `_ngram_failures`) and
-    `filter(doc)` then answers from it; a document outside the prepared batch is decided alone, the same way.
-    """
-
-    from datatrove.pipeline.filters import GopherRepetitionFilter as reference
-
-    _PARAGRAPHS = re.compile(r"\n{2,}")
-    _LINES = re.compile(r"\n+")
+class _BatchFilter(_FastFilter):
+    """A filter that decides many documents at once (numpy over the words of all of them): `prepare(docs)`
+    decides a batch and `filter(doc)` answers from it; a document outside the prepared batch (or whose text
+    changed since) is decided alone, the same way. A decision depends on the text only."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        # decisions of the last prepared batch by text (a decision depends on the text only)
         self._prepared: dict[str, bool | tuple[bool, str]] = {}
 
     def prepare(self, docs: list[Document]) -> None:
@@ -273,22 +265,70 @@ class FastGopherRepetition(_FastFilter):
         decision = self._prepared.get(doc.text)
         return self.decide([doc.text])[0] if decision is None else decision
 
+    def decide(self, texts: list[str]) -> list[bool | tuple[bool, str]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def batch(self, texts: list[str]) -> _WordBatch:
+        """The words of `texts` as arrays; the filters of one chain prepared with the same documents share it."""
+        key = (self.language, tuple(map(id, texts)))
+        if _LAST_BATCH and _LAST_BATCH[0] == key:
+            return _LAST_BATCH[2]
+        batch = _WordBatch(list(map(self.words, texts)))
+        _LAST_BATCH[:] = [key, texts, batch]  # holding the texts keeps their ids from being reused
+        return batch
+
+
+_LAST_BATCH: list = []
+
+
+class _WordBatch:
+    """The words of a batch of texts as flat numpy arrays: position i is the i-th word of all texts together."""
+
+    def __init__(self, words: list[list[str]]):
+        self.words = words
+        self.counts = np.fromiter(map(len, words), np.int64, len(words))
+        self.total = int(self.counts.sum())
+        self.flat = list(chain.from_iterable(words))
+        self.lengths = np.fromiter(map(len, self.flat), np.int64, self.total)
+        self.doc = np.repeat(np.arange(len(words)), self.counts)
+        self.starts = np.concatenate(([0], np.cumsum(self.counts)[:-1])).astype(np.int64)
+        self._first = None
+
+    @property
+    def first_positions(self) -> np.ndarray:
+        """Each word's first position in its text (an exact id of the word within the text)."""
+        if self._first is None:
+            self._first = np.fromiter(chain.from_iterable(map(_first_positions, self.words, self.starts.tolist())),
+                                      np.int64, self.total)
+        return self._first
+
+    def per_doc(self, weights: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        """Sum of `weights` (integers) over each text's words (those `where` is true), exactly."""
+        doc = self.doc if where is None else self.doc[where]
+        return np.bincount(doc, weights=weights, minlength=len(self.words)).astype(np.int64)
+
+
+# -------------------------------------------------------------------------------------------- filters
+
+class FastGopherRepetition(_BatchFilter):
+    """Gopher's repetition rules; the word n-gram rules of a prepared batch are decided together
+    (`_ngram_failures`)."""
+
+    from datatrove.pipeline.filters import GopherRepetitionFilter as reference
+
+    _PARAGRAPHS = re.compile(r"\n{2,}")
+    _LINES = re.compile(r"\n+")
+
     def decide(self, texts: list[str]) -> list[bool | tuple[bool, str]]:
-        decisions: list[bool | tuple[bool, str]] = [True] * len(texts)
-        pending, words = [], []
-        for i, text in enumerate(texts):
-            failure = self._line_failure(text)
-            if failure is not None:
-                decisions[i] = (False, failure)
-            else:
-                pending.append(i)
-                words.append(self.words(text))
+        failures = list(map(self._line_failure, texts))
         a = self.args
-        failures = _ngram_failures(words, [texts[i] for i in pending], a["top_n_grams"] or (), a["dup_n_grams"] or ())
-        for i, failure in zip(pending, failures):
-            if failure is not None:
-                decisions[i] = (False, failure)
-        return decisions
+        if a["top_n_grams"] or a["dup_n_grams"]:
+            decided = np.fromiter((f is not None for f in failures), bool, len(failures))
+            for i, failure in enumerate(_ngram_failures(self.batch(texts), texts, a["top_n_grams"] or (),
+                                                        a["dup_n_grams"] or (), decided)):
+                if failures[i] is None:
+                    failures[i] = failure
+        return [True if failure is None else (False, failure) for failure in failures]
 
     def _line_failure(self, text: str) -> str | None:
         a = self.args
@@ -343,9 +383,10 @@ def _exact_ranks(keys: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _ngram_failures(words: list[list[str]], texts: list[str], top_n_grams, dup_n_grams) -> list[str | None]:
-    """Gopher's word n-gram rules for each document (`words[d]` of `texts[d]`): the first failing rule's
-    reason (`top_{n}_gram`, `duplicated_{n}_n_grams`) or None, as datatrove decides.
+def _ngram_failures(batch: _WordBatch, texts: list[str], top_n_grams, dup_n_grams,
+                    decided: np.ndarray) -> list[str | None]:
+    """Gopher's word n-gram rules for each document not `decided` yet (`batch` holds the words of `texts`):
+    the first failing rule's reason (`top_{n}_gram`, `duplicated_{n}_n_grams`) or None, as datatrove decides.
 
     - top n-grams: datatrove counts the space-joined n-grams (words hold no whitespace, so equal strings
       are equal word tuples) and takes the commonest, the first seen among equals. Here a word tuple is an
@@ -360,27 +401,21 @@ def _ngram_failures(words: list[list[str]], texts: list[str], top_n_grams, dup_n
       bound is at least the string bound. Where it is within the threshold
       (almost every document) the rule passes, exactly; elsewhere datatrove's scan runs on the strings.
     """
-    failures: list[str | None] = [None] * len(words)
-    counts = np.fromiter(map(len, words), np.int64, len(words))
-    total = int(counts.sum())
+    failures: list[str | None] = [None] * len(texts)
+    words, counts, total, lengths, doc = batch.words, batch.counts, batch.total, batch.lengths, batch.doc
     if not total:
         return failures
-    flat = list(chain.from_iterable(words))
-    lengths = np.fromiter(map(len, flat), np.int64, total)
     offsets = np.concatenate(([0], np.cumsum(lengths)))  # characters before word i in the concatenated words
-    doc = np.repeat(np.arange(len(words)), counts)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    left = (counts[doc] - (np.arange(total) - starts[doc]))  # words from position i to its document's end
+    left = counts[doc] - (np.arange(total) - batch.starts[doc])  # words from position i to its text's end
     text_chars = np.fromiter(map(len, texts), np.float64, len(texts))
-    decided = np.zeros(len(words), bool)
+    decided = decided.copy()
 
     # exact ranks of word n-grams (for the top n-grams): a word's rank is its first position in its document,
     # an n-gram's comes from its (n-1)-gram's rank and its last word's (pairs below (2 * total)**2 < 2**63)
     needed = max((n for n, _ in top_n_grams), default=0)
     ranks = {}
     if needed:
-        r1 = np.fromiter(chain.from_iterable(map(_first_positions, words, starts.tolist())), np.int64, total)
-        ranks[1] = r1
+        ranks[1] = r1 = batch.first_positions
         for n in range(2, needed + 1):
             ranks[n] = _exact_ranks(ranks[n - 1][:-1] * (2 * total) + r1[n - 1:])
     for n, frac in top_n_grams:
@@ -405,7 +440,7 @@ def _ngram_failures(words: list[list[str]], texts: list[str], top_n_grams, dup_n
     if not dup_n_grams or decided.all():
         return failures
 
-    codes = np.frombuffer("".join(flat).encode("utf-32-le", "surrogatepass"), "<u4").astype(np.uint64)
+    codes = np.frombuffer("".join(batch.flat).encode("utf-32-le", "surrogatepass"), "<u4").astype(np.uint64)
     powers = np.cumprod(np.full(len(codes), _B, np.uint64))
     prefix = np.concatenate(([np.uint64(0)], np.cumsum(codes * powers, dtype=np.uint64)))  # wraps mod 2**64
     inverse = np.concatenate(([np.uint64(1)], np.cumprod(np.full(len(codes), _B_INV, np.uint64))))
@@ -435,24 +470,38 @@ def _ngram_failures(words: list[list[str]], texts: list[str], top_n_grams, dup_n
     return failures
 
 
-class FastGopherQuality(_FastFilter):
+class FastGopherQuality(_BatchFilter):
+    """Gopher's quality rules; the word statistics of a prepared batch are counted together: each distinct
+    word's properties are looked up once (`_WORD_KINDS`) and summed per text with numpy."""
+
     from datatrove.pipeline.filters import GopherQualityFilter as reference
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.stop_words = set(STOP_WORDS if self.args["stop_words"] is None else self.args["stop_words"])
 
-    def filter(self, doc):
-        a, text = self.args, doc.text
-        words = self.words(text)
-        n_words = len(words)
-        # a word made only of punctuation strips to nothing
-        lengths = [len(w) for w in words if w.strip(_PUNCT_CHARS)]
-        if a["min_doc_words"] and len(lengths) < a["min_doc_words"]:
+    def decide(self, texts: list[str]) -> list[bool | tuple[bool, str]]:
+        batch = self.batch(texts)
+        if len(_WORD_KINDS) > _WordKinds.MAX:
+            _WORD_KINDS.clear()
+        kinds = np.fromiter(map(_WORD_KINDS.__getitem__, batch.flat), np.int64, batch.total)
+        kept = (kinds & _WordKinds.KEPT) > 0  # a word made only of punctuation strips to nothing
+        n_kept = batch.per_doc(None, kept)
+        kept_chars = batch.per_doc(batch.lengths[kept], kept)
+        n_alpha = batch.per_doc(None, (kinds & _WordKinds.ALPHA) > 0)
+        # distinct stop words: stop words at their first position in their text
+        stop = np.fromiter(map(self.stop_words.__contains__, batch.flat), bool, batch.total)
+        n_stop = batch.per_doc(None, stop & (batch.first_positions == np.arange(batch.total)))
+        return [self._decision(*row) for row in zip(texts, batch.counts.tolist(), n_kept.tolist(),
+                                                    kept_chars.tolist(), n_alpha.tolist(), n_stop.tolist())]
+
+    def _decision(self, text: str, n_words: int, n_kept: int, kept_chars: int, n_alpha: int, n_stop: int):
+        a = self.args
+        if a["min_doc_words"] and n_kept < a["min_doc_words"]:
             return False, "gopher_short_doc"
-        if a["max_doc_words"] and len(lengths) > a["max_doc_words"]:
+        if a["max_doc_words"] and n_kept > a["max_doc_words"]:
             return False, "gopher_long_doc"
-        mean_length = sum(lengths) / len(lengths) if lengths else float("nan")
+        mean_length = kept_chars / n_kept if n_kept else float("nan")
         if a["min_avg_word_length"] and mean_length < a["min_avg_word_length"]:
             return False, "gopher_below_avg_threshold"
         if a["max_avg_word_length"] and mean_length > a["max_avg_word_length"]:
@@ -465,18 +514,35 @@ class FastGopherQuality(_FastFilter):
         if a["max_symbol_word_ratio"] and ellipses / n_words > a["max_symbol_word_ratio"]:
             return False, "gopher_too_many_ellipsis"
         lines = text.splitlines()
-        if a["max_bullet_lines_ratio"] and lines and \
-                sum(s.lstrip().startswith(("•", "-")) for s in lines) / len(lines) > a["max_bullet_lines_ratio"]:
+        if a["max_bullet_lines_ratio"] and lines and sum(
+                map(_STARTS_BULLET, map(str.lstrip, lines))) / len(lines) > a["max_bullet_lines_ratio"]:
             return False, "gopher_too_many_bullets"
-        if a["max_ellipsis_lines_ratio"] and lines and \
-                sum(s.rstrip().endswith(("...", "…")) for s in lines) / len(lines) > a["max_ellipsis_lines_ratio"]:
+        if a["max_ellipsis_lines_ratio"] and lines and sum(
+                map(_ENDS_ELLIPSIS, map(str.rstrip, lines))) / len(lines) > a["max_ellipsis_lines_ratio"]:
             return False, "gopher_too_many_end_ellipsis"
-        if a["max_non_alpha_words_ratio"] and \
-                sum(map(bool, map(_HAS_ALPHA.search, words))) / n_words < a["max_non_alpha_words_ratio"]:
+        if a["max_non_alpha_words_ratio"] and n_alpha / n_words < a["max_non_alpha_words_ratio"]:
             return False, "gopher_below_alpha_threshold"
-        if a["min_stop_words"] and len(self.stop_words.intersection(words)) < a["min_stop_words"]:
+        if a["min_stop_words"] and n_stop < a["min_stop_words"]:
             return False, "gopher_enough_stop_words"
         return True
+
+
+class _WordKinds(dict):
+    """word -> bit flags, computed once per distinct word: KEPT (something is left after stripping
+    punctuation, as Gopher counts words) and ALPHA (holds a letter)."""
+
+    KEPT, ALPHA = 1, 2
+    MAX = 500_000  # distinct words remembered; the table starts over when full
+
+    def __missing__(self, word: str) -> int:
+        value = (self.KEPT if word.strip(_PUNCT_CHARS) else 0) | (self.ALPHA if _HAS_ALPHA.search(word) else 0)
+        self[word] = value
+        return value
+
+
+_WORD_KINDS = _WordKinds()
+_STARTS_BULLET = operator.methodcaller("startswith", ("•", "-"))
+_ENDS_ELLIPSIS = operator.methodcaller("endswith", ("...", "…"))
 
 
 _PUNCT_CHARS = "".join(PUNCTUATION_SET)
