@@ -1,5 +1,7 @@
 """fastminhash.py gives datatrove's MinHash shingles and signatures bit for bit."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -92,7 +94,8 @@ def test_permuted_minimum_equals_the_modulo_of_the_wrapped_products():
                                np.array([[p], [2**62 - 8], [2**64 - 8], [2**64 - 1], [0], [1]], dtype=np.uint64)])
     a = np.concatenate([rng.integers(1, p, size=(1, 40), dtype=np.uint64), np.ones((1, 1), np.uint64)], axis=1)
     b = np.concatenate([rng.integers(0, p, size=(1, 40), dtype=np.uint64), np.array([[7]], np.uint64)], axis=1)
-    for rows in (shingles, shingles[-6:], shingles[-5:-4], shingles[-4:-3]):
+    shingles = np.concatenate([rng.integers(0, 2**64 - 1, size=(600, 1), dtype=np.uint64, endpoint=True), shingles])
+    for rows in (shingles, shingles[-6:], shingles[-5:-4], shingles[-4:-3], shingles[-600:]):
         assert np.array_equal(fastminhash.permuted_minimum(rows, a, b), np.min((rows * a + b) % np.uint64(p), axis=0))
 
 
@@ -106,3 +109,14 @@ def test_simplified_follows_the_config_it_is_given_also_after_it_changes():
     assert fastminhash.simplified(text, config) == simplify_text(text, config)
     assert fastminhash._without_diacritics(MinhashConfig().norm_config) is fastminhash._without_diacritics(
         MinhashConfig().norm_config)  # equal settings share one entry
+
+
+@pytest.mark.parametrize("settings", [{}, {"norm_weekdays": True, "norm_monthnames": True},
+                                      {"lowercase": False, "norm_numbers": False, "norm_whitespace": False},
+                                      {"remove_punctuation": False, "norm_unicode_diacritics": False}])
+def test_simplified_words_are_the_words_of_simplify_text(settings):
+    config = dataclasses.replace(MinhashConfig().norm_config, **settings)
+    ascii_texts = ["".join(map(chr, range(128))), "Monday, 3 January 2024: 1,000.5 items\x1c\x1fend\v\f.",
+                   "\tIt's   a\r\nTEST -- of (all) [the] {punctuation}! 12:30 pm #1 @home ~/x.py $5 50%"]
+    for text in TEXTS + ascii_texts:
+        assert fastminhash.simplified_words(text, config) == simplify_text(text, config).split(), text

@@ -612,7 +612,10 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
 
     def get_shingles(self, text: str) -> np.ndarray:
         if fastminhash.fast_path_applies(self):  # the same shingles with less Python per n-gram
-            words = self.word_tokenizer.word_tokenize(fastminhash.simplified(text, self.config.norm_config))
+            if isinstance(self.word_tokenizer, WhitespaceWords):
+                words = fastminhash.simplified_words(text, self.config.norm_config)
+            else:
+                words = self.word_tokenizer.word_tokenize(fastminhash.simplified(text, self.config.norm_config))
             shingles = fastminhash.sha1_shingles(words, self.config.n_grams)
         else:
             shingles = super().get_shingles(text)
