@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("datatrove")
 
+from datatrove.data import Document  # noqa: E402
 from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupSignature  # noqa: E402
 from datatrove.utils.hashing import HashConfig  # noqa: E402
 from datatrove.utils.text import simplify_text  # noqa: E402
@@ -120,3 +121,29 @@ def test_simplified_words_are_the_words_of_simplify_text(settings):
                    "\tIt's   a\r\nTEST -- of (all) [the] {punctuation}! 12:30 pm #1 @home ~/x.py $5 50%"]
     for text in TEXTS + ascii_texts:
         assert fastminhash.simplified_words(text, config) == simplify_text(text, config).split(), text
+
+
+def test_sorted_buckets_write_datatroves_duplicate_pairs_byte_for_byte(tmp_path):
+    """Signatures of near-duplicate texts in three files (and an empty one): the same `.dups` files as
+    datatrove's MinhashDedupBuckets, band by band; datatrove's own run where a band exceeds the limit."""
+    from datatrove.pipeline.dedup import MinhashDedupBuckets
+
+    config = reference_step(2).config
+    rng = np.random.default_rng(3)
+    base = [" ".join(f"w{x}" for x in rng.integers(0, 40, size=30)) for _ in range(12)]
+    texts = base + [t.replace("w1 ", "w2 ", 1) for t in base] + base[:4] + ["w1 w2 w3"] * 3
+    sigs = tmp_path / "sigs"
+    shards = [texts[0::3], texts[1::3], texts[2::3], []]
+    for rank, shard in enumerate(shards):
+        step = MinhashDedupSignature(output_folder=str(sigs), config=config)
+        step.run([Document(text=t, id=str(i)) for i, t in enumerate(shard)], rank=rank, world_size=len(shards))
+    for limit in (fastminhash.SortedMinhashBuckets.max_band_bytes, 0):
+        for cls, out in ((MinhashDedupBuckets, tmp_path / "theirs"),
+                         (fastminhash.SortedMinhashBuckets, tmp_path / "ours")):
+            step = cls(input_folder=str(sigs), output_folder=str(out), config=config)
+            step.max_band_bytes = limit
+            for band in range(config.num_buckets):
+                step.run(rank=band, world_size=config.num_buckets)
+        theirs = {p.name: p.read_bytes() for p in (tmp_path / "theirs").glob("*.dups")}
+        assert theirs == {p.name: p.read_bytes() for p in (tmp_path / "ours").glob("*.dups")}
+        assert len(theirs) == config.num_buckets and sum(map(len, theirs.values())) > 16 * 10  # pairs were found
