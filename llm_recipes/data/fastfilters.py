@@ -170,16 +170,27 @@ def spacy_words() -> SpacyWords:
 def word_splitter(language: Any):
     """`language` as datatrove's filters take it: English (spaCy's words, as datatrove splits English) or a
     datatrove WordTokenizer instance (used as it is, so a profile's own tokenizer gives identical words).
-    The words of the last few texts are kept, so the filters of a chain tokenize a document once."""
+    The words of the prepared batch and of the last few texts are kept, so the filters of a chain tokenize a
+    document once."""
     if isinstance(language, str):
         if language != Languages.english:
             raise ValueError(f"the fast filters know English words only, got language={language!r}; "
                              "set `engine: datatrove` in the profile for other languages")
-        return lambda text: _words(spacy_words(), text)
-    return lambda text: _words(language, text)
+        return lambda text: _batch_words(language, text) or _words(spacy_words(), text)
+    return lambda text: _batch_words(language, text) or _words(language, text)
 
 
-@lru_cache(maxsize=1024)  # more than a prepared batch (steps.ProfiledQuality.BATCH): filters of a chain share words
+def _batch_words(language, text: str) -> list[str] | None:
+    """The words of `text` if it is one of the last prepared batch's texts (split the same way)."""
+    if _LAST_BATCH and _LAST_BATCH[0] == language:
+        i = _LAST_BATCH[3].get(id(text))
+        if i is not None and _LAST_BATCH[1][i] is text:
+            return _LAST_BATCH[2].words[i]
+    return None
+
+
+# a few texts only: words kept longer (thousands of small strings from many batches) fragment the heap
+@lru_cache(maxsize=4)
 def _words(tokenizer, text: str) -> list[str]:
     return tokenizer(text) if isinstance(tokenizer, SpacyWords) else tokenizer.word_tokenize(text)
 
@@ -270,11 +281,12 @@ class _BatchFilter(_FastFilter):
 
     def batch(self, texts: list[str]) -> _WordBatch:
         """The words of `texts` as arrays; the filters of one chain prepared with the same documents share it."""
-        key = (self.language, tuple(map(id, texts)))
-        if _LAST_BATCH and _LAST_BATCH[0] == key:
+        if _LAST_BATCH and _LAST_BATCH[0] == self.language and len(_LAST_BATCH[1]) == len(texts) and all(
+                map(operator.is_, _LAST_BATCH[1], texts)):
             return _LAST_BATCH[2]
         batch = _WordBatch(list(map(self.words, texts)))
-        _LAST_BATCH[:] = [key, texts, batch]  # holding the texts keeps their ids from being reused
+        # [language, texts, words, text id -> index]; holding the texts keeps their ids from being reused
+        _LAST_BATCH[:] = [self.language, texts, batch, {id(t): i for i, t in enumerate(texts)}]
         return batch
 
 
@@ -440,17 +452,26 @@ def _ngram_failures(batch: _WordBatch, texts: list[str], top_n_grams, dup_n_gram
     if not dup_n_grams or decided.all():
         return failures
 
+    # sum of code point j times B**(j+1), modulo 2**64 (numpy's unsigned arithmetic wraps), up to each word
+    # start, and B**-(word start): the hash of the characters from word i to word i+n, whatever their
+    # position, is (prefix[i+n] - prefix[i]) * inverse[i]. Arrays over characters are freed as soon as done.
     codes = np.frombuffer("".join(batch.flat).encode("utf-32-le", "surrogatepass"), "<u4").astype(np.uint64)
-    powers = np.cumprod(np.full(len(codes), _B, np.uint64))
-    prefix = np.concatenate(([np.uint64(0)], np.cumsum(codes * powers, dtype=np.uint64)))  # wraps mod 2**64
-    inverse = np.concatenate(([np.uint64(1)], np.cumprod(np.full(len(codes), _B_INV, np.uint64))))
+    powers = np.full(len(codes), _B, np.uint64)
+    codes *= np.cumprod(powers, out=powers)
+    del powers
+    np.cumsum(codes, out=codes)
+    prefix = np.where(offsets > 0, codes[np.maximum(offsets - 1, 0)], np.uint64(0))
+    del codes
+    power_of_length = np.cumprod(np.full(int(lengths.max()) + 1, _B_INV, np.uint64))
+    power_of_length[1:] = power_of_length[:-1].copy()
+    power_of_length[0] = 1  # _B_INV ** length
+    inverse = np.concatenate(([np.uint64(1)], np.cumprod(power_of_length[lengths])))
     mixed_doc = (doc.astype(np.uint64) + np.uint64(1)) * _DOC_MIX
     for n, frac in dup_n_grams:
         positions = np.flatnonzero((left >= n) & ~decided[doc])
         if not positions.size:
             continue
-        a, b = offsets[positions], offsets[positions + n]
-        key = ((prefix[b] - prefix[a]) * inverse[a]) ^ mixed_doc[positions]
+        key = ((prefix[positions + n] - prefix[positions]) * inverse[positions]) ^ mixed_doc[positions]
         maybe = _maybe_repeated(key)  # the others occur once: first occurrences
         _, first = np.unique(key[maybe], return_index=True)
         later = np.ones(len(maybe), bool)
@@ -532,7 +553,7 @@ class _WordKinds(dict):
     punctuation, as Gopher counts words) and ALPHA (holds a letter)."""
 
     KEPT, ALPHA = 1, 2
-    MAX = 500_000  # distinct words remembered; the table starts over when full
+    MAX = 100_000  # distinct words remembered (~15 MB); the table starts over when full
 
     def __missing__(self, word: str) -> int:
         value = (self.KEPT if word.strip(_PUNCT_CHARS) else 0) | (self.ALPHA if _HAS_ALPHA.search(word) else 0)
