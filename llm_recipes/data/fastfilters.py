@@ -13,10 +13,11 @@ datatrove's `filter(doc)`. What differs is the cost:
   attributes it would compute for every new token (boundaries do not depend on them); a profile that
   names its own tokenizer (`word_tokenizer: regex`) gets it as is;
 - the words of a text are computed once and shared by the filters that read them;
-- n-gram counts are `Counter`s over tuples of words (built in C) instead of joined strings, and the
-  duplicated 5..10-gram scan runs only when some 5-gram occurs twice (no repeated 5-gram means no
-  repeated longer n-gram, so every duplicated-n-gram fraction is 0), and for each n only when all
-  repeated occurrences together could exceed the threshold (they bound what the scan counts);
+- Gopher's two filters decide a batch of documents at once (`prepare`, called by the quality step): the
+  batch's words become numpy arrays, the top n-grams are counted over exact integer ranks of word n-grams,
+  and the duplicated 5..10-gram scan (datatrove's, on the strings) runs only for documents where a bound
+  computed with numpy exceeds the threshold (`_ngram_failures`); word kinds (punctuation only, has a
+  letter) are looked up once per distinct word;
 - C4 counts sentences (spaCy's sentencizer rule on the same tokens) only until it has the
   `min_num_sentences` it needs.
 

@@ -13,8 +13,12 @@ On python-docs that was most of the signature phase. Here:
 - the n-gram digests are joined into one buffer that numpy reads as little-endian uint64 (what
   `struct.unpack("<Q", digest[:8])` gives, one value at a time).
 
-The signature (permutations, minimum per hash, bands) is datatrove's own code, fed these shingles.
-tests/test_fastminhash.py checks equality with datatrove's `get_shingles` and signatures.
+- an ASCII text's words (`simplified_words`) skip the whitespace pass too, which changes no word once the
+  text is split at whitespace, and its punctuation becomes spaces through a bytes table.
+
+The signature (permutations, minimum per hash, bands) is datatrove's computation, fed these shingles.
+`SortedMinhashBuckets` is datatrove's band index with one numpy sort per band instead of a heap merge.
+tests/test_fastminhash.py checks equality with datatrove's `get_shingles`, signatures and `.dups` files.
 """
 
 from __future__ import annotations
