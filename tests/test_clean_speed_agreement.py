@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 from conftest import shared_file, tiny_corpus
 from datatrove.data import Document
@@ -181,13 +182,10 @@ def test_duplicated_ngram_bound_decides_as_the_full_scan():
     vocabulary = ["a", "ab", "b", "ba", "the", "cat", "sat"]
     for _ in range(400):
         words = [rng.choice(vocabulary) for _ in range(rng.randint(5, 80))]
-        previous = None
         for n in (5, 6, 7, 9):
             grams = ["".join(words[i:i + n]) for i in range(len(words) - n + 1)]
-            # built from the (n-1)-grams when the previous n was n-1 (6 from 5, 7 from 6), else from the words
-            joined = F._joined_ngrams(words, n, previous)
+            joined = F._joined_ngrams(words, n)
             assert joined == grams
-            previous = (n, joined)
             seen, repeated, i = set(), 0, 0
             while i < len(grams):
                 if grams[i] in seen:
@@ -198,3 +196,50 @@ def test_duplicated_ngram_bound_decides_as_the_full_scan():
             chars = sum(map(len, words)) + len(words) - 1
             for frac in (0.0, 0.1, 0.2, repeated / chars):
                 assert F._repeated_ngrams_exceed(joined, n, chars, frac) == (repeated / chars > frac)
+
+
+@pytest.mark.parametrize("profile", ["web", "docs", "n-grams only"])
+def test_gopher_filters_decide_a_batch_as_datatrove_decides_each_document(profile):
+    """The batched statistics (numpy over a batch's words) give datatrove's answer for every document:
+    crafted and real texts, and generated ones where concatenated n-grams collide ("ab"+"c" = "a"+"bc"),
+    the commonest n-gram ties, and repeats sit near every threshold."""
+    rng = random.Random(5)
+    vocabulary = ["a", "ab", "b", "ba", "c", "the", "cat", "sat", ".", "...", "#", "-"]
+    generated = []
+    for _ in range(300):
+        words = [rng.choice(vocabulary[:rng.randint(3, 12)]) for _ in range(rng.randint(1, 60))]
+        if rng.random() < 0.3:  # a repeated run
+            at = rng.randrange(len(words))
+            words[at:at] = words[max(0, at - rng.randint(2, 12)):at] * rng.randint(1, 3)
+        generated.append(rng.choice([" ", "\n"]).join(words))
+    texts = crafted() + tiny_corpus()[:150] + generated
+    if profile == "n-grams only":  # every rule on n-grams, odd sizes and orders, thresholds ties can meet
+        settings = {"gopher_repetition": {"dup_line_frac": None, "dup_para_frac": None, "dup_line_char_frac": None,
+                                          "dup_para_char_frac": None, "top_n_grams": [[3, 0.1], [1, 0.3], [2, 0.25]],
+                                          "dup_n_grams": [[6, 0.1], [2, 0.3], [5, 0.15], [3, 0.2]]},
+                    "gopher_quality": {"min_doc_words": 3, "min_stop_words": 1, "max_non_alpha_words_ratio": 0.5},
+                    "word_tokenizer": "regex"}
+    else:
+        settings = S.resolve_profiles({})[profile]
+    settings = {key: settings.get(key) for key in ("gopher_repetition", "gopher_quality", "word_tokenizer")}
+    docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
+    for (name, fast), (_, reference) in zip(S.build_filters(settings),
+                                            S.build_filters({**settings, "engine": "datatrove"})):
+        fast.prepare(docs)
+        ours = [fast.filter(d) for d in docs]
+        theirs = [reference.filter(Document(text=t, id="x")) for t in texts]
+        assert [(name, t[:40], o, r) for t, o, r in zip(texts, ours, theirs) if o != r] == []
+        assert len({str(r) for r in theirs}) >= 4, name  # several rules decide somewhere
+
+
+def test_exact_ranks_equal_for_equal_keys_only():
+    rng = np.random.default_rng(4)
+    for size, spread in [(1, 5), (50, 10), (5000, 3000), (5000, 2**62)]:
+        keys = rng.integers(0, spread, size=size, dtype=np.int64)
+        ranks = F._exact_ranks(keys)
+        assert (ranks < 2 * size).all()
+        same_key, same_rank = keys[:, None] == keys[None, :200], ranks[:, None] == ranks[None, :200]
+        assert (same_key == same_rank).all()
+        maybe = set(F._maybe_repeated(keys).tolist())
+        values, counts = np.unique(keys, return_counts=True)
+        assert {i for i, k in enumerate(keys) if k in set(values[counts > 1].tolist())} <= maybe

@@ -1,10 +1,13 @@
 """fastminhash.py gives datatrove's MinHash shingles and signatures bit for bit."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 pytest.importorskip("datatrove")
 
+from datatrove.data import Document  # noqa: E402
 from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupSignature  # noqa: E402
 from datatrove.utils.hashing import HashConfig  # noqa: E402
 from datatrove.utils.text import simplify_text  # noqa: E402
@@ -74,3 +77,73 @@ def test_api_name_pattern_matches_as_the_plain_pattern():
              "ÅngströmUnit naïve_name Foo_Bar(1) HTTPServer Ab1Cd e_ f(g)(h) __init__ self.__dict__"]
     for text in texts:
         assert _API_NAME.findall(text) == plain.findall(text), text
+
+
+def test_our_modulus_is_datatroves():
+    """datatrove keeps its modulus private (`_mersenne_prime`): a change there must fail here."""
+    from datatrove.pipeline.dedup import minhash
+
+    assert int(fastminhash.MERSENNE_PRIME) == int(minhash._mersenne_prime)
+
+
+def test_permuted_minimum_equals_the_modulo_of_the_wrapped_products():
+    rng = np.random.default_rng(1)
+    p = int(fastminhash.MERSENNE_PRIME)
+    # random shingles, and (in the last column: a = 1, b = 7) sums 2**62 - 1 and 2**64 - 1, which the fold
+    # leaves at p + 1 and p + 7
+    shingles = np.concatenate([rng.integers(0, 2**64 - 1, size=(200, 1), dtype=np.uint64, endpoint=True),
+                               np.array([[p], [2**62 - 8], [2**64 - 8], [2**64 - 1], [0], [1]], dtype=np.uint64)])
+    a = np.concatenate([rng.integers(1, p, size=(1, 40), dtype=np.uint64), np.ones((1, 1), np.uint64)], axis=1)
+    b = np.concatenate([rng.integers(0, p, size=(1, 40), dtype=np.uint64), np.array([[7]], np.uint64)], axis=1)
+    shingles = np.concatenate([rng.integers(0, 2**64 - 1, size=(600, 1), dtype=np.uint64, endpoint=True), shingles])
+    for rows in (shingles, shingles[-6:], shingles[-5:-4], shingles[-4:-3], shingles[-600:]):
+        assert np.array_equal(fastminhash.permuted_minimum(rows, a, b), np.min((rows * a + b) % np.uint64(p), axis=0))
+
+
+def test_simplified_follows_the_config_it_is_given_also_after_it_changes():
+    config = MinhashConfig().norm_config
+    text = "Café Ångström 1,5 km"
+    assert fastminhash.simplified(text, config) == simplify_text(text, config)
+    config.lowercase = False  # the same object, other settings: not an earlier answer
+    assert fastminhash.simplified(text, config) == simplify_text(text, config)
+    config.norm_unicode_diacritics = False
+    assert fastminhash.simplified(text, config) == simplify_text(text, config)
+    assert fastminhash._without_diacritics(MinhashConfig().norm_config) is fastminhash._without_diacritics(
+        MinhashConfig().norm_config)  # equal settings share one entry
+
+
+@pytest.mark.parametrize("settings", [{}, {"norm_weekdays": True, "norm_monthnames": True},
+                                      {"lowercase": False, "norm_numbers": False, "norm_whitespace": False},
+                                      {"remove_punctuation": False, "norm_unicode_diacritics": False}])
+def test_simplified_words_are_the_words_of_simplify_text(settings):
+    config = dataclasses.replace(MinhashConfig().norm_config, **settings)
+    ascii_texts = ["".join(map(chr, range(128))), "Monday, 3 January 2024: 1,000.5 items\x1c\x1fend\v\f.",
+                   "\tIt's   a\r\nTEST -- of (all) [the] {punctuation}! 12:30 pm #1 @home ~/x.py $5 50%"]
+    for text in TEXTS + ascii_texts:
+        assert fastminhash.simplified_words(text, config) == simplify_text(text, config).split(), text
+
+
+def test_sorted_buckets_write_datatroves_duplicate_pairs_byte_for_byte(tmp_path):
+    """Signatures of near-duplicate texts in three files (and an empty one): the same `.dups` files as
+    datatrove's MinhashDedupBuckets, band by band; datatrove's own run where a band exceeds the limit."""
+    from datatrove.pipeline.dedup import MinhashDedupBuckets
+
+    config = reference_step(2).config
+    rng = np.random.default_rng(3)
+    base = [" ".join(f"w{x}" for x in rng.integers(0, 40, size=30)) for _ in range(12)]
+    texts = base + [t.replace("w1 ", "w2 ", 1) for t in base] + base[:4] + ["w1 w2 w3"] * 3
+    sigs = tmp_path / "sigs"
+    shards = [texts[0::3], texts[1::3], texts[2::3], []]
+    for rank, shard in enumerate(shards):
+        step = MinhashDedupSignature(output_folder=str(sigs), config=config)
+        step.run([Document(text=t, id=str(i)) for i, t in enumerate(shard)], rank=rank, world_size=len(shards))
+    for limit in (fastminhash.SortedMinhashBuckets.max_band_bytes, 0):
+        for cls, out in ((MinhashDedupBuckets, tmp_path / "theirs"),
+                         (fastminhash.SortedMinhashBuckets, tmp_path / "ours")):
+            step = cls(input_folder=str(sigs), output_folder=str(out), config=config)
+            step.max_band_bytes = limit
+            for band in range(config.num_buckets):
+                step.run(rank=band, world_size=config.num_buckets)
+        theirs = {p.name: p.read_bytes() for p in (tmp_path / "theirs").glob("*.dups")}
+        assert theirs == {p.name: p.read_bytes() for p in (tmp_path / "ours").glob("*.dups")}
+        assert len(theirs) == config.num_buckets and sum(map(len, theirs.values())) > 16 * 10  # pairs were found

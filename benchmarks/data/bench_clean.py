@@ -149,6 +149,8 @@ def clean_run(corpus: str, engine: str, repeat: int, gathered: Path, work: Path,
               "gather_and_clean_mb_per_cpu_s":
                   round(mb / (clean_cpu + gather_cpu * repeat), 3) if gather_cpu else None,
               "load_avg": [round(x, 2) for x in os.getloadavg()],
+              "commit": subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                                       cwd=tree or Path(__file__).parent).stdout.strip(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if raw_mb is not None and gather_cpu:  # the WARC's own bytes (HTML) through gather + clean, per CPU second
         result.update({"raw_input_mb": round(raw_mb * repeat, 2),

@@ -119,26 +119,44 @@ def repaired(rows: list[dict], profile: str) -> tuple[list[Document], float]:
     return docs, time.process_time() - start
 
 
+def batches(docs: list[Document]):
+    """The documents in the batches the stage's quality step decides together (filters with `prepare`, the
+    fast Gopher filters, decide a batch at once, as in `steps.ProfiledQuality`)."""
+    for i in range(0, len(docs), S.ProfiledQuality.BATCH):
+        yield docs[i:i + S.ProfiledQuality.BATCH]
+
+
 def chain_seconds(filters, docs: list[Document]) -> tuple[float, list[str | None]]:
     """CPU seconds of one engine's chain over copies of the documents, and its first failure per document."""
     copies = [Document(text=d.text, id=d.id) for d in docs]
     start = time.process_time()
     outcome = []
-    for doc in copies:
-        failure = None
-        for name, flt in filters:
-            result = flt.filter(doc)
-            if result is not True and not (isinstance(result, tuple) and result[0]):
-                failure = f"{name}: {result[1] if isinstance(result, tuple) else 'failed'}"
-                break
-        outcome.append(failure)
+    for batch in batches(copies):
+        for _, flt in filters:
+            if hasattr(flt, "prepare"):
+                flt.prepare(batch)
+        for doc in batch:
+            failure = None
+            for name, flt in filters:
+                result = flt.filter(doc)
+                if result is not True and not (isinstance(result, tuple) and result[0]):
+                    failure = f"{name}: {result[1] if isinstance(result, tuple) else 'failed'}"
+                    break
+            outcome.append(failure)
     return time.process_time() - start, outcome
 
 
-def decision(flt, doc: Document) -> tuple[bool, str]:
-    result = flt.filter(Document(text=doc.text, id=doc.id))
-    return (True, "") if result is True or (isinstance(result, tuple) and result[0]) else \
-        (False, result[1] if isinstance(result, tuple) else "failed")
+def decisions(flt, docs: list[Document]) -> list[tuple[bool, str]]:
+    """One filter's decision on (a copy of) each document, batch by batch as the stage decides."""
+    out = []
+    for batch in batches([Document(text=d.text, id=d.id) for d in docs]):
+        if hasattr(flt, "prepare"):
+            flt.prepare(batch)
+        for doc in batch:
+            result = flt.filter(doc)
+            out.append((True, "") if result is True or (isinstance(result, tuple) and result[0]) else
+                       (False, result[1] if isinstance(result, tuple) else "failed"))
+    return out
 
 
 def bench(corpus: str, profile_name: str, docs: list[Document], repair_s: float, show: int) -> dict:
@@ -156,8 +174,7 @@ def bench(corpus: str, profile_name: str, docs: list[Document], repair_s: float,
     per_filter = {}
     for (name, ref_flt), (_, fast_flt) in zip(reference, fast):
         disagreements = []
-        for doc in docs:
-            a, b = decision(ref_flt, doc), decision(fast_flt, doc)
+        for doc, a, b in zip(docs, decisions(ref_flt, docs), decisions(fast_flt, docs)):
             if a[0] != b[0]:
                 disagreements.append({"id": doc.id, "datatrove": a[1] or "keep", "fast": b[1] or "keep",
                                       "text": doc.text[:160]})

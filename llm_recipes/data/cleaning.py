@@ -270,8 +270,10 @@ def _clean(cfg: CleanConfig, files: list[str], profiles: dict, eval_texts: list[
     t = time.time()
     minhash_remove = work / "minhash" / "remove"
     if cfg.near_dedup:
-        from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster
+        from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupCluster
         from datatrove.utils.hashing import HashConfig
+
+        from .fastminhash import SortedMinhashBuckets
 
         mh = MinhashConfig(n_grams=cfg.minhash_ngram, num_buckets=cfg.minhash_buckets,
                            hashes_per_bucket=cfg.minhash_hashes_per_bucket, seed=cfg.seed,
@@ -284,8 +286,8 @@ def _clean(cfg: CleanConfig, files: list[str], profiles: dict, eval_texts: list[
         runner.run("minhash_signatures", [S.ShardReader(filtered_files, desc="clean: minhash"),
                                           S.ExactDedup(str(remove_dir)), signature], n, cfg.num_workers)
         # one task per band: each holds only its own band's signatures
-        runner.run("minhash_buckets", [MinhashDedupBuckets(input_folder=str(sigs), output_folder=str(buckets),
-                                                           config=mh)], mh.num_buckets, cfg.num_workers)
+        runner.run("minhash_buckets", [SortedMinhashBuckets(input_folder=str(sigs), output_folder=str(buckets),
+                                                            config=mh)], mh.num_buckets, cfg.num_workers)
         runner.run("minhash_cluster", [MinhashDedupCluster(input_folder=str(buckets),
                                                            output_folder=str(minhash_remove), config=mh)], 1, 1)
     timings["near_dedup"] = time.time() - t

@@ -13,10 +13,11 @@ datatrove's `filter(doc)`. What differs is the cost:
   attributes it would compute for every new token (boundaries do not depend on them); a profile that
   names its own tokenizer (`word_tokenizer: regex`) gets it as is;
 - the words of a text are computed once and shared by the filters that read them;
-- n-gram counts are `Counter`s over tuples of words (built in C) instead of joined strings, and the
-  duplicated 5..10-gram scan runs only when some 5-gram occurs twice (no repeated 5-gram means no
-  repeated longer n-gram, so every duplicated-n-gram fraction is 0), and for each n only when all
-  repeated occurrences together could exceed the threshold (they bound what the scan counts);
+- Gopher's two filters decide a batch of documents at once (`prepare`, called by the quality step): the
+  batch's words become numpy arrays, the top n-grams are counted over exact integer ranks of word n-grams,
+  and the duplicated 5..10-gram scan (datatrove's, on the strings) runs only for documents where a bound
+  computed with numpy exceeds the threshold (`_ngram_failures`); word kinds (punctuation only, has a
+  letter) are looked up once per distinct word;
 - C4 counts sentences (spaCy's sentencizer rule on the same tokens) only until it has the
   `min_num_sentences` it needs.
 
@@ -37,6 +38,7 @@ from functools import lru_cache
 from itertools import chain
 from typing import Any
 
+import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS
 from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
@@ -169,15 +171,26 @@ def spacy_words() -> SpacyWords:
 def word_splitter(language: Any):
     """`language` as datatrove's filters take it: English (spaCy's words, as datatrove splits English) or a
     datatrove WordTokenizer instance (used as it is, so a profile's own tokenizer gives identical words).
-    The words of the last few texts are kept, so the filters of a chain tokenize a document once."""
+    The words of the prepared batch and of the last few texts are kept, so the filters of a chain tokenize a
+    document once."""
     if isinstance(language, str):
         if language != Languages.english:
             raise ValueError(f"the fast filters know English words only, got language={language!r}; "
                              "set `engine: datatrove` in the profile for other languages")
-        return lambda text: _words(spacy_words(), text)
-    return lambda text: _words(language, text)
+        return lambda text: _batch_words(language, text) or _words(spacy_words(), text)
+    return lambda text: _batch_words(language, text) or _words(language, text)
 
 
+def _batch_words(language, text: str) -> list[str] | None:
+    """The words of `text` if it is one of the last prepared batch's texts (split the same way)."""
+    if _LAST_BATCH and _LAST_BATCH[0] == language:
+        i = _LAST_BATCH[3].get(id(text))
+        if i is not None and _LAST_BATCH[1][i] is text:
+            return _LAST_BATCH[2].words[i]
+    return None
+
+
+# a few texts only: words kept longer (thousands of small strings from many batches) fragment the heap
 @lru_cache(maxsize=4)
 def _words(tokenizer, text: str) -> list[str]:
     return tokenizer(text) if isinstance(tokenizer, SpacyWords) else tokenizer.word_tokenize(text)
@@ -203,11 +216,8 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return len(items) - len(counts), sum(map(len, items)) - sum(map(len, counts))
 
 
-def _joined_ngrams(words: list[str], n: int, previous: tuple[int, list[str]] | None) -> list[str]:
-    """Every word n-gram as its concatenated words (datatrove's key); from the (n-1)-grams when given
-    (`previous` = (n - 1, grams)): one concatenation per gram instead of a tuple and a join."""
-    if previous is not None and previous[0] == n - 1:
-        return list(map(operator.add, previous[1], words[n - 1:]))
+def _joined_ngrams(words: list[str], n: int) -> list[str]:
+    """Every word n-gram as its concatenated words (datatrove's key for duplicated n-grams)."""
     return list(map("".join, zip(*(words[i:] for i in range(n)))))
 
 
@@ -243,89 +253,277 @@ class _FastFilter:
 
     def __init__(self, **kwargs):
         self.args = _datatrove_arguments(self.reference, kwargs)
-        self.words = word_splitter(self.args.pop("language"))
+        self.language = self.args.pop("language")
+        self.words = word_splitter(self.language)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
+class _BatchFilter(_FastFilter):
+    """A filter that decides many documents at once (numpy over the words of all of them): `prepare(docs)`
+    decides a batch and `filter(doc)` answers from it; a document outside the prepared batch (or whose text
+    changed since) is decided alone, the same way. A decision depends on the text only."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._prepared: dict[str, bool | tuple[bool, str]] = {}
+
+    def prepare(self, docs: list[Document]) -> None:
+        texts = [doc.text for doc in docs]
+        self._prepared = dict(zip(texts, self.decide(texts)))
+
+    def filter(self, doc):
+        decision = self._prepared.get(doc.text)
+        return self.decide([doc.text])[0] if decision is None else decision
+
+    def decide(self, texts: list[str]) -> list[bool | tuple[bool, str]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def batch(self, texts: list[str]) -> _WordBatch:
+        """The words of `texts` as arrays; the filters of one chain prepared with the same documents share it."""
+        if _LAST_BATCH and _LAST_BATCH[0] == self.language and len(_LAST_BATCH[1]) == len(texts) and all(
+                map(operator.is_, _LAST_BATCH[1], texts)):
+            return _LAST_BATCH[2]
+        batch = _WordBatch(list(map(self.words, texts)))
+        # [language, texts, words, text id -> index]; holding the texts keeps their ids from being reused
+        _LAST_BATCH[:] = [self.language, texts, batch, {id(t): i for i, t in enumerate(texts)}]
+        return batch
+
+
+_LAST_BATCH: list = []
+
+
+class _WordBatch:
+    """The words of a batch of texts as flat numpy arrays: position i is the i-th word of all texts together."""
+
+    def __init__(self, words: list[list[str]]):
+        self.words = words
+        self.counts = np.fromiter(map(len, words), np.int64, len(words))
+        self.total = int(self.counts.sum())
+        self.flat = list(chain.from_iterable(words))
+        self.lengths = np.fromiter(map(len, self.flat), np.int64, self.total)
+        self.doc = np.repeat(np.arange(len(words)), self.counts)
+        self.starts = np.concatenate(([0], np.cumsum(self.counts)[:-1])).astype(np.int64)
+        self._first = None
+
+    @property
+    def first_positions(self) -> np.ndarray:
+        """Each word's first position in its text (an exact id of the word within the text)."""
+        if self._first is None:
+            self._first = np.fromiter(chain.from_iterable(map(_first_positions, self.words, self.starts.tolist())),
+                                      np.int64, self.total)
+        return self._first
+
+    def per_doc(self, weights: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        """Sum of `weights` (integers) over each text's words (those `where` is true), exactly."""
+        doc = self.doc if where is None else self.doc[where]
+        return np.bincount(doc, weights=weights, minlength=len(self.words)).astype(np.int64)
+
+
 # -------------------------------------------------------------------------------------------- filters
 
-class FastGopherRepetition(_FastFilter):
+class FastGopherRepetition(_BatchFilter):
+    """Gopher's repetition rules; the word n-gram rules of a prepared batch are decided together
+    (`_ngram_failures`)."""
+
     from datatrove.pipeline.filters import GopherRepetitionFilter as reference
 
     _PARAGRAPHS = re.compile(r"\n{2,}")
     _LINES = re.compile(r"\n+")
 
-    def filter(self, doc):
-        a, text = self.args, doc.text
+    def decide(self, texts: list[str]) -> list[bool | tuple[bool, str]]:
+        failures = list(map(self._line_failure, texts))
+        a = self.args
+        if a["top_n_grams"] or a["dup_n_grams"]:
+            decided = np.fromiter((f is not None for f in failures), bool, len(failures))
+            for i, failure in enumerate(_ngram_failures(self.batch(texts), texts, a["top_n_grams"] or (),
+                                                        a["dup_n_grams"] or (), decided)):
+                if failures[i] is None:
+                    failures[i] = failure
+        return [True if failure is None else (False, failure) for failure in failures]
+
+    def _line_failure(self, text: str) -> str | None:
+        a = self.args
         if not text:
-            return False, "empty"
+            return "empty"
         paragraphs = self._PARAGRAPHS.split(text.strip())
         n_dup, dup_chars = _duplicates(paragraphs)
         if a["dup_para_frac"] and n_dup / len(paragraphs) > a["dup_para_frac"]:
-            return False, "dup_para_frac"
+            return "dup_para_frac"
         if a["dup_para_char_frac"] and dup_chars / len(text) > a["dup_para_char_frac"]:
-            return False, "dup_para_char_frac"
+            return "dup_para_char_frac"
         lines = self._LINES.split(text)
         n_dup, dup_chars = _duplicates(lines)
         if a["dup_line_frac"] and n_dup / len(lines) > a["dup_line_frac"]:
-            return False, "dup_line_frac"
+            return "dup_line_frac"
         if a["dup_line_char_frac"] and dup_chars / len(text) > a["dup_line_char_frac"]:
-            return False, "dup_line_char_frac"
+            return "dup_line_char_frac"
+        return None
 
-        words = self.words(text)
-        # once no n-gram repeats, no longer one does: later counts are known without counting
-        unique_from = None
-        for n, frac in a["top_n_grams"]:
-            if len(words) < n:
+
+# Word n-grams of a batch of documents, as numpy arrays over the concatenated words of all of them.
+# Position i is the n-gram of words i..i+n-1; it belongs to a document when all n words do.
+_B = np.uint64(0x9E3779B97F4A7C15)  # odd: invertible modulo 2**64
+_B_INV = np.uint64(pow(int(_B), -1, 2**64))
+_DOC_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+_SPREAD = np.uint64(0x9FB21C651E98DF25)  # odd: a multiplicative hash's factor
+
+
+def _first_positions(words: list[str], start: int):
+    """Each word's first position in `words`, counted from `start`."""
+    return map({}.setdefault, words, range(start, start + len(words)))
+
+
+def _maybe_repeated(keys: np.ndarray) -> np.ndarray:
+    """Indices of the keys that may occur more than once: all that do, and the few others that share a
+    bucket with another key (a bucket holding one key holds a key that occurs once). Counting buckets is one
+    pass; only these candidates are then sorted."""
+    bits = max(4, (8 * len(keys)).bit_length())
+    buckets = ((keys.view(np.uint64) * _SPREAD) >> np.uint64(64 - bits)).astype(np.intp)
+    return np.flatnonzero(np.bincount(buckets, minlength=1 << bits)[buckets] > 1)
+
+
+def _exact_ranks(keys: np.ndarray) -> np.ndarray:
+    """Ranks of int64 keys, all below 2 * len(keys): equal keys get the same rank, different keys different
+    ranks (a key that occurs once keeps one of its own, len(keys) + its index)."""
+    ranks = np.arange(len(keys), 2 * len(keys), dtype=np.int64)
+    maybe = _maybe_repeated(keys)
+    if maybe.size:
+        ranks[maybe] = np.unique(keys[maybe], return_inverse=True)[1]
+    return ranks
+
+
+def _ngram_failures(batch: _WordBatch, texts: list[str], top_n_grams, dup_n_grams,
+                    decided: np.ndarray) -> list[str | None]:
+    """Gopher's word n-gram rules for each document not `decided` yet (`batch` holds the words of `texts`):
+    the first failing rule's reason (`top_{n}_gram`, `duplicated_{n}_n_grams`) or None, as datatrove decides.
+
+    - top n-grams: datatrove counts the space-joined n-grams (words hold no whitespace, so equal strings
+      are equal word tuples) and takes the commonest, the first seen among equals. Here a word tuple is an
+      exact integer rank: a word's is its first position in its document, an n-gram's is computed from its
+      (n-1)-gram's rank and its last word's (hashing only picks the candidates that are sorted).
+    - duplicated n-grams: datatrove keys n-grams by their words concatenated without a separator (so
+      "ab"+"c" repeats "a"+"bc") and scans them in order. Every occurrence the scan counts repeats an
+      earlier equal string, and the occurrences it counts do not overlap, so the characters of the words
+      covered by occurrences after a string's first bound the scan. The bound is computed over a hash of
+      the concatenated characters (a polynomial over the code points, modulo 2**64, mixed with the
+      document): equal strings have equal hashes, so hash classes only merge string classes and the hash
+      bound is at least the string bound. Where it is within the threshold
+      (almost every document) the rule passes, exactly; elsewhere datatrove's scan runs on the strings.
+    """
+    failures: list[str | None] = [None] * len(texts)
+    words, counts, total, lengths, doc = batch.words, batch.counts, batch.total, batch.lengths, batch.doc
+    if not total:
+        return failures
+    offsets = np.concatenate(([0], np.cumsum(lengths)))  # characters before word i in the concatenated words
+    left = counts[doc] - (np.arange(total) - batch.starts[doc])  # words from position i to its text's end
+    text_chars = np.fromiter(map(len, texts), np.float64, len(texts))
+    decided = decided.copy()
+
+    # exact ranks of word n-grams (for the top n-grams): a word's rank is its first position in its document,
+    # an n-gram's comes from its (n-1)-gram's rank and its last word's (pairs below (2 * total)**2 < 2**63)
+    needed = max((n for n, _ in top_n_grams), default=0)
+    ranks = {}
+    if needed:
+        ranks[1] = r1 = batch.first_positions
+        for n in range(2, needed + 1):
+            ranks[n] = _exact_ranks(ranks[n - 1][:-1] * (2 * total) + r1[n - 1:])
+    for n, frac in top_n_grams:
+        if total < n:
+            continue
+        rank = ranks[n]
+        positions = np.flatnonzero(left[:len(rank)] >= n)
+        if not positions.size:
+            continue
+        rank = rank[positions]
+        count = np.bincount(rank)[rank]
+        has = np.flatnonzero(counts >= n)  # documents with n-grams, in order; their n-grams are contiguous
+        seg = np.concatenate(([0], np.cumsum(counts[has] - n + 1)[:-1]))
+        top = np.maximum.reduceat(count, seg)
+        at_top = np.where(count == np.repeat(top, counts[has] - n + 1), np.arange(len(count)), len(count))
+        first = positions[np.minimum.reduceat(at_top, seg)]  # the commonest n-gram's first occurrence
+        chars = (offsets[first + n] - offsets[first] + n - 1) * top
+        failing = has[(chars / text_chars[has] > frac) & ~decided[has]]
+        for d in failing:
+            failures[d] = f"top_{n}_gram"
+        decided[failing] = True
+    if not dup_n_grams or decided.all():
+        return failures
+
+    # sum of code point j times B**(j+1), modulo 2**64 (numpy's unsigned arithmetic wraps), up to each word
+    # start, and B**-(word start): the hash of the characters from word i to word i+n, whatever their
+    # position, is (prefix[i+n] - prefix[i]) * inverse[i]. Arrays over characters are freed as soon as done.
+    codes = np.frombuffer("".join(batch.flat).encode("utf-32-le", "surrogatepass"), "<u4").astype(np.uint64)
+    powers = np.full(len(codes), _B, np.uint64)
+    codes *= np.cumprod(powers, out=powers)
+    del powers
+    np.cumsum(codes, out=codes)
+    prefix = np.where(offsets > 0, codes[np.maximum(offsets - 1, 0)], np.uint64(0))
+    del codes
+    power_of_length = np.cumprod(np.full(int(lengths.max()) + 1, _B_INV, np.uint64))
+    power_of_length[1:] = power_of_length[:-1].copy()
+    power_of_length[0] = 1  # _B_INV ** length
+    inverse = np.concatenate(([np.uint64(1)], np.cumprod(power_of_length[lengths])))
+    mixed_doc = (doc.astype(np.uint64) + np.uint64(1)) * _DOC_MIX
+    for n, frac in dup_n_grams:
+        positions = np.flatnonzero((left >= n) & ~decided[doc])
+        if not positions.size:
+            continue
+        key = ((prefix[positions + n] - prefix[positions]) * inverse[positions]) ^ mixed_doc[positions]
+        maybe = _maybe_repeated(key)  # the others occur once: first occurrences
+        _, first = np.unique(key[maybe], return_index=True)
+        later = np.ones(len(maybe), bool)
+        later[first] = False
+        # the n-grams the scan counts do not overlap (it jumps n words past each), so their characters are
+        # at most those of the words covered by some later occurrence
+        later = positions[maybe[later]]
+        depth = np.cumsum(np.bincount(later, minlength=total + n) - np.bincount(later + n, minlength=total + n))
+        covered = np.flatnonzero(depth[:total] > 0)
+        bound = np.bincount(doc[covered], weights=lengths[covered], minlength=len(words))
+        for d in np.flatnonzero(bound / np.maximum(text_chars, 1) > frac):
+            if decided[d]:
                 continue
-            if unique_from is not None and n >= unique_from:
-                gram, count = words[:n], 1
-            else:
-                counts = Counter(zip(*(words[i:] for i in range(n))))
-                count = max(counts.values())
-                if count == 1:
-                    unique_from = n if unique_from is None else min(unique_from, n)
-                # the most frequent n-gram, the first seen among equals (as Counter.most_common(1) picks)
-                gram = next(g for g, c in counts.items() if c == count)
-            if (sum(map(len, gram)) + n - 1) * count / len(text) > frac:
-                return False, f"top_{n}_gram"
-        if a["dup_n_grams"]:
-            smallest = min(n for n, _ in a["dup_n_grams"])
-            if unique_from is None or smallest < unique_from:
-                grams = list(zip(*(words[i:] for i in range(smallest))))
-                if len(set(grams)) == len(grams):
-                    unique_from = smallest
-            if unique_from is not None and smallest >= unique_from:  # every duplicated fraction is 0
-                return True
-            previous = None
-            for n, frac in a["dup_n_grams"]:
-                grams = _joined_ngrams(words, n, previous)
-                previous = (n, grams)
-                if _repeated_ngrams_exceed(grams, n, len(text), frac):
-                    return False, f"duplicated_{n}_n_grams"
-        return True
+            if _repeated_ngrams_exceed(_joined_ngrams(words[d], n), n, len(texts[d]), frac):
+                failures[d] = f"duplicated_{n}_n_grams"
+                decided[d] = True
+    return failures
 
 
-class FastGopherQuality(_FastFilter):
+class FastGopherQuality(_BatchFilter):
+    """Gopher's quality rules; the word statistics of a prepared batch are counted together: each distinct
+    word's properties are looked up once (`_WORD_KINDS`) and summed per text with numpy."""
+
     from datatrove.pipeline.filters import GopherQualityFilter as reference
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.stop_words = set(STOP_WORDS if self.args["stop_words"] is None else self.args["stop_words"])
 
-    def filter(self, doc):
-        a, text = self.args, doc.text
-        words = self.words(text)
-        n_words = len(words)
-        # a word made only of punctuation strips to nothing
-        lengths = [len(w) for w in words if w.strip(_PUNCT_CHARS)]
-        if a["min_doc_words"] and len(lengths) < a["min_doc_words"]:
+    def decide(self, texts: list[str]) -> list[bool | tuple[bool, str]]:
+        batch = self.batch(texts)
+        if len(_WORD_KINDS) > _WordKinds.MAX:
+            _WORD_KINDS.clear()
+        kinds = np.fromiter(map(_WORD_KINDS.__getitem__, batch.flat), np.int64, batch.total)
+        kept = (kinds & _WordKinds.KEPT) > 0  # a word made only of punctuation strips to nothing
+        n_kept = batch.per_doc(None, kept)
+        kept_chars = batch.per_doc(batch.lengths[kept], kept)
+        n_alpha = batch.per_doc(None, (kinds & _WordKinds.ALPHA) > 0)
+        # distinct stop words: stop words at their first position in their text
+        stop = np.fromiter(map(self.stop_words.__contains__, batch.flat), bool, batch.total)
+        n_stop = batch.per_doc(None, stop & (batch.first_positions == np.arange(batch.total)))
+        return [self._decision(*row) for row in zip(texts, batch.counts.tolist(), n_kept.tolist(),
+                                                    kept_chars.tolist(), n_alpha.tolist(), n_stop.tolist())]
+
+    def _decision(self, text: str, n_words: int, n_kept: int, kept_chars: int, n_alpha: int, n_stop: int):
+        a = self.args
+        if a["min_doc_words"] and n_kept < a["min_doc_words"]:
             return False, "gopher_short_doc"
-        if a["max_doc_words"] and len(lengths) > a["max_doc_words"]:
+        if a["max_doc_words"] and n_kept > a["max_doc_words"]:
             return False, "gopher_long_doc"
-        mean_length = sum(lengths) / len(lengths) if lengths else float("nan")
+        mean_length = kept_chars / n_kept if n_kept else float("nan")
         if a["min_avg_word_length"] and mean_length < a["min_avg_word_length"]:
             return False, "gopher_below_avg_threshold"
         if a["max_avg_word_length"] and mean_length > a["max_avg_word_length"]:
@@ -338,18 +536,35 @@ class FastGopherQuality(_FastFilter):
         if a["max_symbol_word_ratio"] and ellipses / n_words > a["max_symbol_word_ratio"]:
             return False, "gopher_too_many_ellipsis"
         lines = text.splitlines()
-        if a["max_bullet_lines_ratio"] and lines and \
-                sum(s.lstrip().startswith(("•", "-")) for s in lines) / len(lines) > a["max_bullet_lines_ratio"]:
+        if a["max_bullet_lines_ratio"] and lines and sum(
+                map(_STARTS_BULLET, map(str.lstrip, lines))) / len(lines) > a["max_bullet_lines_ratio"]:
             return False, "gopher_too_many_bullets"
-        if a["max_ellipsis_lines_ratio"] and lines and \
-                sum(s.rstrip().endswith(("...", "…")) for s in lines) / len(lines) > a["max_ellipsis_lines_ratio"]:
+        if a["max_ellipsis_lines_ratio"] and lines and sum(
+                map(_ENDS_ELLIPSIS, map(str.rstrip, lines))) / len(lines) > a["max_ellipsis_lines_ratio"]:
             return False, "gopher_too_many_end_ellipsis"
-        if a["max_non_alpha_words_ratio"] and \
-                sum(map(bool, map(_HAS_ALPHA.search, words))) / n_words < a["max_non_alpha_words_ratio"]:
+        if a["max_non_alpha_words_ratio"] and n_alpha / n_words < a["max_non_alpha_words_ratio"]:
             return False, "gopher_below_alpha_threshold"
-        if a["min_stop_words"] and len(self.stop_words.intersection(words)) < a["min_stop_words"]:
+        if a["min_stop_words"] and n_stop < a["min_stop_words"]:
             return False, "gopher_enough_stop_words"
         return True
+
+
+class _WordKinds(dict):
+    """word -> bit flags, computed once per distinct word: KEPT (something is left after stripping
+    punctuation, as Gopher counts words) and ALPHA (holds a letter)."""
+
+    KEPT, ALPHA = 1, 2
+    MAX = 100_000  # distinct words remembered (~15 MB); the table starts over when full
+
+    def __missing__(self, word: str) -> int:
+        value = (self.KEPT if word.strip(_PUNCT_CHARS) else 0) | (self.ALPHA if _HAS_ALPHA.search(word) else 0)
+        self[word] = value
+        return value
+
+
+_WORD_KINDS = _WordKinds()
+_STARTS_BULLET = operator.methodcaller("startswith", ("•", "-"))
+_ENDS_ELLIPSIS = operator.methodcaller("endswith", ("...", "…"))
 
 
 _PUNCT_CHARS = "".join(PUNCTUATION_SET)

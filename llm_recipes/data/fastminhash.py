@@ -13,8 +13,12 @@ On python-docs that was most of the signature phase. Here:
 - the n-gram digests are joined into one buffer that numpy reads as little-endian uint64 (what
   `struct.unpack("<Q", digest[:8])` gives, one value at a time).
 
-The signature (permutations, minimum per hash, bands) is datatrove's own code, fed these shingles.
-tests/test_fastminhash.py checks equality with datatrove's `get_shingles` and signatures.
+- an ASCII text's words (`simplified_words`) skip the whitespace pass too, which changes no word once the
+  text is split at whitespace, and its punctuation becomes spaces through a bytes table.
+
+The signature (permutations, minimum per hash, bands) is datatrove's computation, fed these shingles.
+`SortedMinhashBuckets` is datatrove's band index with one numpy sort per band instead of a heap merge.
+tests/test_fastminhash.py checks equality with datatrove's `get_shingles`, signatures and `.dups` files.
 """
 
 from __future__ import annotations
@@ -22,11 +26,38 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import unicodedata
+from pathlib import Path
 
 import numpy as np
-from datatrove.utils.text import simplify_text
+from datatrove.pipeline.dedup import MinhashDedupBuckets
+from datatrove.utils.text import (
+    MONTHS_PATTERN,
+    NUMBERS_PATTERN,
+    PUNCTUATION_TRANS,
+    WEEKDAYS_PATTERN,
+    simplify_text,
+)
 
-MERSENNE_PRIME = np.uint64((1 << 61) - 1)  # datatrove's modulus of the MinHash permutations (minhash.py)
+# datatrove's modulus of the MinHash permutations (its private `minhash._mersenne_prime`;
+# tests/test_fastminhash.py checks the two are equal)
+MERSENNE_PRIME = np.uint64((1 << 61) - 1)
+_SHIFT = np.uint64(61)
+
+
+def permuted_minimum(shingles: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`np.min((shingles * a + b) % MERSENNE_PRIME, axis=0)` as datatrove computes it (the products wrap
+    modulo 2**64 first), without numpy's 64-bit division: modulo 2**61 - 1, y = (y >> 61) * 2**61 + (y & p)
+    is congruent to (y >> 61) + (y & p), which is below 2 * p, so one conditional subtraction finishes it.
+    Below a few hundred shingles numpy's call overheads outweigh the division, and the plain formula runs."""
+    if len(shingles) < 500:
+        return np.min((shingles * a + b) % MERSENNE_PRIME, axis=0)
+    y = shingles * a
+    y += b
+    high = y >> _SHIFT
+    y &= MERSENNE_PRIME
+    y += high
+    np.subtract(y, MERSENNE_PRIME, out=y, where=y >= MERSENNE_PRIME)
+    return np.min(y, axis=0)
 
 
 class _DropCombiningMarks(dict):
@@ -52,14 +83,44 @@ def simplified(text: str, config) -> str:
     return unicodedata.normalize("NFD", text).translate(_DROP_MN).strip()
 
 
+# datatrove's punctuation-to-space table for ASCII text, as a bytes table (bytes.translate is several times
+# faster than str.translate with a dict)
+_ASCII_PUNCTUATION = bytes.maketrans(bytes(c for c in PUNCTUATION_TRANS if c < 128),
+                                     bytes(PUNCTUATION_TRANS[c] for c in PUNCTUATION_TRANS if c < 128))
+
+
+def simplified_words(text: str, config) -> list[str]:
+    """`simplify_text(text, config).split()`, the same words. An ASCII text takes datatrove's steps in its
+    order except two that change no word of it: whitespace normalization (runs of whitespace become one
+    space; `split` splits at the same characters: both use str.isspace) and diacritics removal (NFD of
+    ASCII is ASCII, with no combining marks); its punctuation becomes spaces with a bytes table."""
+    if not text.isascii():
+        return simplified(text, config).split()
+    if config.lowercase:
+        text = text.lower()
+    if config.norm_numbers:
+        text = NUMBERS_PATTERN.sub("0", text)
+    if config.norm_weekdays:
+        text = WEEKDAYS_PATTERN.sub("WEEKDAY", text)
+    if config.norm_monthnames:
+        text = MONTHS_PATTERN.sub("MONTH", text)
+    if config.remove_punctuation:
+        text = text.encode("ascii").translate(_ASCII_PUNCTUATION).decode("ascii")
+    return text.split()
+
+
 _NO_DIACRITICS: dict = {}
 
 
 def _without_diacritics(config):
-    key = id(config)
-    if key not in _NO_DIACRITICS:
-        _NO_DIACRITICS[key] = (config, dataclasses.replace(config, norm_unicode_diacritics=False))
-    return _NO_DIACRITICS[key][1]
+    """`config` with `norm_unicode_diacritics=False`, made once per distinct setting. The key is the
+    settings themselves (TextNormConfig is a mutable dataclass, not hashable): equal settings share an
+    entry, and a config changed after its first use gets a new one."""
+    key = (type(config), tuple(vars(config).items()))
+    replaced = _NO_DIACRITICS.get(key)
+    if replaced is None:
+        replaced = _NO_DIACRITICS[key] = dataclasses.replace(config, norm_unicode_diacritics=False)
+    return replaced
 
 
 def sha1_shingles(words: list[str], n: int) -> np.ndarray:
@@ -76,3 +137,50 @@ def fast_path_applies(step) -> bool:
     """Whether a MinhashDedupSignature's configuration is one `sha1_shingles` reproduces."""
     hash_config = step.config.hash_config
     return hash_config.hash_fc == "sha1" and hash_config.precision == 64
+
+
+class SortedMinhashBuckets(MinhashDedupBuckets):
+    """datatrove's MinhashDedupBuckets (one task per band, no index), writing the same `.dups` file byte for
+    byte, with a band's signature files merged by one numpy sort instead of a heap of Python objects (a
+    dataclass comparison per step; most of that phase's time).
+
+    datatrove merges the band's sorted files in the order of (signature, file index, document) and writes
+    each record whose signature equals the previous record's as the pair (previous file stem, previous
+    document, file stem, document). Here the records of all files are sorted by the same keys with
+    `np.lexsort` and the equal neighbours written at once. A band's records are held in memory, so a band
+    larger than `max_band_bytes` on disk (or an index, or several tasks per band) goes to datatrove's own
+    streaming merge.
+    """
+
+    max_band_bytes = 256 * 2**20
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        sig_files = self.input_folder.list_files(subdirectory=f"bucket_{rank:03d}")
+        if (self.index_folder is not None or world_size != self.config.num_buckets
+                or self.config.hash_config.precision != 64
+                or sum(self.input_folder.size(name) for name in sig_files) > self.max_band_bytes):
+            return super().run(data, rank, world_size)
+        with self.track_time():
+            per_band = self.config.hashes_per_bucket
+            record = np.dtype([(f"h{i}", "<u8") for i in range(per_band)] + [("doc", "<u4")])
+            hashes, docs, files, stems = [], [], [], []
+            for index, name in enumerate(sig_files):
+                with self.input_folder.open(name, mode="rb") as f:
+                    records = np.frombuffer(f.read(), dtype=record)
+                hashes.append(np.stack([records[f"h{i}"] for i in range(per_band)], axis=1) if len(records)
+                              else np.zeros((0, per_band), np.uint64))
+                docs.append(records["doc"])
+                files.append(np.full(len(records), index, np.int64))
+                stems.append(np.full(len(records), int(Path(name).name.removesuffix(".minhash.sig")), np.uint32))
+            with self.output_folder.open(f"{rank:05d}_00.dups", mode="wb") as out:
+                if not hashes or not sum(map(len, docs)):
+                    return
+                hashes, docs = np.concatenate(hashes), np.concatenate(docs)
+                files, stems = np.concatenate(files), np.concatenate(stems)
+                order = np.lexsort((docs, files, *(hashes[:, i] for i in reversed(range(per_band)))))
+                hashes, docs, stems = hashes[order], docs[order], stems[order]
+                same = np.flatnonzero((hashes[1:] == hashes[:-1]).all(axis=1)) + 1
+                if same.size:
+                    pairs = np.stack([stems[same - 1], docs[same - 1], stems[same], docs[same]], axis=1)
+                    out.write(pairs.astype("<u4").tobytes())
+                    self.stat_update("total_matches", value=int(same.size))

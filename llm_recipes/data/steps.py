@@ -18,8 +18,9 @@ import fnmatch
 import hashlib
 import json
 import re
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -451,6 +452,34 @@ class ProfiledQuality(TallyStep):
             self._filters = {name: build_filters(p) for name, p in self.profiles_cfg.items()}
         return self._filters[profile]
 
+    BATCH = 256  # documents whose filters that decide in batches (FastGopherRepetition.prepare) decide together
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        return super().run(self._prepared(data), rank, world_size)
+
+    def _prepared(self, data):
+        data = iter(data)
+        while batch := list(islice(data, self.BATCH)):
+            by_profile = defaultdict(list)
+            for doc in batch:
+                profile = self._profile(doc)
+                by_profile[profile].append(doc)
+                if self._compared(profile, doc):
+                    by_profile["web"].append(doc)
+            for profile, docs in by_profile.items():
+                for _, flt in self.filters(profile):
+                    if hasattr(flt, "prepare"):
+                        flt.prepare(docs)
+            yield from batch
+
+    def _compared(self, profile: str, doc: Document) -> bool:
+        """Whether the report's web comparison runs the web filters on this document too."""
+        return bool(self.compare_sample) and profile != "web" and _sampled(doc.id, self.compare_sample)
+
+    def _profile(self, doc: Document) -> str:
+        profile = profile_of(doc, self.profile_map)
+        return profile if profile in self.profiles_cfg else "web"
+
     def _first_failure(self, profile: str, doc: Document) -> str | None:
         for name, flt in self.filters(profile):
             result = flt.filter(doc)
@@ -460,11 +489,9 @@ class ProfiledQuality(TallyStep):
         return None
 
     def process(self, doc):
-        profile = profile_of(doc, self.profile_map)
-        if profile not in self.profiles_cfg:
-            profile = "web"
+        profile = self._profile(doc)
         self.tally.extra[f"profile {profile}: documents"] += 1
-        if self.compare_sample and profile != "web" and _sampled(doc.id, self.compare_sample):
+        if self._compared(profile, doc):
             probe = Document(text=doc.text, id=doc.id, metadata=dict(doc.metadata))
             self.tally.extra[f"profile {profile}: sampled for web comparison"] += 1
             failure = self._first_failure("web", probe)
@@ -585,7 +612,10 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
 
     def get_shingles(self, text: str) -> np.ndarray:
         if fastminhash.fast_path_applies(self):  # the same shingles with less Python per n-gram
-            words = self.word_tokenizer.word_tokenize(fastminhash.simplified(text, self.config.norm_config))
+            if isinstance(self.word_tokenizer, WhitespaceWords):
+                words = fastminhash.simplified_words(text, self.config.norm_config)
+            else:
+                words = self.word_tokenizer.word_tokenize(fastminhash.simplified(text, self.config.norm_config))
             shingles = fastminhash.sha1_shingles(words, self.config.n_grams)
         else:
             shingles = super().get_shingles(text)
@@ -598,8 +628,7 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
         a, b = self.parameters
         if self.config.hash_config.precision != 64:
             return super().get_signature(shingles)
-        phv = (shingles * a + b) % fastminhash.MERSENNE_PRIME
-        return np.min(phv, axis=0).astype(self.config.hash_config.np_dtype).reshape(
+        return fastminhash.permuted_minimum(shingles, a, b).astype(self.config.hash_config.np_dtype).reshape(
             self.config.num_buckets, -1).tolist()
 
 
