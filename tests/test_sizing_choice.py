@@ -91,3 +91,41 @@ def test_the_probe_times_interleaved_steps_after_warmup_and_takes_the_median():
     assert t.probes[1]["flops_per_step"] > t.probes[0]["flops_per_step"]
     with pytest.raises(ValueError, match="steps >= 1"):
         measure_throughput("cpu", 256, [1], seq_len=16, rows=2, steps=0)
+
+
+def _line_probe(calls: list, lines: list[tuple[float, float]]):
+    """A stand-in for `measure_throughput` (same signature) whose step times follow overhead + FLOPs / rate, one
+    (overhead, rate) per call: the probe logic under test is what `probe_and_plan` does with them."""
+    from llm_recipes.training.sizing import flops_per_token, shape_for_depth, throughput_from_probes
+
+    def probe(device, vocab_size, depths, seq_len, rows, bf16=False):
+        overhead, rate = lines[len(calls)]
+        calls.append(list(depths))
+        points = []
+        for depth in depths:
+            flops = flops_per_token(shape_for_depth(depth), vocab_size, seq_len) * rows * seq_len
+            points.append({"depth": depth, "step_s": overhead + flops / rate, "flops_per_step": flops})
+        return throughput_from_probes(points, "cpu")
+    return probe
+
+
+def test_a_line_that_puts_the_plan_beyond_the_probed_depths_is_probed_again():
+    """A probe whose depth 1 was slowed by a neighbour reads as 'FLOPs are nearly free' (measured under load: 0.55 s
+    and 0.58 s per step for depths 1 and 2) and its line puts the plan at depth 4; the second probe, between depth
+    2 and the plan, gives the plan from a line through the depths it is about."""
+    from llm_recipes.training.sizing import probe_and_plan
+
+    calls = []
+    slowed_small = (0.534, 2.5e11)  # the line through 0.55 s and 0.58 s
+    quiet = (0.068, 1.5e11)
+    plan = probe_and_plan("cpu", 360, 4096, MEMORY, CORPUS, cpus=2, probe=_line_probe(calls, [slowed_small, quiet]))
+    assert calls[0] == [1, 2] and len(calls) == 2 and calls[1][0] == 2 and calls[1][1] >= 4
+    assert plan.depth == 2 and plan.throughput["note"].startswith("measured again")
+
+
+def test_a_probe_whose_plan_lies_within_reach_is_not_repeated():
+    from llm_recipes.training.sizing import probe_and_plan
+
+    calls = []
+    plan = probe_and_plan("cpu", 360, 4096, MEMORY, CORPUS, cpus=2, probe=_line_probe(calls, [(0.068, 1.5e11)]))
+    assert calls == [[1, 2]] and plan.depth == 2 and plan.throughput["note"] == "measured"
