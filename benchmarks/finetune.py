@@ -6,9 +6,11 @@ clean corpus, and prints the held-out figures each stage measured.
     python benchmarks/finetune.py --run_dir /tmp/bench --override max_train_seconds=0 --bpb   # A/B: fixed steps
 
 Writes into run_dir/sft and run_dir/dpo (removed first, so the stages run from scratch). An override
-`stage:key=value` applies to that stage only. `--bpb` then runs `llm-recipes evaluate` on held-out text (60 KB of
-the clean stage's validation split) for the pretrained model and each stage's model, and prints each model's
-paired difference in bits per byte against the pretrained one with its 95% interval (run_dir/evaluate_bpb).
+`stage:key=value` applies to that stage only; a list value is several words (`"dpo:loss_weights=1.0 0.5"`).
+`--bpb` then runs `llm-recipes evaluate` on held-out text (60 KB of the clean stage's validation split, or all of it
+with `--whole_split`) for the pretrained model and each stage's model, and prints each model's paired difference in
+bits per byte against the pretrained one with its 95% interval (run_dir/evaluate_bpb). `--out FILE` appends the
+whole record (overrides, each stage's held-out measure with its paired interval, bits per byte, load) as a JSON line.
 For A/B comparisons on a shared machine set `max_train_seconds=0` (fixed steps, not a time budget) and
 `torch_num_threads=1`: the figures then do not depend on the load.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,8 +37,8 @@ def run_stage(stage: str, run_dir: Path, recipe_dir: str, overrides: list[str]) 
     for item in overrides:
         key, value = item.split("=", 1)
         only, _, key = key.rpartition(":")
-        if only in ("", stage):
-            argv += [f"--{key}", value]
+        if only in ("", stage):  # a list value is several words: "dpo:loss_weights=1.0 0.5"
+            argv += [f"--{key}", *shlex.split(value)]
     env = {**os.environ, "LLM_RECIPES_RUN_DIR": str(run_dir)}
     start = time.perf_counter()
     subprocess.run(argv, check=True, env=env, cwd=REPO)
@@ -47,6 +50,7 @@ def run_stage(stage: str, run_dir: Path, recipe_dir: str, overrides: list[str]) 
     return {"stage": stage, "wall_seconds": round(seconds, 1), "train_runtime": summary.get("train_runtime"),
             "steps": summary.get("step"), "metric": record["metric"], "base": record["base_value"],
             "trained": record["trained_value"], "improved": record["improved"],
+            "paired": record.get("difference"),
             "extra": {k: v for k, v in record["trained"].items() if k in ("reward_accuracy", "mean_reward_margin")}}
 
 
@@ -82,15 +86,24 @@ def main() -> int:
     parser.add_argument("--stages", default="sft,dpo")
     parser.add_argument("--bpb", action="store_true", help="then measure held-out bits per byte against the base")
     parser.add_argument("--whole_split", action="store_true", help="--bpb over the whole validation split")
+    parser.add_argument("--out", type=Path, help="append one JSON line (overrides, stages, bits per byte, load) here")
     a = parser.parse_args()
     run_dir = Path(a.run_dir).resolve()
     stages = a.stages.split(",")
+    load_start = os.getloadavg()
     results = [run_stage(stage, run_dir, a.recipes, a.override) for stage in stages]
     print(json.dumps(results, indent=2))
-    if a.bpb:
-        print(json.dumps(heldout_bpb(run_dir, stages, a.whole_split), indent=2))
-    with open("/proc/loadavg") as f:
-        print("load average:", f.read().split()[:3])
+    bpb = heldout_bpb(run_dir, stages, a.whole_split) if a.bpb else None
+    if bpb is not None:
+        print(json.dumps(bpb, indent=2))
+    print("load average:", [round(x, 2) for x in os.getloadavg()])
+    if a.out:
+        row = {"run_dir": str(run_dir), "overrides": a.override, "stages": results, "heldout_bpb": bpb,
+               "whole_split": a.whole_split, "load_avg_start": [round(x, 2) for x in load_start],
+               "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with open(a.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
     return 0
 
 

@@ -30,13 +30,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from llm_recipes.training.sizing import (
-        Throughput,
-        available_memory,
-        measure_throughput,
-        plan_run,
-        seq_len_for_depth,
-    )
+    from llm_recipes.runtime.threads import usable_cpus
+    from llm_recipes.training.monitor import peak_flops
+    from llm_recipes.training.sizing import Throughput, available_memory, plan_run, probe_and_plan
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     bf16 = args.bf16 or (device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -45,15 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     for budget in args.budget:
         if args.flops_per_s:
             throughput = Throughput(args.overhead_s, args.flops_per_s, device.type, False, "assumed (--flops_per_s)")
-        else:  # the stage's probe: two depths around a first plan's choice, at its context and up to 16 rows
-            first = plan_run(budget, args.vocab, Throughput(0.01, 1e14 if device.type == "cuda" else 1e11,
-                                                            device.type, False), memory, args.unique_tokens or None,
-                             bf16=bf16)
-            top = first.depth
-            throughput = measure_throughput(device, args.vocab, [max(1, top // 2), max(2, top)],
-                                            seq_len_for_depth(top), min(16, first.per_device_train_batch_size),
-                                            bf16=bf16)
-        plan = plan_run(budget, args.vocab, throughput, memory, args.unique_tokens or None, bf16=bf16)
+            plan = plan_run(budget, args.vocab, throughput, memory, args.unique_tokens or None, bf16=bf16)
+        else:  # the stage's own probe and plan (two depths around a first guess, probed again if extrapolated)
+            plan = probe_and_plan(device, budget, args.vocab, memory, args.unique_tokens or None, bf16=bf16,
+                                  peak=peak_flops(device), cpus=usable_cpus())
         print(json.dumps({"device": name, "budget_s": budget, "summary": plan.describe(), "plan": plan.as_dict()}),
               flush=True)
     return 0

@@ -4,8 +4,9 @@ learning rate and token count, as nanochat derives everything from `--depth`.
 How a plan is made (`plan_run`), for each depth d = 1, 2, ... (d layers, 64 * d wide, `shape_for_depth`):
 
 1. Step time on this device: `Throughput.step_seconds`, a fixed overhead per step plus the step's FLOPs at a
-   sustained FLOP/s, both from a timing probe at stage start (`measure_throughput`: a few real training steps of
-   two depths on random ids, on the actual device and threads) or, when the probe cannot run, a stated fallback.
+   sustained FLOP/s, both from a timing probe at stage start (`measure_throughput`: real training steps of two
+   depths on random ids, on the actual device and threads, warm-up steps untimed, the depths' timed steps
+   interleaved, the median of each) or, when the probe cannot run, a stated fallback.
 2. Tokens per step and peak learning rate from the compute C = budget x FLOP/s: the hand-tuned quickstart point
    (2,048 tokens, 3e-3 at its 360 s on 2 CPU cores) scaled by DeepSeek LLM's fitted exponents (2024: batch
    ~ C^0.3271, learning rate ~ C^-0.125), so the dial lands on the tuned recipe where that was tuned.
@@ -16,7 +17,9 @@ How a plan is made (`plan_run`), for each depth d = 1, 2, ... (d layers, 64 * d 
    discounts repeated data (Muennighoff et al. 2023: epochs beyond the first are worth less, R* = 15.4), so a
    fast device with a small corpus gets a bigger model rather than a hundred epochs.
 
-The depth with the lowest predicted loss wins. Explicit settings (model_depth, seq_len, batch size, accumulation,
+The depth with the lowest predicted loss wins, except that the next larger depth wins when it predicts no worse
+than the winner would with steps TIMING_TOLERANCE slower (`pick_candidate`): near a tie, a few percent of timing
+noise must not flip the run to the smaller size. Explicit settings (model_depth, seq_len, batch size, accumulation,
 learning rate, warmup) replace the dial's choice for that key. A budget in which no depth gets MIN_STEPS steps is
 a `BudgetError` naming the budget and the minimum.
 """
@@ -24,6 +27,7 @@ a `BudgetError` naming the budget and the minimum.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -40,6 +44,11 @@ ANCHOR_COMPUTE = 1.61e6 * 27_145_728  # tokens x flops_per_token(depth 4, vocabu
 BATCH_EXPONENT, LR_EXPONENT = 0.3271, -0.125  # DeepSeek LLM (2024), eq. 1: B_opt ~ C^0.3271, lr_opt ~ C^-0.125
 REPEAT_HALF_LIFE = 15.4  # Muennighoff et al. 2023 (data-constrained scaling): R*_D
 MEMORY_HEADROOM = 0.8  # use at most this share of the free memory
+PROBE_WARMUP, PROBE_STEPS = 2, 7  # untimed steps per depth, then timed steps per depth (median), interleaved
+# step-time error within which the choice between adjacent sizes goes to the larger. With 0.1 the quickstart (360 s,
+# 2 CPU cores) keeps depth 2 while the depth-2 probe step takes 1.41-2.16x the depth-1 one; measured: 1.58-1.65 with
+# 2 threads, 1.76-2.07 with 1 (benchmarks/README.md). 0.2 would move the band to 1.65-2.36, onto the 2-thread case.
+TIMING_TOLERANCE = 0.1
 
 
 class BudgetError(ConfigError):
@@ -187,16 +196,25 @@ def fallback_throughput(device_type: str, reason: str, peak: float | None = None
 
 
 def measure_throughput(device, vocab_size: int, depths: Sequence[int], seq_len: int, rows: int,
-                       bf16: bool = False, steps: int = 3, warmup: int = 1) -> Throughput:
+                       bf16: bool = False, steps: int = PROBE_STEPS, warmup: int = PROBE_WARMUP) -> Throughput:
     """Times real training steps (forward, backward, AdamW) of the dial's shapes at two depths on random ids, on
-    `device` with the current thread setting, and fits step time = overhead + FLOPs / FLOP/s through them."""
+    `device` with the current thread setting, and fits step time = overhead + FLOPs / FLOP/s through them.
+
+    Each depth first runs `warmup` untimed steps (the first allocates the optimizer state and the kernels' buffers
+    and is several times slower). The `steps` timed steps then alternate between the depths (d1 d2, d2 d1, ...), so
+    a burst of load from a neighbour slows both depths alike instead of one, and each depth's step time is the
+    median of its steps: one slow step moves it not at all. (Timing each depth's steps in a row and averaging
+    three made one quiet-machine probe read depth 2 65% slower than the others did and size the run down.)"""
     import torch
 
     from ..model import config_from_preset
     from ..model.modeling_recipe_gpt import RecipeGPTForCausalLM
 
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"the probe needs steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     device = torch.device(device)
-    points = []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    runs = []
     for depth in sorted(set(depths)):
         shape = shape_for_depth(depth)
         config = config_from_preset("micro", vocab_size=vocab_size, max_position_embeddings=seq_len, **shape)
@@ -204,27 +222,34 @@ def measure_throughput(device, vocab_size: int, depths: Sequence[int], seq_len: 
             torch.manual_seed(0)
             model = RecipeGPTForCausalLM(config).to(device)
             ids = torch.randint(0, vocab_size, (rows, seq_len), device=device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-        elapsed = 0.0
-        for step in range(warmup + steps):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            with autocast:
-                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if step >= warmup:
-                elapsed += time.perf_counter() - start
-        flops = model.flops_per_token(seq_len) * rows * seq_len
-        points.append({"depth": depth, "step_s": round(elapsed / steps, 5), "flops_per_step": flops})
-        del model, optimizer
+        runs.append({"depth": depth, "model": model, "ids": ids, "times": [],
+                     "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-4)})
+
+    def step(run) -> float:
         if device.type == "cuda":
-            torch.cuda.empty_cache()
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with autocast:
+            loss = run["model"](input_ids=run["ids"], labels=run["ids"], use_cache=False).loss
+        loss.backward()
+        run["optimizer"].step()
+        run["optimizer"].zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for run in runs:
+        for _ in range(warmup):
+            step(run)
+    for round_ in range(steps):
+        for run in (runs if round_ % 2 == 0 else runs[::-1]):
+            run["times"].append(step(run))
+    points = [{"depth": run["depth"], "step_s": round(statistics.median(run["times"]), 5),
+               "flops_per_step": run["model"].flops_per_token(seq_len) * rows * seq_len,
+               "steps_s": [round(t, 5) for t in run["times"]]} for run in runs]
+    del runs
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return throughput_from_probes(points, device.type)
 
 
@@ -346,6 +371,23 @@ def plan_run(budget_s: float, vocab_size: int, throughput: Throughput, memory_li
     return plan
 
 
+def pick_candidate(scores: Sequence[tuple[float, float]]) -> int:
+    """Which candidate to run, from (predicted loss, predicted loss with TIMING_TOLERANCE slower steps) for each
+    viable candidate, smallest model first: the lowest predicted loss, unless the next larger model predicts no
+    worse than the winner would with its steps TIMING_TOLERANCE slower. Then the larger one runs: a timing change
+    within the probe's error does not flip the choice to the smaller of two adjacent sizes.
+
+    Why toward the larger: near the flip the fitted law cannot tell the two apart, and where it was checked it
+    undervalued the larger model (quiet machine, 360 s: depth 2 beat depth 1 by 0.33 nats/token held out, the law
+    predicted at most 0.10; benchmarks/README.md, "The compute-budget dial")."""
+    if not scores:
+        raise ValueError("no candidate to pick from")
+    best = min(range(len(scores)), key=lambda i: (scores[i][0], i))
+    if best + 1 < len(scores) and scores[best + 1][0] <= scores[best][1]:
+        return best + 1
+    return best
+
+
 def _best_plan(budget_s: float, fixed: dict[str, Any], vocab_size: int, throughput: Throughput,
                memory_limit_bytes: int, unique_tokens: float | None, law: ScalingLaw, bf16: bool, world_size: int,
                shape_for: Callable[[int], dict[str, int]]) -> Plan:
@@ -360,7 +402,8 @@ def _best_plan(budget_s: float, fixed: dict[str, Any], vocab_size: int, throughp
         candidates = [(int(fixed["depth"]), shape_for(int(fixed["depth"])))]
     else:
         candidates = [(d, shape_for(d)) for d in range(1, MAX_DEPTH + 1)]
-    best, best_score, smallest, memory_short = None, math.inf, None, None
+    scored: list[tuple[tuple[float, float], Plan]] = []  # viable candidates, smallest model first
+    smallest, memory_short = None, None
     for depth, shape in candidates:
         seq_len = int(fixed.get("seq_len", seq_len_for_depth(shape["num_hidden_layers"])))
         rows = fixed.get("per_device_train_batch_size", None)
@@ -397,20 +440,20 @@ def _best_plan(budget_s: float, fixed: dict[str, Any], vocab_size: int, throughp
             compared = budget_s / (throughput.overhead_s * accumulation * step_tokens_target / tokens_per_step
                                    + flops * step_tokens_target / world_size / throughput.flops_per_s
                                    ) * step_tokens_target
-        predicted = law.loss(parameters, effective_tokens(compared, unique_tokens))
-        if best is None or predicted < best_score:
-            best_score = predicted
-            predicted = law.loss(parameters, effective_tokens(tokens, unique_tokens))
-            warmup = fixed.get("warmup_steps", min(1000, max(10, round(0.04 * steps))))
-            best = Plan(budget_s=budget_s, depth=depth, shape=dict(shape), parameters=parameters, seq_len=seq_len,
-                        per_device_train_batch_size=rows, gradient_accumulation_steps=accumulation,
-                        tokens_per_step=tokens_per_step, learning_rate=float(f"{learning_rate:.3g}"),
-                        warmup_steps=int(warmup), planned_steps=steps, planned_tokens=tokens,
-                        predicted_loss=round(predicted, 4), memory_bytes=memory,
-                        memory_limit_bytes=int(memory_limit_bytes), throughput=_throughput_record(throughput),
-                        explicit=sorted(fixed))
-    if best is not None:
-        return best
+        # the same run with steps TIMING_TOLERANCE slower: what a smaller model must still beat (`pick_candidate`)
+        scores = (law.loss(parameters, effective_tokens(compared, unique_tokens)),
+                  law.loss(parameters, effective_tokens(compared / (1 + TIMING_TOLERANCE), unique_tokens)))
+        warmup = fixed.get("warmup_steps", min(1000, max(10, round(0.04 * steps))))
+        scored.append((scores, Plan(
+            budget_s=budget_s, depth=depth, shape=dict(shape), parameters=parameters, seq_len=seq_len,
+            per_device_train_batch_size=rows, gradient_accumulation_steps=accumulation,
+            tokens_per_step=tokens_per_step, learning_rate=float(f"{learning_rate:.3g}"), warmup_steps=int(warmup),
+            planned_steps=steps, planned_tokens=tokens,
+            predicted_loss=round(law.loss(parameters, effective_tokens(tokens, unique_tokens)), 4),
+            memory_bytes=memory, memory_limit_bytes=int(memory_limit_bytes),
+            throughput=_throughput_record(throughput), explicit=sorted(fixed))))
+    if scored:
+        return scored[pick_candidate([scores for scores, _ in scored])][1]
     if smallest is None:
         depth, memory = memory_short
         raise BudgetError(f"no model fits in memory: the smallest candidate (depth {depth}) needs "
@@ -467,6 +510,53 @@ def apply_plan(cfg, plan: Plan) -> None:
     cfg.validate()
 
 
+def probe_and_plan(device, budget_s: float, vocab_size: int, memory_limit_bytes: int, unique_tokens: float | None,
+                   bf16: bool = False, fixed: dict[str, Any] | None = None, world_size: int = 1,
+                   peak: float | None = None, cpus: int = 1,
+                   probe: Callable[..., Throughput] = measure_throughput) -> Plan:
+    """The stage's plan: probe `device` at two depths around the depth a first guess of it would choose, plan
+    with the probe's line, and when the plan lies more than one depth above the probed ones (the line was
+    extrapolated: a probe whose larger depth ran barely slower than its smaller one reads as "FLOPs are free"),
+    probe again between the larger probed depth and the plan's and plan once more. A failed probe falls back to
+    the stated guess. `probe` is `measure_throughput` or a stand-in with its signature."""
+    fixed = fixed or {}
+    device_type = getattr(device, "type", str(device))
+    guess = fallback_throughput(device_type, "first guess", peak, cpus)
+    try:  # probe around the depth a first guess of the device would choose
+        first = plan_run(budget_s, vocab_size, guess, memory_limit_bytes, unique_tokens, bf16=bf16, fixed=fixed,
+                         world_size=world_size)
+        top, seq_len, rows = (first.shape["num_hidden_layers"], first.seq_len,
+                              max(1, min(first.per_device_train_batch_size, 16)))
+    except BudgetError:  # the guess may be slower than the device: probe the smallest model
+        top, seq_len, rows = 1, fixed.get("seq_len") or 128, 16
+    # two depths, so that the fit separates the per-step overhead from the FLOP rate (one point cannot)
+    depths = [max(1, top // 2), max(2, top)] if "shape" not in fixed else [top]
+    for attempt in range(2):
+        try:
+            throughput = probe(device, vocab_size, depths, seq_len, rows, bf16=bf16)
+        except Exception as e:  # noqa: BLE001 - any failure of the probe falls back to the stated guess
+            throughput = fallback_throughput(device_type, f"the probe failed: {type(e).__name__}: {e}", peak, cpus)
+        plan = plan_run(budget_s, vocab_size, throughput, memory_limit_bytes, unique_tokens, bf16=bf16, fixed=fixed,
+                        world_size=world_size)
+        if (attempt or not throughput.measured or "shape" in fixed or plan.depth is None
+                or plan.depth <= max(depths) + 1):
+            return plan
+        first_line = f"the first probe's line (depths {depths}) put the plan at depth {plan.depth}"
+        depths = [max(depths), plan.depth]
+        seq_len, rows = plan.seq_len, max(1, min(plan.per_device_train_batch_size, 16))
+        probe = _noting(probe, f"measured again: {first_line}")
+    return plan
+
+
+def _noting(probe: Callable[..., Throughput], note: str) -> Callable[..., Throughput]:
+    def noted(*args, **kwargs) -> Throughput:
+        throughput = probe(*args, **kwargs)
+        if throughput.measured:
+            throughput.note = note
+        return throughput
+    return noted
+
+
 def size_run(cfg, tokenizer, accelerator, unique_tokens: int | None, say, saved: dict[str, Any] | None = None
              ) -> Plan:
     """Probes this device, plans the run for cfg.compute_budget_seconds and fills cfg (every process the same
@@ -487,23 +577,9 @@ def size_run(cfg, tokenizer, accelerator, unique_tokens: int | None, say, saved:
     elif accelerator.is_main_process:
         device = accelerator.device
         memory = available_memory(device)
-        guess = fallback_throughput(device.type, "first guess", peak_flops(device), _cpus())
-        try:  # probe around the depth a first guess of the device would choose
-            first = plan_run(cfg.compute_budget_seconds, vocab, guess, memory, unique_tokens, bf16=bf16,
-                             fixed=fixed, world_size=accelerator.num_processes)
-            top, seq_len, rows = (first.shape["num_hidden_layers"], first.seq_len,
-                                  max(1, min(first.per_device_train_batch_size, 16)))
-        except BudgetError:  # the guess may be slower than the device: probe the smallest model
-            top, seq_len, rows = 1, fixed.get("seq_len") or 128, 16
-        try:
-            # two depths, so that the fit separates the per-step overhead from the FLOP rate (one point cannot)
-            depths = [max(1, top // 2), max(2, top)] if "shape" not in fixed else [top]
-            throughput = measure_throughput(device, vocab, depths, seq_len, rows, bf16=bf16)
-        except Exception as e:  # noqa: BLE001 - any failure of the probe falls back to the stated guess
-            throughput = fallback_throughput(device.type, f"the probe failed: {type(e).__name__}: {e}",
-                                             peak_flops(device), _cpus())
-        plan = plan_run(cfg.compute_budget_seconds, vocab, throughput, memory, unique_tokens, bf16=bf16,
-                        fixed=fixed, world_size=accelerator.num_processes)
+        plan = probe_and_plan(device, cfg.compute_budget_seconds, vocab, memory, unique_tokens, bf16=bf16,
+                              fixed=fixed, world_size=accelerator.num_processes, peak=peak_flops(device),
+                              cpus=_cpus())
         payload = [plan.as_dict()]
         t = plan.throughput
         probe = ", ".join(f"depth {p['depth']}: {p['step_s'] * 1e3:.0f} ms/step" for p in t["probes"])
