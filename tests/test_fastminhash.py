@@ -147,36 +147,3 @@ def test_sorted_buckets_write_datatroves_duplicate_pairs_byte_for_byte(tmp_path)
         theirs = {p.name: p.read_bytes() for p in (tmp_path / "theirs").glob("*.dups")}
         assert theirs == {p.name: p.read_bytes() for p in (tmp_path / "ours").glob("*.dups")}
         assert len(theirs) == config.num_buckets and sum(map(len, theirs.values())) > 16 * 10  # pairs were found
-
-
-def first_equal(values: np.ndarray) -> np.ndarray:
-    """For each position, the first position holding an equal value: the grouping, whatever the values."""
-    _, first, inverse = np.unique(values.ravel(), return_index=True, return_inverse=True)
-    return first[inverse]
-
-
-@pytest.mark.parametrize("n", [1, 3, 5])
-def test_word_combined_shingles_group_the_n_grams_as_sha1_does(n):
-    # a different hash, so the values differ; what MinHash sees is which shingles are equal (the sets, their
-    # Jaccard similarity), and that is SHA-1's grouping here (no collision on these texts)
-    config = reference_step(n).config.norm_config
-    for text in TEXTS + [" ".join(TEXTS)]:
-        words = fastminhash.simplified_words(text, config)
-        sha1, combined = fastminhash.sha1_shingles(words, n), fastminhash.word_combined_shingles(words, n)
-        assert combined.dtype == np.uint64 and combined.shape == sha1.shape, text
-        assert np.array_equal(first_equal(sha1), first_equal(combined)), text
-    # order matters within a shingle, as it does for the joined n-gram
-    assert fastminhash.word_combined_shingles(["a", "b", "c"], 3)[0] != fastminhash.word_combined_shingles(
-        ["c", "b", "a"], 3)[0]
-
-
-def test_the_signature_step_takes_the_words_hash_only_when_asked(tmp_path):
-    config = reference_step(3).config
-    text = TEXTS[3]
-    words = fastminhash.simplified_words(text, config.norm_config)
-    chosen = fast_minhash_signature(str(tmp_path), config, shingle_hash="words")
-    assert np.array_equal(chosen.get_shingles(text), fastminhash.word_combined_shingles(words, 3))
-    assert np.array_equal(fast_minhash_signature(str(tmp_path), config).get_shingles(text),
-                          reference_step(3).get_shingles(text))
-    with pytest.raises(ValueError, match="minhash_shingle_hash must be one of sha1, words, got 'md5'"):
-        fast_minhash_signature(str(tmp_path), config, shingle_hash="md5")

@@ -3,13 +3,8 @@
     python benchmarks/data/bench_dedup.py --scale 4
     python benchmarks/data/bench_dedup.py --scale 1 --setting 3,20,3,api --setting 5,14,8,plain
 
-A setting is `ngram,buckets,hashes_per_bucket,api|plain[,sha1|words]` (api: the docs profile keys shingles by
-the API names a docstring mentions; plain: MinHash alone; words: `minhash_shingle_hash: words`, whose kept
-documents are compared with the same setting's sha1 run when both are given:
-
-    python benchmarks/data/bench_dedup.py --setting 3,20,3,api --setting 3,20,3,api,words
-
-). Each runs the clean pipeline (dedup only: no quality
+A setting is `ngram,buckets,hashes_per_bucket,api|plain` (api: the docs profile keys shingles by the API
+names a docstring mentions; plain: MinHash alone). Each runs the clean pipeline (dedup only: no quality
 filters, no PII) on the set written in 4 shards and scores what it kept (llm_recipes/data/neardup_set.py).
 Writes one JSON line per setting to benchmarks/data/dedup_results.jsonl.
 """
@@ -41,7 +36,7 @@ def kept_ids(folder: Path) -> set[str]:
 
 
 def measure(setting: str, dataset, work: Path, shards: int = 4) -> dict:
-    ngram, buckets, hashes, mode, *shingle_hash = setting.split(",")
+    ngram, buckets, hashes, mode = setting.split(",")
     inp = work / "in"
     if not inp.exists():
         size = len(dataset.rows) // shards + 1
@@ -53,11 +48,9 @@ def measure(setting: str, dataset, work: Path, shards: int = 4) -> dict:
     report = clean(CleanConfig(
         input_dir=str(inp), output_dir=str(out), num_workers=2, progress=False, quality_filters=False, pii=False,
         compare_profiles_sample=0.0, minhash_ngram=int(ngram), minhash_buckets=int(buckets),
-        minhash_hashes_per_bucket=int(hashes), profiles={"docs": {"dedup_api_names": mode == "api"}},
-        minhash_shingle_hash=(shingle_hash or ["sha1"])[0]))
+        minhash_hashes_per_bucket=int(hashes), profiles={"docs": {"dedup_api_names": mode == "api"}}))
     kept = kept_ids(out)
-    return {"setting": setting, "kept": kept,
-            "documents": len(dataset.rows), "wall_s": round(time.time() - started, 1),
+    return {"setting": setting, "documents": len(dataset.rows), "wall_s": round(time.time() - started, 1),
             "near_dedup_s": report["seconds"]["near_dedup"], "load_1min": round(load, 2),
             **{part: precision_recall(dataset, kept, None if part == "all" else part)
                for part in ("docs", "web", "all")}}
@@ -72,16 +65,8 @@ def main(argv=None) -> int:
     dataset = near_duplicate_set(seed=0, scale=args.scale)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
-        kept_by_setting = {}
         for setting in args.setting or SETTINGS:
-            measured = measure(setting, dataset, Path(tmp))
-            kept = kept_by_setting[setting] = measured.pop("kept")
-            twin = setting.removesuffix(",words")
-            if twin != setting and twin in kept_by_setting:  # the same setting with datatrove's SHA-1 shingles
-                differ = sorted(kept ^ kept_by_setting[twin])
-                measured["versus_sha1"] = {"agreement": round(1 - len(differ) / len(dataset.rows), 5),
-                                           "disagreements": len(differ), "examples": differ[:10]}
-            record = {**measured, "commit": commit,
+            record = {**measure(setting, dataset, Path(tmp)), "commit": commit,
                       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       "machine": f"{platform.machine()} {os.cpu_count()} cores"}
             print(json.dumps(record), flush=True)

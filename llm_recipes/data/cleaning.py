@@ -80,10 +80,6 @@ class CleanConfig:
     minhash_hashes_per_bucket: int = field(default=3, metadata={
         "help": "Hashes per band (FineWeb: 8). Similarity threshold ~ (1/buckets)^(1/hashes): 0.37 here, 0.72 for "
                 "FineWeb's 14 x 8."})
-    minhash_shingle_hash: str = field(default="sha1", metadata={
-        "help": "sha1: datatrove's shingle hash (its exact signatures); words: each distinct word hashed once and "
-                "combined per shingle with numpy, a different hash (~5%% faster stage; its agreement with "
-                "datatrove's decisions is measured in benchmarks/README)."})
     pii: bool = field(default=True, metadata={
         "help": "Replace emails, public IP addresses and phone numbers with <EMAIL>, <IP_ADDRESS>, <PHONE>."})
     decontamination_files: Optional[list[str]] = field(default=None, metadata={
@@ -142,9 +138,6 @@ class CleanConfig:
         if self.max_chars and self.min_chars > self.max_chars:
             raise ConfigError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars}): every document "
                               f"would be dropped")
-        if self.minhash_shingle_hash not in S.SHINGLE_HASHES:
-            raise ConfigError(f"minhash_shingle_hash must be one of {', '.join(S.SHINGLE_HASHES)}, "
-                              f"got {self.minhash_shingle_hash!r}")
         for key in ("language_min_score", "compare_profiles_sample"):
             check_range(self, key, 0, 1)
         for key in ("minhash_ngram", "minhash_buckets", "minhash_hashes_per_bucket", "decontamination_ngram",
@@ -293,8 +286,7 @@ def _clean(cfg: CleanConfig, files: list[str], profiles: dict, eval_texts: list[
         sigs, buckets = work / "minhash" / "signatures", work / "minhash" / "buckets"
         _phase(f"3/4 MinHash near-dedup ({cfg.minhash_buckets} buckets x {cfg.minhash_hashes_per_bucket} hashes, "
                f"{cfg.minhash_ngram}-grams)")
-        signature = S.fast_minhash_signature(str(sigs), mh, profiles, profile_for_source(cfg),
-                                             cfg.minhash_shingle_hash)
+        signature = S.fast_minhash_signature(str(sigs), mh, profiles, profile_for_source(cfg))
         runner.run("minhash_signatures", [S.ShardReader(filtered_files, desc="clean: minhash"),
                                           S.ExactDedup(str(remove_dir)), signature], n, cfg.num_workers)
         # one task per band: each holds only its own band's signatures

@@ -19,10 +19,6 @@ On python-docs that was most of the signature phase. Here:
 The signature (permutations, minimum per hash, bands) is datatrove's computation, fed these shingles.
 `SortedMinhashBuckets` is datatrove's band index with one numpy sort per band instead of a heap merge.
 tests/test_fastminhash.py checks equality with datatrove's `get_shingles`, signatures and `.dups` files.
-
-One function here is NOT datatrove's hash: `word_combined_shingles`, an option (`minhash_shingle_hash: words`)
-that hashes each distinct word once and combines the words of a shingle with numpy; its decisions are
-measured against datatrove's, not equal by construction.
 """
 
 from __future__ import annotations
@@ -135,43 +131,6 @@ def sha1_shingles(words: list[str], n: int) -> np.ndarray:
     sha1 = hashlib.sha1
     digests = b"".join([sha1(gram.encode("utf-8")).digest()[:8] for gram in grams])
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64).reshape((-1, 1))
-
-
-_WORD_HASHES: dict[str, int] = {}
-_MAX_WORD_HASHES = 1_000_000  # distinct words remembered per process (~100 MB at worst); then it starts over
-_M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
-_FMIX = np.uint64(0xFF51AFD7ED558CCD)
-
-
-def _word_hash(word: str) -> int:
-    if len(_WORD_HASHES) >= _MAX_WORD_HASHES:
-        _WORD_HASHES.clear()
-    value = _WORD_HASHES[word] = int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(),
-                                                "little")
-    return value
-
-
-def word_combined_shingles(words: list[str], n: int) -> np.ndarray:
-    """A different 64-bit shingle hash (`minhash_shingle_hash: words`), NOT datatrove's: each distinct word is
-    hashed once (blake2b, remembered), and the n word hashes of a shingle are combined with numpy uint64
-    arithmetic (multiply each position by its own odd constant, rotate and xor, then murmur3's 64-bit
-    finalizer), so there is no Python call per shingle. Equal word n-grams get equal values, as with SHA-1;
-    only collisions between different n-grams differ, so near-dedup decisions agree with datatrove's up to
-    those (measured in benchmarks/README). Shape (n-grams, 1), as `sha1_shingles`."""
-    if len(words) < n:
-        return np.zeros((0, 1), dtype=np.uint64)
-    get = _WORD_HASHES.get
-    hashes = np.fromiter([h if (h := get(w)) is not None else _word_hash(w) for w in words], np.uint64, len(words))
-    count = len(words) - n + 1
-    with np.errstate(over="ignore"):  # wrapping modulo 2**64 is the point
-        x = hashes[:count] * _M1
-        for i in range(1, n):
-            x = (x << np.uint64(27)) | (x >> np.uint64(37))
-            x ^= hashes[i:i + count] * (_M2 if i % 2 else _M3)
-        x ^= x >> np.uint64(33)
-        x *= _FMIX
-        x ^= x >> np.uint64(33)
-    return x.reshape((-1, 1))
 
 
 def fast_path_applies(step) -> bool:

@@ -561,23 +561,16 @@ class ExactDedup(TallyStep):
         return "exact duplicate" if self._index in self._drop else doc
 
 
-SHINGLE_HASHES = ("sha1", "words")
-
-
 def fast_minhash_signature(output_folder: str, config, profiles: dict | None = None,
-                           profile_map: dict | None = None, shingle_hash: str = "sha1"):
+                           profile_map: dict | None = None):
     """datatrove's MinHash signature step with whitespace word splitting and API-aware shingles.
 
     Shingles are built from `simplify_text` output (lower-cased, punctuation removed), where splitting
     on whitespace gives the same words as datatrove's spaCy tokenizer for English at a fraction of the
     cost; tokenization dominated the near-dedup phase. Documents whose profile has `dedup_api_names`
-    get shingles keyed by the API names they mention (`ApiAwareMinhashSignature`). `shingle_hash`: "sha1"
-    (datatrove's shingles) or "words" (`fastminhash.word_combined_shingles`, a different hash).
+    get shingles keyed by the API names they mention (`ApiAwareMinhashSignature`).
     """
-    if shingle_hash not in SHINGLE_HASHES:
-        raise ValueError(f"minhash_shingle_hash must be one of {', '.join(SHINGLE_HASHES)}, got {shingle_hash!r}")
     step = ApiAwareMinhashSignature(output_folder=output_folder, config=config)
-    step.shingle_hash = shingle_hash
     step.word_tokenizer = WhitespaceWords()
     profiles = profiles or {}
     step.keyed_profiles = {name for name, p in profiles.items() if p.get("dedup_api_names")}
@@ -631,7 +624,6 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
 
     keyed_profiles: set = set()
     profile_map: dict = {}
-    shingle_hash = "sha1"  # or "words": fastminhash.word_combined_shingles, a different hash (an option)
     _key = 0
 
     def run(self, data, rank: int = 0, world_size: int = 1):
@@ -652,9 +644,7 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
                 words = fastminhash.simplified_words(text, self.config.norm_config)
             else:
                 words = self.word_tokenizer.word_tokenize(fastminhash.simplified(text, self.config.norm_config))
-            shingle = (fastminhash.word_combined_shingles if self.shingle_hash == "words"
-                       else fastminhash.sha1_shingles)
-            shingles = shingle(words, self.config.n_grams)
+            shingles = fastminhash.sha1_shingles(words, self.config.n_grams)
         else:
             shingles = super().get_shingles(text)
         return np.bitwise_xor(shingles, np.uint64(self._key)) if self._key else shingles
