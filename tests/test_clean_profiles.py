@@ -46,3 +46,25 @@ def test_defaults_keep_prose_of_every_kind_and_drop_boilerplate(tmp_path):
     web = kept_by_kind(tmp_path, "web", profile_for_source={"python-docs*": "docs", "*": "web"})
     assert web["article"] < rates["article"] and web["book"] < rates["book"], (web, rates)
     assert web["boilerplate"] <= 0.1
+
+
+def test_profiles_met_decides_whether_the_driver_readies_spacy(tmp_path):
+    # the driver loads spaCy (~1.3 CPU s) only when a document meets a profile that splits English with it:
+    # its own profile, or `web` when the report's web comparison samples it
+    rows = [{"text": f"Return the sum of x{i}.", "id": f"np.f{i}", "source": "python-docs", "location": f"np.f{i}"}
+            for i in range(40)]
+    write_input(tmp_path / "docs", [rows[:20], rows[20:]])
+    files = sorted(str(p) for p in (tmp_path / "docs" / "data").glob("*.parquet"))
+    profiles = S.resolve_profiles({})
+
+    def met(sample, mapping=S.DEFAULT_PROFILE_FOR_SOURCE):
+        return S.ProfiledQuality(profiles, dict(mapping), sample).profiles_met(files)
+
+    assert met(0.0) == {"docs"}
+    assert not S.needs_english_words({"docs": profiles["docs"]})
+    assert met(1.0) == {"docs", "web"} and S.needs_english_words({"web": profiles["web"]})
+    # `web` exactly when ProfiledQuality's own sample holds one of the documents
+    for sample in (0.01, 0.1):
+        sampled = [r["id"] for r in rows if S._sampled(r["id"], sample)]
+        assert met(sample) == ({"docs", "web"} if sampled else {"docs"})
+    assert met(0.0, {"*": "web"}) == {"web"}

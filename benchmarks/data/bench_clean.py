@@ -17,6 +17,12 @@ runs are interleaved on the same gathered input, so their ratios hold under a ch
     python benchmarks/data/bench_clean.py --corpus python-docs --engine fast --engine datatrove --repeat 1 \
         --repeat 4 --before /work/main
 
+A small run shows the stage's fixed costs (process start, imports, spaCy, the report's PNG); `--clean_arg` passes
+a setting to every clean run:
+
+    python benchmarks/data/bench_clean.py --corpus quickstart-300 --gathered runs/quickstart/gather \
+        --first_documents 300 --clean_arg compare_profiles_sample=0 --before /work/main --rounds 3
+
 Writes a JSON line per run to benchmarks/data/results.jsonl.
 """
 
@@ -120,9 +126,36 @@ def gather(corpus: str, args, gathered: Path) -> float:
     return children_cpu_s() - cpu
 
 
+def first_documents(gathered: Path, out: Path, count: int) -> Path:
+    """A copy of a gather output holding only its first `count` documents (shards in name order)."""
+    import pyarrow.parquet as pq
+
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "data").mkdir(parents=True)
+    for shard in sorted((gathered / "data").glob("*.parquet")):
+        table = pq.read_table(shard)
+        if count > 0:
+            pq.write_table(table.slice(0, count), out / "data" / shard.name)
+        count -= table.num_rows
+    return out
+
+
+def clean_flags(args) -> list[str]:
+    """`--clean_arg key=value` options as `llm-recipes clean` flags."""
+    flags = []
+    for item in args.clean_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--clean_arg {item!r}: expected key=value, e.g. compare_profiles_sample=0")
+        flags += [f"--{key}", value]
+    return flags
+
+
 def clean_run(corpus: str, engine: str, repeat: int, gathered: Path, work: Path, args, gather_cpu, tree: str,
               raw_mb: float | None) -> dict:
     """One `llm-recipes clean` of `gathered` (copied `repeat` times over) with every profile's engine set."""
+    if args.first_documents:
+        gathered = first_documents(gathered, work / f"gather-first{args.first_documents}", args.first_documents)
     if repeat > 1:
         gathered = repeated(gathered, work / f"gather-x{repeat}", repeat)
     out = work / "clean"
@@ -134,14 +167,16 @@ def clean_run(corpus: str, engine: str, repeat: int, gathered: Path, work: Path,
     cpu = children_cpu_s()
     seconds, peak = run([sys.executable, "-m", "llm_recipes.clean", "--input_dir", str(gathered.absolute()),
                          "--output_dir", str(out.absolute()), "--num_workers", str(args.workers),
-                         "--profiles", json.dumps(profiles), "--progress", "false"], env, cwd=tree or None)
+                         "--profiles", json.dumps(profiles), "--progress", "false", *clean_flags(args)],
+                        env, cwd=tree or None)
     clean_cpu = children_cpu_s() - cpu
     report = json.loads((out / "report.json").read_text())
     mb = report["input_bytes"] / 2**20
     result = {"corpus": corpus, "engine": engine, "tree": tree or "this", "repeat": repeat,
               "input_mb": round(mb, 2),
               "input_documents": report["input_documents"], "output_documents": report["output_documents"],
-              "shards": report["shards"], "workers": args.workers, "wall_s": round(seconds, 1),
+              "shards": report["shards"], "workers": args.workers, "clean_args": args.clean_arg or [],
+              "wall_s": round(seconds, 1),
               "pipeline_s": report["seconds"], "mb_per_s_wall": round(mb / seconds, 3),
               "peak_pss_mb": round(peak / 2**20), "clean_cpu_s": round(clean_cpu, 1),
               "clean_mb_per_cpu_s": round(mb / clean_cpu, 3),
@@ -178,6 +213,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="run the whole interleaved sequence this many times")
     ap.add_argument("--regather", action="store_true", help="gather again (timed: gather_cpu_s); always done "
                     "once per round for WARC corpora, whose extraction is part of the stage's time")
+    ap.add_argument("--first_documents", type=int, default=0, help="clean only the first N documents of the "
+                    "gathered input (a small run: the stage's fixed costs)")
+    ap.add_argument("--clean_arg", action="append", help="key=value: a setting passed to every clean run")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
     engines, repeats = args.engine or ["fast"], args.repeat or [1]

@@ -245,11 +245,15 @@ def _clean(cfg: CleanConfig, files: list[str], profiles: dict, eval_texts: list[
     if cfg.languages:
         chain.append(S.LanguageFilter(cfg.languages, cfg.language_min_score))
     if cfg.quality_filters:
-        chain.append(S.ProfiledQuality(profiles, profile_for_source(cfg), cfg.compare_profiles_sample))
+        quality = S.ProfiledQuality(profiles, profile_for_source(cfg), cfg.compare_profiles_sample)
+        chain.append(quality)
     reader = S.ShardReader(files, tallied=chain, progress=cfg.progress, desc="clean: filter")
-    if cfg.quality_filters and cfg.executor == "local" and S.needs_english_words(profiles):
+    if (cfg.quality_filters and cfg.executor == "local"
+            and S.needs_english_words({name: profiles[name] for name in quality.profiles_met(files)})):
         # local workers are forked from this process: readied here once (~1.4 s), spaCy's English tokenizer
-        # is shared by every worker instead of imported and built in each
+        # is shared by every worker instead of imported and built in each; not at all when no document meets
+        # a profile that splits English with spaCy (e.g. documentation only, and the web comparison's
+        # sample empty), the workers would load it on first use anyway
         from .fastfilters import spacy_words
 
         spacy_words()

@@ -331,7 +331,7 @@ class ShardReader(PipelineStep):
                        desc=f"{self.desc} shard {rank}", position=rank % 2, mininterval=1.0)
         for i, row in enumerate(iter_parquet_rows(path)):
             text = row["text"]
-            doc = Document(text=text, id=row["id"] or f"{Path(path).stem}/{i}",
+            doc = Document(text=text, id=document_id(row["id"], path, i),
                            metadata={k: row[k] for k in COLUMNS if k not in ("text", "id")})
             self.tally.seen(doc)
             self.tally.passed(doc)
@@ -340,6 +340,11 @@ class ShardReader(PipelineStep):
             yield doc
         if bar is not None:
             bar.close()
+
+
+def document_id(row_id: str, path: str, index: int) -> str:
+    """A document's id: its `id` column, else its shard and row number."""
+    return row_id or f"{Path(path).stem}/{index}"
 
 
 # ------------------------------------------------------------------------------------------- repair
@@ -475,6 +480,29 @@ class ProfiledQuality(TallyStep):
     def _compared(self, profile: str, doc: Document) -> bool:
         """Whether the report's web comparison runs the web filters on this document too."""
         return bool(self.compare_sample) and profile != "web" and _sampled(doc.id, self.compare_sample)
+
+    def profiles_met(self, files: list[str]) -> set[str]:
+        """The profiles whose filters some document of `files` can go through: its own, and `web` for those
+        the report's web comparison samples. Reads the id and provenance columns only, not the text."""
+        import pyarrow.parquet as pq
+
+        met = set()
+        for path in files:
+            pf = pq.ParquetFile(path)
+            columns = [c for c in ("id", "source", "location") if c in pf.schema_arrow.names]
+            index = 0
+            for batch in pf.iter_batches(batch_size=65536, columns=columns):
+                data = batch.to_pydict()
+                ids = data.get("id")
+                for i in range(batch.num_rows):
+                    doc = Document(text="", id=document_id(ids[i] if ids else "", path, index),
+                                   metadata={k: data[k][i] or "" for k in ("source", "location") if k in data})
+                    profile = self._profile(doc)
+                    met.add(profile)
+                    if self._compared(profile, doc):
+                        met.add("web")
+                    index += 1
+        return met
 
     def _profile(self, doc: Document) -> str:
         profile = profile_of(doc, self.profile_map)
