@@ -44,3 +44,11 @@ def collector(n: int):
         return emit
 
     return results, finish, done, make
+
+
+def held_steps():
+    """(released, on_step): an engine `on_step` that holds the worker after its first turn until `released` is set.
+    Requests submitted meanwhile are all waiting at its next turn, so they join the running batch however fast the
+    machine decodes (staggered sleeps alone let a fast step finish a request before the next one arrived)."""
+    released = threading.Event()
+    return released, lambda: released.wait(30)

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from serve_helpers import collector
+from serve_helpers import collector, held_steps
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +32,14 @@ def test_batched_equals_one_at_a_time(model_and_tokenizer):
         out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
                              pad_token_id=tok.pad_token_id)
         expected.append(out[0, len(ids):].tolist())
-    engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=3)
+    released, on_step = held_steps()  # the later requests join a running batch, however fast the step
+    engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=3, on_step=on_step)
     results, finish, done, make = collector(len(prompts))
     try:
         for i, (p, n) in enumerate(zip(prompts, budgets)):
             engine.submit(GenerationRequest(tok(p)["input_ids"], n, make(i), temperature=0))
             time.sleep(0.005 * i)  # staggered arrivals: later requests join a running batch
+        released.set()
         assert done.wait(60)
     finally:
         engine.shutdown()

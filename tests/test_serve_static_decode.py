@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from serve_helpers import collector
+from serve_helpers import collector, held_steps
 
 PROMPTS = [[5, 9, 11], [7] * 12, [20, 21, 22, 23, 24, 25, 26], [3], [8, 30]]
 BUDGETS = [10, 3, 8, 6, 5]  # rows end at different steps: slots are emptied and refilled
@@ -33,7 +33,7 @@ def _expected(model, prompts=PROMPTS, budgets=BUDGETS):
                            pad_token_id=0)[0, len(p):].tolist() for p, n in zip(prompts, budgets)]
 
 
-def _run(engine, prompts=PROMPTS, budgets=BUDGETS):
+def _run(engine, prompts=PROMPTS, budgets=BUDGETS, released=None):
     from llm_recipes.serving.engine import GenerationRequest
 
     tokens, finish, done, make = collector(len(prompts))
@@ -42,6 +42,8 @@ def _run(engine, prompts=PROMPTS, budgets=BUDGETS):
         for i, (p, n) in enumerate(zip(prompts, budgets)):
             engine.submit(GenerationRequest(p, n, make(i), temperature=0))
             time.sleep(0.003 * i)  # staggered: later requests join a running batch
+        if released is not None:
+            released.set()
         assert done.wait(60)
     finally:
         engine.shutdown()
@@ -57,9 +59,10 @@ def test_static_decode_equals_transformers_greedy(overrides):
 
     model = _model(**overrides)
     expected = _expected(model)
-    engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2)
+    released, on_step = held_steps()  # the later requests join the first one's batch, however fast the step
+    engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2, on_step=on_step)
     assert engine.decode_path.startswith("static KV cache, eager decode step")
-    results, finish = _run(engine)
+    results, finish = _run(engine, released=released)
     assert results == expected
     assert all(event == ("done", "length") for event in finish.values())
     assert engine.peak_batch == 2  # rows shared steps (5 requests through 2 slots: slots were reused)
