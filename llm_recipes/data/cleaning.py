@@ -248,15 +248,18 @@ def _clean(cfg: CleanConfig, files: list[str], profiles: dict, eval_texts: list[
         quality = S.ProfiledQuality(profiles, profile_for_source(cfg), cfg.compare_profiles_sample)
         chain.append(quality)
     reader = S.ShardReader(files, tallied=chain, progress=cfg.progress, desc="clean: filter")
-    if (cfg.quality_filters and cfg.executor == "local"
-            and S.needs_english_words({name: profiles[name] for name in quality.profiles_met(files)})):
+    if cfg.quality_filters and cfg.executor == "local":
+        def english(met: set[str]) -> bool:
+            return S.needs_english_words({name: profiles[name] for name in met})
+
         # local workers are forked from this process: readied here once (~1.4 s), spaCy's English tokenizer
         # is shared by every worker instead of imported and built in each; not at all when no document meets
         # a profile that splits English with spaCy (e.g. documentation only, and the web comparison's
-        # sample empty), the workers would load it on first use anyway
-        from .fastfilters import spacy_words
+        # sample empty), the workers would load it on first use anyway. The scan stops at the first such one.
+        if english(quality.profiles_met(files, enough=english)):
+            from .fastfilters import spacy_words
 
-        spacy_words()
+            spacy_words()
     _phase(f"1/4 repair + quality filters: {n} shards on {cfg.num_workers} workers")
     runner.run("filter", [reader, *chain,
                           S.IntermediateWriter(str(filtered), str(work / "ledger" / "filter"), [reader, *chain])],

@@ -481,9 +481,11 @@ class ProfiledQuality(TallyStep):
         """Whether the report's web comparison runs the web filters on this document too."""
         return bool(self.compare_sample) and profile != "web" and _sampled(doc.id, self.compare_sample)
 
-    def profiles_met(self, files: list[str]) -> set[str]:
+    def profiles_met(self, files: list[str], enough=None) -> set[str]:
         """The profiles whose filters some document of `files` can go through: its own, and `web` for those
-        the report's web comparison samples. Reads the id and provenance columns only, not the text."""
+        the report's web comparison samples. Reads the id and provenance columns only, not the text.
+        `enough(met)`: stop reading as soon as it holds for the profiles met so far (checked when one is added),
+        so that a caller asking "is any of these met?" does not read a whole large corpus at start-up."""
         import pyarrow.parquet as pq
 
         met = set()
@@ -498,9 +500,11 @@ class ProfiledQuality(TallyStep):
                     doc = Document(text="", id=document_id(ids[i] if ids else "", path, index),
                                    metadata={k: data[k][i] or "" for k in ("source", "location") if k in data})
                     profile = self._profile(doc)
-                    met.add(profile)
-                    if self._compared(profile, doc):
-                        met.add("web")
+                    new = {profile, "web"} if self._compared(profile, doc) else {profile}
+                    if not new <= met:
+                        met |= new
+                        if enough is not None and enough(met):
+                            return met
                     index += 1
         return met
 

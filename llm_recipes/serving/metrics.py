@@ -43,7 +43,6 @@ class ServerMetrics:
               registry=registry).set_function(store.count)
         registry.register(_PrefixCacheCollector(engine))
 
-
     def exposition(self) -> tuple[bytes, str]:
         """The metrics in Prometheus' text format, and its content type."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
