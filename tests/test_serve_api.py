@@ -4,7 +4,10 @@ API keys, concurrency and the feedback store."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
+import time
 
 import httpx
 import pytest
@@ -40,8 +43,14 @@ def test_openai_client_chat_and_completions(server):
     chunks = list(stream)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == answer  # greedy: streaming and not give the same text
-    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2  # really incremental
     assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    # really incremental: the answer comes in several chunks. The server joins every token already waiting into
+    # one chunk (as vLLM merges a slow reader's outputs), and the numpy one-row step decodes this tiny model's 12
+    # tokens in about a millisecond, so a short answer may arrive whole; 64 tokens take several times the HTTP
+    # side's reaction time.
+    long = client.chat.completions.create(model="tiny", messages=messages, max_tokens=64, temperature=0, stream=True)
+    pieces = [c.choices[0].delta.content for c in long if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 2
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == chat.choices[0].finish_reason
 
     completion = client.completions.create(model="tiny", prompt="The os module", max_tokens=10, temperature=0)
@@ -133,10 +142,21 @@ def test_concurrent_requests_share_batches(server):
             errors.append(e)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
+    # the engine process is stopped until all six requests are in its pipe, so they meet in its batches however
+    # fast it decodes (the engine tests hold the worker with held_steps; here the engine is another process)
+    os.kill(engine._process.pid, signal.SIGSTOP)
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while engine.waiting < len(prompts) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        queued = engine.waiting
+    finally:
+        os.kill(engine._process.pid, signal.SIGCONT)
     for t in threads:
         t.join(60)
+    assert queued == len(prompts)
     assert not errors
     assert together == alone  # batching changes nothing in the answers
     assert engine.peak_batch >= 2

@@ -68,6 +68,66 @@ def test_static_decode_equals_transformers_greedy(overrides):
     assert engine.peak_batch == 2  # rows shared steps (5 requests through 2 slots: slots were reused)
 
 
+@pytest.mark.parametrize("overrides", [
+    {"qk_norm": True},  # query/key norms (the numpy norm over rows), grouped-query attention
+    {"num_key_value_heads": 4, "rope_parameters": {"rope_type": "linear", "factor": 2.0}},
+])
+def test_numpy_one_row_step_equals_the_torch_step(overrides):
+    """The numpy step for one row gives the torch step's logits and writes its keys and values, up to rounding
+    (OpenBLAS's sums in another order, the norm's mean as a dot product): 1e-5 here, ~1.5e-5 over 96 positions
+    of the quickstart model (benchmarks/serve/numpy_step_ab.py)."""
+    import torch
+
+    from llm_recipes.serving.static_decode import StaticDecoder
+
+    model = _model(**overrides)
+    decoders = [StaticDecoder(model, 2, 64, one_row_step=kind) for kind in ("torch", "numpy")]
+    assert [d.one_row_step for d in decoders] == ["torch", "numpy"]
+    tokens = torch.randint(96, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    with torch.inference_mode():
+        for position, token in enumerate(tokens):
+            expected, logits = (d.step(torch.tensor([token]), torch.tensor([position]), position + 1, position)
+                                for d in decoders)
+            assert logits.shape == expected.shape == (1, 96) and logits.dtype == torch.float32
+            torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+            assert logits.argmax() == expected.argmax()
+    assert decoders[1].numpy_steps == len(tokens) and decoders[0].numpy_steps == 0
+    for cache in ("keys", "values"):
+        for ours, theirs in zip(getattr(decoders[1], cache), getattr(decoders[0], cache)):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_one_request_alone_decodes_through_the_numpy_step():
+    from llm_recipes.serving.engine import GenerationEngine
+
+    model = _model()
+    engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2)
+    assert engine.decode_path == "static KV cache, eager decode step (compile_decode off); one row: the numpy step"
+    results, _ = _run(engine, PROMPTS[:1], [12])
+    assert results == _expected(model, PROMPTS[:1], [12])
+    assert engine._static.numpy_steps == 11  # the first token comes from the prefill
+
+
+def test_one_row_step_refuses_bad_values_and_keeps_torch_where_numpy_cannot_run(tmp_path):
+    import torch
+
+    from llm_recipes.serving import build_server
+    from llm_recipes.serving.config import ServeConfig
+    from llm_recipes.serving.engine import GenerationEngine
+    from llm_recipes.serving.loading import ModelLoadError
+    from llm_recipes.serving.static_decode import StaticDecoder
+
+    model = _model()
+    with pytest.raises(ValueError, match="one_row_step must be one of numpy, torch; got 'fast'"):
+        GenerationEngine(model, pad_token_id=0, one_row_step="fast")
+    with pytest.raises(ModelLoadError, match="one_row_step must be one of numpy, torch; got 'fast'"):
+        build_server(ServeConfig(model_path=str(tmp_path), one_row_step="fast"), tmp_path / "feedback.sqlite")
+    assert not (tmp_path / "feedback.sqlite").exists()  # refused before the store was opened
+    decoder = StaticDecoder(model.to(torch.bfloat16), 1, 16, one_row_step="numpy")
+    assert decoder.one_row_step == "torch"
+    assert decoder.one_row_reason == "the numpy step runs float32 on the CPU, not bfloat16 on cpu"
+
+
 def test_unsupported_model_keeps_the_transformers_path():
     from llm_recipes.serving.engine import GenerationEngine
 
@@ -91,7 +151,7 @@ def test_failed_compilation_leaves_the_step_eager(monkeypatch):
     model = _model()
     engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2, compile_decode=True)
     assert engine.decode_path.startswith("static KV cache, eager decode step (torch.compile failed after ")
-    assert engine.decode_path.endswith("RuntimeError: no working C++ compiler found)")
+    assert engine.decode_path.endswith("RuntimeError: no working C++ compiler found); one row: the numpy step")
     results, _ = _run(engine, PROMPTS[:2], BUDGETS[:2])
     assert results == _expected(model, PROMPTS[:2], BUDGETS[:2])
 

@@ -7,9 +7,10 @@ Each round starts every server in turn on the same model and runs the same strea
 feedback posts), then llama.cpp on the model's GGUF export through llama-cpp-python (one thread, the same
 chat prompts, 48 sampled tokens each, in process: no HTTP) and, with --llama_server, llama.cpp's own OpenAI
 server (llama-cpp-python's `llama_cpp.server`, `pip install -e .[bench]`) on the same GGUF under the same load
-client as ours. Every row gives the 1-minute load average before and after, and the server's CPU time per
-output token (its whole process tree: our engine process, vLLM's engine core), which moves less with the
-neighbours' load than tokens/s does.
+client as ours; with --in_process, each of our trees' engine in process too (no HTTP, no engine process: the
+counterpart of llama.cpp in process). Every row gives the 1-minute load average before and after, and the
+server's CPU time per output token (its whole process tree: our engine process, vLLM's engine core), which
+moves less with the neighbours' load than tokens/s does, and of it the main process's (ours: the HTTP side).
 
     python benchmarks/serve/throughput_ab.py --model_path runs/quickstart/dpo/final \\
         --gguf runs/quickstart/gguf/dpo.gguf --llama_server --ours before=/work/main --ours after=. --rounds 2 \\
@@ -35,11 +36,13 @@ import load_test  # noqa: E402
 import vllm_check  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
-SERVE_OPTIONS = {"compile": ["--compile_decode", "true"], "no_static": ["--static_kv_cache", "false"]}
+SERVE_OPTIONS = {"compile": ["--compile_decode", "true"], "no_static": ["--static_kv_cache", "false"],
+                 "bf16": ["--dtype", "bfloat16"], "torch_step": ["--one_row_step", "torch"],
+                 "numpy_step": ["--one_row_step", "numpy"]}
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of `root` and every live descendant (from /proc)."""
+def tree_cpu_seconds(root: int, children: bool = True) -> float:
+    """User + system CPU seconds of `root` and (with `children`) every live descendant (from /proc)."""
     parents, cpu = {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -55,7 +58,7 @@ def tree_cpu_seconds(root: int) -> float:
     while todo:
         pid = todo.pop()
         total += cpu.get(pid, 0.0)
-        todo += [child for child, parent in parents.items() if parent == pid]
+        todo += [child for child, parent in parents.items() if parent == pid and children]
     return total
 
 
@@ -98,15 +101,87 @@ def llama_server(gguf: Path, log: Path, context: int, threads: int):
 
 
 def load_rows(pid: int, url: str, clients: list[int], requests: list[int], max_tokens: int) -> list[dict]:
-    """vllm_check's load (warm-up, then each client count) with the server tree's CPU time per output token."""
+    """vllm_check's load (warm-up, then each client count) with the server tree's CPU time per output token,
+    split into the root process's (ours: the HTTP process) and its children's (ours: the engine process)."""
     rows = []
     for n, count in zip(clients, requests):
-        cpu = tree_cpu_seconds(pid)
+        cpu, root = tree_cpu_seconds(pid), tree_cpu_seconds(pid, children=False)
         row = vllm_check._load(url, [n], [count], max_tokens)[0]
         row["server_cpu_s"] = tree_cpu_seconds(pid) - cpu
-        row["cpu_us_per_output_token"] = 1e6 * row["server_cpu_s"] / max(row["output_tokens"], 1)
+        tokens = max(row["output_tokens"], 1)
+        row["cpu_us_per_output_token"] = 1e6 * row["server_cpu_s"] / tokens
+        row["root_cpu_us_per_output_token"] = 1e6 * (tree_cpu_seconds(pid, children=False) - root) / tokens
         rows.append(row)
     return rows
+
+
+def chat_prompt_ids(tokenizer, i: int) -> list[int]:
+    """load_test.py's chat request `i` as the servers tokenize it."""
+    text = f"Question {i}: how do I read a file line by line in Python? " * (1 + i % 3)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                           tokenize=False)
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def ours_in_process(tree: Path, model: Path, requests: int, max_tokens: int, threads: int | None,
+                    extra: tuple[str, ...]) -> dict:
+    """`ours_single_stream` run by the python of this one with PYTHONPATH=tree (the tree under test)."""
+    args = [sys.executable, __file__, "--model_path", str(model), "--requests", str(requests), "--max_tokens",
+            str(max_tokens), "--in_process_row", "compile" if "--compile_decode" in extra else "eager",
+            "--in_process_dtype", "bfloat16" if "bfloat16" in extra else "float32"]
+    if "--one_row_step" in extra:
+        args += ["--in_process_one_row_step", extra[extra.index("--one_row_step") + 1]]
+    if threads:
+        args += ["--in_process_threads", str(threads)]
+    done = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)},
+                          timeout=1800)
+    if done.returncode:
+        raise RuntimeError(f"our in-process row failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ours_single_stream(model: Path, requests: int, max_tokens: int, compile_decode: bool,
+                       threads: int | None = None, dtype: str = "float32", one_row_step: str | None = None) -> dict:
+    """Our engine in process (no HTTP, no engine process: llama.cpp in process's counterpart): the load
+    test's chat prompts one after another, `max_tokens` sampled tokens each (temperature 0.8, a seed each,
+    no stop at an end token), one decoding thread as `llm-recipes serve` chooses for this model size."""
+    import threading
+
+    from llm_recipes.serving.engine import GenerationEngine, GenerationRequest
+    from llm_recipes.serving.loading import load_for_serving
+
+    loaded, tokenizer = load_for_serving(model, dtype=dtype)
+    engine = GenerationEngine(loaded, tokenizer.pad_token_id, max_batch_size=1, compile_decode=compile_decode,
+                              num_threads=threads,
+                              # only when asked: a tree from before the option has no such argument
+                              **({"one_row_step": one_row_step} if one_row_step else {}))
+    try:
+        load = os.getloadavg()[0]
+        cpu, started, tokens, ttft = time.process_time(), time.perf_counter(), 0, []
+        for i in range(requests):
+            done, times = threading.Event(), []
+
+            def emit(event, times=times, done=done):
+                if event[0] == "token":
+                    times.append(time.perf_counter())
+                elif event[0] in ("done", "error"):
+                    done.set()
+
+            begin = time.perf_counter()
+            engine.submit(GenerationRequest(chat_prompt_ids(tokenizer, i), max_tokens, emit, temperature=0.8, seed=i))
+            done.wait(300)
+            ttft.append(times[0] - begin)
+            tokens += len(times)
+        wall = time.perf_counter() - started
+        return {"server": f"ours in process ({engine.num_threads} thread{'s' if engine.num_threads > 1 else ''}"
+                          f"{', compiled' if engine._static is not None and engine._static.compiled else ''})",
+                "clients": 1, "requests": requests, "errors": 0, "output_tokens": tokens,
+                "output_tokens_per_s": tokens / wall, "ttft_p50_s": sorted(ttft)[len(ttft) // 2],
+                "ttft_p99_s": max(ttft), "tpot_p50_s": None, "decode_path": engine.decode_path,
+                "cpu_us_per_output_token": 1e6 * (time.process_time() - cpu) / tokens,
+                "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
+    finally:
+        engine.shutdown()
 
 
 def llama_cpp_single_stream(gguf: Path, model: Path, requests: int, max_tokens: int, threads: int) -> dict:
@@ -124,10 +199,7 @@ def llama_cpp_single_stream(gguf: Path, model: Path, requests: int, max_tokens: 
     load = os.getloadavg()[0]
     cpu, started, tokens, ttft = time.process_time(), time.perf_counter(), 0, []
     for i in range(requests):
-        text = f"Question {i}: how do I read a file line by line in Python? " * (1 + i % 3)
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                               tokenize=False)
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # as the server tokenizes it
+        ids = chat_prompt_ids(tokenizer, i)
         begin = time.perf_counter()
         for k, _ in enumerate(llm.generate(ids, temp=0.8, reset=True)):
             if k == 0:
@@ -144,12 +216,15 @@ def llama_cpp_single_stream(gguf: Path, model: Path, requests: int, max_tokens: 
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| round | server | clients | errors | output tok/s | TTFT p50 | TTFT p99 | CPU/token | load avg |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("\n| round | server | clients | errors | output tok/s | TTFT p50 | TTFT p99 | CPU/token | of it, the "
+          "server's main process | load avg |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
+        root = r.get("root_cpu_us_per_output_token")
         print(f"| {r['round']} | {r['server']} | {r['clients']} | {r['errors']} | {r['output_tokens_per_s']:.0f} | "
               f"{r['ttft_p50_s'] * 1000:.0f} ms | {r['ttft_p99_s'] * 1000:.0f} ms | "
-              f"{r['cpu_us_per_output_token']:.0f} us | {r['loadavg_1min'][0]:.1f} -> {r['loadavg_1min'][1]:.1f} |")
+              f"{r['cpu_us_per_output_token']:.0f} us | {'' if root is None else f'{root:.0f} us'} | "
+              f"{r['loadavg_1min'][0]:.1f} -> {r['loadavg_1min'][1]:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", action="append", default=[], metavar="LABEL=TREE",
                         help="serve with PYTHONPATH=TREE under this label (repeat for an A/B); "
                              "LABEL=TREE,threads=N also sets --torch_num_threads N; ',compile' adds "
-                             "--compile_decode true, ',no_static' --static_kv_cache false")
+                             "--compile_decode true, ',no_static' --static_kv_cache false, ',bf16' --dtype bfloat16, "
+                             "',torch_step' / ',numpy_step' --one_row_step torch / numpy")
     parser.add_argument("--vllm", action="append", default=[], metavar="LABEL[=KEY=VALUE,...]",
                         help="a vLLM configuration under this label with these environment settings, e.g. "
                              "'nobind=VLLM_CPU_OMP_THREADS_BIND=nobind,OMP_NUM_THREADS=1' (repeat to compare "
@@ -175,9 +251,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama_server", action="store_true",
                         help="also llama.cpp's own OpenAI server (llama_cpp.server) on --gguf, under the same load "
                              "client as ours (its end tokens banned by logit_bias: it ignores ignore_eos)")
+    parser.add_argument("--in_process", action="store_true",
+                        help="also each --ours tree's engine in process (no HTTP, no engine process) for one stream: "
+                             "the counterpart of llama.cpp in process")
+    parser.add_argument("--in_process_row", choices=["eager", "compile"], help=argparse.SUPPRESS)  # the child's
+    parser.add_argument("--in_process_threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--in_process_dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--in_process_one_row_step", help=argparse.SUPPRESS)
     parser.add_argument("--json_out", help="append the JSON lines here too")
     args = parser.parse_args(argv)
     model = Path(args.model_path)
+    if args.in_process_row:  # the child of `ours_in_process`: one row, as JSON, on stdout
+        print(json.dumps(ours_single_stream(model, args.requests[0], args.max_tokens,
+                                            args.in_process_row == "compile", args.in_process_threads,
+                                            args.in_process_dtype, args.in_process_one_row_step)))
+        return 0
     trees = []  # (label, tree, decoding threads or None, extra serve arguments)
     for label, _, spec in (o.partition("=") for o in args.ours):
         tree, *options = spec.split(",")
@@ -217,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
                                         tree=tree, threads=threads, extra_args=extra) as (proc, url):
                 for row in load_rows(proc.pid, url, args.clients, args.requests, args.max_tokens):
                     record(row, round_, f"llm-recipes serve ({label})")
+            if args.in_process:
+                row = ours_in_process(tree, model, args.requests[0], args.max_tokens, threads, extra)
+                record(row, round_, f"{row.pop('server')} ({label})")
         for label, settings in vllms if python else []:
             with vllm(model, python, work / f"vllm-{label}-{round_}.log", max_len, args.max_batch_size,
                       settings) as (pid, url):

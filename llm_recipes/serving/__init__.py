@@ -24,9 +24,14 @@ def build_server(cfg: ServeConfig, feedback_path: str | os.PathLike):
     from .app import ServerSettings, create_app, default_allowed_hosts
     from .engine_process import EngineClient, EngineSpec
     from .feedback_store import FeedbackStore
+    from .loading import ModelLoadError, load_config_and_tokenizer, torch_dtype
     from .loading import context_window as model_context_window
-    from .loading import load_config_and_tokenizer, torch_dtype
+    from .static_decode import check_one_row_step
 
+    try:  # before anything is opened or started; reported as a bad dtype is (`llm-recipes serve: error: ...`)
+        check_one_row_step(cfg.one_row_step)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
     store = FeedbackStore(feedback_path)
     # the folder, its tokenizer and the dtype are checked here, so a bad one is refused before a process starts
     config, tokenizer = load_config_and_tokenizer(cfg.model_path, trust_remote_code=cfg.trust_remote_code)
@@ -43,7 +48,7 @@ def build_server(cfg: ServeConfig, feedback_path: str | os.PathLike):
                                          num_threads=cfg.torch_num_threads, trust_remote_code=cfg.trust_remote_code,
                                          dtype=cfg.dtype, seed=cfg.seed, static_kv_cache=cfg.static_kv_cache,
                                          compile_decode=cfg.compile_decode, context=window,
-                                         prefix_cache=cfg.prefix_cache))
+                                         prefix_cache=cfg.prefix_cache, one_row_step=cfg.one_row_step))
     except BaseException:
         store.close()
         raise

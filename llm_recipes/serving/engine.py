@@ -33,6 +33,7 @@ from typing import Callable
 
 from ..model.modeling_recipe_gpt import CACHE_KEY
 from ..runtime.threads import choose, free_cpus
+from .static_decode import DEFAULT_ONE_ROW_STEP, check_one_row_step
 from .structured import GrammarState
 
 logger = logging.getLogger(__name__)
@@ -248,13 +249,18 @@ class GenerationEngine:
         prefix_cache: with the static cache, how many finished sequences' keys and values to keep (one cache
             slot each): a prompt that starts with one's tokens (a chat's next turn re-sends the conversation)
             prefills only the rest (`prefix_hits`, `prefix_reused_tokens` count them); 0 turns it off.
+        one_row_step: with the static cache, the step when a single row decodes: "numpy" (faster for one
+            stream on the CPU at float32; elsewhere the torch step, `decode_path` says why) or "torch"
+            (`static_decode.StaticDecoder`); batches of two or more always take the torch step.
     """
 
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64,
                  num_threads: int | None = None, on_step: Callable[[], None] | None = None,
                  static_cache: bool = True, compile_decode: bool = False, context: int | None = None,
-                 prefix_cache: int = 4):
+                 prefix_cache: int = 4, one_row_step: str = DEFAULT_ONE_ROW_STEP):
         import torch
+
+        check_one_row_step(one_row_step)
 
         self.model = model.eval()
         self.device = next(model.parameters()).device
@@ -275,7 +281,7 @@ class GenerationEngine:
         self._prefix_slots = max(int(prefix_cache), 0)
         self.decode_path, self.compile_seconds = "transformers forward (static_cache off)", 0.0
         if static_cache:
-            self._static, self.decode_path = self._static_decoder(model, compile_decode)
+            self._static, self.decode_path = self._static_decoder(model, compile_decode, one_row_step)
         logger.info("decoding: %s", self.decode_path)
         self._warm_up()
         self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
@@ -284,7 +290,7 @@ class GenerationEngine:
         self.steps = 0
         self._thread.start()
 
-    def _static_decoder(self, model, compile_decode: bool):
+    def _static_decoder(self, model, compile_decode: bool, one_row_step: str):
         """The static decoder and a line for the log: which decode path runs, and why."""
         from .static_decode import StaticDecoder, unsupported_reason
 
@@ -301,16 +307,19 @@ class GenerationEngine:
         torch.set_num_threads(self._num_threads)  # compile and warm the kernels with the decoding threads
         try:
             decoder = StaticDecoder(model, self.max_batch_size, self.context, compile=compile_decode,
-                                    prefix_slots=self._prefix_slots)
+                                    prefix_slots=self._prefix_slots, one_row_step=one_row_step)
         finally:
             torch.set_num_threads(previous)
         self.compile_seconds = round(decoder.compile_seconds, 1)
+        one_row = "; one row: the numpy step" if decoder.one_row_step == "numpy" else \
+            f"; one row: the torch step ({decoder.one_row_reason or 'one_row_step torch'})"
         if decoder.compiled:
-            return decoder, f"static KV cache, decode step compiled by torch.compile in {self.compile_seconds} s"
+            return decoder, (f"static KV cache, decode step compiled by torch.compile in {self.compile_seconds} s"
+                             f"{one_row}")
         if compile_decode:
             return decoder, (f"static KV cache, eager decode step (torch.compile failed after "
-                             f"{self.compile_seconds} s: {decoder.compile_error})")
-        return decoder, "static KV cache, eager decode step (compile_decode off)"
+                             f"{self.compile_seconds} s: {decoder.compile_error}){one_row}")
+        return decoder, f"static KV cache, eager decode step (compile_decode off){one_row}"
 
     def _warm_up(self) -> None:
         # Measured on a 2-core CPU container: when the first parallel torch op of the process runs on the

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from .engine import GenerationEngine, GenerationRequest, QueueFullError, check_request
 from .loading import ModelLoadError
+from .static_decode import DEFAULT_ONE_ROW_STEP
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class EngineSpec:
     compile_decode: bool = False
     context: int | None = None
     prefix_cache: int = 4
+    one_row_step: str = DEFAULT_ONE_ROW_STEP
 
 
 class EngineClient:
@@ -281,7 +283,7 @@ def engine_main(conn, spec: EngineSpec) -> None:
                                   max_queue=spec.max_batch_size + spec.max_queue, num_threads=spec.num_threads,
                                   on_step=flush, static_cache=spec.static_kv_cache,
                                   compile_decode=spec.compile_decode, context=spec.context,
-                                  prefix_cache=spec.prefix_cache)
+                                  prefix_cache=spec.prefix_cache, one_row_step=spec.one_row_step)
     except BaseException as e:  # noqa: BLE001 - reported to the HTTP process, which raises it
         kind = "load" if isinstance(e, (ModelLoadError, OSError)) else "other"
         conn.send(("failed", kind, f"the engine process could not start: {type(e).__name__}: {e}"))

@@ -62,7 +62,7 @@ class _PrefixCacheCollector:
         from prometheus_client.core import CounterMetricFamily
 
         yield CounterMetricFamily("llm_recipes_prefix_cache_hits", "prompts that reused a finished answer's keys "
-                                  "and values", value=getattr(self._engine, "prefix_hits", 0))
+                                  "and values", value=self._engine.prefix_hits)
         yield CounterMetricFamily("llm_recipes_prefix_cache_reused_tokens", "prompt tokens not prefilled: their "
                                   "keys and values were reused",
-                                  value=getattr(self._engine, "prefix_reused_tokens", 0))
+                                  value=self._engine.prefix_reused_tokens)

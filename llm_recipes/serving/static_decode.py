@@ -14,6 +14,11 @@ prompt log-probabilities); a row that leaves has its slot filled by the batch's 
 
 Supported: RecipeGPT (`model_type` "recipe_gpt") with a rotary type whose frequencies do not depend on the
 sequence length (all but "dynamic"). `unsupported_reason` says why another model keeps the transformers path.
+
+One decoding row (one stream) can take a numpy rendition of the step instead (`one_row_step="numpy"`,
+`numpy_decode_step_for`) on numpy views of the same weights and cache: on the quickstart model it is ~2x
+faster than the eager torch step (numpy's OpenBLAS does one-row products in half of torch's time, and a numpy
+call costs ~1 us where a torch operation's dispatch costs 2-5; benchmarks/README.md, "Serving throughput").
 """
 
 from __future__ import annotations
@@ -27,6 +32,17 @@ MAX_CACHE_BYTES = 4 * 2**30  # a bigger static cache (long context x many rows x
 # fewer shared first tokens are not reused: every chat prompt shares its template's first few, and a prompt that
 # reuses kept keys and values is prefilled alone, outside the batched prefill of the others (vLLM's block: 16)
 MIN_REUSED_TOKENS = 16
+# the step for a single decoding row: "numpy" (`numpy_decode_step_for`, on the CPU at float32; elsewhere the
+# torch step) or "torch" (the step of every batch size)
+ONE_ROW_STEPS = ("numpy", "torch")
+DEFAULT_ONE_ROW_STEP = "numpy"
+
+
+def check_one_row_step(value) -> str:
+    """`value` when it is one of ONE_ROW_STEPS, else a ValueError naming the option."""
+    if value not in ONE_ROW_STEPS:
+        raise ValueError(f"one_row_step must be one of {', '.join(ONE_ROW_STEPS)}; got {value!r}")
+    return value
 
 
 def unsupported_reason(model, max_batch_size: int, context: int, prefix_slots: int = 0) -> str | None:
@@ -52,9 +68,9 @@ def decode_step_for(config):
     `generate`'s), in fewer torch operations: on one row of the quickstart model each operation's dispatch
     (~2-5 us) costs more than its arithmetic, and a step was ~200 of them around 17 matrix products. The
     rotation runs on queries and keys together, as `x * cos + roll(x, hd/2) * sin'` where `sin'` is the sine
-    table with its first half negated (`rotate_half(x) * sin` term by term: a negation is exact); the norm
-    skips the model's float32 casts when the weights are float32 already (each a no-op that still
-    dispatches); one row attends without a mask (every cached position up to its own is visible)."""
+    table with its first half negated (`rotate_half(x) * sin` term by term: a negation is exact); the norm is
+    the model's own `rms_norm` (which skips its float32 casts on float32 input); one row attends without a
+    mask (every cached position up to its own is visible)."""
     import torch
 
     from ..model.modeling_recipe_gpt import rms_norm  # the model's own norm (any dtype)
@@ -66,11 +82,7 @@ def decode_step_for(config):
     half = head_dim // 2
 
     def norm(x, weight):
-        if x.dtype != torch.float32:
-            return rms_norm(x, weight, eps)
-        # rms_norm's arithmetic without its casts: weight * (x * rsqrt(mean(x^2) + eps))
-        # (a mean on the CPU is a sum and a division, plus a dtype check that dispatches a copy: written out)
-        return weight * (x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True).div_(x.shape[-1]) + eps))
+        return rms_norm(x, weight, eps)
 
     def decode_step(weights: dict, keys: list, values: list, tokens, positions, length: int,
                     position: int | None = None):
@@ -117,6 +129,71 @@ def decode_step_for(config):
     return decode_step
 
 
+def numpy_decode_step_for(config):
+    """The decode step of one row at a known position, in numpy (float32 arrays: `as_numpy` of the step's
+    weights and cache). The arithmetic of `decode_step_for` for one row; its logits differ from the torch step's
+    by rounding only (the norm's mean as a dot product, products by OpenBLAS instead of MKL; up to 1.5e-5 over 96
+    positions of the quickstart model). Why numpy: for one row each torch operation's dispatch (2-5 us) costs
+    more than its arithmetic, a numpy call ~1 us, and OpenBLAS's one-row products took half of MKL's time through
+    torch."""
+    import math
+
+    import numpy as np
+
+    eps, heads, kv_heads, head_dim = float(config.rms_norm_eps), config.num_attention_heads, \
+        config.num_key_value_heads, config.head_dim
+    q_size, kv_size, scaling, qk_norm = heads * head_dim, kv_heads * head_dim, head_dim**-0.5, bool(config.qk_norm)
+    group, half, intermediate = heads // kv_heads, head_dim // 2, config.intermediate_size
+
+    def norm(x, weight):
+        # the model's rms_norm: weight * x / sqrt(mean(x^2) + eps) over the last axis; for one vector the mean
+        # as a dot product and the scale as a Python float (numpy's per-call cost is most of this norm's time)
+        if x.ndim == 1:
+            return weight * (x * (1.0 / math.sqrt(float(x @ x) / x.shape[0] + eps)))
+        return weight * (x / np.sqrt(np.einsum("ij,ij->i", x, x)[:, None] / x.shape[-1] + eps))
+
+    def decode_step(weights: dict, keys: list, values: list, token: int, position: int):
+        """Logits (V,) of the row in slot 0 fed `token` at `position`; its keys and values are written there and
+        it attends to positions 0..position."""
+        x = weights["embed"][token]  # (C,): a copy
+        cos, sin = weights["cos"][position], weights["signed_sin"][position]
+        length = position + 1
+        for layer, key_cache, value_cache in zip(weights["layers"], keys, values):
+            qkv = norm(x, layer["input_norm"]) @ layer["qkv"]
+            qk = qkv[:q_size + kv_size].reshape(heads + kv_heads, head_dim)
+            if qk_norm:
+                qk = np.concatenate([norm(qk[:heads], layer["q_norm"]), norm(qk[heads:], layer["k_norm"])])
+            # x * cos + roll(x, hd/2) * signed_sin, the roll as two half-width products (np.roll copies twice)
+            rotated = qk * cos
+            rotated[:, :half] += qk[:, half:] * sin[:half]
+            rotated[:, half:] += qk[:, :half] * sin[half:]
+            key_cache[0, :, position] = rotated[heads:]
+            value_cache[0, :, position] = qkv[q_size + kv_size:].reshape(kv_heads, head_dim)
+            # grouped-query attention: query head h reads key/value head h // group, as SDPA's enable_gqa
+            scores = rotated[:heads].reshape(kv_heads, group, head_dim) @ key_cache[0, :, :length].transpose(0, 2, 1)
+            scores *= scaling
+            scores -= scores.max(-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(-1, keepdims=True)
+            attended = scores @ value_cache[0, :, :length]  # (kv heads, group, hd)
+            x = x + attended.reshape(q_size) @ layer["o"]
+            gate_up = norm(x, layer["post_norm"]) @ layer["gate_up"]
+            gate, up = gate_up[:intermediate], gate_up[intermediate:]
+            x = x + (gate / (1 + np.exp(-gate)) * up) @ layer["down"]  # silu(gate) * up
+        return norm(x, weights["norm"]) @ weights["lm_head"]
+
+    return decode_step
+
+
+def as_numpy(tensors):
+    """Tensors in nested dicts and lists as numpy arrays on the same memory (writes go both ways)."""
+    if isinstance(tensors, dict):
+        return {k: as_numpy(v) for k, v in tensors.items()}
+    if isinstance(tensors, list):
+        return [as_numpy(v) for v in tensors]
+    return tensors.detach().numpy()
+
+
 class StaticDecoder:
     """The static KV cache of a RecipeGPT model and its decode step.
 
@@ -129,9 +206,12 @@ class StaticDecoder:
             now; on failure the step stays eager and `compile_error` says why.
         prefix_slots: extra slots after the batch's, where finished rows' keys and values are kept for a later
             prompt that starts with the same tokens (`PrefixCache`); the decode step never reads them.
+        one_row_step: "numpy": a single row decodes through `numpy_decode_step_for` (CPU, float32; otherwise,
+            or without threadpoolctl, the torch step, and `one_row_reason` says why); "torch": the torch step.
     """
 
-    def __init__(self, model, max_batch_size: int, context: int, compile: bool = False, prefix_slots: int = 0):
+    def __init__(self, model, max_batch_size: int, context: int, compile: bool = False, prefix_slots: int = 0,
+                 one_row_step: str = "torch"):
         import torch
 
         config = self.config = model.config
@@ -174,6 +254,28 @@ class StaticDecoder:
         self.compile_seconds = 0.0
         if compile:
             self._compile()
+        self._numpy_step = None
+        self.numpy_steps = 0  # steps taken by the numpy step (tests and benchmarks read it)
+        self.one_row_reason = self._numpy_one_row() if check_one_row_step(one_row_step) == "numpy" else None
+        self.one_row_step = "numpy" if self._numpy_step is not None else "torch"
+
+    def _numpy_one_row(self) -> str | None:
+        """Sets up the numpy step for one row; why not (None when it is set up)."""
+        import torch
+
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            return f"the numpy step runs float32 on the CPU, not {str(self.dtype).removeprefix('torch.')} on " \
+                   f"{self.device.type}"
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return "threadpoolctl is not installed (pip install llm-recipes[serve])"
+        # OpenBLAS starts one thread per core: on 2 busy cores its default made a step with numpy products 2.5x
+        # slower than with one thread; the decoding thread count torch was given (1 for a small model) holds here
+        threadpool_limits(torch.get_num_threads(), user_api="blas")
+        self._numpy_arrays = (as_numpy(self.weights), as_numpy(self.keys), as_numpy(self.values))
+        self._numpy_step = numpy_decode_step_for(self.config)
+        return None
 
     def _compile(self) -> None:
         """Compiles the step and runs it for every batch size, so that no request waits for a compilation: two
@@ -198,7 +300,12 @@ class StaticDecoder:
 
     def step(self, tokens, positions, length: int, position: int | None = None):
         """Logits (B, V) of the rows in slots 0..B-1 (see `decode_step_for`); `length` >= 2; `position`: a single
-        row's position as an int (used by the eager step)."""
+        row's position as an int (used by the eager step, and for one row by the numpy step)."""
+        if self._numpy_step is not None and position is not None and tokens.shape[0] == 1:
+            import torch
+
+            self.numpy_steps += 1
+            return torch.from_numpy(self._numpy_step(*self._numpy_arrays, int(tokens[0]), position))[None]
         if not self.compiled:
             return self._step(self.weights, self.keys, self.values, tokens, positions, length, position)
         import torch
