@@ -243,3 +243,28 @@ def test_exact_ranks_equal_for_equal_keys_only():
         maybe = set(F._maybe_repeated(keys).tolist())
         values, counts = np.unique(keys, return_counts=True)
         assert {i for i, k in enumerate(keys) if k in set(values[counts > 1].tolist())} <= maybe
+
+
+def test_filters_of_one_chain_share_its_words_and_chains_do_not_interfere():
+    """`build_filters` gives a profile's fast filters one ChainWords: the second batch filter reuses the first's
+    word arrays; another chain's batch does not replace them, and every filter still decides as datatrove."""
+    rng = random.Random(8)
+    docs_a = [Document(text=prose(rng, rng.randint(20, 200)), id=f"a{i}") for i in range(40)]
+    docs_b = [Document(text=prose(rng, rng.randint(20, 200)), id=f"b{i}") for i in range(40)]
+    profile = S.resolve_profiles(None)["docs"]
+    chain_a, chain_b = S.build_filters(profile), S.build_filters(profile)
+    batch_filters = [flt for _, flt in chain_a if hasattr(flt, "prepare")]
+    assert len(batch_filters) >= 2 and len({id(flt.chain) for _, flt in chain_a}) == 1
+    assert chain_a[0][1].chain is not chain_b[0][1].chain
+    for flt in batch_filters:
+        flt.prepare(docs_a)
+    for _, flt in chain_b:
+        if hasattr(flt, "prepare"):
+            flt.prepare(docs_b)
+    shared = batch_filters[0].chain.batch
+    assert batch_filters[1].batch([d.text for d in docs_a]) is shared  # chain B's batch did not replace it
+    assert batch_filters[0].words(docs_a[3].text) is shared.words[3]
+    reference = {name: flt.reference(**flt.args, language=flt.language) for name, flt in chain_a}
+    for doc in docs_a:
+        for name, flt in chain_a:
+            assert flt.filter(doc) == reference[name].filter(Document(text=doc.text, id=doc.id)), (name, doc.id)

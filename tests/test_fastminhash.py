@@ -147,3 +147,23 @@ def test_sorted_buckets_write_datatroves_duplicate_pairs_byte_for_byte(tmp_path)
         theirs = {p.name: p.read_bytes() for p in (tmp_path / "theirs").glob("*.dups")}
         assert theirs == {p.name: p.read_bytes() for p in (tmp_path / "ours").glob("*.dups")}
         assert len(theirs) == config.num_buckets and sum(map(len, theirs.values())) > 16 * 10  # pairs were found
+
+
+def test_our_signature_step_writes_datatroves_signature_files_byte_for_byte(tmp_path):
+    """Signatures collected per task and each band sorted once: the same `.minhash.sig` files as datatrove's
+    step (which packs a record per band and document, then sorts each file), with texts too short for a
+    shingle skipped, a text that repeats, and an empty task."""
+    config = reference_step(3).config
+    rng = np.random.default_rng(5)
+    texts = [" ".join(f"w{x}" for x in rng.integers(0, 30, size=int(rng.integers(1, 40)))) for _ in range(60)]
+    texts += TEXTS + texts[:5]
+    for rank, shard in enumerate([texts, []]):
+        docs = [Document(text=t, id=str(i)) for i, t in enumerate(shard)]
+        reference = MinhashDedupSignature(output_folder=str(tmp_path / "theirs"), config=config)
+        reference.word_tokenizer = WhitespaceWords()
+        reference.run(docs, rank=rank, world_size=2)
+        fast_minhash_signature(str(tmp_path / "ours"), config).run(docs, rank=rank, world_size=2)
+    theirs = {p.relative_to(tmp_path / "theirs"): p.read_bytes() for p in (tmp_path / "theirs").rglob("*.sig")}
+    ours = {p.relative_to(tmp_path / "ours"): p.read_bytes() for p in (tmp_path / "ours").rglob("*.sig")}
+    assert len(theirs) == 2 * config.num_buckets and sum(map(len, theirs.values())) > 60 * 28
+    assert ours == theirs

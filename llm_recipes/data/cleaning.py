@@ -260,6 +260,12 @@ def _clean(cfg: CleanConfig, files: list[str], profiles: dict, eval_texts: list[
             from .fastfilters import spacy_words
 
             spacy_words()
+    if cfg.executor == "local" and min(cfg.num_workers, n) > 1:
+        # pyarrow imports pandas (~0.2-0.3 CPU s) in each process on its first table; every phase forks new
+        # workers, so importing it here once saves that in each worker of each phase that writes parquet
+        import pyarrow as pa
+
+        pa.table({"text": [""]})
     _phase(f"1/4 repair + quality filters: {n} shards on {cfg.num_workers} workers")
     runner.run("filter", [reader, *chain,
                           S.IntermediateWriter(str(filtered), str(work / "ledger" / "filter"), [reader, *chain])],

@@ -171,23 +171,44 @@ def spacy_words() -> SpacyWords:
 def word_splitter(language: Any):
     """`language` as datatrove's filters take it: English (spaCy's words, as datatrove splits English) or a
     datatrove WordTokenizer instance (used as it is, so a profile's own tokenizer gives identical words).
-    The words of the prepared batch and of the last few texts are kept, so the filters of a chain tokenize a
-    document once."""
+    The words of the last few texts are kept (`_words`); those of a prepared batch are kept by the chain
+    (`ChainWords`), so the filters of a chain tokenize a document once."""
     if isinstance(language, str):
         if language != Languages.english:
             raise ValueError(f"the fast filters know English words only, got language={language!r}; "
                              "set `engine: datatrove` in the profile for other languages")
-        return lambda text: _batch_words(language, text) or _words(spacy_words(), text)
-    return lambda text: _batch_words(language, text) or _words(language, text)
+        return lambda text: _words(spacy_words(), text)
+    return lambda text: _words(language, text)
 
 
-def _batch_words(language, text: str) -> list[str] | None:
-    """The words of `text` if it is one of the last prepared batch's texts (split the same way)."""
-    if _LAST_BATCH and _LAST_BATCH[0] == language:
-        i = _LAST_BATCH[3].get(id(text))
-        if i is not None and _LAST_BATCH[1][i] is text:
-            return _LAST_BATCH[2].words[i]
-    return None
+class ChainWords:
+    """The words of the batch last prepared by one chain of filters (`steps.build_filters` gives the filters
+    of a profile one instance; a filter made alone has its own), so the second filter of a chain prepared
+    with the same documents reuses the first's words and arrays instead of splitting the texts again."""
+
+    def __init__(self):
+        self.language: Any = None
+        self.texts: list[str] = []
+        self.batch: _WordBatch | None = None
+        self.index: dict[int, int] = {}  # id(text) -> position; `texts` holds the texts, so ids are not reused
+
+    def batch_of(self, language, texts: list[str], split) -> _WordBatch:
+        """The words of `texts` as arrays: the last batch's when it is of the same texts (the same objects)
+        split for the same language, otherwise split now with `split` and kept."""
+        if (self.batch is None or self.language != language or len(self.texts) != len(texts)
+                or not all(map(operator.is_, self.texts, texts))):
+            self.language, self.texts = language, texts
+            self.batch = _WordBatch(list(map(split, texts)))
+            self.index = {id(t): i for i, t in enumerate(texts)}
+        return self.batch
+
+    def words_of(self, language, text: str) -> list[str] | None:
+        """The words of `text` if it is one of the last batch's texts (split for the same language)."""
+        if self.batch is not None and self.language == language:
+            i = self.index.get(id(text))
+            if i is not None and self.texts[i] is text:
+                return self.batch.words[i]
+        return None
 
 
 # a few texts only: words kept longer (thousands of small strings from many batches) fragment the heap
@@ -254,7 +275,12 @@ class _FastFilter:
     def __init__(self, **kwargs):
         self.args = _datatrove_arguments(self.reference, kwargs)
         self.language = self.args.pop("language")
-        self.words = word_splitter(self.language)
+        self._split = word_splitter(self.language)
+        self.chain = ChainWords()  # steps.build_filters gives the filters of one chain the same instance
+
+    def words(self, text: str) -> list[str]:
+        found = self.chain.words_of(self.language, text)
+        return self._split(text) if found is None else found
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -282,16 +308,7 @@ class _BatchFilter(_FastFilter):
 
     def batch(self, texts: list[str]) -> _WordBatch:
         """The words of `texts` as arrays; the filters of one chain prepared with the same documents share it."""
-        if _LAST_BATCH and _LAST_BATCH[0] == self.language and len(_LAST_BATCH[1]) == len(texts) and all(
-                map(operator.is_, _LAST_BATCH[1], texts)):
-            return _LAST_BATCH[2]
-        batch = _WordBatch(list(map(self.words, texts)))
-        # [language, texts, words, text id -> index]; holding the texts keeps their ids from being reused
-        _LAST_BATCH[:] = [self.language, texts, batch, {id(t): i for i, t in enumerate(texts)}]
-        return batch
-
-
-_LAST_BATCH: list = []
+        return self.chain.batch_of(self.language, texts, self._split)
 
 
 class _WordBatch:

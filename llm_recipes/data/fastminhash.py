@@ -10,8 +10,8 @@ On python-docs that was most of the signature phase. Here:
   it changes nothing (NFD of ASCII is ASCII; ASCII has no combining mark) and is skipped; otherwise
   the marks are dropped by `str.translate` with a table that asks `unicodedata.category` once per
   distinct character;
-- the n-gram digests are joined into one buffer that numpy reads as little-endian uint64 (what
-  `struct.unpack("<Q", digest[:8])` gives, one value at a time).
+- the n-gram digests are joined into one buffer whose first 8 bytes per digest numpy reads as little-endian
+  uint64 (what `struct.unpack("<Q", digest[:8])` gives, one value at a time).
 
 - an ASCII text's words (`simplified_words`) skip the whitespace pass too, which changes no word once the
   text is split at whitespace, and its punctuation becomes spaces through a bytes table.
@@ -129,8 +129,10 @@ def sha1_shingles(words: list[str], n: int) -> np.ndarray:
         return np.zeros((0, 1), dtype=np.uint64)
     grams = map(" ".join, zip(*(words[i:] for i in range(n)))) if n > 1 else iter(words)
     sha1 = hashlib.sha1
-    digests = b"".join([sha1(gram.encode("utf-8")).digest()[:8] for gram in grams])
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64).reshape((-1, 1))
+    # whole digests joined, their first 8 bytes picked by numpy: one slice less per n-gram (~15% of this)
+    digests = b"".join([sha1(gram.encode("utf-8")).digest() for gram in grams])
+    first8 = np.frombuffer(digests, dtype=np.uint8).reshape((-1, 20))[:, :8]
+    return np.ascontiguousarray(first8).view("<u8").astype(np.uint64)
 
 
 def fast_path_applies(step) -> bool:

@@ -28,12 +28,13 @@ import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup import MinhashDedupFilter, MinhashDedupSignature
+from datatrove.utils.typeshelper import StatHints
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from ..fileio import atomic_open, atomic_write_json
 from . import fastminhash, textops
 from .documents import COLUMNS, iter_parquet_rows, write_parquet_atomic
-from .fastfilters import FAST_FILTERS
+from .fastfilters import FAST_FILTERS, ChainWords
 
 EXAMPLES_PER_REASON = 3
 EXAMPLE_CHARS = 400
@@ -156,6 +157,10 @@ def build_filters(profile: dict[str, Any]) -> list[tuple[str, Any]]:
             filters.append((name, classes[name](**kwargs)))
         except TypeError as e:
             raise ValueError(f"filter {name}: {e}") from e
+    shared = ChainWords()  # the fast filters of this chain split each prepared batch once
+    for _, flt in filters:
+        if isinstance(getattr(flt, "chain", None), ChainWords):
+            flt.chain = shared
     return filters
 
 
@@ -640,7 +645,35 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
                     self._key = 0
                 yield doc
 
-        return super().run(keyed(data), rank, world_size)  # writes signature files, yields nothing
+        if self.config.hash_config.precision != 64:
+            return super().run(keyed(data), rank, world_size)  # writes signature files, yields nothing
+        return self._write_sorted_signatures(keyed(data), rank)
+
+    def _write_sorted_signatures(self, documents, rank: int):
+        """datatrove's signature files byte for byte: datatrove packs one record per band and document
+        (`struct.pack` and a file write each: ~20 per document), then reads each band's file back, sorts its
+        records and writes them again. Here the signatures are collected in one array and each band's records
+        sorted and written once (a task's signatures: 8 bytes x bands x hashes per document in memory)."""
+        per_band, bands = self.config.hashes_per_bucket, self.config.num_buckets
+        with self.track_time():
+            signatures, numbers = [], []
+            for number, doc in enumerate(documents):
+                self.stat_update(StatHints.total)
+                shingles = self.get_shingles(doc.text)
+                if shingles.size != 0:
+                    signatures.append(fastminhash.permuted_minimum(shingles, *self.parameters))
+                    numbers.append(number)
+            table = np.array(signatures, dtype=np.uint64).reshape(len(numbers), bands, per_band)
+            record = np.dtype([(f"field{i + 1}", "<u8") for i in range(per_band)] + [(f"field{per_band + 1}", "<u4")])
+            for band in range(bands):
+                records = np.empty(len(numbers), dtype=record)
+                for i in range(per_band):
+                    records[f"field{i + 1}"] = table[:, band, i]
+                records[f"field{per_band + 1}"] = numbers
+                records.sort(order=record.names)
+                with self.output_folder.open(f"bucket_{band:03d}/{rank:05d}.minhash.sig", mode="wb") as out:
+                    out.write(records.tobytes())
+        return None  # as datatrove's step: it writes files and passes no documents on
 
     def get_shingles(self, text: str) -> np.ndarray:
         if fastminhash.fast_path_applies(self):  # the same shingles with less Python per n-gram
