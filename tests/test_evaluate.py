@@ -378,12 +378,13 @@ def test_recipes_parse(recipe, monkeypatch, tmp_path):
     from llm_recipes.config import parse_config
     from llm_recipes.evaluate import EvaluateConfig
     from llm_recipes.evaluation.data import BUILTIN_SETS
+    from llm_recipes.evaluation.everyday import NAME as EVERYDAY
 
     monkeypatch.setenv("LLM_RECIPES_RUN_DIR", str(tmp_path / "run"))
     (cfg,) = parse_config([EvaluateConfig], ["--config", str(REPO / "recipes" / recipe / "evaluate.yaml")], "evaluate")
     assert cfg.output_dir == str(tmp_path / "run" / "evaluate")
     assert cfg.models and all("=" in m for m in cfg.models)
-    assert all(t.split(":", 1)[1] in BUILTIN_SETS for t in cfg.choice_tasks if t.startswith("builtin:"))
+    assert all(t.split(":", 1)[1] in (*BUILTIN_SETS, EVERYDAY) for t in cfg.choice_tasks if t.startswith("builtin:"))
 
 
 def test_models_spec_names_and_checkpoint_globs(tmp_path):
