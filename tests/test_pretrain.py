@@ -253,6 +253,60 @@ def test_outlier_guard():
     assert list(restored.history) == list(guard.history)
 
 
+def test_outlier_guard_follows_a_lasting_rise_of_the_norm():
+    """A norm that rises and stays up (as while the learning rate warms up) is skipped for a step or two, then
+    taken: skipped norms join the window too. Remembering only taken ones skipped every later step."""
+    from llm_recipes.training.monitor import OutlierGuard
+
+    guard = OutlierGuard(zscore=6.0, window=128, min_history=32)
+    for i in range(40):
+        assert guard.check(3.0, 1.0 + 0.01 * (i % 5)) is None
+    skipped = [guard.check(3.0, 5.0 + 0.1 * (i % 3)) is not None for i in range(200)]
+    assert skipped[0] and sum(skipped) <= 3 and not any(skipped[10:])
+
+
+def test_skipped_updates_warning_names_the_share():
+    from llm_recipes.training.monitor import skipped_updates_warning
+
+    assert skipped_updates_warning(9, 2225) is None  # a few outliers: the guard doing its job
+    assert skipped_updates_warning(0, 0) is None
+    message = skipped_updates_warning(2259, 2313)
+    assert "2,259 of 2,313 updates (98%) were skipped" in message and "outlier_zscore" in message
+
+
+def test_a_run_that_skipped_many_updates_says_so(tmp_path, clean_dir, tokens_dir, tiny_tokenizer_dir, monkeypatch,
+                                                 capsys):
+    """The guard's decisions are forced here (every other step an outlier) to check what the loop reports: the
+    warning in its output, in train_summary.json and in the report card; the skipped steps change no weight."""
+    from llm_recipes.pipeline.report_card import write_report_card
+    from llm_recipes.training import monitor
+    from llm_recipes.training.loop import pretrain
+
+    calls = []
+
+    def every_other_step(self, loss, grad_norm):
+        calls.append(grad_norm)
+        return "gradient norm is an outlier (forced by the test)" if len(calls) % 2 == 0 else None
+
+    monkeypatch.setattr(monitor.OutlierGuard, "check", every_other_step)
+    pretrain(tiny_config(tmp_path, clean_dir, tiny_tokenizer_dir, max_steps=6, tokenized_path=str(tokens_dir)))
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["skipped_steps"] == 3
+    assert "3 of 6 updates (50%) were skipped" in summary["skipped_warning"]
+    assert "pretrain: warning: 3 of 6 updates" in capsys.readouterr().out
+    skipped_rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                    if "skipped" in line]
+    assert [row["step"] for row in skipped_rows] == [2, 4, 6]
+
+    run = tmp_path / "run"
+    (run / "pretrain").mkdir(parents=True)
+    for name in ("train_summary.json", "metrics.jsonl"):
+        (run / "pretrain" / name).write_text((tmp_path / name).read_text())
+    (run / "run_summary.json").write_text(json.dumps({"stages": {"pretrain": {"seconds": 1.0}}}))
+    card = write_report_card(run, samples=False).read_text()
+    assert "**Updates skipped**: in pretraining 3 of 6 updates (50%) were skipped" in card
+
+
 @pytest.mark.parametrize("recipe", ["quickstart", "debug"])
 def test_recipe_parses(recipe):
     from conftest import REPO_ROOT

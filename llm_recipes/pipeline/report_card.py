@@ -167,6 +167,8 @@ def write_report_card(run_dir: str | Path, recipe_dir: str | None = None, sample
             lines += [f"**The machine was busy while pretraining**: {cpu['cpus_free_mean']} of {cpu['cpus']} CPUs "
                       "were free on average, so a time-budgeted run trained on fewer tokens than a quiet machine "
                       "gives (`pretrain/train_summary.json`).", ""]
+        if train_summary.get("skipped_warning"):
+            lines += [f"**Updates skipped**: in pretraining {train_summary['skipped_warning']}.", ""]
         sizing = train_summary.get("sizing") or {}
         if sizing:
             lines += [f"Sized by the compute-budget dial: {sizing['parameters'] / 1e6:.2f}M parameters (depth "

@@ -35,7 +35,7 @@ from .checkpoint import (
 from .data import build_eval_batches, build_train_batches, corpus_tokens
 from .evaluation import evaluate, generate_samples, shifted_targets, token_byte_lengths, token_loss_sum
 from .model_folder import save_model_folder
-from .monitor import MetricsLog, OutlierGuard, model_flops_utilization, peak_flops
+from .monitor import MetricsLog, OutlierGuard, model_flops_utilization, peak_flops, skipped_updates_warning
 from .processes import check_process_group
 from .schedule import learning_rate_at
 from .sizing import SIZING_FILE, record_plan, shortfall, size_run
@@ -339,7 +339,9 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
     accelerator.end_training()
     if accelerator.is_main_process:
         cpu = threads.summary()
+        skipped_warning = skipped_updates_warning(skipped, step)
         summary = {"steps": step, "tokens": tokens, "skipped_steps": skipped,
+                   **({"skipped_warning": skipped_warning} if skipped_warning else {}),
                    "eval": result.eval_metrics, "final_dir": str(result.final_dir),
                    **({"cpu": {**cpu, "busy": threads.busy()}} if cpu else {})}
         if plan is not None:
@@ -353,6 +355,8 @@ def pretrain(cfg, model=None, on_batch: Callable[[int, list[dict]], None] | None
             f"bits/byte {result.eval_metrics.get('val_bits_per_byte', float('nan')):.4f}\n"
             f"pretrain: wrote the model to {result.final_dir}, metrics to {metrics.path}, "
             f"checkpoints to {checkpoints}")
+        if skipped_warning:
+            say(f"pretrain: warning: {skipped_warning}")
     return result
 
 

@@ -59,7 +59,10 @@ def model_flops_utilization(flops_per_token: float, tokens_per_second_per_device
 
 class OutlierGuard:
     """Decides whether an update is skipped: non-finite loss or gradient norm, or a gradient norm more
-    than `zscore` standard deviations above the mean of the recent window (llm.c's rule).
+    than `zscore` standard deviations above the mean of the recent window (llm.c's rule). Every finite norm
+    joins the window, skipped or not, as in llm.c: were only taken updates remembered, a lasting rise of the
+    norm (common while the learning rate warms up) would make every later step an outlier and stall training
+    for good (a quickstart run skipped 2,259 of 2,313 steps that way).
 
     Args:
         zscore: threshold; 0 disables the outlier test (non-finite values are still caught).
@@ -75,17 +78,18 @@ class OutlierGuard:
         self.history: deque[float] = deque(maxlen=max(2, window))
 
     def check(self, loss: float, grad_norm: float) -> str | None:
-        """Returns the reason to skip this update, or None to take it (and remember its norm)."""
+        """Returns the reason to skip this update, or None to take it; a finite norm is remembered either way."""
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return "non-finite loss or gradient norm" if self.skip_nonfinite else None
+        reason = None
         if self.zscore > 0 and len(self.history) >= self.min_history:
             mean = sum(self.history) / len(self.history)
             std = math.sqrt(sum((x - mean) ** 2 for x in self.history) / len(self.history))
             z = (grad_norm - mean) / std if std > 0 else 0.0
             if z > self.zscore:
-                return f"gradient norm {grad_norm:.3g} is an outlier (z-score {z:.1f} > {self.zscore:g})"
+                reason = f"gradient norm {grad_norm:.3g} is an outlier (z-score {z:.1f} > {self.zscore:g})"
         self.history.append(grad_norm)
-        return None
+        return reason
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history)}
@@ -93,6 +97,17 @@ class OutlierGuard:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history.clear()
         self.history.extend(state.get("history", []))
+
+
+def skipped_updates_warning(skipped: int, steps: int, ratio: float = 0.05) -> str | None:
+    """A sentence when `skipped` of `steps` updates is a large share (at least `ratio`), else None. A few skipped
+    updates are the guard doing its job; a large share means the model trained on far fewer updates than the run
+    reports, which must not pass as a normal run (a guard that locked up once skipped 2,259 of 2,313 quietly)."""
+    if steps <= 0 or skipped < max(1, ratio * steps):
+        return None
+    return (f"{skipped:,} of {steps:,} updates ({skipped / steps:.0%}) were skipped as non-finite or outlier "
+            f"gradient norms (metrics.jsonl's `skipped` rows say why): the model trained on far fewer updates than "
+            f"its step count; lower the learning rate or raise `outlier_zscore`")
 
 
 class MetricsLog:
