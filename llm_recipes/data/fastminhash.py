@@ -16,7 +16,8 @@ On python-docs that was most of the signature phase. Here:
 - an ASCII text's words (`simplified_words`) skip the whitespace pass too, which changes no word once the
   text is split at whitespace, and its punctuation becomes spaces through a bytes table.
 
-The signature (permutations, minimum per hash, bands) is datatrove's computation, fed these shingles.
+The signature (permutations, minimum per hash, bands) is datatrove's computation, fed these shingles; the
+signature step takes it for blocks of consecutive documents at once (`permuted_minima`), the same minima.
 `SortedMinhashBuckets` is datatrove's band index with one numpy sort per band instead of a heap merge.
 tests/test_fastminhash.py checks equality with datatrove's `get_shingles`, signatures and `.dups` files.
 """
