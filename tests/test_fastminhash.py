@@ -167,3 +167,37 @@ def test_our_signature_step_writes_datatroves_signature_files_byte_for_byte(tmp_
     ours = {p.relative_to(tmp_path / "ours"): p.read_bytes() for p in (tmp_path / "ours").rglob("*.sig")}
     assert len(theirs) == 2 * config.num_buckets and sum(map(len, theirs.values())) > 60 * 28
     assert ours == theirs
+
+
+def test_permuted_minima_of_many_documents_equal_each_documents_minimum():
+    """Blocks of several documents (and documents longer than a block, taken a block at a time) give each
+    document's own `permuted_minimum`, whatever the block size."""
+    rng = np.random.default_rng(3)
+    p = int(fastminhash.MERSENNE_PRIME)
+    a = rng.integers(1, p, size=(1, 12), dtype=np.uint64)
+    b = rng.integers(0, p, size=(1, 12), dtype=np.uint64)
+    sizes = [1, 2, 7, 500, 3, 64, 65, 1, 1025, 200, 130, 4000, 1, 9, 63]
+    docs = [rng.integers(0, 2**64 - 1, size=(n, 1), dtype=np.uint64, endpoint=True) for n in sizes]
+    docs.append(np.array([[2**64 - 1], [p], [0]], dtype=np.uint64))
+    expected = np.array([fastminhash.permuted_minimum(d, a, b) for d in docs])
+    for rows in (1, 64, 128, 1024, 10**6):
+        assert np.array_equal(fastminhash.permuted_minima(docs, a, b, rows=rows), expected), rows
+    assert fastminhash.permuted_minima([], a, b).shape == (0, 12)
+    with pytest.raises(ValueError, match="without shingles"):
+        fastminhash.permuted_minima([docs[0], np.zeros((0, 1), np.uint64)], a, b)
+
+
+def test_api_names_of_ascii_texts_are_the_unicode_patterns():
+    """ASCII texts take `_API_NAME` compiled in ASCII mode: the same matches as the Unicode pattern, every
+    ASCII character included (\\x1c-\\x1f, which only Unicode mode's \\s counts as space, among them)."""
+    import random
+
+    from llm_recipes.data import steps
+
+    rng = random.Random(4)
+    alphabet = [chr(c) for c in range(128)] + list("aZ_(.`") * 20
+    texts = ["".join(map(chr, range(128))), "Use `os.path.join` or np.sum(a) with snake_case and CamelCase, e.g.",
+             *("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 300))) for _ in range(300))]
+    for text in texts:
+        assert text.isascii()
+        assert steps._API_NAME_ASCII.findall(text) == steps._API_NAME.findall(text), text

@@ -511,25 +511,26 @@ def _ngram_failures(batch: _WordBatch, texts: list[str], top_n_grams, dup_n_gram
 
 class FastGopherQuality(_BatchFilter):
     """Gopher's quality rules; the word statistics of a prepared batch are counted together: each distinct
-    word's properties are looked up once (`_WORD_KINDS`) and summed per text with numpy."""
+    word's properties (stop word included) are looked up once (`_WordKinds`) and summed per text with numpy."""
 
     from datatrove.pipeline.filters import GopherQualityFilter as reference
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.stop_words = set(STOP_WORDS if self.args["stop_words"] is None else self.args["stop_words"])
+        self._kinds = _WordKinds(self.stop_words)  # this filter's stop words are one of the kinds
 
     def decide(self, texts: list[str]) -> list[bool | tuple[bool, str]]:
         batch = self.batch(texts)
-        if len(_WORD_KINDS) > _WordKinds.MAX:
-            _WORD_KINDS.clear()
-        kinds = np.fromiter(map(_WORD_KINDS.__getitem__, batch.flat), np.int64, batch.total)
+        if len(self._kinds) > _WordKinds.MAX:
+            self._kinds.clear()
+        kinds = np.fromiter(map(self._kinds.__getitem__, batch.flat), np.int64, batch.total)
         kept = (kinds & _WordKinds.KEPT) > 0  # a word made only of punctuation strips to nothing
         n_kept = batch.per_doc(None, kept)
         kept_chars = batch.per_doc(batch.lengths[kept], kept)
         n_alpha = batch.per_doc(None, (kinds & _WordKinds.ALPHA) > 0)
         # distinct stop words: stop words at their first position in their text
-        stop = np.fromiter(map(self.stop_words.__contains__, batch.flat), bool, batch.total)
+        stop = (kinds & _WordKinds.STOP) > 0
         n_stop = batch.per_doc(None, stop & (batch.first_positions == np.arange(batch.total)))
         return [self._decision(*row) for row in zip(texts, batch.counts.tolist(), n_kept.tolist(),
                                                     kept_chars.tolist(), n_alpha.tolist(), n_stop.tolist())]
@@ -552,13 +553,17 @@ class FastGopherQuality(_BatchFilter):
         ellipses = text.count("...") + text.count("…")
         if a["max_symbol_word_ratio"] and ellipses / n_words > a["max_symbol_word_ratio"]:
             return False, "gopher_too_many_ellipsis"
-        lines = text.splitlines()
-        if a["max_bullet_lines_ratio"] and lines and sum(
-                map(_STARTS_BULLET, map(str.lstrip, lines))) / len(lines) > a["max_bullet_lines_ratio"]:
-            return False, "gopher_too_many_bullets"
-        if a["max_ellipsis_lines_ratio"] and lines and sum(
-                map(_ENDS_ELLIPSIS, map(str.rstrip, lines))) / len(lines) > a["max_ellipsis_lines_ratio"]:
-            return False, "gopher_too_many_end_ellipsis"
+        # the line rules count lines starting with a bullet or ending with an ellipsis: a text holding
+        # neither mark has none such, and its lines need not be split (the ratios are 0: the rules pass)
+        bullets = "-" in text or "•" in text
+        if bullets or ellipses:
+            lines = text.splitlines()
+            if bullets and a["max_bullet_lines_ratio"] and lines and sum(
+                    map(_STARTS_BULLET, map(str.lstrip, lines))) / len(lines) > a["max_bullet_lines_ratio"]:
+                return False, "gopher_too_many_bullets"
+            if ellipses and a["max_ellipsis_lines_ratio"] and lines and sum(
+                    map(_ENDS_ELLIPSIS, map(str.rstrip, lines))) / len(lines) > a["max_ellipsis_lines_ratio"]:
+                return False, "gopher_too_many_end_ellipsis"
         if a["max_non_alpha_words_ratio"] and n_alpha / n_words < a["max_non_alpha_words_ratio"]:
             return False, "gopher_below_alpha_threshold"
         if a["min_stop_words"] and n_stop < a["min_stop_words"]:
@@ -568,18 +573,22 @@ class FastGopherQuality(_BatchFilter):
 
 class _WordKinds(dict):
     """word -> bit flags, computed once per distinct word: KEPT (something is left after stripping
-    punctuation, as Gopher counts words) and ALPHA (holds a letter)."""
+    punctuation, as Gopher counts words), ALPHA (holds a letter) and STOP (one of `stop_words`)."""
 
-    KEPT, ALPHA = 1, 2
+    KEPT, ALPHA, STOP = 1, 2, 4
     MAX = 100_000  # distinct words remembered (~15 MB); the table starts over when full
 
+    def __init__(self, stop_words: set[str]):
+        super().__init__()
+        self.stop_words = stop_words
+
     def __missing__(self, word: str) -> int:
-        value = (self.KEPT if word.strip(_PUNCT_CHARS) else 0) | (self.ALPHA if _HAS_ALPHA.search(word) else 0)
+        value = ((self.KEPT if word.strip(_PUNCT_CHARS) else 0) | (self.ALPHA if _HAS_ALPHA.search(word) else 0)
+                 | (self.STOP if word in self.stop_words else 0))
         self[word] = value
         return value
 
 
-_WORD_KINDS = _WordKinds()
 _STARTS_BULLET = operator.methodcaller("startswith", ("•", "-"))
 _ENDS_ELLIPSIS = operator.methodcaller("endswith", ("...", "…"))
 

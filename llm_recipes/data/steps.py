@@ -179,13 +179,16 @@ class RegexWords(WordTokenizer):
     """
 
     _WORDS = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]+")
+    # the same pattern for ASCII text, ~20% faster: among ASCII characters \w is exactly [A-Za-z0-9_] and
+    # ’ cannot occur; \s stays Unicode's (an ASCII-mode \s would leave out \x1c-\x1f)
+    _ASCII_WORDS = re.compile(r"[A-Za-z0-9_]+(?:'[A-Za-z0-9_]+)*|[^A-Za-z0-9_\s]+")
     _SENTENCES = re.compile(r"(?<=[.!?])\s+")
 
     def __init__(self):
         super().__init__()
 
     def word_tokenize(self, text: str) -> list[str]:
-        return self._WORDS.findall(text)
+        return (self._ASCII_WORDS if text.isascii() else self._WORDS).findall(text)
 
     def sent_tokenize(self, text: str) -> list[str]:
         return [s for s in self._SENTENCES.split(text) if s.strip()]
@@ -600,12 +603,16 @@ class WhitespaceWords:
 # by a word character. The same matches as the plain pattern, at half the time: the signature step's largest cost.)
 _API_NAME = re.compile(r"`[^`\n]++`|\b(?:[A-Za-z_]\w*+(?:\.[A-Za-z_]\w*+)+|[A-Za-z_]\w*+(?=\()|[^\W_]*+_\w+"
                        r"|[A-Z][a-z0-9]++[A-Z]\w*)")
+# The same pattern in ASCII mode, for ASCII texts (a third faster): on ASCII characters ASCII mode's \w, \W
+# and \b are Unicode mode's, and the pattern has no \s, whose ASCII mode differs (\x1c-\x1f).
+_API_NAME_ASCII = re.compile(_API_NAME.pattern, re.ASCII)
 
 
 def api_names(text: str) -> set[str]:
     """The API names a documentation text mentions (`e.g` and `i.e` are not names)."""
     names = set()
-    for match in set(_API_NAME.findall(text)):  # each distinct match once: names repeat in a docstring
+    pattern = _API_NAME_ASCII if text.isascii() else _API_NAME
+    for match in set(pattern.findall(text)):  # each distinct match once: names repeat in a docstring
         name = match.strip("`").strip()
         if name and not ("." in name and max(map(len, name.split("."))) < 2):
             names.add(name)
@@ -656,14 +663,20 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
         sorted and written once (a task's signatures: 8 bytes x bands x hashes per document in memory)."""
         per_band, bands = self.config.hashes_per_bucket, self.config.num_buckets
         with self.track_time():
-            signatures, numbers = [], []
+            signatures, numbers, pending = [], [], []
             for number, doc in enumerate(documents):
                 self.stat_update(StatHints.total)
                 shingles = self.get_shingles(doc.text)
                 if shingles.size != 0:
-                    signatures.append(fastminhash.permuted_minimum(shingles, *self.parameters))
+                    pending.append(shingles)
                     numbers.append(number)
-            table = np.array(signatures, dtype=np.uint64).reshape(len(numbers), bands, per_band)
+                    if len(pending) == 1024:  # the permutations of many documents at once, in blocks
+                        signatures.append(fastminhash.permuted_minima(pending, *self.parameters))
+                        pending = []
+            if pending:
+                signatures.append(fastminhash.permuted_minima(pending, *self.parameters))
+            table = (np.concatenate(signatures) if signatures else np.zeros((0, bands * per_band), np.uint64)
+                     ).reshape(len(numbers), bands, per_band)
             record = np.dtype([(f"field{i + 1}", "<u8") for i in range(per_band)] + [(f"field{per_band + 1}", "<u4")])
             for band in range(bands):
                 records = np.empty(len(numbers), dtype=record)
