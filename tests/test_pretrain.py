@@ -277,7 +277,7 @@ def test_skipped_updates_warning_names_the_share():
 def test_a_run_that_skipped_many_updates_says_so(tmp_path, clean_dir, tokens_dir, tiny_tokenizer_dir, monkeypatch,
                                                  capsys):
     """The guard's decisions are forced here (every other step an outlier) to check what the loop reports: the
-    warning in its output, in train_summary.json and in the report card; the skipped steps change no weight."""
+    warning in its output, train_summary.json, the model card and the report card."""
     from llm_recipes.pipeline.report_card import write_report_card
     from llm_recipes.training import monitor
     from llm_recipes.training.loop import pretrain
@@ -297,6 +297,7 @@ def test_a_run_that_skipped_many_updates_says_so(tmp_path, clean_dir, tokens_dir
     skipped_rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
                     if "skipped" in line]
     assert [row["step"] for row in skipped_rows] == [2, 4, 6]
+    assert "**updates skipped**: 3 of 6 updates (50%)" in (tmp_path / "final" / "README.md").read_text()
 
     run = tmp_path / "run"
     (run / "pretrain").mkdir(parents=True)

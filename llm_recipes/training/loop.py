@@ -396,6 +396,9 @@ def _card_lines(cfg, result: PretrainResult, model) -> list[str]:
         f"- peak learning rate {cfg.learning_rate}, schedule {cfg.lr_scheduler_type}, "
         f"global batch {cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps} rows per process",
     ]
+    warning = skipped_updates_warning(result.skipped_steps, result.step)
+    if warning:
+        lines.append(f"- **updates skipped**: {warning}")
     if m:
         lines.append(f"- validation: loss {m.get('val_loss', float('nan')):.4f}, perplexity "
                      f"{m.get('val_perplexity', float('nan')):.2f}, "
