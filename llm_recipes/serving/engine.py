@@ -576,12 +576,17 @@ class GenerationEngine:
             self._static.load(len(rows) + i, new_cache, i, new_mask.shape[1] - length, length)
         if not rows:
             return new_rows, (None, None, lengths, new_tokens)
-        return rows + new_rows, (None, None, state[2] + lengths, self._torch.cat([state[3], new_tokens]))
+        old_tokens = state[3] if self._torch.is_tensor(state[3]) else self._torch.tensor(state[3], device=self.device)
+        return rows + new_rows, (None, None, state[2] + lengths, self._torch.cat([old_tokens, new_tokens]))
 
     def _decode_step(self, rows, state):
         """Feeds every running row its last token and samples the next."""
         torch = self._torch
         cache, mask, pos, last_tokens = state
+        if cache is None and isinstance(last_tokens, list):  # one row on the numpy step (see `_sample_and_emit`)
+            logits = self._static.step_one(last_tokens[0], pos[0])
+            self.steps += 1
+            return self._sample_and_emit(rows, (None, None, [pos[0] + 1], logits))
         if cache is None:  # the static cache: positions are ints, rows sit in slots 0..B-1
             # at least 2 columns: a compiled step specialises a length of 1 (one more compilation)
             logits = self._static.step(last_tokens, torch.tensor(pos, device=self.device), max(max(pos) + 1, 2),
@@ -635,6 +640,9 @@ class GenerationEngine:
                 _fail(request, e)
                 continue
             keep.append(i)
+        if len(keep) == len(rows) == 1 and cache is None and self._static.one_row_step == "numpy":
+            # one row on the numpy step: its next token stays an int (no tensor made and read back every token)
+            return rows, (cache, mask, pos, tokens)
         tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
         if len(keep) == len(rows):
             return rows, (cache, mask, pos, tokens)
@@ -766,7 +774,7 @@ def _draw_one(logits, temperature: float, generator) -> int:
     import torch
 
     # a (1,)-tensor divisor as `_sample_plain`'s batch (a Python scalar would become a product with 1/t)
-    scores = logits.float() / torch.tensor([temperature])
+    scores = (logits if logits.dtype == torch.float32 else logits.float()) / torch.tensor([temperature])
     cumulative = torch.softmax(scores, dim=-1).cumsum(dim=-1).numpy()
     total = cumulative[-1]  # a numpy float32, as `_draw`'s tensor
     if not (math.isfinite(total) and total > 0):

@@ -385,6 +385,14 @@ class StaticDecoder:
             self._step, self.compiled = self._eager_step, False
             return self._step(self.weights, self.keys, self.values, tokens, positions, length, position)
 
+    def step_one(self, token: int, position: int):
+        """The numpy step (`one_row_step == "numpy"`) for the row in slot 0: logits (1, V) of `token` fed at
+        `position` (ints in, no tensors to build and read back)."""
+        import torch
+
+        self.numpy_steps += 1
+        return torch.from_numpy(self._numpy_step(*self._numpy_arrays, token, position)[None])
+
     def prefill_alone(self, prompt: list[int]):
         """For the numpy step only (`one_row_step == "numpy"`): prefills `prompt` into slot 0 (the batch must be
         empty) with `numpy_prefill_for`, after copying in the keys and values of a kept row that starts with the
@@ -395,7 +403,7 @@ class StaticDecoder:
         if length:
             self.move([slot], [0], length)
         self.numpy_prefills += 1
-        return torch.from_numpy(self._numpy_prefill(*self._numpy_arrays, prompt[length:], length))[None]
+        return torch.from_numpy(self._numpy_prefill(*self._numpy_arrays, prompt[length:], length)[None])
 
     def load(self, slot: int, cache, row: int, start: int, length: int) -> None:
         """Copies row `row` of a prefilled transformers cache (its columns start..start+length: the prompt
