@@ -700,11 +700,14 @@ class GenerationEngine:
                 continue
             (greedy if row.request.temperature <= 0 else sampled).append(i)
         chosen = {}
-        if greedy:
+        if greedy == [0] and len(rows) == 1 and logits.device.type == "cpu" and logits.dtype == torch.float32:
+            # one stream: no torch operation
+            chosen[0] = int(logits.numpy().argmax())  # the first largest (NaN first), as torch's argmax
+        elif greedy:
             chosen.update(zip(greedy, logits[greedy].argmax(-1).tolist()))
         if sampled == [0] and len(rows) == 1 and logits.device.type == "cpu":  # one stream
             row = rows[0]
-            chosen[0] = _draw_one(logits[0], row.request.temperature, row.generator)
+            chosen[0] = _draw_one(logits, row.request.temperature, row.generator)
         elif sampled:
             scores = logits if len(sampled) == len(rows) else logits[sampled]  # no index copy when all sample
             # a tensor division for every batch (not a Python scalar's, which the CPU kernel turns into a
@@ -766,16 +769,18 @@ def _draw(probs, generators: list) -> list[int]:
 
 
 def _draw_one(logits, temperature: float, generator) -> int:
-    """`_draw(softmax(logits / temperature))` for one row on the CPU, with the same draw for the same uniform
-    number: the same torch division, softmax and cumulative sum (the same kernels, so the same float32 values),
-    then the checks and the search on the cumulative sum's numpy view, where `_draw` spent most of its time in
-    the dispatch of small torch operations (one stream: a token every ~1 ms, of which sampling was ~8%)."""
+    """`_draw(softmax(logits / temperature))` for one row (logits (V,) or (1, V)) on the CPU, with the same draw for
+    the same uniform number: the same division (in numpy: IEEE division by the float32 temperature, the values of
+    `_sample_plain`'s division by a (1,)-tensor, where torch would turn a Python scalar divisor into a product with
+    1/t), the same torch softmax and cumulative sum (the same kernels, so the same float32 values), then the checks
+    and the search in numpy. Why: right after a decode step every small torch operation meets cold caches (12-35
+    us each on the quickstart model), and `_draw` took ~108 us of a ~490 us token there; this ~86."""
     import numpy as np
     import torch
 
-    # a (1,)-tensor divisor as `_sample_plain`'s batch (a Python scalar would become a product with 1/t)
-    scores = (logits if logits.dtype == torch.float32 else logits.float()) / torch.tensor([temperature])
-    cumulative = torch.softmax(scores, dim=-1).cumsum(dim=-1).numpy()
+    values = logits if logits.dtype == torch.float32 else logits.float()
+    scores = values.numpy().reshape(-1) / np.float32(temperature)
+    cumulative = torch.softmax(torch.from_numpy(scores), dim=-1).cumsum(dim=-1).numpy()
     total = cumulative[-1]  # a numpy float32, as `_draw`'s tensor
     if not (math.isfinite(total) and total > 0):
         raise ValueError("the probabilities are not a distribution (NaN, infinite or all zero): a temperature "
