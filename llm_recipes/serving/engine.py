@@ -774,7 +774,8 @@ def _draw_one(logits, temperature: float, generator) -> int:
     `_sample_plain`'s division by a (1,)-tensor, where torch would turn a Python scalar divisor into a product with
     1/t), the same torch softmax and cumulative sum (the same kernels, so the same float32 values), then the checks
     and the search in numpy. Why: right after a decode step every small torch operation meets cold caches (12-35
-    us each on the quickstart model), and `_draw` took ~107 us of a ~490 us token there; this ~78 (benchmarks/README.md)."""
+    us each on the quickstart model), and `_draw` took ~107 us of a ~490 us token there; this ~78
+    (benchmarks/README.md, "Serving throughput")."""
     import numpy as np
     import torch
 
