@@ -127,6 +127,26 @@ def test_batched_sampling_equals_row_by_row(model_and_tokenizer, monkeypatch):
     assert len(alone) == 12 and alone == among_others == row_by_row
 
 
+def test_one_row_draw_equals_the_batched_draw():
+    """One stream's sampler (`_draw_one`: the same torch division, softmax and cumulative sum, the search in numpy)
+    draws the same token as the batched `_draw` for the same generator state, over many temperatures and logit
+    scales, and advances a seeded generator the same way."""
+    import torch
+
+    from llm_recipes.serving.engine import _draw, _draw_one
+
+    torch.manual_seed(0)
+    for i in range(400):
+        logits = torch.randn(1, 500) * (1 + i % 7)
+        temperature = [0.05, 0.3, 0.8, 1.0, 1.7][i % 5]
+        batched, alone = torch.Generator().manual_seed(i), torch.Generator().manual_seed(i)
+        probs = torch.softmax(logits / torch.tensor([temperature])[:, None], dim=-1)
+        assert _draw(probs, [batched]) == [_draw_one(logits[0], temperature, alone)], i
+        assert torch.equal(batched.get_state(), alone.get_state())
+    with pytest.raises(ValueError, match="not a distribution"):
+        _draw_one(torch.full((5,), float("nan")), 1.0, None)
+
+
 def test_growing_cache_layer_equals_concatenation():
     """The engine's cache layer writes into spare room instead of `torch.cat`: the same keys and values after
     every append, past its room (reallocation), and after its tensors are replaced from outside (the engine

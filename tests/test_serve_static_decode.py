@@ -106,6 +106,43 @@ def test_one_request_alone_decodes_through_the_numpy_step():
     results, _ = _run(engine, PROMPTS[:1], [12])
     assert results == _expected(model, PROMPTS[:1], [12])
     assert engine._static.numpy_steps == 11  # the first token comes from the prefill
+    assert engine._static.numpy_prefills == 1  # alone: prefilled in numpy, not by the transformers forward
+
+
+@pytest.mark.parametrize("overrides", [
+    {"qk_norm": True},  # query/key norms over rows and heads, grouped-query attention
+    {"num_key_value_heads": 4, "rope_parameters": {"rope_type": "linear", "factor": 2.0}},
+])
+def test_numpy_prefill_equals_the_transformers_forward(overrides):
+    """The numpy prefill of one prompt (`StaticDecoder.prefill_alone`) gives the forward's last logits and writes
+    its keys and values, up to rounding; a prompt whose first tokens' keys and values are kept (a prefix slot)
+    prefills only the rest, from their position on, to the same logits."""
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    from llm_recipes.model.modeling_recipe_gpt import CACHE_KEY
+    from llm_recipes.serving.static_decode import StaticDecoder
+
+    model = _model(**overrides)
+    decoder = StaticDecoder(model, 2, 64, prefix_slots=1, one_row_step="numpy")
+    prompt = torch.randint(96, (37,), generator=torch.Generator().manual_seed(2)).tolist()
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        expected = model(input_ids=torch.tensor([prompt]), use_cache=True, **{CACHE_KEY: cache}).logits[:, -1]
+        logits = decoder.prefill_alone(prompt)
+        assert logits.shape == (1, 96) and logits.dtype == torch.float32 and decoder.numpy_prefills == 1
+        torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+        assert logits.argmax() == expected.argmax()
+        for layer, keys, values in zip(cache.layers, decoder.keys, decoder.values):
+            torch.testing.assert_close(keys[0, :, :len(prompt)], layer.keys[0], rtol=0, atol=1e-5)
+            torch.testing.assert_close(values[0, :, :len(prompt)], layer.values[0], rtol=0, atol=1e-5)
+        decoder.keep(0, prompt[:20])  # a finished row's first 20 positions, kept in the prefix slot
+        for keys in decoder.keys + decoder.values:
+            keys[0].zero_()  # slot 0 forgets them: only the kept copy can bring them back
+        assert decoder.prefill_alone(prompt[:20] + [4, 5]).shape == (1, 96)  # reuses 20, prefills 2
+        assert decoder.prefix.hits == 1 and decoder.prefix.reused_tokens == 20
+        longer = model(input_ids=torch.tensor([prompt[:20] + [4, 5]])).logits[:, -1]
+        torch.testing.assert_close(decoder.prefill_alone(prompt[:20] + [4, 5]), longer, rtol=0, atol=1e-5)
 
 
 def test_one_row_step_refuses_bad_values_and_keeps_torch_where_numpy_cannot_run(tmp_path):

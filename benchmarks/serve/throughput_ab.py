@@ -254,12 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in_process", action="store_true",
                         help="also each --ours tree's engine in process (no HTTP, no engine process) for one stream: "
                              "the counterpart of llama.cpp in process")
+    parser.add_argument("--no_servers", action="store_true",
+                        help="with --in_process: leave out our HTTP servers (only the in-process rows of our trees, "
+                             "beside llama.cpp's), for more interleaved rounds in the same minutes")
     parser.add_argument("--in_process_row", choices=["eager", "compile"], help=argparse.SUPPRESS)  # the child's
     parser.add_argument("--in_process_threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--in_process_dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--in_process_one_row_step", help=argparse.SUPPRESS)
     parser.add_argument("--json_out", help="append the JSON lines here too")
     args = parser.parse_args(argv)
+    if args.no_servers and not args.in_process:
+        parser.error("--no_servers leaves only the in-process rows: pass --in_process too")
     model = Path(args.model_path)
     if args.in_process_row:  # the child of `ours_in_process`: one row, as JSON, on stdout
         print(json.dumps(ours_single_stream(model, args.requests[0], args.max_tokens,
@@ -301,9 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in range(1, args.rounds + 1):
         order = trees if round_ % 2 else trees[::-1]  # alternate which tree goes first
         for label, tree, threads, extra in order:
-            with vllm_check.ours_server(model, work / f"serve-{label}-{round_}", args.max_batch_size,
-                                        tree=tree, threads=threads, extra_args=extra) as (proc, url):
-                for row in load_rows(proc.pid, url, args.clients, args.requests, args.max_tokens):
+            server = contextlib.nullcontext((None, None)) if args.no_servers else vllm_check.ours_server(
+                model, work / f"serve-{label}-{round_}", args.max_batch_size, tree=tree, threads=threads,
+                extra_args=extra)
+            with server as (proc, url):
+                for row in [] if args.no_servers else load_rows(proc.pid, url, args.clients, args.requests,
+                                                                args.max_tokens):
                     record(row, round_, f"llm-recipes serve ({label})")
             if args.in_process:
                 row = ours_in_process(tree, model, args.requests[0], args.max_tokens, threads, extra)

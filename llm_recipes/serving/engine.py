@@ -251,7 +251,9 @@ class GenerationEngine:
             prefills only the rest (`prefix_hits`, `prefix_reused_tokens` count them); 0 turns it off.
         one_row_step: with the static cache, the step when a single row decodes: "numpy" (faster for one
             stream on the CPU at float32; elsewhere the torch step, `decode_path` says why) or "torch"
-            (`static_decode.StaticDecoder`); batches of two or more always take the torch step.
+            (`static_decode.StaticDecoder`); batches of two or more always take the torch step. With "numpy"
+            active, a prompt admitted while no row runs is also prefilled in numpy (`StaticDecoder.prefill_alone`)
+            unless it asks for prompt log-probabilities.
     """
 
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64,
@@ -377,7 +379,7 @@ class GenerationEngine:
                 with torch.inference_mode():
                     if newcomers:
                         # prefill, then their first token; survivors join the running batch
-                        new_rows, new_state = self._admit(newcomers)
+                        new_rows, new_state = self._admit(newcomers, alone=not rows)
                         if new_rows:
                             rows, state = self._merge(rows, state, new_rows, new_state)
                     if rows:
@@ -414,10 +416,11 @@ class GenerationEngine:
             return True
         return False
 
-    def _admit(self, requests: list[GenerationRequest]):
+    def _admit(self, requests: list[GenerationRequest], alone: bool = False):
         """Prefills new requests and samples their first tokens; returns (rows, state) of the ones that
         go on. A request whose own values fail (a seed torch refuses, a prompt the model cannot embed)
-        fails alone: its row is never built, or the batch is prefilled again one request at a time."""
+        fails alone: its row is never built, or the batch is prefilled again one request at a time.
+        `alone`: no row is running (a single newcomer may then be prefilled by the numpy step)."""
         rows = []
         for request in requests:
             try:
@@ -431,7 +434,7 @@ class GenerationEngine:
         if not rows:
             return [], None
         try:
-            return self._prefill_and_sample(rows)
+            return self._prefill_and_sample(rows, alone)
         except Exception as e:  # noqa: BLE001
             if len(rows) == 1:
                 logger.exception("prefill failed")
@@ -445,11 +448,18 @@ class GenerationEngine:
                                                                  alone_state)
         return merged_rows, merged_state
 
-    def _prefill_and_sample(self, rows: list[_Row]):
+    def _prefill_and_sample(self, rows: list[_Row], alone: bool = False):
         """Prefills new rows and samples their first tokens: the prompts that start with a kept sequence's tokens
         (`StaticDecoder.reuse`) one at a time from its keys and values, the others as one batch. Every prefill
         runs before any token is emitted: when one fails, `_admit` retries the prompts alone and no answer has
-        had its first token twice."""
+        had its first token twice. A single prompt with no row running, when one row takes the numpy step, is
+        prefilled in numpy straight into the static cache (`StaticDecoder.prefill_alone`: one stream's prefill
+        was ~9 ms through the transformers forward); scoring a prompt (`prompt_logprobs`) keeps the forward."""
+        if (alone and len(rows) == 1 and self._static is not None and self._static.one_row_step == "numpy"
+                and not rows[0].request.prompt_logprobs):
+            prompt = rows[0].request.prompt_ids
+            # the state of the static path (no transformers cache), the row already in slot 0: see `_merge_static`
+            return self._sample_and_emit(rows, (None, None, [len(prompt)], self._static.prefill_alone(prompt)))
         prefilled, fresh = [], []
         for row in rows:
             cache, length = (None, 0) if self._static is None or row.request.prompt_logprobs else \
@@ -559,17 +569,24 @@ class GenerationEngine:
         """Copies newcomers' prefilled keys and values (without their left padding) into the static cache's
         next slots. The running batch's state is (None, None, positions: a list of ints, tokens to feed)."""
         new_cache, new_mask, new_pos, new_tokens = new_state
+        if new_cache is None:  # prefilled into slot 0 of the static cache already (`_prefill_and_sample`, alone)
+            return new_rows, new_state
         lengths = new_pos.tolist()
         for i, length in enumerate(lengths):
             self._static.load(len(rows) + i, new_cache, i, new_mask.shape[1] - length, length)
         if not rows:
             return new_rows, (None, None, lengths, new_tokens)
-        return rows + new_rows, (None, None, state[2] + lengths, self._torch.cat([state[3], new_tokens]))
+        old_tokens = state[3] if self._torch.is_tensor(state[3]) else self._torch.tensor(state[3], device=self.device)
+        return rows + new_rows, (None, None, state[2] + lengths, self._torch.cat([old_tokens, new_tokens]))
 
     def _decode_step(self, rows, state):
         """Feeds every running row its last token and samples the next."""
         torch = self._torch
         cache, mask, pos, last_tokens = state
+        if cache is None and isinstance(last_tokens, list):  # one row on the numpy step (see `_sample_and_emit`)
+            logits = self._static.step_one(last_tokens[0], pos[0])
+            self.steps += 1
+            return self._sample_and_emit(rows, (None, None, [pos[0] + 1], logits))
         if cache is None:  # the static cache: positions are ints, rows sit in slots 0..B-1
             # at least 2 columns: a compiled step specialises a length of 1 (one more compilation)
             logits = self._static.step(last_tokens, torch.tensor(pos, device=self.device), max(max(pos) + 1, 2),
@@ -623,6 +640,9 @@ class GenerationEngine:
                 _fail(request, e)
                 continue
             keep.append(i)
+        if len(keep) == len(rows) == 1 and cache is None and self._static.one_row_step == "numpy":
+            # one row on the numpy step: its next token stays an int (no tensor made and read back every token)
+            return rows, (cache, mask, pos, tokens)
         tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
         if len(keep) == len(rows):
             return rows, (cache, mask, pos, tokens)
@@ -680,9 +700,15 @@ class GenerationEngine:
                 continue
             (greedy if row.request.temperature <= 0 else sampled).append(i)
         chosen = {}
-        if greedy:
+        if greedy == [0] and len(rows) == 1 and logits.device.type == "cpu" and logits.dtype == torch.float32:
+            # one stream: no torch operation
+            chosen[0] = int(logits.numpy().argmax())  # the first largest (NaN first), as torch's argmax
+        elif greedy:
             chosen.update(zip(greedy, logits[greedy].argmax(-1).tolist()))
-        if sampled:
+        if sampled == [0] and len(rows) == 1 and logits.device.type == "cpu":  # one stream
+            row = rows[0]
+            chosen[0] = _draw_one(logits, row.request.temperature, row.generator)
+        elif sampled:
             scores = logits if len(sampled) == len(rows) else logits[sampled]  # no index copy when all sample
             # a tensor division for every batch (not a Python scalar's, which the CPU kernel turns into a
             # product with 1/t): a seeded row draws the same tokens alone and beside others
@@ -740,6 +766,30 @@ def _draw(probs, generators: list) -> list[int]:
     # nothing), and scaling by the row's own total keeps float rounding from running past the end
     targets = uniform[:, None] * total
     return torch.searchsorted(cumulative, targets, right=True).clamp_(max=probs.shape[-1] - 1).view(-1).tolist()
+
+
+def _draw_one(logits, temperature: float, generator) -> int:
+    """`_draw(softmax(logits / temperature))` for one row (logits (V,) or (1, V)) on the CPU, with the same draw for
+    the same uniform number: the same division (in numpy: IEEE division by the float32 temperature, the values of
+    `_sample_plain`'s division by a (1,)-tensor, where torch would turn a Python scalar divisor into a product with
+    1/t), the same torch softmax and cumulative sum (the same kernels, so the same float32 values), then the checks
+    and the search in numpy. Why: right after a decode step every small torch operation meets cold caches (12-35
+    us each on the quickstart model), and `_draw` took ~107 us of a ~490 us token there; this ~78
+    (benchmarks/README.md, "Serving throughput")."""
+    import numpy as np
+    import torch
+
+    values = logits if logits.dtype == torch.float32 else logits.float()
+    scores = values.numpy().reshape(-1) / np.float32(temperature)
+    cumulative = torch.softmax(torch.from_numpy(scores), dim=-1).cumsum(dim=-1).numpy()
+    total = cumulative[-1]  # a numpy float32, as `_draw`'s tensor
+    if not (math.isfinite(total) and total > 0):
+        raise ValueError("the probabilities are not a distribution (NaN, infinite or all zero): a temperature "
+                         "too small for float32, or logits that overflowed")
+    uniform = (torch.rand(1, generator=generator) if generator is not None else torch.rand(1)).item()
+    # float32 product and right-side search, as `_draw`: the first token whose cumulative mass exceeds u x total
+    index = int(np.searchsorted(cumulative, np.float32(uniform) * total, side="right"))
+    return min(index, cumulative.shape[0] - 1)
 
 
 def _fail(request: GenerationRequest, error: Exception) -> None:

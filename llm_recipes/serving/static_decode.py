@@ -185,6 +185,70 @@ def numpy_decode_step_for(config):
     return decode_step
 
 
+def numpy_prefill_for(config):
+    """The prefill of one row in numpy: `numpy_decode_step_for`'s arithmetic over several positions at once, with
+    causal attention, writing the keys and values into the same static cache (slot 0). Why: a prompt admitted
+    alone went through the transformers forward (mask building, cache objects, ~300 torch operations: ~9 ms of
+    CPU for a 20-60-token prompt of the quickstart model, ~19% of a 48-token answer's time), where this is ~100
+    numpy calls around 17 matrix products of a few rows. Its logits differ from the forward's by rounding only.
+    The products of several rows go through torch (MKL) on the same memory: OpenBLAS's sgemm for 3-60 rows took
+    1.4-5x torch's time here (a 20 x 256 by 256 x 1,408 product: 210 us against 125), where for one row (the
+    decode step, and the last row's logits here) OpenBLAS is the faster."""
+    import numpy as np
+    import torch
+
+    def mm(x, weight):  # (rows, in) @ (in, out) by torch, numpy in and out (no copies: shared memory)
+        return (torch.from_numpy(x) @ torch.from_numpy(weight)).numpy()
+
+    eps, heads, kv_heads, head_dim = float(config.rms_norm_eps), config.num_attention_heads, \
+        config.num_key_value_heads, config.head_dim
+    q_size, kv_size, scaling, qk_norm = heads * head_dim, kv_heads * head_dim, head_dim**-0.5, bool(config.qk_norm)
+    group, half, intermediate = heads // kv_heads, head_dim // 2, config.intermediate_size
+
+    def norm(x, weight):  # the model's rms_norm over the last axis of a (rows, width) array
+        return weight * (x / np.sqrt(np.einsum("ij,ij->i", x, x)[:, None] / x.shape[-1] + eps))
+
+    def prefill(weights: dict, keys: list, values: list, tokens, start: int):
+        """Logits (V,) of the last of `tokens` (a list of ids) fed at positions start..start+n-1 of slot 0, whose
+        positions 0..start-1 hold earlier tokens' keys and values (a reused prefix); the new keys and values are
+        written there, and each position attends to every position up to its own."""
+        n = len(tokens)
+        end = start + n
+        x = weights["embed"][np.asarray(tokens)]  # (n, C): a copy
+        cos, sin = weights["cos"][start:end, None, :], weights["signed_sin"][start:end, None, :]  # (n, 1, hd)
+        # causal: query row i (position start + i) sees cache columns 0..start + i; the same for every head
+        hidden = np.triu(np.full((n, end), -np.inf, dtype=x.dtype), k=start + 1)
+        for layer, key_cache, value_cache in zip(weights["layers"], keys, values):
+            qkv = mm(norm(x, layer["input_norm"]), layer["qkv"])  # (n, q + 2 kv)
+            qk = qkv[:, :q_size + kv_size].reshape(n, heads + kv_heads, head_dim)
+            if qk_norm:
+                queries = norm(qk[:, :heads].reshape(n * heads, head_dim), layer["q_norm"])
+                new_keys = norm(qk[:, heads:].reshape(n * kv_heads, head_dim), layer["k_norm"])
+                qk = np.concatenate([queries.reshape(n, heads, head_dim), new_keys.reshape(n, kv_heads, head_dim)],
+                                    axis=1)
+            rotated = qk * cos  # x * cos + roll(x, hd/2) * signed_sin, as the one-row step
+            rotated[..., :half] += qk[..., half:] * sin[..., :half]
+            rotated[..., half:] += qk[..., :half] * sin[..., half:]
+            key_cache[0, :, start:end] = rotated[:, heads:].transpose(1, 0, 2)
+            value_cache[0, :, start:end] = qkv[:, q_size + kv_size:].reshape(n, kv_heads, head_dim).transpose(1, 0, 2)
+            # (kv heads, group, n, hd): query head h reads key/value head h // group
+            queries = rotated[:, :heads].transpose(1, 0, 2).reshape(kv_heads, group, n, head_dim)
+            scores = queries @ key_cache[0, :, None, :end].transpose(0, 1, 3, 2)  # (kv heads, group, n, end)
+            scores *= scaling
+            scores += hidden
+            scores -= scores.max(-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(-1, keepdims=True)
+            attended = scores @ value_cache[0, :, None, :end]  # (kv heads, group, n, hd)
+            x = x + mm(attended.reshape(heads, n, head_dim).transpose(1, 0, 2).reshape(n, q_size), layer["o"])
+            gate_up = mm(norm(x, layer["post_norm"]), layer["gate_up"])
+            gate, up = gate_up[:, :intermediate], gate_up[:, intermediate:]
+            x = x + mm(gate / (1 + np.exp(-gate)) * up, layer["down"])
+        return norm(x[-1:], weights["norm"])[0] @ weights["lm_head"]
+
+    return prefill
+
+
 def as_numpy(tensors):
     """Tensors in nested dicts and lists as numpy arrays on the same memory (writes go both ways)."""
     if isinstance(tensors, dict):
@@ -254,8 +318,8 @@ class StaticDecoder:
         self.compile_seconds = 0.0
         if compile:
             self._compile()
-        self._numpy_step = None
-        self.numpy_steps = 0  # steps taken by the numpy step (tests and benchmarks read it)
+        self._numpy_step = self._numpy_prefill = None
+        self.numpy_steps = self.numpy_prefills = 0  # steps taken by the numpy step (tests and benchmarks read it)
         self.one_row_reason = self._numpy_one_row() if check_one_row_step(one_row_step) == "numpy" else None
         self.one_row_step = "numpy" if self._numpy_step is not None else "torch"
 
@@ -275,6 +339,7 @@ class StaticDecoder:
         threadpool_limits(torch.get_num_threads(), user_api="blas")
         self._numpy_arrays = (as_numpy(self.weights), as_numpy(self.keys), as_numpy(self.values))
         self._numpy_step = numpy_decode_step_for(self.config)
+        self._numpy_prefill = numpy_prefill_for(self.config)
         return None
 
     def _compile(self) -> None:
@@ -319,6 +384,26 @@ class StaticDecoder:
             logger.warning("compiled decode step: %s", self.compile_error)
             self._step, self.compiled = self._eager_step, False
             return self._step(self.weights, self.keys, self.values, tokens, positions, length, position)
+
+    def step_one(self, token: int, position: int):
+        """The numpy step (`one_row_step == "numpy"`) for the row in slot 0: logits (1, V) of `token` fed at
+        `position` (ints in, no tensors to build and read back)."""
+        import torch
+
+        self.numpy_steps += 1
+        return torch.from_numpy(self._numpy_step(*self._numpy_arrays, token, position)[None])
+
+    def prefill_alone(self, prompt: list[int]):
+        """For the numpy step only (`one_row_step == "numpy"`): prefills `prompt` into slot 0 (the batch must be
+        empty) with `numpy_prefill_for`, after copying in the keys and values of a kept row that starts with the
+        same tokens (`PrefixCache.lookup`); returns the logits (1, V) of its last token."""
+        import torch
+
+        slot, length = self.prefix.lookup(prompt)
+        if length:
+            self.move([slot], [0], length)
+        self.numpy_prefills += 1
+        return torch.from_numpy(self._numpy_prefill(*self._numpy_arrays, prompt[length:], length)[None])
 
     def load(self, slot: int, cache, row: int, start: int, length: int) -> None:
         """Copies row `row` of a prefilled transformers cache (its columns start..start+length: the prompt
