@@ -109,6 +109,19 @@ def test_one_request_alone_decodes_through_the_numpy_step():
     assert engine._static.numpy_prefills == 1  # alone: prefilled in numpy, not by the transformers forward
 
 
+def test_a_long_prompt_alone_takes_the_forward(monkeypatch):
+    """The numpy prefill holds a prompt's attention scores whole: past NUMPY_PREFILL_MAX_TOKENS the transformers
+    forward prefills it (here the limit is lowered below the prompt's length); the answer is the same."""
+    from llm_recipes.serving import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "NUMPY_PREFILL_MAX_TOKENS", len(PROMPTS[0]) - 1)
+    model = _model()
+    engine = engine_module.GenerationEngine(model, pad_token_id=0, max_batch_size=2)
+    results, _ = _run(engine, PROMPTS[:1], [12])
+    assert results == _expected(model, PROMPTS[:1], [12])
+    assert engine._static.numpy_prefills == 0 and engine._static.numpy_steps == 11
+
+
 @pytest.mark.parametrize("overrides", [
     {"qk_norm": True},  # query/key norms over rows and heads, grouped-query attention
     {"num_key_value_heads": 4, "rope_parameters": {"rope_type": "linear", "factor": 2.0}},

@@ -52,18 +52,12 @@ def permuted_minimum(shingles: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.n
     Below a few hundred shingles numpy's call overheads outweigh the division, and the plain formula runs."""
     if len(shingles) < 500:
         return np.min((shingles * a + b) % MERSENNE_PRIME, axis=0)
-    y = shingles * a
-    y += b
-    high = y >> _SHIFT
-    y &= MERSENNE_PRIME
-    y += high
-    np.subtract(y, MERSENNE_PRIME, out=y, where=y >= MERSENNE_PRIME)
-    return np.min(y, axis=0)
+    return _folded_minima(shingles, a, b, [0])[0]
 
 
 def _folded_minima(shingles: np.ndarray, a: np.ndarray, b: np.ndarray, starts) -> np.ndarray:
-    """`permuted_minimum`'s fold for the consecutive row groups of `shingles` that begin at `starts`: one
-    row of minima per group."""
+    """The permutations folded modulo the Mersenne prime without a division (see `permuted_minimum`), for the
+    consecutive row groups of `shingles` that begin at `starts`: one row of minima per group."""
     y = shingles * a
     y += b
     high = y >> _SHIFT

@@ -62,6 +62,8 @@ class ServeConfig:
                 "the rest; 0 turns it off"})
     one_row_step: str = field(default="numpy", metadata={
         "help": "with the static KV cache, the step when one request decodes alone: numpy (on the quickstart "
-                "model ~2x less CPU per step than the torch step, logits within ~1.5e-5 of it; float32 on the CPU "
-                "only, else the torch step) or torch; batches always take the torch step"})
+                "model ~2x less CPU per step than the torch step, logits within ~1.5e-5 of it; a request admitted "
+                "alone is also prefilled in numpy and its sampling draws the same tokens with fewer torch "
+                "operations; float32 on the CPU only, else the torch step) or torch; batches always take the "
+                "torch step"})
     seed: int = field(default=0, metadata={"help": "global torch seed (requests may pass their own `seed`)"})

@@ -33,7 +33,7 @@ from typing import Callable
 
 from ..model.modeling_recipe_gpt import CACHE_KEY
 from ..runtime.threads import choose, free_cpus
-from .static_decode import DEFAULT_ONE_ROW_STEP, check_one_row_step
+from .static_decode import DEFAULT_ONE_ROW_STEP, NUMPY_PREFILL_MAX_TOKENS, check_one_row_step
 from .structured import GrammarState
 
 logger = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ class GenerationEngine:
             stream on the CPU at float32; elsewhere the torch step, `decode_path` says why) or "torch"
             (`static_decode.StaticDecoder`); batches of two or more always take the torch step. With "numpy"
             active, a prompt admitted while no row runs is also prefilled in numpy (`StaticDecoder.prefill_alone`)
-            unless it asks for prompt log-probabilities.
+            unless it asks for prompt log-probabilities or is longer than NUMPY_PREFILL_MAX_TOKENS.
     """
 
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64,
@@ -456,7 +456,8 @@ class GenerationEngine:
         prefilled in numpy straight into the static cache (`StaticDecoder.prefill_alone`: one stream's prefill
         was ~9 ms through the transformers forward); scoring a prompt (`prompt_logprobs`) keeps the forward."""
         if (alone and len(rows) == 1 and self._static is not None and self._static.one_row_step == "numpy"
-                and not rows[0].request.prompt_logprobs):
+                and not rows[0].request.prompt_logprobs
+                and len(rows[0].request.prompt_ids) <= NUMPY_PREFILL_MAX_TOKENS):
             prompt = rows[0].request.prompt_ids
             # the state of the static path (no transformers cache), the row already in slot 0: see `_merge_static`
             return self._sample_and_emit(rows, (None, None, [len(prompt)], self._static.prefill_alone(prompt)))

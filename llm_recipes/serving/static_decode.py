@@ -32,6 +32,9 @@ MAX_CACHE_BYTES = 4 * 2**30  # a bigger static cache (long context x many rows x
 # fewer shared first tokens are not reused: every chat prompt shares its template's first few, and a prompt that
 # reuses kept keys and values is prefilled alone, outside the batched prefill of the others (vLLM's block: 16)
 MIN_REUSED_TOKENS = 16
+# the numpy prefill of a prompt admitted alone holds its attention scores whole (heads x n x n floats, no
+# flash-style tiling): longer prompts take the transformers forward (SDPA), whose memory does not grow so
+NUMPY_PREFILL_MAX_TOKENS = 512
 # the step for a single decoding row: "numpy" (`numpy_decode_step_for`, on the CPU at float32; elsewhere the
 # torch step) or "torch" (the step of every batch size)
 ONE_ROW_STEPS = ("numpy", "torch")
