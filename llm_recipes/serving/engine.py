@@ -737,6 +737,10 @@ class GenerationEngine:
         return _draw(torch.softmax(scores, dim=-1), [row.generator])[0]
 
 
+NOT_A_DISTRIBUTION = ("the probabilities are not a distribution (NaN, infinite or all zero): a temperature too small "
+                      "for float32, or logits that overflowed")
+
+
 def _draw(probs, generators: list) -> list[int]:
     """One token per row of `probs` (rows, V), drawn by inverting its cumulative distribution with one uniform
     number per row, from the row's own generator when it has one (else torch's global one): the same
@@ -761,8 +765,7 @@ def _draw(probs, generators: list) -> list[int]:
     total = cumulative[:, -1:]  # (rows, 1)
     # checked in Python on the few totals: cheaper than four tensor operations on one row
     if not all(math.isfinite(t) and t > 0 for t in total.view(-1).tolist()):  # as torch.multinomial refuses
-        raise ValueError("the probabilities are not a distribution (NaN, infinite or all zero): a temperature "
-                         "too small for float32, or logits that overflowed")
+        raise ValueError(NOT_A_DISTRIBUTION)
     # the first token whose cumulative mass exceeds u x total: never one of probability 0 (its mass adds
     # nothing), and scaling by the row's own total keeps float rounding from running past the end
     targets = uniform[:, None] * total
@@ -785,8 +788,7 @@ def _draw_one(logits, temperature: float, generator) -> int:
     cumulative = torch.softmax(torch.from_numpy(scores), dim=-1).cumsum(dim=-1).numpy()
     total = cumulative[-1]  # a numpy float32, as `_draw`'s tensor
     if not (math.isfinite(total) and total > 0):
-        raise ValueError("the probabilities are not a distribution (NaN, infinite or all zero): a temperature "
-                         "too small for float32, or logits that overflowed")
+        raise ValueError(NOT_A_DISTRIBUTION)
     uniform = (torch.rand(1, generator=generator) if generator is not None else torch.rand(1)).item()
     # float32 product and right-side search, as `_draw`: the first token whose cumulative mass exceeds u x total
     index = int(np.searchsorted(cumulative, np.float32(uniform) * total, side="right"))

@@ -132,6 +132,22 @@ def decode_step_for(config):
     return decode_step
 
 
+def _numpy_rms_norm(x, weight, eps: float):
+    """The model's rms_norm over the last axis of a (rows, width) numpy array: weight * x / sqrt(mean(x^2) + eps)."""
+    import numpy as np
+
+    return weight * (x / np.sqrt(np.einsum("ij,ij->i", x, x)[:, None] / x.shape[-1] + eps))
+
+
+def _numpy_rotate(qk, cos, sin, half: int):
+    """Rotary embedding of the queries and keys `qk` (..., hd) as the torch step does it: x * cos + roll(x, hd/2) *
+    signed_sin, the roll as two half-width products (np.roll copies twice)."""
+    rotated = qk * cos
+    rotated[..., :half] += qk[..., half:] * sin[..., :half]
+    rotated[..., half:] += qk[..., :half] * sin[..., half:]
+    return rotated
+
+
 def numpy_decode_step_for(config):
     """The decode step of one row at a known position, in numpy (float32 arrays: `as_numpy` of the step's
     weights and cache). The arithmetic of `decode_step_for` for one row; its logits differ from the torch step's
@@ -149,11 +165,11 @@ def numpy_decode_step_for(config):
     group, half, intermediate = heads // kv_heads, head_dim // 2, config.intermediate_size
 
     def norm(x, weight):
-        # the model's rms_norm: weight * x / sqrt(mean(x^2) + eps) over the last axis; for one vector the mean
-        # as a dot product and the scale as a Python float (numpy's per-call cost is most of this norm's time)
+        # for one vector the mean as a dot product and the scale as a Python float (numpy's per-call cost is most
+        # of this norm's time)
         if x.ndim == 1:
             return weight * (x * (1.0 / math.sqrt(float(x @ x) / x.shape[0] + eps)))
-        return weight * (x / np.sqrt(np.einsum("ij,ij->i", x, x)[:, None] / x.shape[-1] + eps))
+        return _numpy_rms_norm(x, weight, eps)
 
     def decode_step(weights: dict, keys: list, values: list, token: int, position: int):
         """Logits (V,) of the row in slot 0 fed `token` at `position`; its keys and values are written there and
@@ -166,10 +182,7 @@ def numpy_decode_step_for(config):
             qk = qkv[:q_size + kv_size].reshape(heads + kv_heads, head_dim)
             if qk_norm:
                 qk = np.concatenate([norm(qk[:heads], layer["q_norm"]), norm(qk[heads:], layer["k_norm"])])
-            # x * cos + roll(x, hd/2) * signed_sin, the roll as two half-width products (np.roll copies twice)
-            rotated = qk * cos
-            rotated[:, :half] += qk[:, half:] * sin[:half]
-            rotated[:, half:] += qk[:, :half] * sin[half:]
+            rotated = _numpy_rotate(qk, cos, sin, half)
             key_cache[0, :, position] = rotated[heads:]
             value_cache[0, :, position] = qkv[q_size + kv_size:].reshape(kv_heads, head_dim)
             # grouped-query attention: query head h reads key/value head h // group, as SDPA's enable_gqa
@@ -208,8 +221,8 @@ def numpy_prefill_for(config):
     q_size, kv_size, scaling, qk_norm = heads * head_dim, kv_heads * head_dim, head_dim**-0.5, bool(config.qk_norm)
     group, half, intermediate = heads // kv_heads, head_dim // 2, config.intermediate_size
 
-    def norm(x, weight):  # the model's rms_norm over the last axis of a (rows, width) array
-        return weight * (x / np.sqrt(np.einsum("ij,ij->i", x, x)[:, None] / x.shape[-1] + eps))
+    def norm(x, weight):
+        return _numpy_rms_norm(x, weight, eps)
 
     def prefill(weights: dict, keys: list, values: list, tokens, start: int):
         """Logits (V,) of the last of `tokens` (a list of ids) fed at positions start..start+n-1 of slot 0, whose
@@ -229,9 +242,7 @@ def numpy_prefill_for(config):
                 new_keys = norm(qk[:, heads:].reshape(n * kv_heads, head_dim), layer["k_norm"])
                 qk = np.concatenate([queries.reshape(n, heads, head_dim), new_keys.reshape(n, kv_heads, head_dim)],
                                     axis=1)
-            rotated = qk * cos  # x * cos + roll(x, hd/2) * signed_sin, as the one-row step
-            rotated[..., :half] += qk[..., half:] * sin[..., :half]
-            rotated[..., half:] += qk[..., :half] * sin[..., half:]
+            rotated = _numpy_rotate(qk, cos, sin, half)
             key_cache[0, :, start:end] = rotated[:, heads:].transpose(1, 0, 2)
             value_cache[0, :, start:end] = qkv[:, q_size + kv_size:].reshape(n, kv_heads, head_dim).transpose(1, 0, 2)
             # (kv heads, group, n, hd): query head h reads key/value head h // group
@@ -370,10 +381,7 @@ class StaticDecoder:
         """Logits (B, V) of the rows in slots 0..B-1 (see `decode_step_for`); `length` >= 2; `position`: a single
         row's position as an int (used by the eager step, and for one row by the numpy step)."""
         if self._numpy_step is not None and position is not None and tokens.shape[0] == 1:
-            import torch
-
-            self.numpy_steps += 1
-            return torch.from_numpy(self._numpy_step(*self._numpy_arrays, int(tokens[0]), position))[None]
+            return self.step_one(int(tokens[0]), position)
         if not self.compiled:
             return self._step(self.weights, self.keys, self.values, tokens, positions, length, position)
         import torch
