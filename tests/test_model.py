@@ -259,7 +259,7 @@ def test_auto_config_round_trip(tmp_path):
 
 def test_transformers_continuous_batching_matches_generate():
     """transformers' own continuous batching (paged KV cache) runs our model and agrees with generate()."""
-    from transformers import GenerationConfig
+    from transformers import ContinuousBatchingConfig, GenerationConfig
 
     from llm_recipes.model.modeling_recipe_gpt import CACHE_KEY
 
@@ -270,7 +270,11 @@ def test_transformers_continuous_batching_matches_generate():
     model = tiny_model(seed=9)
     prompts = [torch.randint(3, 512, (n,)).tolist() for n in (5, 9, 3)]
     config = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=-1, pad_token_id=2)
-    batched = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+    # a small paged cache: left to itself, transformers sizes it (and fills its index tensors) from the free
+    # memory of the whole machine, ~20 s on a CPU with 24 GB
+    paged = ContinuousBatchingConfig(num_blocks=16, max_batch_tokens=64)
+    batched = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=paged,
+                                   progress_bar=False)
     outputs = sorted(batched.values(), key=lambda o: o.request_id)
     for prompt, output in zip(prompts, outputs):
         alone = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, eos_token_id=None,
