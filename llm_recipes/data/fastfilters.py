@@ -44,6 +44,8 @@ from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS
 from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 from datatrove.utils.typeshelper import Languages
 
+from . import compiled
+
 # -------------------------------------------------------------------------------------------- words
 
 class SpacyWords:
@@ -322,15 +324,35 @@ class _WordBatch:
         self.lengths = np.fromiter(map(len, self.flat), np.int64, self.total)
         self.doc = np.repeat(np.arange(len(words)), self.counts)
         self.starts = np.concatenate(([0], np.cumsum(self.counts)[:-1])).astype(np.int64)
-        self._first = None
+        self._first = self._codes = self._offsets = None
 
     @property
     def first_positions(self) -> np.ndarray:
         """Each word's first position in its text (an exact id of the word within the text)."""
         if self._first is None:
-            self._first = np.fromiter(chain.from_iterable(map(_first_positions, self.words, self.starts.tolist())),
-                                      np.int64, self.total)
+            k = compiled.kernels()
+            if k is not None:
+                self._first = k.first_positions(self.codes, self.offsets, self.starts, self.counts)
+            else:
+                self._first = np.fromiter(chain.from_iterable(map(_first_positions, self.words,
+                                                                  self.starts.tolist())), np.int64, self.total)
         return self._first
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The code points of all words concatenated (uint32; word i is codes[offsets[i]:offsets[i + 1]]),
+        writable as the compiled kernels take them."""
+        if self._codes is None:
+            joined = "".join(self.flat).encode("utf-32-le", "surrogatepass")
+            self._codes = np.frombuffer(bytearray(joined), np.uint32)
+        return self._codes
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Characters before word i in the concatenated words (total + 1 values)."""
+        if self._offsets is None:
+            self._offsets = np.concatenate(([0], np.cumsum(self.lengths))).astype(np.int64)
+        return self._offsets
 
     def per_doc(self, weights: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
         """Sum of `weights` (integers) over each text's words (those `where` is true), exactly."""
@@ -431,6 +453,9 @@ def _ngram_failures(batch: _WordBatch, texts: list[str], top_n_grams, dup_n_gram
       bound is at least the string bound. Where it is within the threshold
       (almost every document) the rule passes, exactly; elsewhere datatrove's scan runs on the strings.
     """
+    k = compiled.kernels()
+    if k is not None:
+        return _compiled_ngram_failures(k, batch, texts, top_n_grams, dup_n_grams, decided)
     failures: list[str | None] = [None] * len(texts)
     words, counts, total, lengths, doc = batch.words, batch.counts, batch.total, batch.lengths, batch.doc
     if not total:
@@ -507,6 +532,22 @@ def _ngram_failures(batch: _WordBatch, texts: list[str], top_n_grams, dup_n_gram
                 failures[d] = f"duplicated_{n}_n_grams"
                 decided[d] = True
     return failures
+
+
+def _compiled_ngram_failures(k, batch: _WordBatch, texts: list[str], top_n_grams, dup_n_grams,
+                             decided: np.ndarray) -> list[str | None]:
+    """`_ngram_failures` by the compiled kernel (`kernels.gopher_ngram_failures`: datatrove's computation per
+    text, on the words' code points and ids), the same reasons."""
+    reasons = [f"top_{n}_gram" for n, _ in top_n_grams] + [f"duplicated_{n}_n_grams" for n, _ in dup_n_grams]
+    text_chars = np.fromiter(map(len, texts), np.float64, len(texts))
+
+    def rules(pairs):
+        return (np.array([n for n, _ in pairs], np.int64), np.array([frac for _, frac in pairs], np.float64))
+
+    failed = k.gopher_ngram_failures(batch.codes, batch.offsets, batch.first_positions, batch.starts, batch.counts,
+                                     text_chars, np.ascontiguousarray(decided, bool),
+                                     *rules(top_n_grams), *rules(dup_n_grams))
+    return [None if r < 0 else reasons[r] for r in failed.tolist()]
 
 
 class FastGopherQuality(_BatchFilter):
