@@ -234,6 +234,8 @@ def _datatrove_arguments(reference_class, kwargs: dict) -> dict[str, Any]:
 
 def _duplicates(items: list[str]) -> tuple[int, int]:
     """(number of repeated items, characters in the repeats): every occurrence after the first counts."""
+    if len(items) < 2:  # a document of one line (or paragraph) repeats none
+        return 0, 0
     counts = Counter(items)
     # all characters minus those of each item's first occurrence (sums in C, no loop over the counts)
     return len(items) - len(counts), sum(map(len, items)) - sum(map(len, counts))
@@ -386,13 +388,14 @@ class FastGopherRepetition(_BatchFilter):
         a = self.args
         if not text:
             return "empty"
-        paragraphs = self._PARAGRAPHS.split(text.strip())
+        # a text without a blank line is one paragraph, without a newline one line: no pattern scan for those
+        paragraphs = self._PARAGRAPHS.split(text.strip()) if "\n\n" in text else [text.strip()]
         n_dup, dup_chars = _duplicates(paragraphs)
         if a["dup_para_frac"] and n_dup / len(paragraphs) > a["dup_para_frac"]:
             return "dup_para_frac"
         if a["dup_para_char_frac"] and dup_chars / len(text) > a["dup_para_char_frac"]:
             return "dup_para_char_frac"
-        lines = self._LINES.split(text)
+        lines = self._LINES.split(text) if "\n" in text else [text]
         n_dup, dup_chars = _duplicates(lines)
         if a["dup_line_frac"] and n_dup / len(lines) > a["dup_line_frac"]:
             return "dup_line_frac"
