@@ -196,3 +196,16 @@ def test_cache_directory_is_the_users(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert compiled.cache_dir() == tmp_path / "home" / ".cache" / "llm_recipes" / "numba"
+
+
+@needs_numba
+def test_loading_the_kernels_leaves_scipy_linalg_out():
+    """numba would import scipy.linalg (~0.3 CPU s per clean run) to look for a BLAS the kernels do not use."""
+    import subprocess
+
+    code = ("import sys; from llm_recipes.data import compiled; k = compiled.kernels(); import numpy as np; "
+            "print(k is not None, 'scipy.linalg' in sys.modules, "
+            "k.sha1_ngrams(np.frombuffer(bytearray(b'ab'), np.uint8), 1)[0].tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == ["True", "False"]
+    assert int(out[2].strip("[]")) == int.from_bytes(hashlib.sha1(b"ab").digest()[:8], "little")

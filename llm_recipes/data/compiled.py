@@ -25,6 +25,8 @@ use it to compare the two in one tree).
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
 import os
 import sys
 from functools import lru_cache
@@ -58,6 +60,31 @@ def kernels():
         import numba  # noqa: F401
     except ImportError:
         return None
-    from . import kernels as loaded  # compiles or loads each kernel as it is imported
-
+    with _scipy_linalg_hidden():
+        from . import kernels as loaded  # compiles or loads each kernel as it is imported
     return loaded
+
+
+class _RefuseScipy(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "scipy.linalg" or fullname.startswith("scipy.linalg."):
+            raise ModuleNotFoundError("scipy.linalg is not imported while loading the clean stage's kernels",
+                                      name=fullname)
+        return None
+
+
+@contextlib.contextmanager
+def _scipy_linalg_hidden():
+    """numba's CPU target, on its first compile or cache load, imports scipy.linalg wherever scipy is installed
+    (~0.3 CPU s and ~40 MB), only to learn whether BLAS is there for np.dot and friends, which these kernels do
+    not use. With scipy.linalg out of reach numba notes no BLAS in this process (a numba function that needs it
+    fails to compile with numba's error; none here does). Where scipy.linalg is loaded already, nothing changes."""
+    if "scipy.linalg" in sys.modules:
+        yield
+        return
+    finder = _RefuseScipy()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
