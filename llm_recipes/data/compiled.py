@@ -65,26 +65,34 @@ def kernels():
     return loaded
 
 
-class _RefuseScipy(importlib.abc.MetaPathFinder):
+class _Refuse(importlib.abc.MetaPathFinder):
+    def __init__(self, package: str, why: str):
+        self.package, self.why = package, why
+
     def find_spec(self, fullname, path, target=None):
-        if fullname == "scipy.linalg" or fullname.startswith("scipy.linalg."):
-            raise ModuleNotFoundError("scipy.linalg is not imported while loading the clean stage's kernels",
-                                      name=fullname)
+        if fullname == self.package or fullname.startswith(self.package + "."):
+            raise ModuleNotFoundError(f"{self.package} is not imported {self.why}", name=fullname)
         return None
 
 
 @contextlib.contextmanager
-def _scipy_linalg_hidden():
-    """numba's CPU target, on its first compile or cache load, imports scipy.linalg wherever scipy is installed
-    (~0.3 CPU s and ~40 MB), only to learn whether BLAS is there for np.dot and friends, which these kernels do
-    not use. With scipy.linalg out of reach numba notes no BLAS in this process (a numba function that needs it
-    fails to compile with numba's error; none here does). Where scipy.linalg is loaded already, nothing changes."""
-    if "scipy.linalg" in sys.modules:
+def imports_refused(package: str, why: str):
+    """Within this block, importing `package` (or a module under it) raises ModuleNotFoundError, so a library
+    that imports it only to probe for it skips it; where it is loaded already, nothing changes."""
+    if package in sys.modules:
         yield
         return
-    finder = _RefuseScipy()
+    finder = _Refuse(package, why)
     sys.meta_path.insert(0, finder)
     try:
         yield
     finally:
         sys.meta_path.remove(finder)
+
+
+def _scipy_linalg_hidden():
+    """numba's CPU target, on its first compile or cache load, imports scipy.linalg wherever scipy is installed
+    (~0.3 CPU s and ~40 MB), only to learn whether BLAS is there for np.dot and friends, which these kernels do
+    not use. With scipy.linalg out of reach numba notes no BLAS in this process (a numba function that needs it
+    fails to compile with numba's error; none here does)."""
+    return imports_refused("scipy.linalg", "while loading the clean stage's kernels")

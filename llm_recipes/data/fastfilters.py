@@ -27,12 +27,9 @@ Decisions agree with datatrove's on >= 99% of documents per filter on the benchm
 
 from __future__ import annotations
 
-import contextlib
-import importlib.abc
 import inspect
 import operator
 import re
-import sys
 from collections import Counter
 from functools import lru_cache
 from itertools import chain
@@ -139,27 +136,11 @@ class SpacyWords:
         return count
 
 
-class _RefuseTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname.partition(".")[0] == "torch":
-            raise ModuleNotFoundError("torch is not imported by data workers", name=fullname)
-        return None
-
-
-@contextlib.contextmanager
 def _torch_hidden():
     """spaCy's thinc imports torch whenever it is installed, only to note that it is (~3 s and ~300 MB per
     worker); the tokenizer never uses it. Importing spaCy with torch out of reach keeps data workers
     torch-free. Where torch is loaded already, nothing changes."""
-    if "torch" in sys.modules:
-        yield
-        return
-    finder = _RefuseTorch()
-    sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(finder)
+    return compiled.imports_refused("torch", "by data workers")
 
 
 _SIMPLE_CHUNK = re.compile(r"([A-Za-z]+)(?:[,;:!?]|(?<=[a-z])\.)?")
