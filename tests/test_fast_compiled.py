@@ -30,6 +30,8 @@ def path(request, monkeypatch):
         pytest.skip("numba not installed")
     if request.param == "numpy":
         monkeypatch.setattr(compiled, "kernels", lambda: None)
+    else:  # a small clean run earlier in this process may have turned them off (compiled.use_for_run)
+        monkeypatch.setattr(compiled, "_small_run", False)
     return request.param
 
 
@@ -172,17 +174,17 @@ def test_first_positions_are_exact_word_ids():
 def test_kernels_are_optional(monkeypatch):
     """Without numba (or with LLM_RECIPES_COMPILED=0) there are no kernels, and the filters and shingles run
     on numpy (the tests above, `numpy` variants, check their values)."""
-    compiled.kernels.cache_clear()
+    compiled._loaded.cache_clear()
     try:
         monkeypatch.setenv("LLM_RECIPES_COMPILED", "0")
         assert compiled.kernels() is None
-        compiled.kernels.cache_clear()
+        compiled._loaded.cache_clear()
         monkeypatch.delenv("LLM_RECIPES_COMPILED")
         monkeypatch.setitem(sys.modules, "numba", None)  # import numba -> ImportError
         monkeypatch.setenv("NUMBA_CACHE_DIR", "/nonexistent")
         assert compiled.kernels() is None
     finally:
-        compiled.kernels.cache_clear()
+        compiled._loaded.cache_clear()
 
 
 def test_cache_directory_is_the_users(monkeypatch, tmp_path):
@@ -209,3 +211,11 @@ def test_loading_the_kernels_leaves_scipy_linalg_out():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[:2] == ["True", "False"]
     assert int(out[2].strip("[]")) == int.from_bytes(hashlib.sha1(b"ab").digest()[:8], "little")
+
+
+def test_a_small_run_skips_the_kernels(monkeypatch):
+    monkeypatch.setattr(compiled, "_small_run", False)
+    assert compiled.use_for_run(compiled.MIN_INPUT_BYTES - 1) is False
+    assert compiled.kernels() is None
+    assert compiled.use_for_run(compiled.MIN_INPUT_BYTES) is (compiled._loaded() is not None)
+    assert compiled.kernels() is compiled._loaded()

@@ -45,11 +45,30 @@ def enabled() -> bool:
     return os.environ.get("LLM_RECIPES_COMPILED", "1") != "0"
 
 
-@lru_cache(maxsize=1)
+# A clean run over less gathered input than this (parquet bytes on disk; the text is ~3x more) takes the numpy
+# paths: numba's import and the kernels' load cost ~0.8 CPU s and ~100 MB per run (measured on a 300-document
+# run), and the kernels save ~0.16-0.2 CPU s per MB of text (quickstart corpus), so they pay from ~5 MB of text.
+MIN_INPUT_BYTES = 3 * 2**19
+_small_run = False
+
+
+def use_for_run(input_bytes: int) -> bool:
+    """Whether this process (and the workers it forks from now on) uses the kernels for a run over
+    `input_bytes` of gathered parquet: not below MIN_INPUT_BYTES. Returns the answer."""
+    global _small_run
+    _small_run = input_bytes < MIN_INPUT_BYTES
+    return not _small_run
+
+
 def kernels():
     """The compiled kernels (the module `kernels`: `first_positions`, `gopher_ngram_failures`, `sha1_ngrams`),
-    or None where numba is not installed or LLM_RECIPES_COMPILED=0. Each is loaded from the cache (or compiled
-    once) here, so its first use costs nothing more."""
+    or None where numba is not installed, LLM_RECIPES_COMPILED=0 or the run is small (`use_for_run`). Each is
+    loaded from the cache (or compiled once) on the first call, so its first use costs nothing more."""
+    return None if _small_run else _loaded()
+
+
+@lru_cache(maxsize=1)
+def _loaded():
     if not enabled():
         return None
     if "numba" not in sys.modules and not os.environ.get("NUMBA_CACHE_DIR"):
