@@ -44,6 +44,16 @@ def crafted() -> list[str]:
     ]
 
 
+def batch_decisions(settings: dict, texts: list[str]) -> tuple[list, list]:
+    """The decisions of a one-filter profile's fast filter, prepared with all `texts` as one batch, and of
+    datatrove's filter, each text alone."""
+    (_, fast), = S.build_filters(settings)
+    (_, reference), = S.build_filters({**settings, "engine": "datatrove"})
+    docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
+    fast.prepare(docs)
+    return [fast.filter(d) for d in docs], [reference.filter(Document(text=t, id="x")) for t in texts]
+
+
 def decisions(engine: str, profile: dict, texts: list[str]) -> list[list]:
     """Per filter and per document: the filter's answer and (for C4) the text it leaves."""
     out = []

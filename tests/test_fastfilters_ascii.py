@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("datatrove")
 
-from datatrove.data import Document  # noqa: E402
+from test_clean_speed_agreement import batch_decisions  # noqa: E402
 
 from llm_recipes.data import steps as S  # noqa: E402
 
@@ -46,12 +46,7 @@ def test_gopher_quality_line_rules_skipped_without_bullets_or_ellipses_decide_as
                      {"gopher_quality": {"max_bullet_lines_ratio": 0.3, "max_ellipsis_lines_ratio": 0.2,
                                          "max_symbol_word_ratio": 5, "min_doc_words": 3, "min_stop_words": 1}}):
         settings = {"gopher_quality": settings["gopher_quality"], "word_tokenizer": settings.get("word_tokenizer")}
-        (_, fast), = S.build_filters(settings)
-        (_, reference), = S.build_filters({**settings, "engine": "datatrove"})
-        docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
-        fast.prepare(docs)
-        ours = [fast.filter(d) for d in docs]
-        theirs = [reference.filter(Document(text=t, id="x")) for t in texts]
+        ours, theirs = batch_decisions(settings, texts)
         assert ours == theirs
         reasons = {r[1] for r in theirs if isinstance(r, tuple)}
         if settings["gopher_quality"].get("max_bullet_lines_ratio") == 0.3:

@@ -160,10 +160,12 @@ def clean_run(corpus: str, engine: str, repeat: int, gathered: Path, work: Path,
         gathered = repeated(gathered, work / f"gather-x{repeat}", repeat)
     out = work / "clean"
     subprocess.run(["rm", "-rf", str(out)], check=True)
-    profiles = {name: {"engine": engine} for name in ("web", "docs")}
+    profiles = {name: {"engine": engine.removesuffix("-numpy")} for name in ("web", "docs")}
     # `python -m` puts the working folder first on sys.path, before PYTHONPATH: the other checkout's code runs
     # only when the command starts in it
     env = {**os.environ, "PYTHONPATH": tree} if tree else None
+    if engine.endswith("-numpy"):  # the fast engine with the compiled kernels off (a machine without numba)
+        env = {**(env or os.environ), "LLM_RECIPES_COMPILED": "0"}
     cpu = children_cpu_s()
     seconds, peak = run([sys.executable, "-m", "llm_recipes.clean", "--input_dir", str(gathered.absolute()),
                          "--output_dir", str(out.absolute()), "--num_workers", str(args.workers),
@@ -200,9 +202,10 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/llm_recipes_bench_data")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shard_mb", type=float, default=1.5)
-    ap.add_argument("--engine", action="append", choices=["fast", "datatrove"],
-                    help="quality-filter engine of every profile (datatrove: its own filter classes, the reference); "
-                         "repeat to run several, interleaved, on the same gathered input (default: fast)")
+    ap.add_argument("--engine", action="append", choices=["fast", "fast-numpy", "datatrove"],
+                    help="quality-filter engine of every profile (datatrove: its own filter classes, the reference; "
+                         "fast-numpy: fast with the compiled kernels off, LLM_RECIPES_COMPILED=0); repeat to run "
+                         "several, interleaved, on the same gathered input (default: fast)")
     ap.add_argument("--repeat", type=int, action="append", help="clean the gathered shards this many times over "
                     "(memory as the input grows; later copies are exact duplicates, removed after the filter "
                     "phase); repeat the option for several sizes (default: 1)")

@@ -23,6 +23,7 @@ import yaml
 
 from ..config import ConfigError, check_range, config_to_dict
 from ..fileio import atomic_open, atomic_write_json, replace_folder
+from . import compiled
 from . import steps as S
 from .documents import write_parquet_atomic
 from .executors import PhaseRunner, check_executor
@@ -244,6 +245,9 @@ def _clean(cfg: CleanConfig, files: list[str], profiles: dict, eval_texts: list[
     chain = [repair, length]
     if cfg.languages:
         chain.append(S.LanguageFilter(cfg.languages, cfg.language_min_score))
+    # numba's kernels or the numpy paths, by the input's size; local workers, forked from here, inherit the
+    # answer and the kernels (loaded by the steps made below)
+    compiled.use_for_run(sum(os.path.getsize(f) for f in files))
     if cfg.quality_filters:
         quality = S.ProfiledQuality(profiles, profile_for_source(cfg), cfg.compare_profiles_sample)
         chain.append(quality)

@@ -27,12 +27,9 @@ Decisions agree with datatrove's on >= 99% of documents per filter on the benchm
 
 from __future__ import annotations
 
-import contextlib
-import importlib.abc
 import inspect
 import operator
 import re
-import sys
 from collections import Counter
 from functools import lru_cache
 from itertools import chain
@@ -43,6 +40,8 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS
 from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 from datatrove.utils.typeshelper import Languages
+
+from . import compiled
 
 # -------------------------------------------------------------------------------------------- words
 
@@ -137,27 +136,11 @@ class SpacyWords:
         return count
 
 
-class _RefuseTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname.partition(".")[0] == "torch":
-            raise ModuleNotFoundError("torch is not imported by data workers", name=fullname)
-        return None
-
-
-@contextlib.contextmanager
 def _torch_hidden():
     """spaCy's thinc imports torch whenever it is installed, only to note that it is (~3 s and ~300 MB per
     worker); the tokenizer never uses it. Importing spaCy with torch out of reach keeps data workers
     torch-free. Where torch is loaded already, nothing changes."""
-    if "torch" in sys.modules:
-        yield
-        return
-    finder = _RefuseTorch()
-    sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(finder)
+    return compiled.imports_refused("torch", "by data workers")
 
 
 _SIMPLE_CHUNK = re.compile(r"([A-Za-z]+)(?:[,;:!?]|(?<=[a-z])\.)?")
@@ -232,6 +215,8 @@ def _datatrove_arguments(reference_class, kwargs: dict) -> dict[str, Any]:
 
 def _duplicates(items: list[str]) -> tuple[int, int]:
     """(number of repeated items, characters in the repeats): every occurrence after the first counts."""
+    if len(items) < 2:  # a document of one line (or paragraph) repeats none
+        return 0, 0
     counts = Counter(items)
     # all characters minus those of each item's first occurrence (sums in C, no loop over the counts)
     return len(items) - len(counts), sum(map(len, items)) - sum(map(len, counts))
@@ -322,15 +307,35 @@ class _WordBatch:
         self.lengths = np.fromiter(map(len, self.flat), np.int64, self.total)
         self.doc = np.repeat(np.arange(len(words)), self.counts)
         self.starts = np.concatenate(([0], np.cumsum(self.counts)[:-1])).astype(np.int64)
-        self._first = None
+        self._first = self._codes = self._offsets = None
 
     @property
     def first_positions(self) -> np.ndarray:
         """Each word's first position in its text (an exact id of the word within the text)."""
         if self._first is None:
-            self._first = np.fromiter(chain.from_iterable(map(_first_positions, self.words, self.starts.tolist())),
-                                      np.int64, self.total)
+            k = compiled.kernels()
+            if k is not None:
+                self._first = k.first_positions(self.codes, self.offsets, self.starts, self.counts)
+            else:
+                self._first = np.fromiter(chain.from_iterable(map(_first_positions, self.words,
+                                                                  self.starts.tolist())), np.int64, self.total)
         return self._first
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The code points of all words concatenated (uint32; word i is codes[offsets[i]:offsets[i + 1]]),
+        writable as the compiled kernels take them."""
+        if self._codes is None:
+            joined = "".join(self.flat).encode("utf-32-le", "surrogatepass")
+            self._codes = np.frombuffer(bytearray(joined), np.uint32)
+        return self._codes
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Characters before word i in the concatenated words (total + 1 values)."""
+        if self._offsets is None:
+            self._offsets = np.concatenate(([0], np.cumsum(self.lengths))).astype(np.int64)
+        return self._offsets
 
     def per_doc(self, weights: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
         """Sum of `weights` (integers) over each text's words (those `where` is true), exactly."""
@@ -364,13 +369,14 @@ class FastGopherRepetition(_BatchFilter):
         a = self.args
         if not text:
             return "empty"
-        paragraphs = self._PARAGRAPHS.split(text.strip())
+        # a text without a blank line is one paragraph, without a newline one line: no pattern scan for those
+        paragraphs = self._PARAGRAPHS.split(text.strip()) if "\n\n" in text else [text.strip()]
         n_dup, dup_chars = _duplicates(paragraphs)
         if a["dup_para_frac"] and n_dup / len(paragraphs) > a["dup_para_frac"]:
             return "dup_para_frac"
         if a["dup_para_char_frac"] and dup_chars / len(text) > a["dup_para_char_frac"]:
             return "dup_para_char_frac"
-        lines = self._LINES.split(text)
+        lines = self._LINES.split(text) if "\n" in text else [text]
         n_dup, dup_chars = _duplicates(lines)
         if a["dup_line_frac"] and n_dup / len(lines) > a["dup_line_frac"]:
             return "dup_line_frac"
@@ -431,6 +437,9 @@ def _ngram_failures(batch: _WordBatch, texts: list[str], top_n_grams, dup_n_gram
       bound is at least the string bound. Where it is within the threshold
       (almost every document) the rule passes, exactly; elsewhere datatrove's scan runs on the strings.
     """
+    k = compiled.kernels()
+    if k is not None:
+        return _compiled_ngram_failures(k, batch, texts, top_n_grams, dup_n_grams, decided)
     failures: list[str | None] = [None] * len(texts)
     words, counts, total, lengths, doc = batch.words, batch.counts, batch.total, batch.lengths, batch.doc
     if not total:
@@ -507,6 +516,22 @@ def _ngram_failures(batch: _WordBatch, texts: list[str], top_n_grams, dup_n_gram
                 failures[d] = f"duplicated_{n}_n_grams"
                 decided[d] = True
     return failures
+
+
+def _compiled_ngram_failures(k, batch: _WordBatch, texts: list[str], top_n_grams, dup_n_grams,
+                             decided: np.ndarray) -> list[str | None]:
+    """`_ngram_failures` by the compiled kernel (`kernels.gopher_ngram_failures`: datatrove's computation per
+    text, on the words' code points and ids), the same reasons."""
+    reasons = [f"top_{n}_gram" for n, _ in top_n_grams] + [f"duplicated_{n}_n_grams" for n, _ in dup_n_grams]
+    text_chars = np.fromiter(map(len, texts), np.float64, len(texts))
+
+    def rules(pairs):
+        return (np.array([n for n, _ in pairs], np.int64), np.array([frac for _, frac in pairs], np.float64))
+
+    failed = k.gopher_ngram_failures(batch.codes, batch.offsets, batch.first_positions, batch.starts, batch.counts,
+                                     text_chars, np.ascontiguousarray(decided, bool),
+                                     *rules(top_n_grams), *rules(dup_n_grams))
+    return [None if r < 0 else reasons[r] for r in failed.tolist()]
 
 
 class FastGopherQuality(_BatchFilter):

@@ -39,6 +39,8 @@ from datatrove.utils.text import (
     simplify_text,
 )
 
+from . import compiled
+
 # datatrove's modulus of the MinHash permutations (its private `minhash._mersenne_prime`;
 # tests/test_fastminhash.py checks the two are equal)
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
@@ -172,6 +174,13 @@ def sha1_shingles(words: list[str], n: int) -> np.ndarray:
     """datatrove's shingles with `hash_fc: sha1`, precision 64: uint64 array of shape (n-grams, 1)."""
     if len(words) < n:
         return np.zeros((0, 1), dtype=np.uint64)
+    k = compiled.kernels()
+    if k is not None and n >= 1:
+        # compiled: every n-gram's SHA-1 over the words joined once (an n-gram is a slice of the joined bytes);
+        # the kernel splits at single spaces, so a count other than len(words) means a word held a space
+        shingles, found = k.sha1_ngrams(np.frombuffer(bytearray(" ".join(words).encode("utf-8")), np.uint8), n)
+        if found == len(words):
+            return shingles.reshape((-1, 1))
     grams = map(" ".join, zip(*(words[i:] for i in range(n)))) if n > 1 else iter(words)
     sha1 = hashlib.sha1
     # whole digests joined, their first 8 bytes picked by numpy: one slice less per n-gram (~15% of this)

@@ -32,7 +32,7 @@ from datatrove.utils.typeshelper import StatHints
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from ..fileio import atomic_open, atomic_write_json
-from . import fastminhash, textops
+from . import compiled, fastminhash, textops
 from .documents import COLUMNS, iter_parquet_rows, write_parquet_atomic
 from .fastfilters import FAST_FILTERS, ChainWords
 
@@ -459,6 +459,10 @@ class ProfiledQuality(TallyStep):
         self.profile_map = profile_map
         self.compare_sample = compare_sample
         self._filters = None
+        # the compiled kernels (numba, ~0.6 CPU s to import and load) are loaded where this step is made: local
+        # workers, forked from the clean driver that makes it, inherit them instead of each loading its own
+        if any(p.get("engine", "fast") == "fast" for p in profiles.values()):
+            compiled.kernels()
 
     def filters(self, profile: str):
         if self._filters is None:
@@ -583,6 +587,7 @@ def fast_minhash_signature(output_folder: str, config, profiles: dict | None = N
     get shingles keyed by the API names they mention (`ApiAwareMinhashSignature`).
     """
     step = ApiAwareMinhashSignature(output_folder=output_folder, config=config)
+    compiled.kernels()  # loaded once here, in the driver, not in each forked worker (see ProfiledQuality)
     step.word_tokenizer = WhitespaceWords()
     profiles = profiles or {}
     step.keyed_profiles = {name for name, p in profiles.items() if p.get("dedup_api_names")}

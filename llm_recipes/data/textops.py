@@ -130,7 +130,17 @@ def remove_boilerplate_lines(text: str) -> tuple[str, int]:
 
 
 def collapse_blank_lines(text: str) -> str:
-    return re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+\n", "\n", text)).strip()
+    # each pattern only where the text holds what its every match holds (a substring test is ~20x cheaper
+    # than the pattern's scan, and most texts hold neither)
+    if " \n" in text or "\t\n" in text:
+        text = _TRAILING_BLANKS.sub("\n", text)
+    if "\n\n\n" in text:
+        text = _BLANK_RUN.sub("\n\n", text)
+    return text.strip()
+
+
+_TRAILING_BLANKS = re.compile(r"[ \t]+\n")
+_BLANK_RUN = re.compile(r"\n{3,}")
 
 
 # ------------------------------------------------------------------------------------------------ PII
@@ -146,11 +156,13 @@ _IPV6 = re.compile(r"(?<![\w:])[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:
 # at least 9 digits; plain numbers (versions, ids, years) have no such separators and are left alone.
 _PHONE = re.compile(r"(?<![\w.+-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])"
                     r"\d{3,4}[\s.-]\d{3,4}(?![\w-]|\.\d)")
-# What every match of each pattern contains: a digit, a dot, a digit (IPv4); a hex digit then a colon (IPv6);
-# a digit, a separator, a digit (phone: groups of 3-4 digits joined by a separator)
-_IPV4_HINT = re.compile(r"\d\.\d")
-_IPV6_HINT = re.compile(r"[0-9A-Fa-f]:")
-_PHONE_HINT = re.compile(r"\d[\s.-]\d")
+# What every match of each pattern contains: four digit groups joined by dots (IPv4: its octets); a hex digit,
+# a colon, up to four hex digits, a colon (IPv6: at least three groups); three digits, a separator, three digits
+# (phone: it ends in two groups of 3-4 digits joined by a separator). Version numbers (3.11), "e: " and dates
+# hold none of these, so the full patterns run on few texts.
+_IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
+_IPV6_HINT = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:")
+_PHONE_HINT = re.compile(r"\d\d\d[\s.-]\d\d\d")
 # Reserved for documentation by RFC 2606 / RFC 6761: not anybody's address.
 _EXAMPLE_DOMAINS = ("example.com", "example.org", "example.net", "example.edu",
                     ".example", ".test", ".invalid", ".localhost")
