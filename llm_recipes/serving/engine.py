@@ -173,6 +173,8 @@ class _Row:
             self.filters.append(TopPLogitsWarper(request.top_p))
         if request.min_p > 0.0:
             self.filters.append(MinPLogitsWarper(request.min_p))
+        # nothing but a temperature (no penalty, bias, grammar or filter: most requests) and a token to generate
+        self.plain = not (self.penalties or self.filters or self.grammar is not None or request.max_new_tokens == 0)
 
 
 class OpenAIPenalties:
@@ -313,8 +315,12 @@ class GenerationEngine:
         finally:
             torch.set_num_threads(previous)
         self.compile_seconds = round(decoder.compile_seconds, 1)
-        one_row = "; one row: the numpy step" if decoder.one_row_step == "numpy" else \
-            f"; one row: the torch step ({decoder.one_row_reason or 'one_row_step torch'})"
+        if decoder.one_row_step == "numba":
+            one_row = f"; one row: the numba step (ready in {decoder.numba_seconds:.1f} s)"
+        elif decoder.one_row_step == "numpy":
+            one_row = "; one row: the numpy step" + (f" ({decoder.one_row_reason})" if decoder.one_row_reason else "")
+        else:
+            one_row = f"; one row: the torch step ({decoder.one_row_reason or 'one_row_step torch'})"
         if decoder.compiled:
             return decoder, (f"static KV cache, decode step compiled by torch.compile in {self.compile_seconds} s"
                              f"{one_row}")
@@ -365,6 +371,13 @@ class GenerationEngine:
         torch.set_num_threads(self._num_threads)  # OpenMP settings are per thread
         rows: list[_Row] = []
         state = None  # (cache, attention_mask (B, S), next position (B,), last token (B,))
+        # inference mode for the thread's whole life, not entered per step: one stream's token is ~300 us, and each
+        # small step of Python around the compiled step counts
+        with torch.inference_mode():
+            self._serve(rows, state)
+
+    def _serve(self, rows: list[_Row], state) -> None:
+        """The worker's loop: admit, decode, emit, until `shutdown`."""
         while not self._stop.is_set():
             try:
                 if not rows:
@@ -375,15 +388,14 @@ class GenerationEngine:
                     newcomers = [first] + self._take(self.max_batch_size - 1)
                 else:
                     newcomers = self._take(self.max_batch_size - len(rows))
-                newcomers = [r for r in newcomers if not self._drop_if_cancelled(r)]
-                with torch.inference_mode():
-                    if newcomers:
-                        # prefill, then their first token; survivors join the running batch
-                        new_rows, new_state = self._admit(newcomers, alone=not rows)
-                        if new_rows:
-                            rows, state = self._merge(rows, state, new_rows, new_state)
-                    if rows:
-                        rows, state = self._decode_step(rows, state)
+                if newcomers:
+                    # prefill, then their first token; survivors join the running batch
+                    newcomers = [r for r in newcomers if not self._drop_if_cancelled(r)]
+                    new_rows, new_state = self._admit(newcomers, alone=not rows) if newcomers else ([], None)
+                    if new_rows:
+                        rows, state = self._merge(rows, state, new_rows, new_state)
+                if rows:
+                    rows, state = self._decode_step(rows, state)
                 self.running = len(rows)
                 self.peak_batch = max(self.peak_batch, len(rows))
             except Exception as e:  # a bug or OOM must not kill the server: fail the running requests
@@ -401,6 +413,8 @@ class GenerationEngine:
             self._on_step()
 
     def _take(self, n: int) -> list[GenerationRequest]:
+        if n <= 0 or not self._queue.qsize():  # the usual case while decoding: no exception raised and caught
+            return []
         taken = []
         while len(taken) < n:
             try:
@@ -455,7 +469,7 @@ class GenerationEngine:
         had its first token twice. A single prompt with no row running, when one row takes the numpy step, is
         prefilled in numpy straight into the static cache (`StaticDecoder.prefill_alone`: one stream's prefill
         was ~9 ms through the transformers forward); scoring a prompt (`prompt_logprobs`) keeps the forward."""
-        if (alone and len(rows) == 1 and self._static is not None and self._static.one_row_step == "numpy"
+        if (alone and len(rows) == 1 and self._static is not None and self._static.one_row_step != "torch"
                 and not rows[0].request.prompt_logprobs
                 and len(rows[0].request.prompt_ids) <= NUMPY_PREFILL_MAX_TOKENS):
             prompt = rows[0].request.prompt_ids
@@ -584,9 +598,12 @@ class GenerationEngine:
         """Feeds every running row its last token and samples the next."""
         torch = self._torch
         cache, mask, pos, last_tokens = state
-        if cache is None and isinstance(last_tokens, list):  # one row on the numpy step (see `_sample_and_emit`)
-            logits = self._static.step_one(last_tokens[0], pos[0])
+        if cache is None and isinstance(last_tokens, list):  # one row on the numba or numpy step (`_sample_and_emit`)
             self.steps += 1
+            row = rows[0]
+            if row.plain and self._static.one_row_step == "numba":
+                return self._numba_step_alone(row, last_tokens[0], pos[0])
+            logits = self._static.step_one(last_tokens[0], pos[0])
             return self._sample_and_emit(rows, (None, None, [pos[0] + 1], logits))
         if cache is None:  # the static cache: positions are ints, rows sit in slots 0..B-1
             # at least 2 columns: a compiled step specialises a length of 1 (one more compilation)
@@ -599,6 +616,40 @@ class GenerationEngine:
                          use_cache=True, logits_to_keep=1, **{self._cache_key: cache})
         self.steps += 1
         return self._sample_and_emit(rows, (cache, mask, pos + 1, out.logits[:, -1, :]))
+
+    def _numba_step_alone(self, row: _Row, token: int, position: int):
+        """One plain row (`_Row.plain`) alone on the numba step: the step and its token in one compiled call, then
+        `_sample_and_emit`'s work for this one row with nothing else to check (one stream's whole token is ~300 us
+        of CPU on the quickstart model, and each Python step after the step's sweep of the weights meets cold
+        caches). The uniform number comes from the row's generator as `_draw` takes it, so that a seed gives the
+        same tokens alone and in a batch."""
+        request = row.request
+        temperature = request.temperature
+        try:
+            uniform = 0.0 if temperature <= 0 else _uniform(row.generator)
+            token, logits = self._static.step_and_pick(token, position, temperature, uniform)
+            if token < 0:  # too close to call in float64 (or not a distribution): torch's float32 draw decides
+                token = _draw_one(logits, temperature, row.generator, uniform)
+            if request.cancelled.is_set():
+                request.emit(("done", "cancelled"))
+            elif token in request.stop_ids:
+                request.emit(("done", "stop"))
+            else:
+                info = None
+                if request.logprobs is not None:
+                    info = _logprobs(logits, self._torch.tensor([token]), request.logprobs)[0]
+                request.emit(("token", token, info))
+                row.ids.append(token)
+                row.generated += 1
+                if row.generated < request.max_new_tokens:
+                    return [row], (None, None, [position + 1], [token])  # its next token stays an int
+                request.emit(("done", "length"))
+        except Exception as e:  # noqa: BLE001 - its values, its callback: fail the request, as `_sample_and_emit`
+            logger.exception("sampling failed for one sequence")
+            _fail(request, e)
+        if self._static.prefix.entries:  # it ends: its keys and values may be reused
+            self._static.keep(0, row.ids[:position + 1])
+        return [], None
 
     def _sample_and_emit(self, rows, state):
         """Chooses a token for each row from its logits, emits it, and prunes finished rows."""
@@ -641,8 +692,8 @@ class GenerationEngine:
                 _fail(request, e)
                 continue
             keep.append(i)
-        if len(keep) == len(rows) == 1 and cache is None and self._static.one_row_step == "numpy":
-            # one row on the numpy step: its next token stays an int (no tensor made and read back every token)
+        if len(keep) == len(rows) == 1 and cache is None and self._static.one_row_step != "torch":
+            # one row on the numba or numpy step: its next token stays an int (no tensor made and read back each token)
             return rows, (cache, mask, pos, tokens)
         tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
         if len(keep) == len(rows):
@@ -697,7 +748,7 @@ class GenerationEngine:
         torch = self._torch
         greedy, sampled = [], []
         for i, row in enumerate(rows):
-            if row.penalties or row.filters or row.grammar is not None or row.request.max_new_tokens == 0:
+            if not row.plain:
                 continue
             (greedy if row.request.temperature <= 0 else sampled).append(i)
         chosen = {}
@@ -737,6 +788,13 @@ class GenerationEngine:
         return _draw(torch.softmax(scores, dim=-1), [row.generator])[0]
 
 
+def _uniform(generator) -> float:
+    """The uniform number `_draw` takes for a row: one float32 from its generator (torch's global one without)."""
+    import torch
+
+    return (torch.rand(1, generator=generator) if generator is not None else torch.rand(1)).item()
+
+
 NOT_A_DISTRIBUTION = ("the probabilities are not a distribution (NaN, infinite or all zero): a temperature too small "
                       "for float32, or logits that overflowed")
 
@@ -772,14 +830,15 @@ def _draw(probs, generators: list) -> list[int]:
     return torch.searchsorted(cumulative, targets, right=True).clamp_(max=probs.shape[-1] - 1).view(-1).tolist()
 
 
-def _draw_one(logits, temperature: float, generator) -> int:
+def _draw_one(logits, temperature: float, generator, uniform: float | None = None) -> int:
     """`_draw(softmax(logits / temperature))` for one row (logits (V,) or (1, V)) on the CPU, with the same draw for
     the same uniform number: the same division (in numpy: IEEE division by the float32 temperature, the values of
     `_sample_plain`'s division by a (1,)-tensor, where torch would turn a Python scalar divisor into a product with
     1/t), the same torch softmax and cumulative sum (the same kernels, so the same float32 values), then the checks
     and the search in numpy. Why: right after a decode step every small torch operation meets cold caches (12-35
     us each on the quickstart model), and `_draw` took ~107 us of a ~490 us token there; this ~78
-    (benchmarks/README.md, "Serving throughput")."""
+    (benchmarks/README.md, "Serving throughput"). `uniform`: the number already taken from the generator (the numba
+    step's draw, deferring here), else one is taken now."""
     import numpy as np
     import torch
 
@@ -789,7 +848,8 @@ def _draw_one(logits, temperature: float, generator) -> int:
     total = cumulative[-1]  # a numpy float32, as `_draw`'s tensor
     if not (math.isfinite(total) and total > 0):
         raise ValueError(NOT_A_DISTRIBUTION)
-    uniform = (torch.rand(1, generator=generator) if generator is not None else torch.rand(1)).item()
+    if uniform is None:
+        uniform = _uniform(generator)
     # float32 product and right-side search, as `_draw`: the first token whose cumulative mass exceeds u x total
     index = int(np.searchsorted(cumulative, np.float32(uniform) * total, side="right"))
     return min(index, cumulative.shape[0] - 1)
