@@ -105,8 +105,8 @@ def test_one_row_step_equals_the_torch_step_and_the_forward(overrides, kind):
         if kind == "numba":  # one more position, with its greedy token in the same call
             chosen, logits = decoders[1].step_and_pick(3, len(tokens), 0.0, 0.0)
             assert chosen == int(logits.argmax())
-            torch.testing.assert_close(logits, model(input_ids=torch.tensor([tokens + [3]])).logits[:, -1],
-                                       rtol=0, atol=1e-5)
+            forward = model(input_ids=torch.tensor([tokens + [3]])).logits[:, -1]
+            torch.testing.assert_close(torch.from_numpy(logits)[None], forward, rtol=0, atol=1e-5)
             decoders[0].step(torch.tensor([3]), torch.tensor([len(tokens)]), len(tokens) + 1, len(tokens))
     assert decoders[1].numpy_steps == len(tokens) + (kind == "numba") and decoders[0].numpy_steps == 0
     for cache in ("keys", "values"):

@@ -152,6 +152,7 @@ class _Row:
         self.generator = None
         if request.seed is not None:
             self.generator = torch.Generator(device=device).manual_seed(int(request.seed))
+        self.uniforms = Uniforms(self.generator, device)  # every draw of this row takes its number here
         # penalties and bias change the scores greedy decoding picks from too; the filters only matter
         # when sampling. transformers' processors where one exists, in the order generate() applies them.
         self.penalties = LogitsProcessorList()
@@ -175,6 +176,32 @@ class _Row:
             self.filters.append(MinPLogitsWarper(request.min_p))
         # nothing but a temperature (no penalty, bias, grammar or filter: most requests) and a token to generate
         self.plain = not (self.penalties or self.filters or self.grammar is not None or request.max_new_tokens == 0)
+
+
+class Uniforms:
+    """A row's uniform numbers for its draws (`_draw`, `_draw_one`, the numba step's), from its generator (torch's
+    global one without), taken BLOCK at a time on the CPU: there `torch.rand(k)` gives the numbers of k calls of
+    `torch.rand(1)` and leaves the generator in the same state (a serial kernel; tested), so a seeded row draws
+    exactly the tokens it drew one number at a time, whichever path takes each number. Why: one `torch.rand(1)` per
+    token cost ~16 us of one stream's ~290 us token on the quickstart model (cold caches right after the step)."""
+
+    BLOCK = 64
+
+    def __init__(self, generator, device):
+        self.generator, self.device = generator, device
+        # on a GPU `torch.rand(k)` need not equal k draws of one: one number at a time there, as before
+        self._size = self.BLOCK if getattr(device, "type", device) == "cpu" else 1
+        self._block: list[float] = []
+        self._next = 0
+
+    def next(self) -> float:
+        if self._next == len(self._block):
+            import torch
+
+            self._block = torch.rand(self._size, generator=self.generator, device=self.device).tolist()
+            self._next = 0
+        self._next += 1
+        return self._block[self._next - 1]
 
 
 class OpenAIPenalties:
@@ -251,11 +278,13 @@ class GenerationEngine:
         prefix_cache: with the static cache, how many finished sequences' keys and values to keep (one cache
             slot each): a prompt that starts with one's tokens (a chat's next turn re-sends the conversation)
             prefills only the rest (`prefix_hits`, `prefix_reused_tokens` count them); 0 turns it off.
-        one_row_step: with the static cache, the step when a single row decodes: "numpy" (faster for one
-            stream on the CPU at float32; elsewhere the torch step, `decode_path` says why) or "torch"
-            (`static_decode.StaticDecoder`); batches of two or more always take the torch step. With "numpy"
-            active, a prompt admitted while no row runs is also prefilled in numpy (`StaticDecoder.prefill_alone`)
-            unless it asks for prompt log-probabilities or is longer than NUMPY_PREFILL_MAX_TOKENS.
+        one_row_step: with the static cache, the step when a single row decodes: "numba" (the step and, for a
+            row with nothing but a temperature, its token in one compiled call: `numba_step`; without numba the
+            numpy step), "numpy" (both faster for one stream on the CPU at float32; elsewhere the torch step,
+            `decode_path` says why) or "torch" (`static_decode.StaticDecoder`); batches of two or more always take
+            the torch step. With "numba" or "numpy" active, a prompt admitted while no row runs is also prefilled in
+            numpy (`StaticDecoder.prefill_alone`) unless it asks for prompt log-probabilities or is longer than
+            NUMPY_PREFILL_MAX_TOKENS.
     """
 
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64,
@@ -621,15 +650,15 @@ class GenerationEngine:
         """One plain row (`_Row.plain`) alone on the numba step: the step and its token in one compiled call, then
         `_sample_and_emit`'s work for this one row with nothing else to check (one stream's whole token is ~300 us
         of CPU on the quickstart model, and each Python step after the step's sweep of the weights meets cold
-        caches). The uniform number comes from the row's generator as `_draw` takes it, so that a seed gives the
-        same tokens alone and in a batch."""
+        caches). The uniform number comes from the row's `Uniforms`, as every draw's, so that a seed gives the same
+        tokens alone and in a batch."""
         request = row.request
         temperature = request.temperature
         try:
-            uniform = 0.0 if temperature <= 0 else _uniform(row.generator)
+            uniform = 0.0 if temperature <= 0 else row.uniforms.next()
             token, logits = self._static.step_and_pick(token, position, temperature, uniform)
             if token < 0:  # too close to call in float64 (or not a distribution): torch's float32 draw decides
-                token = _draw_one(logits, temperature, row.generator, uniform)
+                token = _draw_one(self._torch.from_numpy(logits), temperature, row.generator, uniform)
             if request.cancelled.is_set():
                 request.emit(("done", "cancelled"))
             elif token in request.stop_ids:
@@ -637,7 +666,8 @@ class GenerationEngine:
             else:
                 info = None
                 if request.logprobs is not None:
-                    info = _logprobs(logits, self._torch.tensor([token]), request.logprobs)[0]
+                    info = _logprobs(self._torch.from_numpy(logits[None]), self._torch.tensor([token]),
+                                     request.logprobs)[0]
                 request.emit(("token", token, info))
                 row.ids.append(token)
                 row.generated += 1
@@ -759,14 +789,15 @@ class GenerationEngine:
             chosen.update(zip(greedy, logits[greedy].argmax(-1).tolist()))
         if sampled == [0] and len(rows) == 1 and logits.device.type == "cpu":  # one stream
             row = rows[0]
-            chosen[0] = _draw_one(logits, row.request.temperature, row.generator)
+            chosen[0] = _draw_one(logits, row.request.temperature, row.generator, row.uniforms.next())
         elif sampled:
             scores = logits if len(sampled) == len(rows) else logits[sampled]  # no index copy when all sample
             # a tensor division for every batch (not a Python scalar's, which the CPU kernel turns into a
             # product with 1/t): a seeded row draws the same tokens alone and beside others
             temperatures = torch.tensor([rows[i].request.temperature for i in sampled], device=logits.device)
             scores = scores.float() / temperatures[:, None]
-            draws = _draw(torch.softmax(scores, dim=-1), [rows[i].generator for i in sampled])  # (rows, V)
+            draws = _draw(torch.softmax(scores, dim=-1), [rows[i].generator for i in sampled],  # (rows, V)
+                          [rows[i].uniforms.next() for i in sampled])
             chosen.update(zip(sampled, draws))
         return chosen
 
@@ -785,29 +816,25 @@ class GenerationEngine:
         scores = scores / request.temperature
         if row.filters:
             scores = row.filters(None, scores)  # the filters look at the scores only
-        return _draw(torch.softmax(scores, dim=-1), [row.generator])[0]
-
-
-def _uniform(generator) -> float:
-    """The uniform number `_draw` takes for a row: one float32 from its generator (torch's global one without)."""
-    import torch
-
-    return (torch.rand(1, generator=generator) if generator is not None else torch.rand(1)).item()
+        return _draw(torch.softmax(scores, dim=-1), [row.generator], [row.uniforms.next()])[0]
 
 
 NOT_A_DISTRIBUTION = ("the probabilities are not a distribution (NaN, infinite or all zero): a temperature too small "
                       "for float32, or logits that overflowed")
 
 
-def _draw(probs, generators: list) -> list[int]:
+def _draw(probs, generators: list, uniforms: list[float] | None = None) -> list[int]:
     """One token per row of `probs` (rows, V), drawn by inverting its cumulative distribution with one uniform
     number per row, from the row's own generator when it has one (else torch's global one): the same
     distribution as `torch.multinomial`, which on the CPU took ~0.3 ms per row of a 4,096-token vocabulary
     (10 ms of a 32-row step) against ~0.5 ms here for all 32 (benchmarks/README.md, "Serving throughput").
-    A seeded row's draws depend on its generator only, never on its batch neighbours."""
+    A seeded row's draws depend on its generator only, never on its batch neighbours. `uniforms`: the rows'
+    numbers already taken (the engine's rows take them from their `Uniforms`), else they are taken here."""
     import torch
 
-    if all(g is None for g in generators):
+    if uniforms is not None:
+        uniform = torch.tensor(uniforms, dtype=torch.float32, device=probs.device)
+    elif all(g is None for g in generators):
         uniform = torch.rand(len(generators), device=probs.device)
     elif len(generators) == 1:
         uniform = torch.rand(1, generator=generators[0], device=probs.device)
@@ -837,8 +864,8 @@ def _draw_one(logits, temperature: float, generator, uniform: float | None = Non
     1/t), the same torch softmax and cumulative sum (the same kernels, so the same float32 values), then the checks
     and the search in numpy. Why: right after a decode step every small torch operation meets cold caches (12-35
     us each on the quickstart model), and `_draw` took ~107 us of a ~490 us token there; this ~78
-    (benchmarks/README.md, "Serving throughput"). `uniform`: the number already taken from the generator (the numba
-    step's draw, deferring here), else one is taken now."""
+    (benchmarks/README.md, "Serving throughput"). `uniform`: the number already taken (the engine's rows take it from
+    their `Uniforms`), else one is taken from `generator` now."""
     import numpy as np
     import torch
 
@@ -849,7 +876,7 @@ def _draw_one(logits, temperature: float, generator, uniform: float | None = Non
     if not (math.isfinite(total) and total > 0):
         raise ValueError(NOT_A_DISTRIBUTION)
     if uniform is None:
-        uniform = _uniform(generator)
+        uniform = (torch.rand(1, generator=generator) if generator is not None else torch.rand(1)).item()
     # float32 product and right-side search, as `_draw`: the first token whose cumulative mass exceeds u x total
     index = int(np.searchsorted(cumulative, np.float32(uniform) * total, side="right"))
     return min(index, cumulative.shape[0] - 1)

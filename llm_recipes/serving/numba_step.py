@@ -170,10 +170,10 @@ def _exp_below_zero(values, largest):
 @_jit
 def draw_token(logits, greedy, temperature, uniform, margin):
     """The token the engine picks for these logits (V,): greedy, the first largest (NaN first), as numpy's argmax;
-    else the one `engine._draw` draws at this temperature (float32) with this uniform number, the first token whose
-    cumulative probability exceeds uniform x total. -1 when that target is within `margin` (times the total) of the
-    token's cumulative bounds, or the probabilities are not a distribution: the caller then draws through torch
-    with the same uniform number (and raises as it does)."""
+    else the one `engine._draw` draws at this temperature (made float32, as torch's) with this uniform number, the
+    first token whose cumulative probability exceeds uniform x total. -1 when that target is within `margin` (times
+    the total) of the token's cumulative bounds, or the probabilities are not a distribution: the caller then draws
+    through torch with the same uniform number (and raises as it does)."""
     size = logits.shape[0]
     if greedy:
         best = 0
@@ -185,8 +185,9 @@ def draw_token(logits, greedy, temperature, uniform, margin):
         return best
     largest = -np.inf
     scaled = np.empty(size, np.float64)
+    divisor = np.float32(temperature)
     for i in range(size):
-        value = logits[i] / temperature  # float32 division, as torch's
+        value = logits[i] / divisor  # float32 division, as torch's
         if math.isnan(value):
             return -1
         scaled[i] = value

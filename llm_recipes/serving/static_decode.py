@@ -397,7 +397,7 @@ class StaticDecoder:
         self._numba = numba_step
         try:
             # compiles (or loads from the cache) the function; what it writes in slot 0 is rewritten before use
-            numba_step.decode_and_pick(0, 0, *self._numba_arrays, True, np.float32(1.0), 0.0)
+            numba_step.decode_and_pick(0, 0, *self._numba_arrays, True, 1.0, 0.0)
         except Exception as e:  # noqa: BLE001 - no compiler for this CPU, a numba bug: the numpy step works the same
             self._numba = None
             return f"the numba step failed to compile: {_first_line(e)}"
@@ -458,18 +458,14 @@ class StaticDecoder:
         return torch.from_numpy(logits[None])
 
     def step_and_pick(self, token: int, position: int, temperature: float, uniform: float):
-        """The numba step (`one_row_step == "numba"`) and its token in one compiled call: (token, logits (1, V)).
-        The token is the greedy one when `temperature` <= 0, else the one `engine._draw` gives these logits at this
-        temperature for this uniform number; -1 when the compiled draw cannot be sure of it (the caller draws
-        through torch with the same number: `numba_step.draw_token`)."""
-        import numpy as np
-        import torch
-
+        """The numba step (`one_row_step == "numba"`) and its token in one compiled call: (token, logits (V,) as a
+        numpy array: a tensor only when the caller needs one). The token is the greedy one when `temperature` <= 0,
+        else the one `engine._draw` gives these logits at this temperature for this uniform number; -1 when the
+        compiled draw cannot be sure of it (the caller draws through torch with the same number:
+        `numba_step.draw_token`)."""
         self.numpy_steps += 1
-        greedy = temperature <= 0
-        token, logits = self._numba.decode_and_pick(token, position, *self._numba_arrays, greedy,
-                                                    np.float32(1.0 if greedy else temperature), uniform)
-        return token, torch.from_numpy(logits[None])
+        return self._numba.decode_and_pick(token, position, *self._numba_arrays, temperature <= 0, temperature,
+                                           uniform)
 
     def prefill_alone(self, prompt: list[int]):
         """For the numba and numpy steps only (`one_row_step`): prefills `prompt` into slot 0 (the batch must be
