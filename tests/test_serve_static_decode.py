@@ -203,6 +203,39 @@ def test_one_row_step_refuses_bad_values_and_keeps_torch_where_numpy_cannot_run(
         assert decoder.one_row_reason == "the numpy step runs float32 on the CPU, not bfloat16 on cpu"
 
 
+def test_blas_threads_are_limited_for_the_numpy_step_and_only_around_the_numba_prefill(monkeypatch):
+    """numpy's BLAS gets the decoding thread count (1 here): with the numba step only while it prefills (the step
+    itself calls no BLAS), so the process's own numpy keeps its threads; with the numpy step for good."""
+    import torch
+    from threadpoolctl import ThreadpoolController
+
+    from llm_recipes.serving import static_decode
+
+    _numba_or_skip("numba")
+    blas = ThreadpoolController().select(user_api="blas")
+    before = [lib["num_threads"] for lib in blas.info()]
+    seen = []
+    prefill = static_decode.numpy_prefill_for
+
+    def watched(config):
+        inner = prefill(config)
+        return lambda *args: (seen.append([lib["num_threads"] for lib in blas.info()]), inner(*args))[1]
+
+    monkeypatch.setattr(static_decode, "numpy_prefill_for", watched)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        decoder = static_decode.StaticDecoder(_model(), 1, 64, one_row_step="numba")
+        decoder.prefill_alone([5, 9, 11])
+        assert seen == [[1] * len(before)]
+        assert [lib["num_threads"] for lib in blas.info()] == before
+        static_decode.StaticDecoder(_model(), 1, 64, one_row_step="numpy")
+        assert [lib["num_threads"] for lib in blas.info()] == [1] * len(before)
+    finally:
+        torch.set_num_threads(threads)
+        blas.limit(limits=before[0])  # what the numpy step's decoder limited for good
+
+
 def test_without_numba_the_numpy_step_runs(monkeypatch):
     """numba is optional (the serve extra installs it): where it cannot be imported the default one-row step is the
     numpy one, the start-up line says why, and answers are the same."""

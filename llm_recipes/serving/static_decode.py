@@ -354,6 +354,8 @@ class StaticDecoder:
                 if one_row_step == "numba":
                     self.one_row_reason = self._numba_one_row()
                     self.one_row_step = "numba" if self.one_row_reason is None else "numpy"
+                if self.one_row_step == "numpy":  # numpy's products every token: BLAS limited for good
+                    self._blas.limit(limits=self._blas_threads)
 
     def _numpy_one_row(self) -> str | None:
         """Sets up the numpy step for one row; why not (None when it is set up)."""
@@ -363,12 +365,15 @@ class StaticDecoder:
             return f"the numpy step runs float32 on the CPU, not {str(self.dtype).removeprefix('torch.')} on " \
                    f"{self.device.type}"
         try:
-            from threadpoolctl import threadpool_limits
+            from threadpoolctl import ThreadpoolController
         except ImportError:
             return "threadpoolctl is not installed (pip install llm-recipes[serve])"
         # OpenBLAS starts one thread per core: on 2 busy cores its default made a step with numpy products 2.5x
-        # slower than with one thread; the decoding thread count torch was given (1 for a small model) holds here
-        threadpool_limits(torch.get_num_threads(), user_api="blas")
+        # slower than with one thread; the decoding thread count torch was given (1 for a small model) holds for
+        # numpy's products here: around each call of the numba step's prefill (`prefill_alone`), for the whole
+        # process with the numpy step (entering and leaving the limit costs ~24 us, a tenth of its token)
+        self._blas = ThreadpoolController().select(user_api="blas")
+        self._blas_threads = torch.get_num_threads()
         self._numpy_arrays = (as_numpy(self.weights), as_numpy(self.keys), as_numpy(self.values))
         self._numpy_step = numpy_decode_step_for(self.config)
         self._numpy_prefill = numpy_prefill_for(self.config)
@@ -477,7 +482,10 @@ class StaticDecoder:
         if length:
             self.move([slot], [0], length)
         self.numpy_prefills += 1
-        return torch.from_numpy(self._numpy_prefill(*self._numpy_arrays, prompt[length:], length)[None])
+        if self.one_row_step == "numpy":  # BLAS limited already
+            return torch.from_numpy(self._numpy_prefill(*self._numpy_arrays, prompt[length:], length)[None])
+        with self._blas.limit(limits=self._blas_threads):  # the numba step: limited for this call only
+            return torch.from_numpy(self._numpy_prefill(*self._numpy_arrays, prompt[length:], length)[None])
 
     def load(self, slot: int, cache, row: int, start: int, length: int) -> None:
         """Copies row `row` of a prefilled transformers cache (its columns start..start+length: the prompt
