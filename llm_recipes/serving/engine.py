@@ -180,17 +180,18 @@ class _Row:
 
 class Uniforms:
     """A row's uniform numbers for its draws (`_draw`, `_draw_one`, the numba step's), from its generator (torch's
-    global one without), taken BLOCK at a time on the CPU: there `torch.rand(k)` gives the numbers of k calls of
-    `torch.rand(1)` and leaves the generator in the same state (a serial kernel; tested), so a seeded row draws
-    exactly the tokens it drew one number at a time, whichever path takes each number. Why: one `torch.rand(1)` per
-    token cost ~16 us of one stream's ~290 us token on the quickstart model (cold caches right after the step)."""
+    global one without), taken BLOCK at a time. Every path takes the row's numbers here in order, so a seed gives the
+    same tokens alone, in a batch and row by row; on the CPU `torch.rand(k)` also gives the numbers of k calls of
+    `torch.rand(1)` and leaves the generator in the same state (a serial kernel; tested), so a seeded row draws the
+    tokens it drew one number at a time before (on a GPU, Philox's offsets make a block's numbers differ from one at
+    a time: still reproducible). Why: one `torch.rand(1)` per token cost ~16 us of one stream's ~290 us token on the
+    quickstart model (cold caches right after the step); on a GPU, reading one number back per row and token would
+    wait for the device each time."""
 
     BLOCK = 64
 
     def __init__(self, generator, device):
         self.generator, self.device = generator, device
-        # on a GPU `torch.rand(k)` need not equal k draws of one: one number at a time there, as before
-        self._size = self.BLOCK if getattr(device, "type", device) == "cpu" else 1
         self._block: list[float] = []
         self._next = 0
 
@@ -198,7 +199,7 @@ class Uniforms:
         if self._next == len(self._block):
             import torch
 
-            self._block = torch.rand(self._size, generator=self.generator, device=self.device).tolist()
+            self._block = torch.rand(self.BLOCK, generator=self.generator, device=self.device).tolist()
             self._next = 0
         self._next += 1
         return self._block[self._next - 1]
