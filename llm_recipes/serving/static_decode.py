@@ -288,8 +288,11 @@ class StaticDecoder:
             now; on failure the step stays eager and `compile_error` says why.
         prefix_slots: extra slots after the batch's, where finished rows' keys and values are kept for a later
             prompt that starts with the same tokens (`PrefixCache`); the decode step never reads them.
-        one_row_step: "numpy": a single row decodes through `numpy_decode_step_for` (CPU, float32; otherwise,
-            or without threadpoolctl, the torch step, and `one_row_reason` says why); "torch": the torch step.
+        one_row_step: "numba": a single row decodes through `numba_step.decode_row` (`step_one`) or, with its
+            token, `decode_and_pick` (`step_and_pick`), compiled here (`numba_seconds`); without numba the numpy
+            step. "numpy": through `numpy_decode_step_for`. Both run on the CPU at float32 (otherwise, or without
+            threadpoolctl, the torch step; `one_row_reason` says why) and prefill one row in numpy
+            (`prefill_alone`). "torch": the torch step.
     """
 
     def __init__(self, model, max_batch_size: int, context: int, compile: bool = False, prefix_slots: int = 0,
