@@ -45,9 +45,9 @@ def test_openai_client_chat_and_completions(server):
     assert streamed == answer  # greedy: streaming and not give the same text
     assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
     # really incremental: the answer comes in several chunks. The server joins every token already waiting into
-    # one chunk (as vLLM merges a slow reader's outputs), and the numpy one-row step decodes this tiny model's 12
-    # tokens in about a millisecond, so a short answer may arrive whole; 64 tokens take several times the HTTP
-    # side's reaction time.
+    # one chunk (as vLLM merges a slow reader's outputs), and the one-row step (numba, or numpy without it) decodes
+    # this tiny model's 12 tokens in under a millisecond, so a short answer may arrive whole; 64 tokens take several
+    # times the HTTP side's reaction time (timing-dependent still: not made deterministic).
     long = client.chat.completions.create(model="tiny", messages=messages, max_tokens=64, temperature=0, stream=True)
     pieces = [c.choices[0].delta.content for c in long if c.choices and c.choices[0].delta.content]
     assert len(pieces) >= 2

@@ -147,6 +147,80 @@ def test_one_row_draw_equals_the_batched_draw():
         _draw_one(torch.full((5,), float("nan")), 1.0, None)
 
 
+def test_a_rows_uniform_numbers_are_those_of_one_draw_at_a_time():
+    """`Uniforms` takes a row's numbers 64 at a time on the CPU: the same numbers, in the same order, as one
+    `torch.rand(1)` per draw, and the generator in the same state after a whole block."""
+    import torch
+
+    from llm_recipes.serving.engine import Uniforms
+
+    for seed in (0, 7):
+        source, alone = Uniforms(torch.Generator().manual_seed(seed), torch.device("cpu")), \
+            torch.Generator().manual_seed(seed)
+        assert [source.next() for _ in range(150)] == [torch.rand(1, generator=alone).item() for _ in range(150)]
+        torch.rand(-150 % Uniforms.BLOCK, generator=alone)  # to the end of the source's third block
+        assert torch.equal(source.generator.get_state(), alone.get_state())
+
+
+def test_numba_draw_equals_the_batched_draw():
+    """The numba step's draw (`numba_step.draw_token`, float64) picks `_draw`'s token for the same uniform number
+    whenever it answers, and defers (-1) when the target is too close to a boundary to be sure; greedy is numpy's
+    argmax, NaN first."""
+    import numpy as np
+    import torch
+
+    numba_step = pytest.importorskip("llm_recipes.serving.numba_step")
+    from llm_recipes.serving.engine import _draw
+
+    torch.manual_seed(0)
+    deferred = 0
+    for i in range(400):
+        logits = torch.randn(1, 500) * (1 + i % 7)
+        temperature = [0.05, 0.3, 0.8, 1.0, 1.7][i % 5]
+        uniform = torch.rand(1, generator=torch.Generator().manual_seed(i)).item()
+        probs = torch.softmax(logits / torch.tensor([temperature])[:, None], dim=-1)
+        token = numba_step.draw_token(logits[0].numpy(), False, temperature, uniform,
+                                      numba_step.DRAW_MARGIN)
+        if token < 0:
+            deferred += 1
+        else:
+            assert token == _draw(probs, [torch.Generator().manual_seed(i)])[0], i
+        assert numba_step.draw_token(logits[0].numpy(), True, 1.0, 0.0, 0.0) == int(logits.argmax())
+    assert deferred < 20  # ~1% here (a few tokens of large probability, where boundaries are rare, in real use)
+    probs = np.array([0.5, 0.25, 0.25], np.float32)  # a target on a boundary: deferred
+    assert numba_step.draw_token(np.log(probs), False, 1.0, 0.5, numba_step.DRAW_MARGIN) == -1
+    assert numba_step.draw_token(np.log(probs), False, 1.0, 0.4, numba_step.DRAW_MARGIN) == 0
+    assert numba_step.draw_token(np.array([1, np.nan, 3, np.nan], np.float32), True, 1.0, 0.0, 0.0) == 1
+    assert numba_step.draw_token(np.array([1, np.nan], np.float32), False, 1.0, 0.3, 0.0) == -1
+
+
+def test_deferred_numba_draws_give_the_same_answer(model_and_tokenizer, monkeypatch):
+    """A seeded answer on the numba step is the same whether its draws are decided in numba or, deferred, by the
+    torch draw with the same uniform number (every draw deferred here)."""
+    pytest.importorskip("numba")
+    from llm_recipes.serving.engine import GenerationEngine, GenerationRequest
+    from llm_recipes.serving.static_decode import StaticDecoder
+
+    model, tok = model_and_tokenizer
+    ids = tok("The os module")["input_ids"]
+
+    def run() -> list[int]:
+        engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=2)
+        assert engine._static.one_row_step == "numba"
+        results, finish, done, make = collector(1)
+        try:
+            engine.submit(GenerationRequest(ids, 12, make(0), temperature=0.8, seed=7))
+            assert done.wait(60)
+        finally:
+            engine.shutdown()
+        return results[0]
+
+    decided = run()
+    real = StaticDecoder.step_and_pick
+    monkeypatch.setattr(StaticDecoder, "step_and_pick", lambda *args: (-1, real(*args)[1]))
+    assert len(decided) == 12 and run() == decided
+
+
 def test_growing_cache_layer_equals_concatenation():
     """The engine's cache layer writes into spare room instead of `torch.cat`: the same keys and values after
     every append, past its room (reallocation), and after its tensors are replaced from outside (the engine

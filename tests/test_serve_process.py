@@ -100,13 +100,34 @@ def test_a_crashed_engine_process_is_an_error_not_a_hang(tiny_model_dir, tmp_pat
     with running_server(tiny_model_dir, tmp_path / "f.sqlite", max_tokens_cap=240) as (url, _, engine, _s):
         with httpx.Client(base_url=url, timeout=60) as http:
             body = {"model": "tiny", "prompt": "hello", "max_tokens": 240, "ignore_eos": True, "stream": True}
-            with http.stream("POST", "/v1/completions", json=body) as r:
-                lines = r.iter_lines()
-                assert next(line for line in lines if line.startswith("data: "))  # the answer is under way
-                os.kill(engine.pid, signal.SIGKILL)
-                rest = [line for line in lines if line.startswith("data: ")]
-            assert rest[-1] == "data: [DONE]"
-            assert any("exited unexpectedly (exit code -9)" in line for line in rest)
+            # the engine is stopped (SIGSTOP) once the answer is under way; when its stream has not ended 1.5 s later
+            # the answer is still in flight and the engine is killed there. The one-row step can finish all 240
+            # tokens before the first chunk reaches us: then the engine goes on and the test asks again.
+            for _ in range(10):
+                lines, under_way, ended = [], threading.Event(), threading.Event()
+
+                def read(lines=lines, under_way=under_way, ended=ended):
+                    with http.stream("POST", "/v1/completions", json=body) as r:
+                        for line in r.iter_lines():
+                            if line.startswith("data: "):
+                                lines.append(line)
+                                under_way.set()
+                    ended.set()
+
+                reader = threading.Thread(target=read)
+                reader.start()
+                assert under_way.wait(30)
+                os.kill(engine.pid, signal.SIGSTOP)
+                if not ended.wait(1.5):
+                    break
+                os.kill(engine.pid, signal.SIGCONT)
+                reader.join(30)
+            else:
+                pytest.fail("every answer ended before the engine process could be stopped mid-answer")
+            os.kill(engine.pid, signal.SIGKILL)  # a stopped process dies as well
+            reader.join(60)
+            assert lines[-1] == "data: [DONE]"
+            assert any("exited unexpectedly (exit code -9)" in line for line in lines)
             health = http.get("/health")
             assert health.status_code == 503 and "exit code -9" in health.json()["error"]
             again = http.post("/v1/completions", json={"model": "tiny", "prompt": "hello", "max_tokens": 2})

@@ -68,21 +68,29 @@ def test_static_decode_equals_transformers_greedy(overrides):
     assert engine.peak_batch == 2  # rows shared steps (5 requests through 2 slots: slots were reused)
 
 
+def _numba_or_skip(kind: str) -> None:
+    if kind == "numba":
+        pytest.importorskip("numba")
+
+
+@pytest.mark.parametrize("kind", ["numpy", "numba"])
 @pytest.mark.parametrize("overrides", [
     {"qk_norm": True},  # query/key norms (the numpy norm over rows), grouped-query attention
     {"num_key_value_heads": 4, "rope_parameters": {"rope_type": "linear", "factor": 2.0}},
 ])
-def test_numpy_one_row_step_equals_the_torch_step(overrides):
-    """The numpy step for one row gives the torch step's logits and writes its keys and values, up to rounding
-    (OpenBLAS's sums in another order, the norm's mean as a dot product): 1e-5 here, ~1.5e-5 over 96 positions
-    of the quickstart model (benchmarks/serve/numpy_step_ab.py)."""
+def test_one_row_step_equals_the_torch_step_and_the_forward(overrides, kind):
+    """The numpy and numba steps for one row give the torch step's logits and write its keys and values, up to
+    rounding (sums in another order, the norm's mean as a dot product): 1e-5 here, ~1.5e-5 over 96 positions of
+    the quickstart model (benchmarks/serve/numpy_step_ab.py); and the transformers forward's over the same tokens.
+    The numba step's greedy token is the logits' argmax."""
     import torch
 
     from llm_recipes.serving.static_decode import StaticDecoder
 
+    _numba_or_skip(kind)
     model = _model(**overrides)
-    decoders = [StaticDecoder(model, 2, 64, one_row_step=kind) for kind in ("torch", "numpy")]
-    assert [d.one_row_step for d in decoders] == ["torch", "numpy"]
+    decoders = [StaticDecoder(model, 2, 64, one_row_step=name) for name in ("torch", kind)]
+    assert [d.one_row_step for d in decoders] == ["torch", kind]
     tokens = torch.randint(96, (40,), generator=torch.Generator().manual_seed(1)).tolist()
     with torch.inference_mode():
         for position, token in enumerate(tokens):
@@ -91,18 +99,34 @@ def test_numpy_one_row_step_equals_the_torch_step(overrides):
             assert logits.shape == expected.shape == (1, 96) and logits.dtype == torch.float32
             torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
             assert logits.argmax() == expected.argmax()
-    assert decoders[1].numpy_steps == len(tokens) and decoders[0].numpy_steps == 0
+            if position % 13 == 0:
+                forward = model(input_ids=torch.tensor([tokens[:position + 1]])).logits[:, -1]
+                torch.testing.assert_close(logits, forward, rtol=0, atol=1e-5)
+        if kind == "numba":  # one more position, with its greedy token in the same call
+            chosen, logits = decoders[1].step_and_pick(3, len(tokens), 0.0, 0.0)
+            assert chosen == int(logits.argmax())
+            forward = model(input_ids=torch.tensor([tokens + [3]])).logits[:, -1]
+            torch.testing.assert_close(torch.from_numpy(logits)[None], forward, rtol=0, atol=1e-5)
+            decoders[0].step(torch.tensor([3]), torch.tensor([len(tokens)]), len(tokens) + 1, len(tokens))
+    assert decoders[1].numpy_steps == len(tokens) + (kind == "numba") and decoders[0].numpy_steps == 0
     for cache in ("keys", "values"):
         for ours, theirs in zip(getattr(decoders[1], cache), getattr(decoders[0], cache)):
             torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
-def test_one_request_alone_decodes_through_the_numpy_step():
+@pytest.mark.parametrize("kind", ["numpy", "numba"])
+def test_one_request_alone_decodes_through_the_numpy_or_numba_step(kind):
     from llm_recipes.serving.engine import GenerationEngine
 
+    _numba_or_skip(kind)
     model = _model()
-    engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2)
-    assert engine.decode_path == "static KV cache, eager decode step (compile_decode off); one row: the numpy step"
+    engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2, one_row_step=kind)
+    path = "static KV cache, eager decode step (compile_decode off); one row: the "
+    if kind == "numba":  # the default where numba is installed: its start-up time in the line
+        assert engine.decode_path.startswith(path + "numba step (ready in ") and engine.decode_path.endswith(" s)")
+        assert GenerationEngine.__init__.__defaults__[-1] == "numba"
+    else:
+        assert engine.decode_path == path + "numpy step"
     results, _ = _run(engine, PROMPTS[:1], [12])
     assert results == _expected(model, PROMPTS[:1], [12])
     assert engine._static.numpy_steps == 11  # the first token comes from the prefill
@@ -168,14 +192,68 @@ def test_one_row_step_refuses_bad_values_and_keeps_torch_where_numpy_cannot_run(
     from llm_recipes.serving.static_decode import StaticDecoder
 
     model = _model()
-    with pytest.raises(ValueError, match="one_row_step must be one of numpy, torch; got 'fast'"):
+    with pytest.raises(ValueError, match="one_row_step must be one of numba, numpy, torch; got 'fast'"):
         GenerationEngine(model, pad_token_id=0, one_row_step="fast")
-    with pytest.raises(ModelLoadError, match="one_row_step must be one of numpy, torch; got 'fast'"):
+    with pytest.raises(ModelLoadError, match="one_row_step must be one of numba, numpy, torch; got 'fast'"):
         build_server(ServeConfig(model_path=str(tmp_path), one_row_step="fast"), tmp_path / "feedback.sqlite")
     assert not (tmp_path / "feedback.sqlite").exists()  # refused before the store was opened
-    decoder = StaticDecoder(model.to(torch.bfloat16), 1, 16, one_row_step="numpy")
-    assert decoder.one_row_step == "torch"
-    assert decoder.one_row_reason == "the numpy step runs float32 on the CPU, not bfloat16 on cpu"
+    for kind in ("numpy", "numba"):
+        decoder = StaticDecoder(model.to(torch.bfloat16), 1, 16, one_row_step=kind)
+        assert decoder.one_row_step == "torch"
+        assert decoder.one_row_reason == "the numpy step runs float32 on the CPU, not bfloat16 on cpu"
+
+
+def test_blas_threads_are_limited_for_the_numpy_step_and_only_around_the_numba_prefill(monkeypatch):
+    """numpy's BLAS gets the decoding thread count (1 here): with the numba step only while it prefills (the step
+    itself calls no BLAS), so the process's own numpy keeps its threads; with the numpy step for good."""
+    import torch
+    from threadpoolctl import ThreadpoolController
+
+    from llm_recipes.serving import static_decode
+
+    _numba_or_skip("numba")
+    blas = ThreadpoolController().select(user_api="blas")
+    before = [lib["num_threads"] for lib in blas.info()]
+    seen = []
+    prefill = static_decode.numpy_prefill_for
+
+    def watched(config):
+        inner = prefill(config)
+        return lambda *args: (seen.append([lib["num_threads"] for lib in blas.info()]), inner(*args))[1]
+
+    monkeypatch.setattr(static_decode, "numpy_prefill_for", watched)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        decoder = static_decode.StaticDecoder(_model(), 1, 64, one_row_step="numba")
+        decoder.prefill_alone([5, 9, 11])
+        assert seen == [[1] * len(before)]
+        assert [lib["num_threads"] for lib in blas.info()] == before
+        static_decode.StaticDecoder(_model(), 1, 64, one_row_step="numpy")
+        assert [lib["num_threads"] for lib in blas.info()] == [1] * len(before)
+    finally:
+        torch.set_num_threads(threads)
+        blas.limit(limits=before[0])  # what the numpy step's decoder limited for good
+
+
+def test_without_numba_the_numpy_step_runs(monkeypatch):
+    """numba is optional (the serve extra installs it): where it cannot be imported the default one-row step is the
+    numpy one, the start-up line says why, and answers are the same."""
+    import sys
+
+    from llm_recipes.serving.engine import GenerationEngine
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    monkeypatch.setitem(sys.modules, "llm_recipes.serving.numba_step", None)
+    monkeypatch.delattr(sys.modules["llm_recipes.serving"], "numba_step", raising=False)  # imported by another test
+    model = _model()
+    engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2)
+    assert engine._static.one_row_step == "numpy"
+    assert engine.decode_path.startswith("static KV cache, eager decode step (compile_decode off); one row: the "
+                                         "numpy step (numba is not installed (pip install llm-recipes[serve]): ")
+    results, _ = _run(engine, PROMPTS[:1], [12])
+    assert results == _expected(model, PROMPTS[:1], [12])
+    assert engine._static.numpy_steps == 11
 
 
 def test_unsupported_model_keeps_the_transformers_path():
@@ -201,7 +279,7 @@ def test_failed_compilation_leaves_the_step_eager(monkeypatch):
     model = _model()
     engine = GenerationEngine(model, pad_token_id=0, max_batch_size=2, compile_decode=True)
     assert engine.decode_path.startswith("static KV cache, eager decode step (torch.compile failed after ")
-    assert engine.decode_path.endswith("RuntimeError: no working C++ compiler found); one row: the numpy step")
+    assert "RuntimeError: no working C++ compiler found); one row: the num" in engine.decode_path  # numba or numpy
     results, _ = _run(engine, PROMPTS[:2], BUDGETS[:2])
     assert results == _expected(model, PROMPTS[:2], BUDGETS[:2])
 

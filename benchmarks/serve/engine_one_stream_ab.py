@@ -42,7 +42,9 @@ def child(model_path: str, threads: int) -> dict:
                 spent[key] += time.thread_time() - start
         setattr(obj, name, wrapper)
 
-    timed(engine._static, "step", "step")
+    for name in ("step", "step_one", "step_and_pick"):  # the torch, numpy and numba steps (whichever the tree has)
+        if hasattr(engine._static, name):
+            timed(engine._static, name, "step")
     timed(engine, "_sample_and_emit", "sample_and_emit")
 
     def one(tokens: int = 100) -> int:

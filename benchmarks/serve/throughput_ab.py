@@ -38,7 +38,7 @@ import vllm_check  # noqa: E402
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVE_OPTIONS = {"compile": ["--compile_decode", "true"], "no_static": ["--static_kv_cache", "false"],
                  "bf16": ["--dtype", "bfloat16"], "torch_step": ["--one_row_step", "torch"],
-                 "numpy_step": ["--one_row_step", "numpy"]}
+                 "numpy_step": ["--one_row_step", "numpy"], "numba_step": ["--one_row_step", "numba"]}
 
 
 def tree_cpu_seconds(root: int, children: bool = True) -> float:
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve with PYTHONPATH=TREE under this label (repeat for an A/B); "
                              "LABEL=TREE,threads=N also sets --torch_num_threads N; ',compile' adds "
                              "--compile_decode true, ',no_static' --static_kv_cache false, ',bf16' --dtype bfloat16, "
-                             "',torch_step' / ',numpy_step' --one_row_step torch / numpy")
+                             "',torch_step' / ',numpy_step' / ',numba_step' --one_row_step torch / numpy / numba")
     parser.add_argument("--vllm", action="append", default=[], metavar="LABEL[=KEY=VALUE,...]",
                         help="a vLLM configuration under this label with these environment settings, e.g. "
                              "'nobind=VLLM_CPU_OMP_THREADS_BIND=nobind,OMP_NUM_THREADS=1' (repeat to compare "

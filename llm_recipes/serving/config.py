@@ -60,10 +60,12 @@ class ServeConfig:
         "help": "with the static KV cache: keys and values of this many finished answers are kept, and a prompt "
                 "that starts with one's tokens (the chat page re-sends the conversation every turn) prefills only "
                 "the rest; 0 turns it off"})
-    one_row_step: str = field(default="numpy", metadata={
-        "help": "with the static KV cache, the step when one request decodes alone: numpy (on the quickstart "
-                "model ~2x less CPU per step than the torch step, logits within ~1.5e-5 of it; a request admitted "
-                "alone is also prefilled in numpy and its sampling draws the same tokens with fewer torch "
-                "operations; float32 on the CPU only, else the torch step) or torch; batches always take the "
-                "torch step"})
+    one_row_step: str = field(default="numba", metadata={
+        "help": "with the static KV cache, the step when one request decodes alone: numba (the whole step and the "
+                "choice of its token in one compiled call; numba comes with the serve extra, compiled at start in "
+                "~5-10 s the first time, then loaded from numba's cache in under a second; without numba, the numpy "
+                "step), numpy (~2x less CPU per step than the torch step on the quickstart model) or torch; numba and "
+                "numpy run float32 on the CPU only (else the torch step), give logits within ~1.5e-5 of the torch "
+                "step's and the same draws for a seed, and prefill a request admitted alone in numpy; batches always "
+                "take the torch step; the start-up line says which step runs"})
     seed: int = field(default=0, metadata={"help": "global torch seed (requests may pass their own `seed`)"})

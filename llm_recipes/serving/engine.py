@@ -152,6 +152,7 @@ class _Row:
         self.generator = None
         if request.seed is not None:
             self.generator = torch.Generator(device=device).manual_seed(int(request.seed))
+        self.uniforms = Uniforms(self.generator, device)  # every draw of this row takes its number here
         # penalties and bias change the scores greedy decoding picks from too; the filters only matter
         # when sampling. transformers' processors where one exists, in the order generate() applies them.
         self.penalties = LogitsProcessorList()
@@ -173,6 +174,35 @@ class _Row:
             self.filters.append(TopPLogitsWarper(request.top_p))
         if request.min_p > 0.0:
             self.filters.append(MinPLogitsWarper(request.min_p))
+        # nothing but a temperature (no penalty, bias, grammar or filter: most requests) and a token to generate
+        self.plain = not (self.penalties or self.filters or self.grammar is not None or request.max_new_tokens == 0)
+
+
+class Uniforms:
+    """A row's uniform numbers for its draws (`_draw`, `_draw_one`, the numba step's), from its generator (torch's
+    global one without), taken BLOCK at a time. Every path takes the row's numbers here in order, so a seed gives the
+    same tokens alone, in a batch and row by row; on the CPU `torch.rand(k)` also gives the numbers of k calls of
+    `torch.rand(1)` and leaves the generator in the same state (a serial kernel; tested), so a seeded row draws the
+    tokens it drew one number at a time before (on a GPU, Philox's offsets make a block's numbers differ from one at
+    a time: still reproducible). Why: one `torch.rand(1)` per token cost ~16 us of one stream's ~290 us token on the
+    quickstart model (cold caches right after the step); on a GPU, reading one number back per row and token would
+    wait for the device each time."""
+
+    BLOCK = 64
+
+    def __init__(self, generator, device):
+        self.generator, self.device = generator, device
+        self._block: list[float] = []
+        self._next = 0
+
+    def next(self) -> float:
+        if self._next == len(self._block):
+            import torch
+
+            self._block = torch.rand(self.BLOCK, generator=self.generator, device=self.device).tolist()
+            self._next = 0
+        self._next += 1
+        return self._block[self._next - 1]
 
 
 class OpenAIPenalties:
@@ -249,11 +279,13 @@ class GenerationEngine:
         prefix_cache: with the static cache, how many finished sequences' keys and values to keep (one cache
             slot each): a prompt that starts with one's tokens (a chat's next turn re-sends the conversation)
             prefills only the rest (`prefix_hits`, `prefix_reused_tokens` count them); 0 turns it off.
-        one_row_step: with the static cache, the step when a single row decodes: "numpy" (faster for one
-            stream on the CPU at float32; elsewhere the torch step, `decode_path` says why) or "torch"
-            (`static_decode.StaticDecoder`); batches of two or more always take the torch step. With "numpy"
-            active, a prompt admitted while no row runs is also prefilled in numpy (`StaticDecoder.prefill_alone`)
-            unless it asks for prompt log-probabilities or is longer than NUMPY_PREFILL_MAX_TOKENS.
+        one_row_step: with the static cache, the step when a single row decodes: "numba" (the step and, for a
+            row with nothing but a temperature, its token in one compiled call: `numba_step`; without numba the
+            numpy step), "numpy" (both faster for one stream on the CPU at float32; elsewhere the torch step,
+            `decode_path` says why) or "torch" (`static_decode.StaticDecoder`); batches of two or more always take
+            the torch step. With "numba" or "numpy" active, a prompt admitted while no row runs is also prefilled in
+            numpy (`StaticDecoder.prefill_alone`) unless it asks for prompt log-probabilities or is longer than
+            NUMPY_PREFILL_MAX_TOKENS.
     """
 
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 8, max_queue: int = 64,
@@ -313,8 +345,12 @@ class GenerationEngine:
         finally:
             torch.set_num_threads(previous)
         self.compile_seconds = round(decoder.compile_seconds, 1)
-        one_row = "; one row: the numpy step" if decoder.one_row_step == "numpy" else \
-            f"; one row: the torch step ({decoder.one_row_reason or 'one_row_step torch'})"
+        if decoder.one_row_step == "numba":
+            one_row = f"; one row: the numba step (ready in {decoder.numba_seconds:.1f} s)"
+        elif decoder.one_row_step == "numpy":
+            one_row = "; one row: the numpy step" + (f" ({decoder.one_row_reason})" if decoder.one_row_reason else "")
+        else:
+            one_row = f"; one row: the torch step ({decoder.one_row_reason or 'one_row_step torch'})"
         if decoder.compiled:
             return decoder, (f"static KV cache, decode step compiled by torch.compile in {self.compile_seconds} s"
                              f"{one_row}")
@@ -365,6 +401,13 @@ class GenerationEngine:
         torch.set_num_threads(self._num_threads)  # OpenMP settings are per thread
         rows: list[_Row] = []
         state = None  # (cache, attention_mask (B, S), next position (B,), last token (B,))
+        # inference mode for the thread's whole life, not entered per step: one stream's token is ~300 us, and each
+        # small step of Python around the compiled step counts
+        with torch.inference_mode():
+            self._serve(rows, state)
+
+    def _serve(self, rows: list[_Row], state) -> None:
+        """The worker's loop: admit, decode, emit, until `shutdown`."""
         while not self._stop.is_set():
             try:
                 if not rows:
@@ -375,15 +418,14 @@ class GenerationEngine:
                     newcomers = [first] + self._take(self.max_batch_size - 1)
                 else:
                     newcomers = self._take(self.max_batch_size - len(rows))
-                newcomers = [r for r in newcomers if not self._drop_if_cancelled(r)]
-                with torch.inference_mode():
-                    if newcomers:
-                        # prefill, then their first token; survivors join the running batch
-                        new_rows, new_state = self._admit(newcomers, alone=not rows)
-                        if new_rows:
-                            rows, state = self._merge(rows, state, new_rows, new_state)
-                    if rows:
-                        rows, state = self._decode_step(rows, state)
+                if newcomers:
+                    # prefill, then their first token; survivors join the running batch
+                    newcomers = [r for r in newcomers if not self._drop_if_cancelled(r)]
+                    new_rows, new_state = self._admit(newcomers, alone=not rows) if newcomers else ([], None)
+                    if new_rows:
+                        rows, state = self._merge(rows, state, new_rows, new_state)
+                if rows:
+                    rows, state = self._decode_step(rows, state)
                 self.running = len(rows)
                 self.peak_batch = max(self.peak_batch, len(rows))
             except Exception as e:  # a bug or OOM must not kill the server: fail the running requests
@@ -401,6 +443,8 @@ class GenerationEngine:
             self._on_step()
 
     def _take(self, n: int) -> list[GenerationRequest]:
+        if n <= 0 or not self._queue.qsize():  # the usual case while decoding: no exception raised and caught
+            return []
         taken = []
         while len(taken) < n:
             try:
@@ -455,7 +499,7 @@ class GenerationEngine:
         had its first token twice. A single prompt with no row running, when one row takes the numpy step, is
         prefilled in numpy straight into the static cache (`StaticDecoder.prefill_alone`: one stream's prefill
         was ~9 ms through the transformers forward); scoring a prompt (`prompt_logprobs`) keeps the forward."""
-        if (alone and len(rows) == 1 and self._static is not None and self._static.one_row_step == "numpy"
+        if (alone and len(rows) == 1 and self._static is not None and self._static.one_row_step != "torch"
                 and not rows[0].request.prompt_logprobs
                 and len(rows[0].request.prompt_ids) <= NUMPY_PREFILL_MAX_TOKENS):
             prompt = rows[0].request.prompt_ids
@@ -584,9 +628,12 @@ class GenerationEngine:
         """Feeds every running row its last token and samples the next."""
         torch = self._torch
         cache, mask, pos, last_tokens = state
-        if cache is None and isinstance(last_tokens, list):  # one row on the numpy step (see `_sample_and_emit`)
-            logits = self._static.step_one(last_tokens[0], pos[0])
+        if cache is None and isinstance(last_tokens, list):  # one row on the numba or numpy step (`_sample_and_emit`)
             self.steps += 1
+            row = rows[0]
+            if row.plain and self._static.one_row_step == "numba":
+                return self._numba_step_alone(row, last_tokens[0], pos[0])
+            logits = self._static.step_one(last_tokens[0], pos[0])
             return self._sample_and_emit(rows, (None, None, [pos[0] + 1], logits))
         if cache is None:  # the static cache: positions are ints, rows sit in slots 0..B-1
             # at least 2 columns: a compiled step specialises a length of 1 (one more compilation)
@@ -599,6 +646,41 @@ class GenerationEngine:
                          use_cache=True, logits_to_keep=1, **{self._cache_key: cache})
         self.steps += 1
         return self._sample_and_emit(rows, (cache, mask, pos + 1, out.logits[:, -1, :]))
+
+    def _numba_step_alone(self, row: _Row, token: int, position: int):
+        """One plain row (`_Row.plain`) alone on the numba step: the step and its token in one compiled call, then
+        `_sample_and_emit`'s work for this one row with nothing else to check (one stream's whole token is ~300 us
+        of CPU on the quickstart model, and each Python step after the step's sweep of the weights meets cold
+        caches). The uniform number comes from the row's `Uniforms`, as every draw's, so that a seed gives the same
+        tokens alone and in a batch."""
+        request = row.request
+        temperature = request.temperature
+        try:
+            uniform = 0.0 if temperature <= 0 else row.uniforms.next()
+            token, logits = self._static.step_and_pick(token, position, temperature, uniform)
+            if token < 0:  # too close to call in float64 (or not a distribution): torch's float32 draw decides
+                token = _draw_one(self._torch.from_numpy(logits), temperature, row.generator, uniform)
+            if request.cancelled.is_set():
+                request.emit(("done", "cancelled"))
+            elif token in request.stop_ids:
+                request.emit(("done", "stop"))
+            else:
+                info = None
+                if request.logprobs is not None:
+                    info = _logprobs(self._torch.from_numpy(logits[None]), self._torch.tensor([token]),
+                                     request.logprobs)[0]
+                request.emit(("token", token, info))
+                row.ids.append(token)
+                row.generated += 1
+                if row.generated < request.max_new_tokens:
+                    return [row], (None, None, [position + 1], [token])  # its next token stays an int
+                request.emit(("done", "length"))
+        except Exception as e:  # noqa: BLE001 - its values, its callback: fail the request, as `_sample_and_emit`
+            logger.exception("sampling failed for one sequence")
+            _fail(request, e)
+        if self._static.prefix.entries:  # it ends: its keys and values may be reused
+            self._static.keep(0, row.ids[:position + 1])
+        return [], None
 
     def _sample_and_emit(self, rows, state):
         """Chooses a token for each row from its logits, emits it, and prunes finished rows."""
@@ -641,8 +723,8 @@ class GenerationEngine:
                 _fail(request, e)
                 continue
             keep.append(i)
-        if len(keep) == len(rows) == 1 and cache is None and self._static.one_row_step == "numpy":
-            # one row on the numpy step: its next token stays an int (no tensor made and read back every token)
+        if len(keep) == len(rows) == 1 and cache is None and self._static.one_row_step != "torch":
+            # one row on the numba or numpy step: its next token stays an int (no tensor made and read back each token)
             return rows, (cache, mask, pos, tokens)
         tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
         if len(keep) == len(rows):
@@ -697,7 +779,7 @@ class GenerationEngine:
         torch = self._torch
         greedy, sampled = [], []
         for i, row in enumerate(rows):
-            if row.penalties or row.filters or row.grammar is not None or row.request.max_new_tokens == 0:
+            if not row.plain:
                 continue
             (greedy if row.request.temperature <= 0 else sampled).append(i)
         chosen = {}
@@ -708,14 +790,15 @@ class GenerationEngine:
             chosen.update(zip(greedy, logits[greedy].argmax(-1).tolist()))
         if sampled == [0] and len(rows) == 1 and logits.device.type == "cpu":  # one stream
             row = rows[0]
-            chosen[0] = _draw_one(logits, row.request.temperature, row.generator)
+            chosen[0] = _draw_one(logits, row.request.temperature, row.generator, row.uniforms.next())
         elif sampled:
             scores = logits if len(sampled) == len(rows) else logits[sampled]  # no index copy when all sample
             # a tensor division for every batch (not a Python scalar's, which the CPU kernel turns into a
             # product with 1/t): a seeded row draws the same tokens alone and beside others
             temperatures = torch.tensor([rows[i].request.temperature for i in sampled], device=logits.device)
             scores = scores.float() / temperatures[:, None]
-            draws = _draw(torch.softmax(scores, dim=-1), [rows[i].generator for i in sampled])  # (rows, V)
+            draws = _draw(torch.softmax(scores, dim=-1), [rows[i].generator for i in sampled],  # (rows, V)
+                          [rows[i].uniforms.next() for i in sampled])
             chosen.update(zip(sampled, draws))
         return chosen
 
@@ -734,22 +817,25 @@ class GenerationEngine:
         scores = scores / request.temperature
         if row.filters:
             scores = row.filters(None, scores)  # the filters look at the scores only
-        return _draw(torch.softmax(scores, dim=-1), [row.generator])[0]
+        return _draw(torch.softmax(scores, dim=-1), [row.generator], [row.uniforms.next()])[0]
 
 
 NOT_A_DISTRIBUTION = ("the probabilities are not a distribution (NaN, infinite or all zero): a temperature too small "
                       "for float32, or logits that overflowed")
 
 
-def _draw(probs, generators: list) -> list[int]:
+def _draw(probs, generators: list, uniforms: list[float] | None = None) -> list[int]:
     """One token per row of `probs` (rows, V), drawn by inverting its cumulative distribution with one uniform
     number per row, from the row's own generator when it has one (else torch's global one): the same
     distribution as `torch.multinomial`, which on the CPU took ~0.3 ms per row of a 4,096-token vocabulary
     (10 ms of a 32-row step) against ~0.5 ms here for all 32 (benchmarks/README.md, "Serving throughput").
-    A seeded row's draws depend on its generator only, never on its batch neighbours."""
+    A seeded row's draws depend on its generator only, never on its batch neighbours. `uniforms`: the rows'
+    numbers already taken (the engine's rows take them from their `Uniforms`), else they are taken here."""
     import torch
 
-    if all(g is None for g in generators):
+    if uniforms is not None:
+        uniform = torch.tensor(uniforms, dtype=torch.float32, device=probs.device)
+    elif all(g is None for g in generators):
         uniform = torch.rand(len(generators), device=probs.device)
     elif len(generators) == 1:
         uniform = torch.rand(1, generator=generators[0], device=probs.device)
@@ -772,14 +858,15 @@ def _draw(probs, generators: list) -> list[int]:
     return torch.searchsorted(cumulative, targets, right=True).clamp_(max=probs.shape[-1] - 1).view(-1).tolist()
 
 
-def _draw_one(logits, temperature: float, generator) -> int:
+def _draw_one(logits, temperature: float, generator, uniform: float | None = None) -> int:
     """`_draw(softmax(logits / temperature))` for one row (logits (V,) or (1, V)) on the CPU, with the same draw for
     the same uniform number: the same division (in numpy: IEEE division by the float32 temperature, the values of
     `_sample_plain`'s division by a (1,)-tensor, where torch would turn a Python scalar divisor into a product with
     1/t), the same torch softmax and cumulative sum (the same kernels, so the same float32 values), then the checks
     and the search in numpy. Why: right after a decode step every small torch operation meets cold caches (12-35
     us each on the quickstart model), and `_draw` took ~107 us of a ~490 us token there; this ~78
-    (benchmarks/README.md, "Serving throughput")."""
+    (benchmarks/README.md, "Serving throughput"). `uniform`: the number already taken (the engine's rows take it from
+    their `Uniforms`), else one is taken from `generator` now."""
     import numpy as np
     import torch
 
@@ -789,7 +876,8 @@ def _draw_one(logits, temperature: float, generator) -> int:
     total = cumulative[-1]  # a numpy float32, as `_draw`'s tensor
     if not (math.isfinite(total) and total > 0):
         raise ValueError(NOT_A_DISTRIBUTION)
-    uniform = (torch.rand(1, generator=generator) if generator is not None else torch.rand(1)).item()
+    if uniform is None:
+        uniform = (torch.rand(1, generator=generator) if generator is not None else torch.rand(1)).item()
     # float32 product and right-side search, as `_draw`: the first token whose cumulative mass exceeds u x total
     index = int(np.searchsorted(cumulative, np.float32(uniform) * total, side="right"))
     return min(index, cumulative.shape[0] - 1)

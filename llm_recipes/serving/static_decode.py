@@ -19,6 +19,9 @@ One decoding row (one stream) can take a numpy rendition of the step instead (`o
 `numpy_decode_step_for`) on numpy views of the same weights and cache: on the quickstart model it is ~2x
 faster than the eager torch step (numpy's OpenBLAS does one-row products in half of torch's time, and a numpy
 call costs ~1 us where a torch operation's dispatch costs 2-5; benchmarks/README.md, "Serving throughput").
+With numba installed (`one_row_step="numba"`, the default) the whole step, and the choice of its token, is one
+compiled call (`numba_step.py`) on the same memory: the layers' weights and the cache are stacked over layers
+(one tensor each, the per-layer tensors views of it) so that it takes a few arrays.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ MIN_REUSED_TOKENS = 16
 # the numpy prefill of a prompt admitted alone holds its attention scores whole (heads x n x n floats, no
 # flash-style tiling): longer prompts take the transformers forward (SDPA), whose memory does not grow so
 NUMPY_PREFILL_MAX_TOKENS = 512
-# the step for a single decoding row: "numpy" (`numpy_decode_step_for`, on the CPU at float32; elsewhere the
-# torch step) or "torch" (the step of every batch size)
-ONE_ROW_STEPS = ("numpy", "torch")
-DEFAULT_ONE_ROW_STEP = "numpy"
+# the step for a single decoding row: "numba" (`numba_step.decode_row`, one compiled call; without numba the numpy
+# step), "numpy" (`numpy_decode_step_for`), both on the CPU at float32 (elsewhere the torch step), or "torch" (the
+# step of every batch size)
+ONE_ROW_STEPS = ("numba", "numpy", "torch")
+DEFAULT_ONE_ROW_STEP = "numba"
 
 
 def check_one_row_step(value) -> str:
@@ -284,8 +288,11 @@ class StaticDecoder:
             now; on failure the step stays eager and `compile_error` says why.
         prefix_slots: extra slots after the batch's, where finished rows' keys and values are kept for a later
             prompt that starts with the same tokens (`PrefixCache`); the decode step never reads them.
-        one_row_step: "numpy": a single row decodes through `numpy_decode_step_for` (CPU, float32; otherwise,
-            or without threadpoolctl, the torch step, and `one_row_reason` says why); "torch": the torch step.
+        one_row_step: "numba": a single row decodes through `numba_step.decode_row` (`step_one`) or, with its
+            token, `decode_and_pick` (`step_and_pick`), compiled here (`numba_seconds`); without numba the numpy
+            step. "numpy": through `numpy_decode_step_for`. Both run on the CPU at float32 (otherwise, or without
+            threadpoolctl, the torch step; `one_row_reason` says why) and prefill one row in numpy
+            (`prefill_alone`). "torch": the torch step.
     """
 
     def __init__(self, model, max_batch_size: int, context: int, compile: bool = False, prefix_slots: int = 0,
@@ -304,17 +311,21 @@ class StaticDecoder:
             positions = torch.arange(self.context + 1, device=self.device)[None]
             cos, sin = base.rotary_emb(base.embed_tokens.weight[:1], positions)
             half = config.head_dim // 2
-            layers = []
-            for block in base.layers:
-                attn, mlp = block.self_attn, block.mlp
-                layers.append({
-                    "input_norm": block.input_layernorm.weight, "post_norm": block.post_attention_layernorm.weight,
-                    "qkv": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).t().contiguous(),
-                    "o": attn.o_proj.weight.t().contiguous(),
-                    "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t().contiguous(),
-                    "down": mlp.down_proj.weight.t().contiguous(),
-                    **({"q_norm": attn.q_norm.weight, "k_norm": attn.k_norm.weight} if config.qk_norm else {}),
-                })
+            # each kind of weight stacked over layers (L, ...), each layer's a view: the compiled one-row step takes
+            # a few arrays, the torch and numpy steps a dict per layer, on the same memory
+            blocks = [(block, block.self_attn, block.mlp) for block in base.layers]
+            self.stacked = {
+                "input_norm": torch.stack([b.input_layernorm.weight for b, _, _ in blocks]),
+                "post_norm": torch.stack([b.post_attention_layernorm.weight for b, _, _ in blocks]),
+                "qkv": torch.stack([torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).t()
+                                    for _, a, _ in blocks]),
+                "o": torch.stack([a.o_proj.weight.t() for _, a, _ in blocks]),
+                "gate_up": torch.stack([torch.cat([m.gate_proj.weight, m.up_proj.weight]).t() for _, _, m in blocks]),
+                "down": torch.stack([m.down_proj.weight.t() for _, _, m in blocks]),
+                **({"q_norm": torch.stack([a.q_norm.weight for _, a, _ in blocks]),
+                    "k_norm": torch.stack([a.k_norm.weight for _, a, _ in blocks])} if config.qk_norm else {}),
+            }
+            layers = [{name: stacked[i] for name, stacked in self.stacked.items()} for i in range(len(blocks))]
             self.weights = {
                 "embed": base.embed_tokens.weight, "norm": base.norm.weight,
                 "lm_head": model.lm_head.weight.t().contiguous(), "cos": cos[0], "layers": layers,
@@ -324,18 +335,30 @@ class StaticDecoder:
         self.prefix = PrefixCache(range(self.max_batch_size, self.max_batch_size + int(prefix_slots)))
         shape = (self.max_batch_size + int(prefix_slots), config.num_key_value_heads, self.context + 1,
                  config.head_dim)
-        self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]
-        self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]
+        # (L, slots, kv heads, context + 1, hd), one per layer as views (`keys[layer]`)
+        self.all_keys = torch.zeros((len(layers), *shape), dtype=self.dtype, device=self.device)
+        self.all_values = torch.zeros((len(layers), *shape), dtype=self.dtype, device=self.device)
+        self.keys, self.values = list(self.all_keys.unbind(0)), list(self.all_values.unbind(0))
         self._eager_step = self._step = decode_step_for(config)
         self.compiled = False
         self.compile_error: str | None = None
         self.compile_seconds = 0.0
         if compile:
             self._compile()
-        self._numpy_step = self._numpy_prefill = None
-        self.numpy_steps = self.numpy_prefills = 0  # steps taken by the numpy step (tests and benchmarks read it)
-        self.one_row_reason = self._numpy_one_row() if check_one_row_step(one_row_step) == "numpy" else None
-        self.one_row_step = "numpy" if self._numpy_step is not None else "torch"
+        self._numpy_step = self._numpy_prefill = self._numba = None
+        self.numpy_steps = self.numpy_prefills = 0  # steps taken by the numpy or numba step (tests and benchmarks)
+        self.numba_seconds = 0.0  # the numba step's start-up: compiled, or loaded from numba's cache
+        self.one_row_reason = None  # why the step asked for does not run (None when it does)
+        self.one_row_step = "torch"
+        if check_one_row_step(one_row_step) != "torch":
+            self.one_row_reason = self._numpy_one_row()
+            if self.one_row_reason is None:
+                self.one_row_step = "numpy"
+                if one_row_step == "numba":
+                    self.one_row_reason = self._numba_one_row()
+                    self.one_row_step = "numba" if self.one_row_reason is None else "numpy"
+                if self.one_row_step == "numpy":  # numpy's products every token: BLAS limited for good
+                    self._blas.limit(limits=self._blas_threads)
 
     def _numpy_one_row(self) -> str | None:
         """Sets up the numpy step for one row; why not (None when it is set up)."""
@@ -345,15 +368,49 @@ class StaticDecoder:
             return f"the numpy step runs float32 on the CPU, not {str(self.dtype).removeprefix('torch.')} on " \
                    f"{self.device.type}"
         try:
-            from threadpoolctl import threadpool_limits
+            from threadpoolctl import ThreadpoolController
         except ImportError:
             return "threadpoolctl is not installed (pip install llm-recipes[serve])"
         # OpenBLAS starts one thread per core: on 2 busy cores its default made a step with numpy products 2.5x
-        # slower than with one thread; the decoding thread count torch was given (1 for a small model) holds here
-        threadpool_limits(torch.get_num_threads(), user_api="blas")
+        # slower than with one thread; the decoding thread count torch was given (1 for a small model) holds for
+        # numpy's products here: around each call of the numba step's prefill (`prefill_alone`), for the whole
+        # process with the numpy step (entering and leaving the limit costs ~24 us, a tenth of its token)
+        self._blas = ThreadpoolController().select(user_api="blas")
+        self._blas_threads = torch.get_num_threads()
         self._numpy_arrays = (as_numpy(self.weights), as_numpy(self.keys), as_numpy(self.values))
         self._numpy_step = numpy_decode_step_for(self.config)
         self._numpy_prefill = numpy_prefill_for(self.config)
+        return None
+
+    def _numba_one_row(self) -> str | None:
+        """Sets up the numba step for one row (after `_numpy_one_row`: the prefill stays numpy's) and runs it once,
+        so that the first request does not wait for its compilation (`numba_seconds`: ~5-10 s compiling, well
+        under a second from numba's on-disk cache); why not (None when it is set up)."""
+        import numpy as np
+
+        start = time.perf_counter()
+        try:
+            from . import numba_step
+        except ImportError as e:
+            return f"numba is not installed (pip install llm-recipes[serve]): {e}"
+        config, stacked = self.config, as_numpy(self.stacked)
+        no_norm = np.zeros((len(self.keys), 1), np.float32)
+        weights = self._numpy_arrays[0]
+        self._numba_arrays = (
+            weights["embed"], weights["cos"], weights["signed_sin"], stacked["input_norm"], stacked["post_norm"],
+            stacked["qkv"], stacked["o"], stacked["gate_up"], stacked["down"], stacked.get("q_norm", no_norm),
+            stacked.get("k_norm", no_norm), weights["norm"], weights["lm_head"], self.all_keys.numpy(),
+            self.all_values.numpy(), np.float32(config.rms_norm_eps), int(config.num_attention_heads),
+            int(config.num_key_value_heads), bool(config.qk_norm))
+        self._numba = numba_step
+        try:
+            # compiles (or loads from the cache) the function; what it writes in slot 0 is rewritten before use
+            numba_step.decode_and_pick(0, 0, *self._numba_arrays, True, 1.0, 0.0)
+        except Exception as e:  # noqa: BLE001 - no compiler for this CPU, a numba bug: the numpy step works the same
+            self._numba = None
+            return f"the numba step failed to compile: {_first_line(e)}"
+        finally:
+            self.numba_seconds = time.perf_counter() - start
         return None
 
     def _compile(self) -> None:
@@ -397,15 +454,29 @@ class StaticDecoder:
             return self._step(self.weights, self.keys, self.values, tokens, positions, length, position)
 
     def step_one(self, token: int, position: int):
-        """The numpy step (`one_row_step == "numpy"`) for the row in slot 0: logits (1, V) of `token` fed at
+        """The numba or numpy step (`one_row_step`) for the row in slot 0: logits (1, V) of `token` fed at
         `position` (ints in, no tensors to build and read back)."""
         import torch
 
         self.numpy_steps += 1
-        return torch.from_numpy(self._numpy_step(*self._numpy_arrays, token, position)[None])
+        if self._numba is not None:
+            logits = self._numba.decode_row(token, position, *self._numba_arrays)
+        else:
+            logits = self._numpy_step(*self._numpy_arrays, token, position)
+        return torch.from_numpy(logits[None])
+
+    def step_and_pick(self, token: int, position: int, temperature: float, uniform: float):
+        """The numba step (`one_row_step == "numba"`) and its token in one compiled call: (token, logits (V,) as a
+        numpy array: a tensor only when the caller needs one). The token is the greedy one when `temperature` <= 0,
+        else the one `engine._draw` gives these logits at this temperature for this uniform number; -1 when the
+        compiled draw cannot be sure of it (the caller draws through torch with the same number:
+        `numba_step.draw_token`)."""
+        self.numpy_steps += 1
+        return self._numba.decode_and_pick(token, position, *self._numba_arrays, temperature <= 0, temperature,
+                                           uniform)
 
     def prefill_alone(self, prompt: list[int]):
-        """For the numpy step only (`one_row_step == "numpy"`): prefills `prompt` into slot 0 (the batch must be
+        """For the numba and numpy steps only (`one_row_step`): prefills `prompt` into slot 0 (the batch must be
         empty) with `numpy_prefill_for`, after copying in the keys and values of a kept row that starts with the
         same tokens (`PrefixCache.lookup`); returns the logits (1, V) of its last token."""
         import torch
@@ -414,7 +485,10 @@ class StaticDecoder:
         if length:
             self.move([slot], [0], length)
         self.numpy_prefills += 1
-        return torch.from_numpy(self._numpy_prefill(*self._numpy_arrays, prompt[length:], length)[None])
+        if self.one_row_step == "numpy":  # BLAS limited already
+            return torch.from_numpy(self._numpy_prefill(*self._numpy_arrays, prompt[length:], length)[None])
+        with self._blas.limit(limits=self._blas_threads):  # the numba step: limited for this call only
+            return torch.from_numpy(self._numpy_prefill(*self._numpy_arrays, prompt[length:], length)[None])
 
     def load(self, slot: int, cache, row: int, start: int, length: int) -> None:
         """Copies row `row` of a prefilled transformers cache (its columns start..start+length: the prompt
