@@ -33,13 +33,14 @@ rows = [row(prose(rng, 200), f"d{{i}}") for i in range(12)] + [row(prose(rng, 15
 write_input(__import__("pathlib").Path("in"), [rows[:9], rows[9:]])
 report = clean(CleanConfig(input_dir="in", output_dir="out", num_workers=1, progress=False))
 print(json.dumps({{"kept": report["output_documents"], "torch": "torch" in sys.modules,
-                  "matplotlib": "matplotlib" in sys.modules,
+                  "matplotlib": "matplotlib" in sys.modules, "pandas": "pandas" in sys.modules,
                   "models": sorted(m for m in sys.modules if m.startswith("transformers.models"))}}))
 """
     result = run_python(code, tmp_path)
     assert result["kept"] > 0
     assert result["torch"] is False
     assert result["matplotlib"] is False  # the report's chart is drawn with Pillow (~0.8 CPU s less per run)
+    assert result["pandas"] is False  # shards are written from string buffers: pyarrow never probes for pandas
     assert (tmp_path / "out" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["models"] == []
 
@@ -140,3 +141,21 @@ print(json.dumps({"deferred": deferred, "same": words == reference, "cli": spacy
 """
     assert run_python(code, tmp_path) == {"deferred": True, "same": True, "cli": "spacy.cli.info", "info": True,
                                           "app": True}
+
+
+def test_string_arrays_and_shards_are_as_pyarrow_builds_them(tmp_path):
+    """`string_array` gives pyarrow's own array of the same strings, and a shard written with it is the file
+    pyarrow's `from_pydict` table gives, byte for byte."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llm_recipes.data.documents import COLUMNS, schema, string_array, write_parquet_atomic
+
+    values = ["", "plain", "café ünïcode", "emoji \U0001F600", "x" * 5000, "", "line\nbreak\x00nul"]
+    for sample in ([], values, values * 300):
+        assert string_array(sample).equals(pa.array(sample, pa.string()))
+    rows = [{name: f"{name} {i} é" if i % 3 else "" for name in COLUMNS} for i in range(500)]
+    write_parquet_atomic(tmp_path / "ours.parquet", rows)
+    table = pa.Table.from_pydict({name: [r[name] for r in rows] for name in COLUMNS}, schema=schema())
+    pq.write_table(table, tmp_path / "pyarrow.parquet", compression="zstd")
+    assert (tmp_path / "ours.parquet").read_bytes() == (tmp_path / "pyarrow.parquet").read_bytes()
