@@ -123,26 +123,6 @@ def test_the_report_chart_draws_any_report(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.png", "full.png"]  # no temporary file left
 
 
-def test_spacy_words_load_without_spacys_command_line_and_it_still_imports_after(tmp_path):
-    """The tokenizer is loaded with spaCy's command line deferred (~0.35 CPU s); its words are spaCy's own
-    tokenizer's, and `spacy.cli` / `spacy.info` load the real command line afterwards."""
-    code = """
-import json, sys
-from llm_recipes.data.fastfilters import spacy_words
-text = "Hello, world! Don't e.g. foo.bar() \\"x\\" 3.5km U.S.A. cannot -- https://a.b/c?d=1 (see `os.path`)."
-words = spacy_words()(text)
-deferred = "spacy.cli" not in sys.modules
-import spacy
-nlp = spacy.blank("en")
-reference = [t.text for t in nlp(text) if not t.is_space]
-import spacy.cli
-print(json.dumps({"deferred": deferred, "same": words == reference, "cli": spacy.cli.info.__module__,
-                  "info": callable(spacy.info), "app": hasattr(spacy.cli, "app")}))
-"""
-    assert run_python(code, tmp_path) == {"deferred": True, "same": True, "cli": "spacy.cli.info", "info": True,
-                                          "app": True}
-
-
 def test_string_arrays_and_shards_are_as_pyarrow_builds_them(tmp_path):
     """`string_array` gives pyarrow's own array of the same strings, and a shard written with it is the file
     pyarrow's `from_pydict` table gives, byte for byte."""

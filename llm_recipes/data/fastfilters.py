@@ -27,13 +27,9 @@ Decisions agree with datatrove's on >= 99% of documents per filter on the benchm
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import inspect
 import operator
 import re
-import sys
-import types
 from collections import Counter
 from functools import lru_cache
 from itertools import chain
@@ -62,7 +58,7 @@ class SpacyWords:
 
     def __init__(self):
         # spaCy takes ~1 s to import; only the worker that tokenizes English pays it, once
-        with _torch_hidden(), _spacy_cli_deferred():
+        with _torch_hidden():
             import spacy
             from spacy.lang.lex_attrs import is_punct
             from spacy.pipeline.sentencizer import Sentencizer
@@ -145,36 +141,6 @@ def _torch_hidden():
     worker); the tokenizer never uses it. Importing spaCy with torch out of reach keeps data workers
     torch-free. Where torch is loaded already, nothing changes."""
     return compiled.imports_refused("torch", "by data workers")
-
-
-@contextlib.contextmanager
-def _spacy_cli_deferred():
-    """spaCy's `__init__` imports its command line (`from .cli.info import info`), which pulls in requests,
-    httpx, weasel, typer and the training configs: ~0.35 of the ~0.85 CPU s that importing spaCy costs, none of
-    it used by the tokenizer. While spaCy is imported here, `spacy.cli.info` is a stand-in whose `info` imports
-    the real one when called; afterwards the stand-ins are taken out of `sys.modules` and `spacy.cli`, so a later
-    `import spacy.cli` (or `spacy.info()`) loads spaCy's real command line. Where spaCy is loaded, nothing changes."""
-    if "spacy" in sys.modules:
-        yield
-        return
-    cli, info_module = types.ModuleType("spacy.cli"), types.ModuleType("spacy.cli.info")
-
-    def info(*args, **kwargs):
-        return importlib.import_module("spacy.cli.info").info(*args, **kwargs)
-
-    info_module.info = info
-    cli.info = info_module
-    cli.__path__ = []  # a package: spaCy's `from .cli.info import info` finds the submodule in sys.modules
-    sys.modules["spacy.cli"], sys.modules["spacy.cli.info"] = cli, info_module
-    try:
-        yield
-    finally:
-        for name, stand_in in (("spacy.cli.info", info_module), ("spacy.cli", cli)):
-            if sys.modules.get(name) is stand_in:
-                del sys.modules[name]
-        spacy = sys.modules.get("spacy")
-        if spacy is not None and getattr(spacy, "cli", None) is cli:
-            delattr(spacy, "cli")
 
 
 _SIMPLE_CHUNK = re.compile(r"([A-Za-z]+)(?:[,;:!?]|(?<=[a-z])\.)?")
