@@ -11,7 +11,8 @@ runs in a subprocess while this script samples the resident memory of that proce
 imports too), so it is MB/s per core whatever the load. Corpora: shakespeare, verdict, instructions,
 python-docs, warc (the WARC of local HTML that bench_filters.py builds; gather extracts with trafilatura) and
 warc-resiliparse (the same, `html_extractor: resiliparse`); a WARC corpus is gathered again in every round,
-its gather CPU time (reading + extraction) added to the stage's. Several `--engine`, `--repeat` and `--before`
+its gather CPU time (reading + extraction) added to the stage's (with `--before`, each checkout gathers with
+its own code before its clean run). Several `--engine`, `--repeat` and `--before`
 runs are interleaved on the same gathered input, so their ratios hold under a changing load:
 
     python benchmarks/data/bench_clean.py --corpus python-docs --engine fast --engine datatrove --repeat 1 \
@@ -117,12 +118,15 @@ def repeated(gathered: Path, out: Path, times: int) -> Path:
     return out
 
 
-def gather(corpus: str, args, gathered: Path) -> float:
-    """Runs `llm-recipes gather` for a corpus; returns its CPU seconds (for a WARC: reading and extraction)."""
+def gather(corpus: str, args, gathered: Path, tree: str = "") -> float:
+    """Runs `llm-recipes gather` for a corpus (with the llm_recipes of checkout `tree`, else this one); returns
+    its CPU seconds (for a WARC: reading and extraction)."""
     cpu = children_cpu_s()
-    subprocess.run([sys.executable, "-m", "llm_recipes.gather", "--output_dir", str(gathered), "--sources",
-                    json.dumps(sources(corpus, args.packages)), "--shard_mb", str(args.shard_mb),
-                    "--overwrite_output_dir", "true"], check=True, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": tree} if tree else None
+    subprocess.run([sys.executable, "-m", "llm_recipes.gather", "--output_dir", str(gathered.absolute()),
+                    "--sources", json.dumps(sources(corpus, args.packages)), "--shard_mb", str(args.shard_mb),
+                    "--overwrite_output_dir", "true"], check=True, stdout=subprocess.DEVNULL, env=env,
+                   cwd=tree or None)
     return children_cpu_s() - cpu
 
 
@@ -227,14 +231,16 @@ def main() -> None:
         for corpus in args.corpus:
             work = Path(args.work) / corpus
             gathered = Path(args.gathered) if args.gathered else work / "gather"
-            gather_cpu, raw_mb = None, None
+            gather_cpu, raw_mb, gathered_by = None, None, ""
             if not args.gathered and (corpus.startswith("warc") or args.regather
                                       or not (gathered / "stage_complete.json").exists()):
-                gather_cpu = gather(corpus, args, gathered)
+                gather_cpu, gathered_by = gather(corpus, args, gathered), ""
                 if corpus.startswith("warc"):
                     raw_mb = _warc_html_mb(WARC)
             for repeat in repeats:
                 for engine, tree in runs:
+                    if corpus.startswith("warc") and tree != gathered_by:  # each checkout's own extraction
+                        gather_cpu, gathered_by = gather(corpus, args, gathered, tree), tree
                     result = clean_run(corpus, engine, repeat, gathered, work, args, gather_cpu, tree, raw_mb)
                     print(json.dumps(result), flush=True)
                     with open(args.results, "a") as f:

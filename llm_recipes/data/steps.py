@@ -33,7 +33,7 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 
 from ..fileio import atomic_open, atomic_write_json
 from . import compiled, fastminhash, textops
-from .documents import COLUMNS, iter_parquet_rows, write_parquet_atomic
+from .documents import COLUMNS, iter_parquet_values, write_parquet_atomic
 from .fastfilters import FAST_FILTERS, ChainWords
 
 EXAMPLES_PER_REASON = 3
@@ -337,17 +337,22 @@ class ShardReader(PipelineStep):
 
             bar = tqdm(total=pq.ParquetFile(path).metadata.num_rows, unit="doc", leave=False, dynamic_ncols=True,
                        desc=f"{self.desc} shard {rank}", position=rank % 2, mininterval=1.0)
-        for i, row in enumerate(iter_parquet_rows(path)):
-            text = row["text"]
-            doc = Document(text=text, id=document_id(row["id"], path, i),
-                           metadata={k: row[k] for k in COLUMNS if k not in ("text", "id")})
-            self.tally.seen(doc)
-            self.tally.passed(doc)
+        tally = self.tally
+        for i, (text, row_id, *rest) in enumerate(iter_parquet_values(path)):
+            doc = Document(text=text, id=document_id(row_id, path, i), metadata=dict(zip(_METADATA, rest)))
+            size = _nbytes(text)  # what tally.seen and tally.passed add, computed once
+            tally.docs_in += 1
+            tally.docs_out += 1
+            tally.bytes_in += size
+            tally.bytes_out += size
             if bar is not None:
                 bar.update(1)
             yield doc
         if bar is not None:
             bar.close()
+
+
+_METADATA = COLUMNS[2:]  # COLUMNS starts with text and id; the other columns are a document's metadata
 
 
 def document_id(row_id: str, path: str, index: int) -> str:
