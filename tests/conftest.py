@@ -23,6 +23,13 @@ try:
 except ImportError:
     pass
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per CPU this process may use (its affinity: a container's or taskset's share, not the
+    machine's count), at most 8 to bound memory: every worker holds torch and the session's tiny models, and many
+    tests start servers or training processes of their own (measured only on 2 CPUs)."""
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
+
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
