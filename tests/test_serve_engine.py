@@ -129,22 +129,21 @@ def test_batched_sampling_equals_row_by_row(model_and_tokenizer, monkeypatch):
 
 def test_one_row_draw_equals_the_batched_draw():
     """One stream's sampler (`_draw_one`: the same torch division, softmax and cumulative sum, the search in numpy)
-    draws the same token as the batched `_draw` for the same generator state, over many temperatures and logit
-    scales, and advances a seeded generator the same way."""
+    draws the same token as the batched `_draw` for the same seeded row's number (`Uniforms`), over many
+    temperatures and logit scales."""
     import torch
 
-    from llm_recipes.serving.engine import _draw, _draw_one
+    from llm_recipes.serving.engine import Uniforms, _draw, _draw_one
 
     torch.manual_seed(0)
     for i in range(400):
         logits = torch.randn(1, 500) * (1 + i % 7)
         temperature = [0.05, 0.3, 0.8, 1.0, 1.7][i % 5]
-        batched, alone = torch.Generator().manual_seed(i), torch.Generator().manual_seed(i)
+        uniform = Uniforms(torch.Generator().manual_seed(i), torch.device("cpu")).next()
         probs = torch.softmax(logits / torch.tensor([temperature])[:, None], dim=-1)
-        assert _draw(probs, [batched]) == [_draw_one(logits[0], temperature, alone)], i
-        assert torch.equal(batched.get_state(), alone.get_state())
+        assert _draw(probs, [uniform]) == [_draw_one(logits[0], temperature, uniform)], i
     with pytest.raises(ValueError, match="not a distribution"):
-        _draw_one(torch.full((5,), float("nan")), 1.0, None)
+        _draw_one(torch.full((5,), float("nan")), 1.0, 0.5)
 
 
 def test_a_rows_uniform_numbers_are_those_of_one_draw_at_a_time():
@@ -170,21 +169,21 @@ def test_numba_draw_equals_the_batched_draw():
     import torch
 
     numba_step = pytest.importorskip("llm_recipes.serving.numba_step")
-    from llm_recipes.serving.engine import _draw
+    from llm_recipes.serving.engine import Uniforms, _draw
 
     torch.manual_seed(0)
     deferred = 0
     for i in range(400):
         logits = torch.randn(1, 500) * (1 + i % 7)
         temperature = [0.05, 0.3, 0.8, 1.0, 1.7][i % 5]
-        uniform = torch.rand(1, generator=torch.Generator().manual_seed(i)).item()
+        uniform = Uniforms(torch.Generator().manual_seed(i), torch.device("cpu")).next()
         probs = torch.softmax(logits / torch.tensor([temperature])[:, None], dim=-1)
         token = numba_step.draw_token(logits[0].numpy(), False, temperature, uniform,
                                       numba_step.DRAW_MARGIN)
         if token < 0:
             deferred += 1
         else:
-            assert token == _draw(probs, [torch.Generator().manual_seed(i)])[0], i
+            assert token == _draw(probs, [uniform])[0], i
         assert numba_step.draw_token(logits[0].numpy(), True, 1.0, 0.0, 0.0) == int(logits.argmax())
     assert deferred < 20  # ~1% here (a few tokens of large probability, where boundaries are rare, in real use)
     probs = np.array([0.5, 0.25, 0.25], np.float32)  # a target on a boundary: deferred
