@@ -483,13 +483,7 @@ class GenerationEngine:
             if len(rows) == 1:
                 _fail(rows[0].request, e, "prefill failed")
                 return [], None
-        merged_rows, merged_state = [], None
-        for row in rows:  # find the culprit: each prompt alone
-            alone_rows, alone_state = self._admit([row.request])
-            if alone_rows:
-                merged_rows, merged_state = self._merge_dynamic(merged_rows, merged_state, alone_rows,
-                                                                 alone_state)
-        return merged_rows, merged_state
+        return self._merge_groups(self._admit([row.request]) for row in rows)  # find the culprit: each prompt alone
 
     def _prefill_and_sample(self, rows: list[_Row], alone: bool = False):
         """Prefills new rows and samples their first tokens: the prompts that start with a kept sequence's tokens
@@ -514,8 +508,13 @@ class GenerationEngine:
                 fresh.append(row)
         if fresh:
             prefilled.insert(0, self._prefill(fresh))
+        return self._merge_groups(self._sample_and_emit(*group) for group in prefilled)
+
+    def _merge_groups(self, groups):
+        """(rows, state) of newcomers prefilled apart, as one group (`_merge_dynamic`); groups with no row left are
+        skipped."""
         merged_rows, merged_state = [], None
-        for group_rows, group_state in (self._sample_and_emit(*group) for group in prefilled):
+        for group_rows, group_state in groups:
             if group_rows:
                 merged_rows, merged_state = self._merge_dynamic(merged_rows, merged_state, group_rows, group_state)
         return merged_rows, merged_state
