@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,26 @@ def browser_page(tmp_path):
             context.close()
 
 
-def test_chat_page_streams_and_stores_feedback(browser_page, tiny_model_dir, tmp_path):
+def _one_event_at_a_time(monkeypatch) -> None:
+    """The engine client's reader thread (in this process: `engine_process._deliver`) hands an answer its next
+    event only once the HTTP side has taken the previous one: the relay has none pending and the answer's queue is
+    empty (`app._submit_all` makes each answer's emit `partial(relay.emit, queue)`). An event taken alone goes out
+    alone: the answer has yielded its piece before the relay can put the next event in its queue."""
+    from llm_recipes.serving import engine_process
+
+    deliver = engine_process._deliver
+
+    def one_at_a_time(request, event):
+        relay, events = request.emit.func.__self__, request.emit.args[0]
+        deadline = time.monotonic() + 30
+        while (relay._pending or not events.empty()) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        deliver(request, event)
+
+    monkeypatch.setattr(engine_process, "_deliver", one_at_a_time)
+
+
+def test_chat_page_streams_and_stores_feedback(browser_page, tiny_model_dir, tmp_path, monkeypatch):
     from playwright.sync_api import expect
 
     page = browser_page
@@ -55,14 +75,18 @@ def test_chat_page_streams_and_stores_feedback(browser_page, tiny_model_dir, tmp
                 }
             }).observe(document.getElementById('conversation'), {subtree: true, childList: true});
         }""")
-        # 64 tokens: the server joins tokens already waiting into one event, and the numpy one-row step decodes
-        # this tiny model's tokens in ~0.1 ms each; a long answer still spans many of the HTTP side's turns
+        # the server joins tokens already waiting into one event, and the one-row step decodes this tiny model's
+        # tokens in microseconds: left alone, an answer can be decoded whole before its first event is sent. Here
+        # the HTTP side takes the answer's engine events one at a time, so each token with text is an event of
+        # its own however fast the machine (the answer's first token is random: it may have no text of its own)
         page.fill("#max-tokens", "64")
         page.fill("#temperature", "0.8")
         page.fill("#prompt", "How do I join two paths in Python?")
-        page.click("#send")
-        first = page.locator(".msg.assistant").nth(0)
-        first.locator(".actions").wait_for(timeout=30_000)  # controls appear when the stream has ended
+        with monkeypatch.context() as patch:
+            _one_event_at_a_time(patch)
+            page.click("#send")
+            first = page.locator(".msg.assistant").nth(0)
+            first.locator(".actions").wait_for(timeout=30_000)  # controls appear when the stream has ended
         answer = first.locator(".text").inner_text()
         seen = page.evaluate("window.seenLengths")
         assert len({n for n in seen if n > 0}) >= 2, f"the answer did not arrive in pieces: {seen}"

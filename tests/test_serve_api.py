@@ -22,8 +22,10 @@ def server(tiny_model_dir, tmp_path_factory):
         yield handle
 
 
-def test_openai_client_chat_and_completions(server):
+def test_openai_client_chat_and_completions(server, monkeypatch):
     from openai import OpenAI
+
+    from llm_recipes.serving import engine_process
 
     url, *_ = server
     client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -44,13 +46,30 @@ def test_openai_client_chat_and_completions(server):
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == answer  # greedy: streaming and not give the same text
     assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
-    # really incremental: the answer comes in several chunks. The server joins every token already waiting into
-    # one chunk (as vLLM merges a slow reader's outputs), and the one-row step (numba, or numpy without it) decodes
-    # this tiny model's 12 tokens in under a millisecond, so a short answer may arrive whole; 64 tokens take several
-    # times the HTTP side's reaction time (timing-dependent still: not made deterministic).
-    long = client.chat.completions.create(model="tiny", messages=messages, max_tokens=64, temperature=0, stream=True)
-    pieces = [c.choices[0].delta.content for c in long if c.choices and c.choices[0].delta.content]
-    assert len(pieces) >= 2
+    # really incremental: the answer's first token goes out before its last is known. The server joins every token
+    # already waiting into one chunk (as vLLM merges a slow reader's outputs), and the one-row step decodes this tiny
+    # model's tokens in microseconds, so left alone the engine can finish an answer before its first chunk is sent.
+    # Here the HTTP process's reader thread hands on the first token, then holds every later event until that
+    # token's chunk has reached this client: the rest must come in later chunks, however fast the machine.
+    first_read, delivered, deliver = threading.Event(), [], engine_process._deliver
+
+    def held(request, event):  # on the engine client's reader thread
+        if delivered:
+            first_read.wait(30)
+        delivered.append(event[0])  # counted before it is handed on: the client may read its chunk at once
+        deliver(request, event)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_process, "_deliver", held)
+        long = client.chat.completions.create(model="tiny", messages=messages, max_tokens=64, temperature=0,
+                                              stream=True, extra_body={"ignore_eos": True})
+        pieces, handed_on = [], []  # the texts of the chunks; how many events the reader had handed on at each
+        for c in long:
+            if c.choices and c.choices[0].delta.content:
+                pieces.append(c.choices[0].delta.content)
+                handed_on.append(len(delivered))
+                first_read.set()
+    assert delivered.count("token") == 64 and len(pieces) >= 2 and handed_on[0] == 1
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == chat.choices[0].finish_reason
 
     completion = client.completions.create(model="tiny", prompt="The os module", max_tokens=10, temperature=0)

@@ -129,22 +129,21 @@ def test_batched_sampling_equals_row_by_row(model_and_tokenizer, monkeypatch):
 
 def test_one_row_draw_equals_the_batched_draw():
     """One stream's sampler (`_draw_one`: the same torch division, softmax and cumulative sum, the search in numpy)
-    draws the same token as the batched `_draw` for the same generator state, over many temperatures and logit
-    scales, and advances a seeded generator the same way."""
+    draws the same token as the batched `_draw` for the same seeded row's number (`Uniforms`), over many
+    temperatures and logit scales."""
     import torch
 
-    from llm_recipes.serving.engine import _draw, _draw_one
+    from llm_recipes.serving.engine import Uniforms, _draw, _draw_one
 
     torch.manual_seed(0)
     for i in range(400):
         logits = torch.randn(1, 500) * (1 + i % 7)
         temperature = [0.05, 0.3, 0.8, 1.0, 1.7][i % 5]
-        batched, alone = torch.Generator().manual_seed(i), torch.Generator().manual_seed(i)
+        uniform = Uniforms(torch.Generator().manual_seed(i), torch.device("cpu")).next()
         probs = torch.softmax(logits / torch.tensor([temperature])[:, None], dim=-1)
-        assert _draw(probs, [batched]) == [_draw_one(logits[0], temperature, alone)], i
-        assert torch.equal(batched.get_state(), alone.get_state())
+        assert _draw(probs, [uniform]) == [_draw_one(logits[0], temperature, uniform)], i
     with pytest.raises(ValueError, match="not a distribution"):
-        _draw_one(torch.full((5,), float("nan")), 1.0, None)
+        _draw_one(torch.full((5,), float("nan")), 1.0, 0.5)
 
 
 def test_a_rows_uniform_numbers_are_those_of_one_draw_at_a_time():
@@ -170,21 +169,21 @@ def test_numba_draw_equals_the_batched_draw():
     import torch
 
     numba_step = pytest.importorskip("llm_recipes.serving.numba_step")
-    from llm_recipes.serving.engine import _draw
+    from llm_recipes.serving.engine import Uniforms, _draw
 
     torch.manual_seed(0)
     deferred = 0
     for i in range(400):
         logits = torch.randn(1, 500) * (1 + i % 7)
         temperature = [0.05, 0.3, 0.8, 1.0, 1.7][i % 5]
-        uniform = torch.rand(1, generator=torch.Generator().manual_seed(i)).item()
+        uniform = Uniforms(torch.Generator().manual_seed(i), torch.device("cpu")).next()
         probs = torch.softmax(logits / torch.tensor([temperature])[:, None], dim=-1)
         token = numba_step.draw_token(logits[0].numpy(), False, temperature, uniform,
                                       numba_step.DRAW_MARGIN)
         if token < 0:
             deferred += 1
         else:
-            assert token == _draw(probs, [torch.Generator().manual_seed(i)])[0], i
+            assert token == _draw(probs, [uniform])[0], i
         assert numba_step.draw_token(logits[0].numpy(), True, 1.0, 0.0, 0.0) == int(logits.argmax())
     assert deferred < 20  # ~1% here (a few tokens of large probability, where boundaries are rare, in real use)
     probs = np.array([0.5, 0.25, 0.25], np.float32)  # a target on a boundary: deferred
@@ -219,6 +218,73 @@ def test_deferred_numba_draws_give_the_same_answer(model_and_tokenizer, monkeypa
     real = StaticDecoder.step_and_pick
     monkeypatch.setattr(StaticDecoder, "step_and_pick", lambda *args: (-1, real(*args)[1]))
     assert len(decided) == 12 and run() == decided
+
+
+def test_one_row_on_the_numba_step_ends_as_on_the_batch_path(model_and_tokenizer):
+    """One plain row alone on the numba step (`_numba_step_alone`) and on the torch step (`_sample_and_emit`) end
+    their tokens alike (both through `_emit_token`): log-probabilities, an end token met mid-answer, a cancel from
+    the callback, a callback that fails, the length limit; and a row that ends keeps its keys and values."""
+    pytest.importorskip("numba")
+    from llm_recipes.serving.engine import GenerationEngine, GenerationRequest
+
+    model, tok = model_and_tokenizer
+    ids = tok("The os module")["input_ids"]
+
+    def run(one_row_step: str) -> list[list[tuple]]:
+        engine = GenerationEngine(model, tok.pad_token_id, max_batch_size=2, one_row_step=one_row_step)
+        assert engine._static.one_row_step == one_row_step
+        answers = []
+
+        def ask(stop_ids=frozenset(), cancel_at=None, fail_at=None, **values) -> list[tuple]:
+            events, done = [], threading.Event()
+            request = None
+
+            def emit(event):
+                events.append(event)
+                tokens = sum(e[0] == "token" for e in events)
+                if event[0] != "token":
+                    done.set()
+                elif tokens == cancel_at:
+                    request.cancel()
+                elif tokens == fail_at:
+                    raise RuntimeError("callback broke")
+            request = GenerationRequest(ids, 8, emit, stop_ids=stop_ids, **values)
+            engine.submit(request)
+            assert done.wait(30)
+            answers.append(events)
+            return events
+
+        try:
+            sampled = [e[1] for e in ask(temperature=0.8, seed=5, logprobs=0)[:-1]]
+            # an end token met mid-answer: the first token of the seeded answer not seen before in it
+            first_new = next(i for i in range(1, len(sampled)) if sampled[i] not in sampled[:i])
+            ask(temperature=0.8, seed=5, stop_ids=frozenset({sampled[first_new]}))
+            ask(temperature=0, cancel_at=2)
+            ask(temperature=0, fail_at=3)
+            greedy = ask(temperature=0, logprobs=2)
+        finally:
+            engine.shutdown()  # the worker keeps a row's keys and values after its last event: read them after this
+        kept = engine._static.prefix.entries
+        # every answer after its first token ran alone on the step asked for (7 + first_new + 2 + 2 + 7 steps); the
+        # last answer's end kept its keys and values: the prompt and the 7 answer tokens fed
+        assert engine._static.numpy_steps == (18 + first_new if one_row_step == "numba" else 0)
+        assert tuple(ids) + tuple(e[1] for e in greedy[:7]) in kept.values()
+        return answers, first_new
+
+    (numba, first_new), (torch_step, _) = run("numba"), run("torch")
+    sampled, stopped, cancelled, failed, greedy = numba
+    assert [e[0] for e in greedy] == ["token"] * 8 + ["done"] and greedy[-1] == ("done", "length")
+    assert all(len(e[2][1]) == 2 for e in greedy[:-1])  # the chosen token's log-probability and the 2 most likely
+    assert [e[:2] for e in stopped] == [e[:2] for e in sampled[:first_new]] + [("done", "stop")]
+    assert all(len(e[2][1]) == 0 for e in sampled[:-1])  # logprobs=0: the chosen token's alone
+    assert [e[0] for e in cancelled] == ["token", "token", "done"] and cancelled[-1] == ("done", "cancelled")
+    assert [e[0] for e in failed] == ["token"] * 3 + ["error"] and "callback broke" in failed[-1][1]
+    for ours, theirs in zip(numba, torch_step):  # the same events; log-probabilities up to the steps' rounding
+        assert [e[:2] for e in ours] == [e[:2] for e in theirs]
+        for a, b in zip(ours, theirs):
+            if a[0] == "token" and a[2] is not None:
+                assert a[2][0] == pytest.approx(b[2][0], abs=1e-4)
+                assert [t for t, _ in a[2][1]] == [t for t, _ in b[2][1]]
 
 
 def test_growing_cache_layer_equals_concatenation():

@@ -230,21 +230,24 @@ def test_seed_reproducible_and_n_answers_differ(server):
 
 
 def test_the_engine_draws_from_the_distribution():
-    """The engine's sampler (inverse CDF, one uniform per row): frequencies match the probabilities, a token of
-    probability 0 is never drawn, and a seeded row's draws depend on its own generator only."""
+    """The engine's sampler (inverse CDF, one uniform per row from the row's `Uniforms`): frequencies match the
+    probabilities, a token of probability 0 is never drawn, and a seeded row's draws depend on its own generator
+    only (its neighbours take theirs from torch's global one)."""
     import torch
 
-    from llm_recipes.serving.engine import _draw
+    from llm_recipes.serving.engine import Uniforms, _draw
 
+    cpu = torch.device("cpu")
     probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
     torch.manual_seed(0)
-    draws = _draw(probs.expand(40_000, -1), [None] * 40_000)
+    unseeded = Uniforms(None, cpu)
+    draws = _draw(probs.expand(40_000, -1), [unseeded.next() for _ in range(40_000)])
     counts = torch.bincount(torch.tensor(draws), minlength=5) / 40_000
     assert counts[1] == 0 and counts[4] == 0
     assert counts.tolist() == pytest.approx(probs.tolist(), abs=0.01)  # ~4.5 standard errors
 
-    def seeded(rows):  # row 0 seeded with 7, its neighbours unseeded (they use the global generator)
-        generator = torch.Generator().manual_seed(7)
-        return [_draw(torch.full((rows, 50), 0.02), [generator] + [None] * (rows - 1))[0] for _ in range(20)]
+    def seeded(rows):  # row 0 seeded with 7, its neighbours unseeded; each row's numbers as the engine takes them
+        sources = [Uniforms(torch.Generator().manual_seed(7), cpu)] + [Uniforms(None, cpu) for _ in range(rows - 1)]
+        return [_draw(torch.full((rows, 50), 0.02), [u.next() for u in sources])[0] for _ in range(20)]
 
     assert seeded(1) == seeded(8)

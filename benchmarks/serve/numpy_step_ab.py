@@ -26,9 +26,9 @@ Other comparisons (`--compare`, one row each, the same alternation and CPU-time 
   last logits) against `StaticDecoder.prefill_alone` (numpy, into the static cache), over the load test's chat
   prompts (`throughput_ab.chat_prompt_ids`: 20-60 tokens); microseconds per prompt, the largest |logit
   difference|.
-- `sampling`: one row's draw at temperature 0.8 from a seeded generator: the batched path (`_draw` after the
-  division and softmax of `_sample_plain`) against `_draw_one`, each right after a numpy decode step (as in the
-  engine: the step's 17 MB of weights have just gone through the caches); the step's time is not counted.
+- `sampling`: one row's draw at temperature 0.8 with a seeded row's numbers (`Uniforms`): the batched path (`_draw`
+  after the division and softmax of `_sample_plain`) against `_draw_one`, each right after a numpy decode step (as in
+  the engine: the step's 17 MB of weights have just gone through the caches); the step's time is not counted.
 """
 
 from __future__ import annotations
@@ -226,10 +226,10 @@ def compare_prefill(args) -> None:
 
 
 def compare_sampling(args) -> None:
-    from llm_recipes.serving.engine import _draw, _draw_one
+    from llm_recipes.serving.engine import Uniforms, _draw, _draw_one
 
     model, _, decoder, tokens = setup(args)
-    generator = torch.Generator().manual_seed(0)
+    uniforms = Uniforms(torch.Generator().manual_seed(0), torch.device("cpu"))  # a seeded row's numbers
     spent = {"cpu": 0.0}
 
     def after_step(position):  # a step as the engine's, its time taken out of the variant's
@@ -241,10 +241,10 @@ def compare_sampling(args) -> None:
     def batched(position):
         logits = after_step(position)
         temperatures = torch.tensor([0.8])
-        return _draw(torch.softmax(logits.float() / temperatures[:, None], dim=-1), [generator])[0]
+        return _draw(torch.softmax(logits.float() / temperatures[:, None], dim=-1), [uniforms.next()])[0]
 
     def alone(position):
-        return _draw_one(after_step(position)[0], 0.8, generator)
+        return _draw_one(after_step(position)[0], 0.8, uniforms.next())
 
     variants = {"batched": batched, "draw_one": alone}
     calls = [(p,) for p in range(1, args.positions + 1)]

@@ -133,7 +133,8 @@ def check_request(request: GenerationRequest) -> None:
 
 
 class _Row:
-    """A running sequence: its request, its token ids so far, its random generator and logits processors."""
+    """A running sequence: its request, its token ids so far, its uniform numbers (from its seed's generator) and
+    logits processors."""
 
     def __init__(self, request: GenerationRequest, device, vocab_size: int):
         import torch
@@ -149,10 +150,10 @@ class _Row:
         self.request = request
         self.ids = list(request.prompt_ids)  # prompt + answer: what the penalties look at
         self.generated = 0
-        self.generator = None
+        generator = None
         if request.seed is not None:
-            self.generator = torch.Generator(device=device).manual_seed(int(request.seed))
-        self.uniforms = Uniforms(self.generator, device)  # every draw of this row takes its number here
+            generator = torch.Generator(device=device).manual_seed(int(request.seed))
+        self.uniforms = Uniforms(generator, device)  # every draw of this row takes its number here
         # penalties and bias change the scores greedy decoding picks from too; the filters only matter
         # when sampling. transformers' processors where one exists, in the order generate() applies them.
         self.penalties = LogitsProcessorList()
@@ -473,24 +474,16 @@ class GenerationEngine:
                                      f"({request.max_new_tokens}) exceeds the engine's context of {self.context}")
                 rows.append(_Row(request, self.device, self.vocab_size))
             except Exception as e:  # noqa: BLE001 - reported to that request only
-                logger.exception("request refused by the engine")
-                _fail(request, e)
+                _fail(request, e, "request refused by the engine")
         if not rows:
             return [], None
         try:
             return self._prefill_and_sample(rows, alone)
         except Exception as e:  # noqa: BLE001
             if len(rows) == 1:
-                logger.exception("prefill failed")
-                _fail(rows[0].request, e)
+                _fail(rows[0].request, e, "prefill failed")
                 return [], None
-        merged_rows, merged_state = [], None
-        for row in rows:  # find the culprit: each prompt alone
-            alone_rows, alone_state = self._admit([row.request])
-            if alone_rows:
-                merged_rows, merged_state = self._merge_dynamic(merged_rows, merged_state, alone_rows,
-                                                                 alone_state)
-        return merged_rows, merged_state
+        return self._merge_groups(self._admit([row.request]) for row in rows)  # find the culprit: each prompt alone
 
     def _prefill_and_sample(self, rows: list[_Row], alone: bool = False):
         """Prefills new rows and samples their first tokens: the prompts that start with a kept sequence's tokens
@@ -515,8 +508,13 @@ class GenerationEngine:
                 fresh.append(row)
         if fresh:
             prefilled.insert(0, self._prefill(fresh))
+        return self._merge_groups(self._sample_and_emit(*group) for group in prefilled)
+
+    def _merge_groups(self, groups):
+        """(rows, state) of newcomers prefilled apart, as one group (`_merge_dynamic`); groups with no row left are
+        skipped."""
         merged_rows, merged_state = [], None
-        for group_rows, group_state in (self._sample_and_emit(*group) for group in prefilled):
+        for group_rows, group_state in groups:
             if group_rows:
                 merged_rows, merged_state = self._merge_dynamic(merged_rows, merged_state, group_rows, group_state)
         return merged_rows, merged_state
@@ -659,27 +657,12 @@ class GenerationEngine:
             uniform = 0.0 if temperature <= 0 else row.uniforms.next()
             token, logits = self._static.step_and_pick(token, position, temperature, uniform)
             if token < 0:  # too close to call in float64 (or not a distribution): torch's float32 draw decides
-                token = _draw_one(self._torch.from_numpy(logits), temperature, row.generator, uniform)
-            if request.cancelled.is_set():
-                request.emit(("done", "cancelled"))
-            elif token in request.stop_ids:
-                request.emit(("done", "stop"))
-            else:
-                info = None
-                if request.logprobs is not None:
-                    info = _logprobs(self._torch.from_numpy(logits[None]), self._torch.tensor([token]),
-                                     request.logprobs)[0]
-                request.emit(("token", token, info))
-                row.ids.append(token)
-                row.generated += 1
-                if row.generated < request.max_new_tokens:
-                    return [row], (None, None, [position + 1], [token])  # its next token stays an int
-                request.emit(("done", "length"))
+                token = _draw_one(self._torch.from_numpy(logits), temperature, uniform)
+            if self._emit_token(row, token, logits):
+                return [row], (None, None, [position + 1], [token])  # its next token stays an int
         except Exception as e:  # noqa: BLE001 - its values, its callback: fail the request, as `_sample_and_emit`
-            logger.exception("sampling failed for one sequence")
-            _fail(request, e)
-        if self._static.prefix.entries:  # it ends: its keys and values may be reused
-            self._static.keep(0, row.ids[:position + 1])
+            _fail(request, e, "sampling failed for one sequence")
+        self._ended(0, row, position + 1)
         return [], None
 
     def _sample_and_emit(self, rows, state):
@@ -699,41 +682,22 @@ class GenerationEngine:
                 if request.max_new_tokens == 0:  # the prompt only (scored in the prefill): nothing to generate
                     request.emit(("done", "length"))
                     continue
-                token = chosen[i] if i in chosen else self._sample(logits[i], row)
-                tokens[i] = token
-                if request.cancelled.is_set():
-                    request.emit(("done", "cancelled"))
-                    continue
-                if token in request.stop_ids:
-                    request.emit(("done", "stop"))
-                    continue
-                if row.grammar is not None:
-                    row.grammar.advance(token)
-                info = None
-                if request.logprobs is not None:
-                    info = _logprobs(logits[i][None], torch.tensor([token], device=self.device), request.logprobs)[0]
-                request.emit(("token", token, info))
-                row.ids.append(token)
-                row.generated += 1
-                if row.generated >= request.max_new_tokens:
-                    request.emit(("done", "length"))
-                    continue
+                tokens[i] = token = chosen[i] if i in chosen else self._sample(logits[i], row)
+                if self._emit_token(row, token, logits[i]):
+                    keep.append(i)
             except Exception as e:  # noqa: BLE001 - this row's failure (its values, its callback) is its own
-                logger.exception("sampling failed for one sequence")
-                _fail(request, e)
-                continue
-            keep.append(i)
+                _fail(request, e, "sampling failed for one sequence")
         if len(keep) == len(rows) == 1 and cache is None and self._static.one_row_step != "torch":
             # one row on the numba or numpy step: its next token stays an int (no tensor made and read back each token)
             return rows, (cache, mask, pos, tokens)
         tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
         if len(keep) == len(rows):
             return rows, (cache, mask, pos, tokens)
-        if cache is None and self._static.prefix.entries:  # rows that end: their keys and values may be reused
+        if cache is None:
             kept = set(keep)
             for i, row in enumerate(rows):
                 if i not in kept:
-                    self._static.keep(i, row.ids[:pos[i]])  # the tokens fed so far: positions 0..pos[i]-1
+                    self._ended(i, row, pos[i])
         if not keep:
             return [], None
         if cache is None:
@@ -743,6 +707,38 @@ class GenerationEngine:
         rows = [rows[i] for i in keep]
         state = (cache, mask.index_select(0, index), pos.index_select(0, index), tokens.index_select(0, index))
         return rows, self._trim_padding(state)
+
+    def _emit_token(self, row: _Row, token: int, logits) -> bool:
+        """A row's chosen token: its end (cancelled, an end token: not emitted) or its emission, with its
+        log-probabilities when asked for (from `logits`, the row's (V,) tensor or numpy array), and its end at
+        max_new_tokens. Returns whether the row goes on. The one place both paths end a row's token: the batch's
+        (`_sample_and_emit`) and one plain row's on the numba step (`_numba_step_alone`)."""
+        request = row.request
+        if request.cancelled.is_set():
+            request.emit(("done", "cancelled"))
+            return False
+        if token in request.stop_ids:
+            request.emit(("done", "stop"))
+            return False
+        if row.grammar is not None:
+            row.grammar.advance(token)
+        info = None
+        if request.logprobs is not None:
+            scores = self._torch.as_tensor(logits)[None]  # a numpy array's memory, not a copy
+            info = _logprobs(scores, self._torch.tensor([token], device=scores.device), request.logprobs)[0]
+        request.emit(("token", token, info))
+        row.ids.append(token)
+        row.generated += 1
+        if row.generated < request.max_new_tokens:
+            return True
+        request.emit(("done", "length"))
+        return False
+
+    def _ended(self, slot: int, row: _Row, fed: int) -> None:
+        """A row in static cache slot `slot` ended, fed its first `fed` tokens (positions 0..fed-1): with a prefix
+        cache, its keys and values are kept for a later prompt that starts with them."""
+        if self._static.prefix.entries:
+            self._static.keep(slot, row.ids[:fed])
 
     def _compact_static(self, rows, keep: list[int], positions: list[int], tokens):
         """The rows in `keep` back in slots 0..len(keep)-1: each emptied slot below that takes one of the rows
@@ -775,7 +771,7 @@ class GenerationEngine:
         """Tokens of the rows with nothing but a temperature (no penalty, bias, grammar or filter: most
         requests), chosen with a few operations over all of them instead of several per row: a decode step
         of the quickstart model at 32 rows spent about a fifth of its time in per-row sampling. A seeded
-        row still draws from its own generator, so its answer does not depend on its batch neighbours."""
+        row still draws its own numbers (`Uniforms`), so its answer does not depend on its batch neighbours."""
         torch = self._torch
         greedy, sampled = [], []
         for i, row in enumerate(rows):
@@ -790,15 +786,14 @@ class GenerationEngine:
             chosen.update(zip(greedy, logits[greedy].argmax(-1).tolist()))
         if sampled == [0] and len(rows) == 1 and logits.device.type == "cpu":  # one stream
             row = rows[0]
-            chosen[0] = _draw_one(logits, row.request.temperature, row.generator, row.uniforms.next())
+            chosen[0] = _draw_one(logits, row.request.temperature, row.uniforms.next())
         elif sampled:
             scores = logits if len(sampled) == len(rows) else logits[sampled]  # no index copy when all sample
             # a tensor division for every batch (not a Python scalar's, which the CPU kernel turns into a
             # product with 1/t): a seeded row draws the same tokens alone and beside others
             temperatures = torch.tensor([rows[i].request.temperature for i in sampled], device=logits.device)
             scores = scores.float() / temperatures[:, None]
-            draws = _draw(torch.softmax(scores, dim=-1), [rows[i].generator for i in sampled],  # (rows, V)
-                          [rows[i].uniforms.next() for i in sampled])
+            draws = _draw(torch.softmax(scores, dim=-1), [rows[i].uniforms.next() for i in sampled])  # (rows, V)
             chosen.update(zip(sampled, draws))
         return chosen
 
@@ -817,36 +812,22 @@ class GenerationEngine:
         scores = scores / request.temperature
         if row.filters:
             scores = row.filters(None, scores)  # the filters look at the scores only
-        return _draw(torch.softmax(scores, dim=-1), [row.generator], [row.uniforms.next()])[0]
+        return _draw(torch.softmax(scores, dim=-1), [row.uniforms.next()])[0]
 
 
 NOT_A_DISTRIBUTION = ("the probabilities are not a distribution (NaN, infinite or all zero): a temperature too small "
                       "for float32, or logits that overflowed")
 
 
-def _draw(probs, generators: list, uniforms: list[float] | None = None) -> list[int]:
-    """One token per row of `probs` (rows, V), drawn by inverting its cumulative distribution with one uniform
-    number per row, from the row's own generator when it has one (else torch's global one): the same
+def _draw(probs, uniforms: list[float]) -> list[int]:
+    """One token per row of `probs` (rows, V), drawn by inverting its cumulative distribution with the row's uniform
+    number (`uniforms`: taken from the row's `Uniforms`, from its own generator when it has one): the same
     distribution as `torch.multinomial`, which on the CPU took ~0.3 ms per row of a 4,096-token vocabulary
     (10 ms of a 32-row step) against ~0.5 ms here for all 32 (benchmarks/README.md, "Serving throughput").
-    A seeded row's draws depend on its generator only, never on its batch neighbours. `uniforms`: the rows'
-    numbers already taken (the engine's rows take them from their `Uniforms`), else they are taken here."""
+    A seeded row's draws depend on its own numbers only, never on its batch neighbours."""
     import torch
 
-    if uniforms is not None:
-        uniform = torch.tensor(uniforms, dtype=torch.float32, device=probs.device)
-    elif all(g is None for g in generators):
-        uniform = torch.rand(len(generators), device=probs.device)
-    elif len(generators) == 1:
-        uniform = torch.rand(1, generator=generators[0], device=probs.device)
-    else:
-        uniform = torch.empty(len(generators), device=probs.device)
-        free = [j for j, g in enumerate(generators) if g is None]
-        if free:
-            uniform[free] = torch.rand(len(free), device=probs.device)
-        for j, generator in enumerate(generators):
-            if generator is not None:
-                uniform[j] = torch.rand(1, generator=generator, device=probs.device)[0]
+    uniform = torch.tensor(uniforms, dtype=torch.float32, device=probs.device)
     cumulative = probs.cumsum(dim=-1)
     total = cumulative[:, -1:]  # (rows, 1)
     # checked in Python on the few totals: cheaper than four tensor operations on one row
@@ -858,15 +839,14 @@ def _draw(probs, generators: list, uniforms: list[float] | None = None) -> list[
     return torch.searchsorted(cumulative, targets, right=True).clamp_(max=probs.shape[-1] - 1).view(-1).tolist()
 
 
-def _draw_one(logits, temperature: float, generator, uniform: float | None = None) -> int:
+def _draw_one(logits, temperature: float, uniform: float) -> int:
     """`_draw(softmax(logits / temperature))` for one row (logits (V,) or (1, V)) on the CPU, with the same draw for
     the same uniform number: the same division (in numpy: IEEE division by the float32 temperature, the values of
     `_sample_plain`'s division by a (1,)-tensor, where torch would turn a Python scalar divisor into a product with
     1/t), the same torch softmax and cumulative sum (the same kernels, so the same float32 values), then the checks
     and the search in numpy. Why: right after a decode step every small torch operation meets cold caches (12-35
     us each on the quickstart model), and `_draw` took ~107 us of a ~490 us token there; this ~78
-    (benchmarks/README.md, "Serving throughput"). `uniform`: the number already taken (the engine's rows take it from
-    their `Uniforms`), else one is taken from `generator` now."""
+    (benchmarks/README.md, "Serving throughput"). `uniform`: the row's number, from its `Uniforms`."""
     import numpy as np
     import torch
 
@@ -876,15 +856,16 @@ def _draw_one(logits, temperature: float, generator, uniform: float | None = Non
     total = cumulative[-1]  # a numpy float32, as `_draw`'s tensor
     if not (math.isfinite(total) and total > 0):
         raise ValueError(NOT_A_DISTRIBUTION)
-    if uniform is None:
-        uniform = (torch.rand(1, generator=generator) if generator is not None else torch.rand(1)).item()
     # float32 product and right-side search, as `_draw`: the first token whose cumulative mass exceeds u x total
     index = int(np.searchsorted(cumulative, np.float32(uniform) * total, side="right"))
     return min(index, cumulative.shape[0] - 1)
 
 
-def _fail(request: GenerationRequest, error: Exception) -> None:
-    """Ends one request with an error event (a callback that fails too is only logged)."""
+def _fail(request: GenerationRequest, error: Exception, log: str | None = None) -> None:
+    """Ends one request with an error event (a callback that fails too is only logged); `log`: a line logged first,
+    with the exception being handled."""
+    if log is not None:
+        logger.exception(log)
     try:
         request.emit(("error", f"generation failed: {type(error).__name__}: {error}"))
     except Exception:  # noqa: BLE001

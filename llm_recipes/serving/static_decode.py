@@ -26,6 +26,7 @@ compiled call (`numba_step.py`) on the same memory: the layers' weights and the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -485,9 +486,8 @@ class StaticDecoder:
         if length:
             self.move([slot], [0], length)
         self.numpy_prefills += 1
-        if self.one_row_step == "numpy":  # BLAS limited already
-            return torch.from_numpy(self._numpy_prefill(*self._numpy_arrays, prompt[length:], length)[None])
-        with self._blas.limit(limits=self._blas_threads):  # the numba step: limited for this call only
+        # the numba step: BLAS limited for this call only; the numpy step: limited already
+        with self._blas.limit(limits=self._blas_threads) if self.one_row_step == "numba" else contextlib.nullcontext():
             return torch.from_numpy(self._numpy_prefill(*self._numpy_arrays, prompt[length:], length)[None])
 
     def load(self, slot: int, cache, row: int, start: int, length: int) -> None:
