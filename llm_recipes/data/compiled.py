@@ -18,9 +18,9 @@ Three kernels, each replacing work that costs a numpy or Python operation per wo
 Loading: numba is imported and the kernels loaded from numba's on-disk cache (compiled on the first run on a
 machine: ~10 s once) only when the clean stage first needs them (`kernels()`); the clean driver loads them before
 it forks its workers, which inherit them. The cache goes to `NUMBA_CACHE_DIR` where that is set, otherwise to
-the user's cache directory (`$XDG_CACHE_HOME` or `~/.cache`, `llm_recipes/numba`), so a package installed
-read-only works. `LLM_RECIPES_COMPILED=0` turns the kernels off (the numpy and Python paths run; benchmarks
-use it to compare the two in one tree).
+the user's cache directory (`runtime/numba_cache.py`), so a package installed read-only works.
+`LLM_RECIPES_COMPILED=0` turns the kernels off (the numpy and Python paths run; benchmarks use it to compare the
+two in one tree).
 """
 
 from __future__ import annotations
@@ -30,15 +30,8 @@ import importlib.abc
 import os
 import sys
 from functools import lru_cache
-from pathlib import Path
 
-
-def cache_dir() -> Path:
-    """Where numba keeps the compiled kernels: NUMBA_CACHE_DIR, or the user's cache directory."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return Path(os.environ["NUMBA_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "llm_recipes" / "numba"
+from ..runtime.numba_cache import cache_dir, name_cache_dir  # noqa: F401  (cache_dir: where the kernels are)
 
 
 def enabled() -> bool:
@@ -71,10 +64,7 @@ def kernels():
 def _loaded():
     if not enabled():
         return None
-    if "numba" not in sys.modules and not os.environ.get("NUMBA_CACHE_DIR"):
-        # numba reads its settings when imported: the cache directory must be named before. numba's own
-        # fallback for a read-only package is a directory per Python installation; this one is ours.
-        os.environ["NUMBA_CACHE_DIR"] = str(cache_dir())
+    name_cache_dir()  # before numba is imported
     try:
         import numba  # noqa: F401
     except ImportError:

@@ -18,16 +18,20 @@ of the difference between the two computations (and 40x the largest difference m
 and the caller draws through the exact torch path with the same uniform number. So every token equals `_draw`'s.
 
 numba is optional (the `serve` extra installs it): without it the numpy step runs. Compiled code is cached on disk
-(`cache=True`): in NUMBA_CACHE_DIR when set, else numba's own choice (a `__pycache__` beside this file when it is
-writable, else the user's cache directory, e.g. ~/.cache/numba: a read-only install works).
+(`cache=True`) where the clean stage's kernels are: NUMBA_CACHE_DIR when set, else the user's cache directory
+(`runtime/numba_cache.py`: a read-only install works).
 """
 
 from __future__ import annotations
 
 import math
 
-import numba
-import numpy as np
+from ..runtime.numba_cache import name_cache_dir
+
+name_cache_dir()  # before numba is imported: it reads its cache directory once, then
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
 
 # how far (times the total) the target must be from the chosen token's cumulative bounds for the float64 draw to
 # answer: torch's float32 softmax is within 20 ulp per value (its exp's bound; a common scale, as its rounded sum,
@@ -38,7 +42,7 @@ FASTMATH = {"reassoc", "contract", "nsz"}  # vectorised sums; no "afn" (approxim
 
 
 def _jit(function):
-    # cache=True needs a writable cache directory (numba finds one, see above); where none exists, compile at start
+    # cache=True needs a writable cache directory (see above); where none can be made, compile at every start
     try:
         return numba.njit(cache=True, fastmath=FASTMATH, boundscheck=False, nogil=True)(function)
     except RuntimeError:  # "cannot cache function ...: no locator available"
