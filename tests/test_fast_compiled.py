@@ -219,3 +219,49 @@ def test_a_small_run_skips_the_kernels(monkeypatch):
     assert compiled.kernels() is None
     assert compiled.use_for_run(compiled.MIN_INPUT_BYTES) is (compiled._loaded() is not None)
     assert compiled.kernels() is compiled._loaded()
+
+
+@needs_numba
+def test_signature_in_one_pass_equals_the_shingles_minima(monkeypatch):
+    """`fastminhash.signature_into` (ASCII: split, SHA-1, XOR and permutations in one kernel) writes the
+    permuted minimum of the XORed shingles, for every kind of text and whitespace (\\x1c-\\x1f and \\v split
+    words as str.split does), n-gram size and key; a text with fewer than n words has none."""
+    from test_fastminhash import TEXTS, reference_step
+
+    monkeypatch.setattr(compiled, "_small_run", False)
+    spaces = "".join(chr(c) for c in range(128) if chr(c).isspace())
+    texts = TEXTS + generated(17, 120) + [f"a{s}b{s}{s}c d" for s in spaces] + [spaces, "x" + spaces + "y z"]
+    texts += ["".join(random.Random(i).choice("ab _.\x1c\x0b\n\t,'`") for _ in range(i * 7)) for i in range(40)]
+    for n in (1, 3, 5):
+        config = reference_step(n).config
+        a, b = reference_step(n).parameters
+        flat_a, flat_b = a.reshape(-1).copy(), b.reshape(-1).copy()
+        for key in (0, 2**64 - 1, 0x9E3779B97F4A7C15):
+            for text in texts:
+                if "\ud800" in text:
+                    continue
+                shingles = fastminhash.sha1_shingles(fastminhash.simplified_words(text, config.norm_config), n)
+                out = np.zeros(a.size, np.uint64)
+                found = fastminhash.signature_into(text, config.norm_config, n, key, flat_a, flat_b, out)
+                assert found == bool(len(shingles)), (text[:40], n)
+                if found:
+                    expected = fastminhash.permuted_minimum(shingles ^ np.uint64(key), a, b)
+                    assert np.array_equal(out, expected), (text[:40], n, key)
+
+
+def test_signature_files_equal_datatroves_on_both_paths(path, tmp_path):
+    """The signature step writes datatrove's `.minhash.sig` files with the kernels (one pass per document) and
+    with the numpy paths, on generated texts of every kind."""
+    from datatrove.data import Document
+    from datatrove.pipeline.dedup import MinhashDedupSignature
+    from test_fastminhash import TEXTS, reference_step
+
+    config = reference_step(3).config
+    docs = [Document(text=t, id=str(i)) for i, t in enumerate(TEXTS + generated(19, 200)) if "\ud800" not in t]
+    reference = MinhashDedupSignature(output_folder=str(tmp_path / "theirs"), config=config)
+    reference.word_tokenizer = S.WhitespaceWords()
+    reference.run(docs)
+    S.fast_minhash_signature(str(tmp_path / "ours"), config).run(docs)
+    theirs = {p.relative_to(tmp_path / "theirs"): p.read_bytes() for p in (tmp_path / "theirs").rglob("*.sig")}
+    ours = {p.relative_to(tmp_path / "ours"): p.read_bytes() for p in (tmp_path / "ours").rglob("*.sig")}
+    assert len(theirs) == config.num_buckets and ours == theirs

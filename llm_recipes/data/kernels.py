@@ -265,3 +265,67 @@ def sha1_ngrams(buf, n):
     for i in range(count):
         out[i] = _sha1_first8(buf, bounds[i], bounds[i + n] - 1 - bounds[i], w)
     return out, words
+
+
+_PRIME = np.uint64((1 << 61) - 1)
+
+
+@_inline
+def _fold_minima(shingle, a, b, out):
+    """out[j] = min(out[j], (shingle * a[j] + b[j]) mod 2**64 mod (2**61 - 1)) for every permutation j: the
+    remainder folded without a division, as `fastminhash.permuted_minimum` computes it."""
+    for j in range(a.shape[0]):  # branch-free, so that the loop runs in vector instructions
+        y = shingle * a[j] + b[j]
+        y = (y & _PRIME) + (y >> np.uint64(61))
+        y = min(y, y - _PRIME)  # y - p wraps around (is larger) unless y >= p
+        out[j] = min(out[j], y)
+
+
+@_kernel(b1(numba.types.Array(u8, 1, "C", readonly=True), i64, u64, u64[::1], u64[::1], u64[::1]))
+def ascii_signature(text, n, key, a, b, out):
+    """The MinHash signature of an ASCII text already simplified (lower-cased, numbers and punctuation
+    replaced): its words are the runs between ASCII whitespace (what `str.split` splits at: \\t-\\r, \\x1c-\\x1f
+    and the space); each word n-gram joined by single spaces is hashed as `sha1_ngrams` does, XORed with `key`
+    and permuted (`a`, `b`), and `out` gets the minimum per permutation. False (out untouched) when the text
+    has fewer than n words: no shingle, no signature. One pass, no array of words, shingles or products."""
+    size = text.shape[0]
+    joined = np.empty(size + 1, np.uint8)
+    bounds = np.empty(size // 2 + 2, np.int64)  # word i spans bounds[i] .. bounds[i + 1] - 2 of `joined`
+    words = 0
+    length = 0
+    j = 0
+    while j < size:
+        c = text[j]
+        if c == 32 or 9 <= c <= 13 or 28 <= c <= 31:
+            j += 1
+            continue
+        bounds[words] = length
+        words += 1
+        while j < size:
+            c = text[j]
+            if c == 32 or 9 <= c <= 13 or 28 <= c <= 31:
+                break
+            joined[length] = c
+            length += 1
+            j += 1
+        joined[length] = 32
+        length += 1
+    if words < n:
+        return False
+    bounds[words] = length
+    for k in range(out.shape[0]):
+        out[k] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    w = np.empty(80, np.int64)
+    for i in range(words - n + 1):
+        shingle = _sha1_first8(joined, bounds[i], bounds[i + n] - 1 - bounds[i], w) ^ key
+        _fold_minima(shingle, a, b, out)
+    return True
+
+
+@_kernel(numba.void(u64[::1], u64, u64[::1], u64[::1], u64[::1]))
+def shingle_signature(shingles, key, a, b, out):
+    """The minimum per permutation of `shingles` XORed with `key` (at least one shingle), into `out`."""
+    for k in range(out.shape[0]):
+        out[k] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    for i in range(shingles.shape[0]):
+        _fold_minima(shingles[i] ^ key, a, b, out)

@@ -674,7 +674,11 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
         per_band, bands = self.config.hashes_per_bucket, self.config.num_buckets
         with self.track_time():
             signatures, numbers, pending = [], [], []
-            for number, doc in enumerate(documents):
+            fused = (compiled.kernels() is not None and fastminhash.fast_path_applies(self)
+                     and isinstance(self.word_tokenizer, WhitespaceWords))
+            if fused:  # each document's words, shingles and minima in one compiled pass: the same signatures
+                signatures.append(self._compiled_signatures(documents, numbers))
+            for number, doc in enumerate(() if fused else documents):
                 self.stat_update(StatHints.total)
                 shingles = self.get_shingles(doc.text)
                 if shingles.size != 0:
@@ -697,6 +701,22 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
                 with self.output_folder.open(f"bucket_{band:03d}/{rank:05d}.minhash.sig", mode="wb") as out:
                     out.write(records.tobytes())
         return None  # as datatrove's step: it writes files and passes no documents on
+
+    def _compiled_signatures(self, documents, numbers: list) -> np.ndarray:
+        """The signature of each document that has shingles (their numbers appended to `numbers`), one row each,
+        computed by `fastminhash.signature_into` (the permutations applied per shingle as it is hashed)."""
+        a, b = (np.ascontiguousarray(p, dtype=np.uint64).reshape(-1) for p in self.parameters)
+        rows = np.empty((1024, a.size), np.uint64)
+        filled = 0
+        norm, n, signature_into = self.config.norm_config, self.config.n_grams, fastminhash.signature_into
+        for number, doc in enumerate(documents):
+            self.stat_update(StatHints.total)
+            if filled == len(rows):
+                rows = np.concatenate([rows, np.empty_like(rows)])
+            if signature_into(doc.text, norm, n, self._key, a, b, rows[filled]):
+                numbers.append(number)
+                filled += 1
+        return rows[:filled]
 
     def get_shingles(self, text: str) -> np.ndarray:
         if fastminhash.fast_path_applies(self):  # the same shingles with less Python per n-gram
