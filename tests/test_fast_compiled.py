@@ -265,3 +265,34 @@ def test_signature_files_equal_datatroves_on_both_paths(path, tmp_path):
     theirs = {p.relative_to(tmp_path / "theirs"): p.read_bytes() for p in (tmp_path / "theirs").rglob("*.sig")}
     ours = {p.relative_to(tmp_path / "ours"): p.read_bytes() for p in (tmp_path / "ours").rglob("*.sig")}
     assert len(theirs) == config.num_buckets and ours == theirs
+
+
+@needs_numba
+def test_api_name_kernel_matches_as_the_ascii_pattern():
+    """`kernels.api_name_spans` finds what `_API_NAME_ASCII.findall` finds, match for match in order, on texts
+    dense in the pattern's edges (backticks across newlines, dotted names ending in a digit or a dot, calls,
+    underscores at a word's start or end, CamelCase) and on every ASCII character."""
+    rng = random.Random(8)
+    alphabets = ["aZb_(.`\n 09Q-", "".join(map(chr, range(128))) + "aZ_(.`" * 20]
+    texts = ["".join(map(chr, range(128))), "Use `os.path.join` or np.sum(a), a.b.1_x, __init__, CamelCase, e.g.",
+             "``a` `\n` x.y.z( A1B _ a_ 1_2 Ab aB ABc"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+              for alphabet in alphabets for _ in range(6000)]
+    for text in texts:
+        spans = kernels.api_name_spans(np.frombuffer(text.encode("ascii"), np.uint8)).tolist()
+        assert [text[spans[i]:spans[i + 1]] for i in range(0, len(spans), 2)] == S._API_NAME_ASCII.findall(text)
+
+
+def test_api_names_on_both_paths():
+    compiled_names = [S.api_names(t) for t in TEXTS_WITH_NAMES]
+    if kernels is not None:
+        saved, compiled._small_run = compiled._small_run, True  # the regular expression's path
+        try:
+            assert [S.api_names(t) for t in TEXTS_WITH_NAMES] == compiled_names
+        finally:
+            compiled._small_run = saved
+    assert compiled_names[0] == {"os.path.join", "np.sum", "snake_case", "CamelCase", "json.dumps"}
+
+
+TEXTS_WITH_NAMES = ["Use `os.path.join` or np.sum(a) with snake_case and CamelCase, e.g. json.dumps.",
+                    "Café: `naïve` x.y(z) and i.e. A_b", "", "plain words only", "`a`b` c_ `", "e.g. i.e. a.b"]

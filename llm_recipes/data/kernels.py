@@ -329,3 +329,81 @@ def shingle_signature(shingles, key, a, b, out):
         out[k] = np.uint64(0xFFFFFFFFFFFFFFFF)
     for i in range(shingles.shape[0]):
         _fold_minima(shingles[i] ^ key, a, b, out)
+
+
+@_inline
+def _is_word(c):  # \w of an ASCII-mode pattern
+    return (97 <= c <= 122) or (65 <= c <= 90) or (48 <= c <= 57) or c == 95
+
+
+@_inline
+def _is_name_start(c):  # [A-Za-z_]
+    return (97 <= c <= 122) or (65 <= c <= 90) or c == 95
+
+
+@_inline
+def _word_end(text, j):
+    while j < text.shape[0] and _is_word(text[j]):
+        j += 1
+    return j
+
+
+@_kernel(i64[::1](numba.types.Array(u8, 1, "C", readonly=True)))
+def api_name_spans(text):
+    """Where `steps._API_NAME` in ASCII mode matches an ASCII text, as `findall` scans it: [start, end, start,
+    end, ...]. The pattern, alternative by alternative: `[^`\\n]++` between backticks; then at a word start
+    (\\b followed by a word character): a dotted name (an identifier, then one or more `.identifier`, each as
+    long as its word run), an identifier before `(`, a word with an underscore after a letter-or-digit run
+    (`[^\\W_]*+_\\w+`), a CamelCase word (`[A-Z][a-z0-9]++[A-Z]\\w*`); the last three end where the word run ends.
+    No match starts inside a word run (\\b), so the scan jumps over a run that matches nothing."""
+    size = text.shape[0]
+    spans = np.empty(2 * size + 2, np.int64)
+    found = 0
+    i = 0
+    while i < size:
+        c = text[i]
+        if c == 96:  # `[^`\n]++`: at least one character up to the next backtick, no newline between
+            j = i + 1
+            while j < size and text[j] != 96 and text[j] != 10:
+                j += 1
+            if j > i + 1 and j < size and text[j] == 96:
+                spans[found] = i
+                spans[found + 1] = j + 1
+                found += 2
+                i = j + 1
+            else:
+                i += 1
+            continue
+        if not _is_word(c) or (i > 0 and _is_word(text[i - 1])):
+            i += 1
+            continue
+        e = _word_end(text, i)
+        end = -1
+        if _is_name_start(c):
+            k = e  # (?:\.[A-Za-z_]\w*+)+, as many as there are
+            while k + 1 < size and text[k] == 46 and _is_name_start(text[k + 1]):
+                k = _word_end(text, k + 1)
+            if k > e:
+                end = k
+            elif e < size and text[e] == 40:  # (?=\()
+                end = e
+        if end < 0:
+            j = i  # [^\W_]*+ then _ then at least one word character
+            while j < e and text[j] != 95:
+                j += 1
+            if j + 1 < e:
+                end = e
+        if end < 0 and 65 <= c <= 90:  # [A-Z][a-z0-9]++[A-Z]\w*
+            j = i + 1
+            while j < e and ((97 <= text[j] <= 122) or (48 <= text[j] <= 57)):
+                j += 1
+            if j > i + 1 and j < e and 65 <= text[j] <= 90:
+                end = e
+        if end < 0:
+            i = e
+            continue
+        spans[found] = i
+        spans[found + 1] = end
+        found += 2
+        i = end
+    return spans[:found]

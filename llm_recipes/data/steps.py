@@ -621,8 +621,12 @@ _API_NAME_ASCII = re.compile(_API_NAME.pattern, re.ASCII)
 def api_names(text: str) -> set[str]:
     """The API names a documentation text mentions (`e.g` and `i.e` are not names)."""
     names = set()
-    pattern = _API_NAME_ASCII if text.isascii() else _API_NAME
-    for match in set(pattern.findall(text)):  # each distinct match once: names repeat in a docstring
+    if text.isascii() and (kernels := compiled.kernels()) is not None:  # the same matches, scanned compiled
+        spans = kernels.api_name_spans(np.frombuffer(text.encode("ascii"), np.uint8)).tolist()
+        matches = {text[spans[i]:spans[i + 1]] for i in range(0, len(spans), 2)}
+    else:
+        matches = set((_API_NAME_ASCII if text.isascii() else _API_NAME).findall(text))
+    for match in matches:  # each distinct match once: names repeat in a docstring
         name = match.strip("`").strip()
         if name and not ("." in name and max(map(len, name.split("."))) < 2):
             names.add(name)
