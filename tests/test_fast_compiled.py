@@ -296,3 +296,39 @@ def test_api_names_on_both_paths():
 
 TEXTS_WITH_NAMES = ["Use `os.path.join` or np.sum(a) with snake_case and CamelCase, e.g. json.dumps.",
                     "Café: `naïve` x.y(z) and i.e. A_b", "", "plain words only", "`a`b` c_ `", "e.g. i.e. a.b"]
+
+
+@needs_numba
+def test_compiled_word_batch_is_the_regex_words_batch(monkeypatch):
+    """`_CompiledWordBatch` (RegexWords' words split by a kernel into the arrays) holds what `_WordBatch` of
+    `RegexWords().word_tokenize` holds: words, counts, lengths, code points, offsets, first positions, and
+    `_WordKinds`' KEPT and ALPHA bits; on apostrophes (' and ’ inside and at the ends of words), Unicode words,
+    \\x1c-\\x1f and other spaces, surrogates, astral characters, digits that are not \\d (²), empty texts."""
+    from llm_recipes.data import fastfilters as F
+
+    monkeypatch.setattr(compiled, "_small_run", False)
+    rng = random.Random(2)
+    alphabet = list("ab _'’x\x1c\x0b\n\t.,-–é中\ud800𝄞²٣")
+    texts = generated(3, 150) + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 50)))
+                                 for _ in range(600)] + ["", "don't ’tis rock’n’roll 'quoted' it's'"]
+    words_of = S.RegexWords().word_tokenize
+    for start in range(0, len(texts), 97):
+        batch = texts[start:start + 97]
+        ref, ours = F._WordBatch(list(map(words_of, batch))), F._CompiledWordBatch(batch)
+        assert ours.words == ref.words
+        for name in ("counts", "lengths", "doc", "starts", "codes", "offsets", "first_positions"):
+            assert np.array_equal(getattr(ours, name), getattr(ref, name)), name
+        kinds = F._WordKinds(set())
+        assert ours.kinds().tolist() == [kinds[w] for w in ref.flat]
+
+
+@pytest.mark.parametrize("min_stop_words", [None, 2])
+def test_gopher_quality_with_regex_words_decides_as_datatrove(path, min_stop_words):
+    """The docs profile's quality rules (RegexWords; compiled: words and word kinds from the kernels, or the
+    stop words counted from the words where a rule needs them) decide as datatrove's filter."""
+    texts = generated(21, 250) + crafted() + ["’tis a cat's ’ toy '", "é中 ² ٣ words of ¾ kinds"]
+    quality = {**S.resolve_profiles({})["docs"]["gopher_quality"], "min_stop_words": min_stop_words,
+               "min_doc_words": 3}
+    ours, theirs = batch_decisions({"gopher_quality": quality, "word_tokenizer": "regex"}, texts)
+    assert [(t[:40], o, r) for t, o, r in zip(texts, ours, theirs) if o != r] == []
+    assert len({str(r) for r in theirs}) >= 3

@@ -407,3 +407,62 @@ def api_name_spans(text):
         found += 2
         i = end
     return spans[:found]
+
+
+# bits of a code point's class (fastfilters.CharClasses): \w, \s, not punctuation (what Gopher's strip leaves),
+# a letter ([^\W\d_])
+WORD, SPACE, KEPT, ALPHA = 1, 2, 4, 8
+
+
+@_kernel(numba.types.Tuple((u32[::1], i64[::1], i64[::1]))(numba.types.Array(u32, 1, "C", readonly=True), i64[::1],
+                                                           u8[::1]))
+def regex_words(codes, ends, classes):
+    """`RegexWords`' words (`\\w+(?:['’]\\w+)*|[^\\w\\s]+`, scanned as findall scans) of texts given as code
+    points, text d ending at ends[d]: a run of word characters, extended over each apostrophe followed by
+    another run, or a run of characters neither word nor space. Returns the words' code points concatenated,
+    each word's length and each text's number of words. `classes` holds every code point's class bits."""
+    words = np.empty(codes.shape[0], np.uint32)
+    lengths = np.empty(codes.shape[0], np.int64)
+    counts = np.zeros(ends.shape[0], np.int64)
+    found = 0
+    filled = 0
+    i = 0
+    for d in range(ends.shape[0]):
+        end = ends[d]
+        while i < end:
+            kind = classes[codes[i]] & (WORD | SPACE)
+            if kind == SPACE:
+                i += 1
+                continue
+            start = i
+            i += 1
+            if kind == WORD:
+                while i < end and classes[codes[i]] & WORD:
+                    i += 1
+                while i + 1 < end and (codes[i] == 39 or codes[i] == 0x2019) and classes[codes[i + 1]] & WORD:
+                    i += 2
+                    while i < end and classes[codes[i]] & WORD:
+                        i += 1
+            else:
+                while i < end and (classes[codes[i]] & (WORD | SPACE)) == 0:
+                    i += 1
+            for j in range(start, i):
+                words[filled] = codes[j]
+                filled += 1
+            lengths[found] = i - start
+            found += 1
+            counts[d] += 1
+    return words[:filled], lengths[:found], counts
+
+
+@_kernel(i64[::1](u32[::1], i64[::1], u8[::1]))
+def word_kinds(codes, offsets, classes):
+    """Per word (codes[offsets[i]:offsets[i + 1]]): 1 when a character is not punctuation (Gopher's strip
+    leaves something), plus 2 when one is a letter (`_WordKinds.KEPT`, `.ALPHA`)."""
+    out = np.empty(offsets.shape[0] - 1, np.int64)
+    for i in range(out.shape[0]):
+        bits = 0
+        for j in range(offsets[i], offsets[i + 1]):
+            bits |= classes[codes[j]]
+        out[i] = (1 if bits & KEPT else 0) | (2 if bits & ALPHA else 0)
+    return out

@@ -183,6 +183,8 @@ class RegexWords(WordTokenizer):
     # ’ cannot occur; \s stays Unicode's (an ASCII-mode \s would leave out \x1c-\x1f)
     _ASCII_WORDS = re.compile(r"[A-Za-z0-9_]+(?:'[A-Za-z0-9_]+)*|[^A-Za-z0-9_\s]+")
     _SENTENCES = re.compile(r"(?<=[.!?])\s+")
+    # the fast filters split a batch's texts into these words with a compiled kernel (`kernels.regex_words`)
+    compiled_words = True
 
     def __init__(self):
         super().__init__()
