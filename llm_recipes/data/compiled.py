@@ -17,6 +17,11 @@ The kernels, each replacing work that costs a numpy or Python operation per word
 - `ascii_signature` / `shingle_signature`: a document's MinHash signature (its shingles XORed with its API-name
   key, each permuted and the minimum per permutation kept) as the shingles are made, without arrays of
   words, shingles or products; an ASCII text is split at whitespace and hashed in the same pass.
+- `api_name_spans`: where the API-name pattern (`steps._API_NAME`, ASCII mode) matches an ASCII text, scanned as
+  `findall` scans, without the regular expression engine's attempt at every position.
+- `regex_words` / `word_kinds`: `RegexWords`' words of a batch of texts split from their code points straight
+  into the batch's arrays, and Gopher quality's word kinds from a per-code-point class table
+  (`fastfilters._CharClasses`), without a Python string per word.
 
 Loading: numba is imported and the kernels loaded from numba's on-disk cache (compiled on the first run on a
 machine: ~10 s once) only when the clean stage first needs them (`kernels()`); the clean driver loads them before
@@ -64,7 +69,7 @@ def use_for_run(input_bytes: int) -> bool:
 
 
 def kernels():
-    """The compiled kernels (the module `kernels`: `first_positions`, `gopher_ngram_failures`, `sha1_ngrams`),
+    """The compiled kernels (the module `kernels`: `first_positions`, `gopher_ngram_failures`, `sha1_ngrams`, ...),
     or None where numba is not installed, LLM_RECIPES_COMPILED=0 or the run is small (`use_for_run`). Each is
     loaded from the cache (or compiled once) on the first call, so its first use costs nothing more."""
     return None if _small_run else _loaded()
