@@ -315,6 +315,8 @@ def test_compiled_word_batch_is_the_regex_words_batch(monkeypatch):
     for start in range(0, len(texts), 97):
         batch = texts[start:start + 97]
         ref, ours = F._WordBatch(list(map(words_of, batch))), F._CompiledWordBatch(batch)
+        assert np.array_equal(ours.per_doc(ours.lengths), ref.per_doc(ref.lengths))
+        assert ours._flat is None  # the statistics make no string per word
         assert ours.words == ref.words
         for name in ("counts", "lengths", "doc", "starts", "codes", "offsets", "first_positions"):
             assert np.array_equal(getattr(ours, name), getattr(ref, name)), name

@@ -343,7 +343,7 @@ class _WordBatch:
     def per_doc(self, weights: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
         """Sum of `weights` (integers) over each text's words (those `where` is true), exactly."""
         doc = self.doc if where is None else self.doc[where]
-        return np.bincount(doc, weights=weights, minlength=len(self.words)).astype(np.int64)
+        return np.bincount(doc, weights=weights, minlength=len(self.counts)).astype(np.int64)
 
 
 class _CharClasses:
