@@ -219,3 +219,118 @@ def test_a_small_run_skips_the_kernels(monkeypatch):
     assert compiled.kernels() is None
     assert compiled.use_for_run(compiled.MIN_INPUT_BYTES) is (compiled._loaded() is not None)
     assert compiled.kernels() is compiled._loaded()
+
+
+@needs_numba
+def test_signature_in_one_pass_equals_the_shingles_minima(monkeypatch):
+    """`fastminhash.signature_into` (ASCII: split, SHA-1, XOR and permutations in one kernel) writes the
+    permuted minimum of the XORed shingles, for every kind of text and whitespace (\\x1c-\\x1f and \\v split
+    words as str.split does), n-gram size and key; a text with fewer than n words has none."""
+    from test_fastminhash import TEXTS, reference_step
+
+    monkeypatch.setattr(compiled, "_small_run", False)
+    spaces = "".join(chr(c) for c in range(128) if chr(c).isspace())
+    texts = TEXTS + generated(17, 120) + [f"a{s}b{s}{s}c d" for s in spaces] + [spaces, "x" + spaces + "y z"]
+    texts += ["".join(random.Random(i).choice("ab _.\x1c\x0b\n\t,'`") for _ in range(i * 7)) for i in range(40)]
+    for n in (1, 3, 5):
+        config = reference_step(n).config
+        a, b = reference_step(n).parameters
+        flat_a, flat_b = a.reshape(-1).copy(), b.reshape(-1).copy()
+        for key in (0, 2**64 - 1, 0x9E3779B97F4A7C15):
+            for text in texts:
+                if "\ud800" in text:
+                    continue
+                shingles = fastminhash.sha1_shingles(fastminhash.simplified_words(text, config.norm_config), n)
+                out = np.zeros(a.size, np.uint64)
+                found = fastminhash.signature_into(text, config.norm_config, n, key, flat_a, flat_b, out)
+                assert found == bool(len(shingles)), (text[:40], n)
+                if found:
+                    expected = fastminhash.permuted_minimum(shingles ^ np.uint64(key), a, b)
+                    assert np.array_equal(out, expected), (text[:40], n, key)
+
+
+def test_signature_files_equal_datatroves_on_both_paths(path, tmp_path):
+    """The signature step writes datatrove's `.minhash.sig` files with the kernels (one pass per document) and
+    with the numpy paths, on generated texts of every kind."""
+    from datatrove.data import Document
+    from datatrove.pipeline.dedup import MinhashDedupSignature
+    from test_fastminhash import TEXTS, reference_step
+
+    config = reference_step(3).config
+    docs = [Document(text=t, id=str(i)) for i, t in enumerate(TEXTS + generated(19, 200)) if "\ud800" not in t]
+    reference = MinhashDedupSignature(output_folder=str(tmp_path / "theirs"), config=config)
+    reference.word_tokenizer = S.WhitespaceWords()
+    reference.run(docs)
+    S.fast_minhash_signature(str(tmp_path / "ours"), config).run(docs)
+    theirs = {p.relative_to(tmp_path / "theirs"): p.read_bytes() for p in (tmp_path / "theirs").rglob("*.sig")}
+    ours = {p.relative_to(tmp_path / "ours"): p.read_bytes() for p in (tmp_path / "ours").rglob("*.sig")}
+    assert len(theirs) == config.num_buckets and ours == theirs
+
+
+@needs_numba
+def test_api_name_kernel_matches_as_the_ascii_pattern():
+    """`kernels.api_name_spans` finds what `_API_NAME_ASCII.findall` finds, match for match in order, on texts
+    dense in the pattern's edges (backticks across newlines, dotted names ending in a digit or a dot, calls,
+    underscores at a word's start or end, CamelCase) and on every ASCII character."""
+    rng = random.Random(8)
+    alphabets = ["aZb_(.`\n 09Q-", "".join(map(chr, range(128))) + "aZ_(.`" * 20]
+    texts = ["".join(map(chr, range(128))), "Use `os.path.join` or np.sum(a), a.b.1_x, __init__, CamelCase, e.g.",
+             "``a` `\n` x.y.z( A1B _ a_ 1_2 Ab aB ABc"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+              for alphabet in alphabets for _ in range(6000)]
+    for text in texts:
+        spans = kernels.api_name_spans(np.frombuffer(text.encode("ascii"), np.uint8)).tolist()
+        assert [text[spans[i]:spans[i + 1]] for i in range(0, len(spans), 2)] == S._API_NAME_ASCII.findall(text)
+
+
+def test_api_names_on_both_paths():
+    compiled_names = [S.api_names(t) for t in TEXTS_WITH_NAMES]
+    if kernels is not None:
+        saved, compiled._small_run = compiled._small_run, True  # the regular expression's path
+        try:
+            assert [S.api_names(t) for t in TEXTS_WITH_NAMES] == compiled_names
+        finally:
+            compiled._small_run = saved
+    assert compiled_names[0] == {"os.path.join", "np.sum", "snake_case", "CamelCase", "json.dumps"}
+
+
+TEXTS_WITH_NAMES = ["Use `os.path.join` or np.sum(a) with snake_case and CamelCase, e.g. json.dumps.",
+                    "Café: `naïve` x.y(z) and i.e. A_b", "", "plain words only", "`a`b` c_ `", "e.g. i.e. a.b"]
+
+
+@needs_numba
+def test_compiled_word_batch_is_the_regex_words_batch(monkeypatch):
+    """`_CompiledWordBatch` (RegexWords' words split by a kernel into the arrays) holds what `_WordBatch` of
+    `RegexWords().word_tokenize` holds: words, counts, lengths, code points, offsets, first positions, and
+    `_WordKinds`' KEPT and ALPHA bits; on apostrophes (' and ’ inside and at the ends of words), Unicode words,
+    \\x1c-\\x1f and other spaces, surrogates, astral characters, digits that are not \\d (²), empty texts."""
+    from llm_recipes.data import fastfilters as F
+
+    monkeypatch.setattr(compiled, "_small_run", False)
+    rng = random.Random(2)
+    alphabet = list("ab _'’x\x1c\x0b\n\t.,-–é中\ud800𝄞²٣")
+    texts = generated(3, 150) + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 50)))
+                                 for _ in range(600)] + ["", "don't ’tis rock’n’roll 'quoted' it's'"]
+    words_of = S.RegexWords().word_tokenize
+    for start in range(0, len(texts), 97):
+        batch = texts[start:start + 97]
+        ref, ours = F._WordBatch(list(map(words_of, batch))), F._CompiledWordBatch(batch)
+        assert np.array_equal(ours.per_doc(ours.lengths), ref.per_doc(ref.lengths))
+        assert ours._flat is None  # the statistics make no string per word
+        assert ours.words == ref.words
+        for name in ("counts", "lengths", "doc", "starts", "codes", "offsets", "first_positions"):
+            assert np.array_equal(getattr(ours, name), getattr(ref, name)), name
+        kinds = F._WordKinds(set())
+        assert ours.kinds().tolist() == [kinds[w] for w in ref.flat]
+
+
+@pytest.mark.parametrize("min_stop_words", [None, 2])
+def test_gopher_quality_with_regex_words_decides_as_datatrove(path, min_stop_words):
+    """The docs profile's quality rules (RegexWords; compiled: words and word kinds from the kernels, or the
+    stop words counted from the words where a rule needs them) decide as datatrove's filter."""
+    texts = generated(21, 250) + crafted() + ["’tis a cat's ’ toy '", "é中 ² ٣ words of ¾ kinds"]
+    quality = {**S.resolve_profiles({})["docs"]["gopher_quality"], "min_stop_words": min_stop_words,
+               "min_doc_words": 3}
+    ours, theirs = batch_decisions({"gopher_quality": quality, "word_tokenizer": "regex"}, texts)
+    assert [(t[:40], o, r) for t, o, r in zip(texts, ours, theirs) if o != r] == []
+    assert len({str(r) for r in theirs}) >= 3

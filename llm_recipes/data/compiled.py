@@ -1,7 +1,7 @@
 """Compiled kernels (numba) for the clean stage's per-word and per-n-gram work: the same values as the numpy
 and Python paths, which run where numba is absent.
 
-Three kernels, each replacing work that costs a numpy or Python operation per word, n-gram or shingle:
+The kernels, each replacing work that costs a numpy or Python operation per word, n-gram or shingle:
 
 - `first_positions`: each word's first position in its text (its exact id within the text), over the words of
   a batch of texts encoded as UTF-32 code points; a hash table per text whose hits are confirmed by comparing
@@ -14,6 +14,14 @@ Three kernels, each replacing work that costs a numpy or Python operation per wo
 - `sha1_ngrams`: datatrove's MinHash shingles with `hash_fc: sha1`, precision 64: for each word n-gram of a
   text, SHA-1 of its words joined by spaces in UTF-8, the digest's first 8 bytes read as a little-endian
   uint64 (`datatrove.utils.hashing.sha1_hash64`), bit for bit.
+- `ascii_signature` / `shingle_signature`: a document's MinHash signature (its shingles XORed with its API-name
+  key, each permuted and the minimum per permutation kept) as the shingles are made, without arrays of
+  words, shingles or products; an ASCII text is split at whitespace and hashed in the same pass.
+- `api_name_spans`: where the API-name pattern (`steps._API_NAME`, ASCII mode) matches an ASCII text, scanned as
+  `findall` scans, without the regular expression engine's attempt at every position.
+- `regex_words` / `word_kinds`: `RegexWords`' words of a batch of texts split from their code points straight
+  into the batch's arrays, and Gopher quality's word kinds from a per-code-point class table
+  (`fastfilters._CharClasses`), without a Python string per word.
 
 Loading: numba is imported and the kernels loaded from numba's on-disk cache (compiled on the first run on a
 machine: ~10 s once) only when the clean stage first needs them (`kernels()`); the clean driver loads them before
@@ -54,7 +62,7 @@ def use_for_run(input_bytes: int) -> bool:
 
 
 def kernels():
-    """The compiled kernels (the module `kernels`: `first_positions`, `gopher_ngram_failures`, `sha1_ngrams`),
+    """The compiled kernels (the module `kernels`: `first_positions`, `gopher_ngram_failures`, `sha1_ngrams`, ...),
     or None where numba is not installed, LLM_RECIPES_COMPILED=0 or the run is small (`use_for_run`). Each is
     loaded from the cache (or compiled once) on the first call, so its first use costs nothing more."""
     return None if _small_run else _loaded()

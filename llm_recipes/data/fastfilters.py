@@ -181,7 +181,10 @@ class ChainWords:
         if (self.batch is None or self.language != language or len(self.texts) != len(texts)
                 or not all(map(operator.is_, self.texts, texts))):
             self.language, self.texts = language, texts
-            self.batch = _WordBatch(list(map(split, texts)))
+            if getattr(language, "compiled_words", False) and compiled.kernels() is not None:
+                self.batch = _CompiledWordBatch(texts)
+            else:
+                self.batch = _WordBatch(list(map(split, texts)))
             self.index = {id(t): i for i, t in enumerate(texts)}
         return self.batch
 
@@ -340,7 +343,80 @@ class _WordBatch:
     def per_doc(self, weights: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
         """Sum of `weights` (integers) over each text's words (those `where` is true), exactly."""
         doc = self.doc if where is None else self.doc[where]
-        return np.bincount(doc, weights=weights, minlength=len(self.words)).astype(np.int64)
+        return np.bincount(doc, weights=weights, minlength=len(self.counts)).astype(np.int64)
+
+
+class _CharClasses:
+    """Each code point's class bits for the compiled word kernels (`kernels.WORD`, `SPACE`, `KEPT`, `ALPHA`):
+    matched by \\w, by \\s, not in datatrove's punctuation set, a letter (`_HAS_ALPHA`). Asked of Python's own
+    `re` and set, once per distinct code point as texts bring it (a table of all 1.1 million up front costs
+    ~0.2 CPU s per process); 0 means not yet asked."""
+
+    KNOWN = 16
+
+    def __init__(self):
+        self.table = np.zeros(0x110000, np.uint8)
+        self._add(np.arange(128))
+
+    def of(self, codes: np.ndarray) -> np.ndarray:
+        """The table, with every code point of `codes` in it."""
+        high = codes[codes >= 128]
+        if high.size:
+            high = np.unique(high)
+            self._add(high[self.table[high] == 0])
+        return self.table
+
+    def _add(self, codes: np.ndarray) -> None:
+        from . import kernels
+        for code in codes.tolist():
+            ch = chr(code)
+            self.table[code] = (self.KNOWN | (kernels.WORD if _WORD_CHAR.match(ch) else 0)
+                                | (kernels.SPACE if _SPACE_CHAR.match(ch) else 0)
+                                | (0 if ch in PUNCTUATION_SET else kernels.KEPT)
+                                | (kernels.ALPHA if _HAS_ALPHA.match(ch) else 0))
+
+
+_WORD_CHAR, _SPACE_CHAR = re.compile(r"\w"), re.compile(r"\s")
+
+
+@lru_cache(maxsize=1)
+def _char_classes() -> _CharClasses:
+    return _CharClasses()
+
+
+class _CompiledWordBatch(_WordBatch):
+    """The words of a batch split by the compiled kernel (`kernels.regex_words`, `RegexWords`' words exactly)
+    straight into the arrays; the words as strings are made only if a filter asks for them."""
+
+    def __init__(self, texts: list[str]):
+        codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), np.uint32)
+        self.classes = _char_classes().of(codes)
+        ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+        self._codes, self.lengths, self.counts = compiled.kernels().regex_words(codes, ends, self.classes)
+        self.total = len(self.lengths)
+        self.doc = np.repeat(np.arange(len(texts)), self.counts)
+        self.starts = np.concatenate(([0], np.cumsum(self.counts)[:-1])).astype(np.int64)
+        self._offsets = np.concatenate(([0], np.cumsum(self.lengths))).astype(np.int64)
+        self._first = self._flat = self._words = None
+
+    @property
+    def flat(self) -> list[str]:
+        if self._flat is None:
+            joined = self._codes.tobytes().decode("utf-32-le", "surrogatepass")
+            bounds = self._offsets.tolist()
+            self._flat = [joined[a:b] for a, b in zip(bounds, bounds[1:])]
+        return self._flat
+
+    @property
+    def words(self) -> list[list[str]]:
+        if self._words is None:
+            flat, bounds = self.flat, self.starts.tolist() + [self.total]
+            self._words = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+        return self._words
+
+    def kinds(self) -> np.ndarray:
+        """`_WordKinds`' KEPT and ALPHA bits of every word (STOP left out)."""
+        return compiled.kernels().word_kinds(self._codes, self._offsets, self.classes)
 
 
 # -------------------------------------------------------------------------------------------- filters
@@ -549,7 +625,10 @@ class FastGopherQuality(_BatchFilter):
         batch = self.batch(texts)
         if len(self._kinds) > _WordKinds.MAX:
             self._kinds.clear()
-        kinds = np.fromiter(map(self._kinds.__getitem__, batch.flat), np.int64, batch.total)
+        if isinstance(batch, _CompiledWordBatch) and not self.args["min_stop_words"]:
+            kinds = batch.kinds()  # no STOP bits: no rule counts stop words
+        else:
+            kinds = np.fromiter(map(self._kinds.__getitem__, batch.flat), np.int64, batch.total)
         kept = (kinds & _WordKinds.KEPT) > 0  # a word made only of punctuation strips to nothing
         n_kept = batch.per_doc(None, kept)
         kept_chars = batch.per_doc(batch.lengths[kept], kept)

@@ -17,7 +17,9 @@ On python-docs that was most of the signature phase. Here:
   text is split at whitespace, and its punctuation becomes spaces through a bytes table.
 
 The signature (permutations, minimum per hash, bands) is datatrove's computation, fed these shingles; the
-signature step takes it for blocks of consecutive documents at once (`permuted_minima`), the same minima.
+signature step takes it for blocks of consecutive documents at once (`permuted_minima`), the same minima; with
+the compiled kernels, for each document as its shingles are hashed (`signature_into`: one pass, ~0.045 CPU s per
+MB less than words, shingles and blocks on the quickstart corpus).
 `SortedMinhashBuckets` is datatrove's band index with one numpy sort per band instead of a heap merge.
 tests/test_fastminhash.py checks equality with datatrove's `get_shingles`, signatures and `.dups` files.
 """
@@ -143,6 +145,11 @@ def simplified_words(text: str, config) -> list[str]:
     ASCII is ASCII, with no combining marks); its punctuation becomes spaces with a bytes table."""
     if not text.isascii():
         return simplified(text, config).split()
+    return _ascii_simplified(text, config).decode("ascii").split()
+
+
+def _ascii_simplified(text: str, config) -> bytes:
+    """An ASCII text through `simplified_words`' steps (all but the split), as ASCII bytes."""
     if config.lowercase:
         text = text.lower()
     if config.norm_numbers:
@@ -152,8 +159,24 @@ def simplified_words(text: str, config) -> list[str]:
     if config.norm_monthnames:
         text = MONTHS_PATTERN.sub("MONTH", text)
     if config.remove_punctuation:
-        text = text.encode("ascii").translate(_ASCII_PUNCTUATION).decode("ascii")
-    return text.split()
+        return text.encode("ascii").translate(_ASCII_PUNCTUATION)
+    return text.encode("ascii")
+
+
+def signature_into(text: str, config, n: int, key: int, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
+    """With the compiled kernels: the permuted minima of `sha1_shingles(simplified_words(text, config), n)`
+    XORed with `key` (`a`, `b`: the permutations, flat), written into `out` (uint64, one per permutation);
+    False where the text has fewer than n words (no shingle: no signature). An ASCII text is split, hashed and
+    permuted in one compiled pass (`kernels.ascii_signature`); another takes the words and shingles here."""
+    k = compiled.kernels()
+    if text.isascii():
+        return k.ascii_signature(np.frombuffer(_ascii_simplified(text, config), np.uint8), n, np.uint64(key), a, b,
+                                 out)
+    shingles = sha1_shingles(simplified(text, config).split(), n)
+    if not len(shingles):
+        return False
+    k.shingle_signature(shingles.reshape(-1), np.uint64(key), a, b, out)
+    return True
 
 
 _NO_DIACRITICS: dict = {}

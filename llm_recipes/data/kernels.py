@@ -265,3 +265,204 @@ def sha1_ngrams(buf, n):
     for i in range(count):
         out[i] = _sha1_first8(buf, bounds[i], bounds[i + n] - 1 - bounds[i], w)
     return out, words
+
+
+_PRIME = np.uint64((1 << 61) - 1)
+
+
+@_inline
+def _fold_minima(shingle, a, b, out):
+    """out[j] = min(out[j], (shingle * a[j] + b[j]) mod 2**64 mod (2**61 - 1)) for every permutation j: the
+    remainder folded without a division, as `fastminhash.permuted_minimum` computes it."""
+    for j in range(a.shape[0]):  # branch-free, so that the loop runs in vector instructions
+        y = shingle * a[j] + b[j]
+        y = (y & _PRIME) + (y >> np.uint64(61))
+        y = min(y, y - _PRIME)  # y - p wraps around (is larger) unless y >= p
+        out[j] = min(out[j], y)
+
+
+@_kernel(b1(numba.types.Array(u8, 1, "C", readonly=True), i64, u64, u64[::1], u64[::1], u64[::1]))
+def ascii_signature(text, n, key, a, b, out):
+    """The MinHash signature of an ASCII text already simplified (lower-cased, numbers and punctuation
+    replaced): its words are the runs between ASCII whitespace (what `str.split` splits at: \\t-\\r, \\x1c-\\x1f
+    and the space); each word n-gram joined by single spaces is hashed as `sha1_ngrams` does, XORed with `key`
+    and permuted (`a`, `b`), and `out` gets the minimum per permutation. False (out untouched) when the text
+    has fewer than n words: no shingle, no signature. One pass, no array of words, shingles or products."""
+    size = text.shape[0]
+    joined = np.empty(size + 1, np.uint8)
+    bounds = np.empty(size // 2 + 2, np.int64)  # word i spans bounds[i] .. bounds[i + 1] - 2 of `joined`
+    words = 0
+    length = 0
+    j = 0
+    while j < size:
+        c = text[j]
+        if c == 32 or 9 <= c <= 13 or 28 <= c <= 31:
+            j += 1
+            continue
+        bounds[words] = length
+        words += 1
+        while j < size:
+            c = text[j]
+            if c == 32 or 9 <= c <= 13 or 28 <= c <= 31:
+                break
+            joined[length] = c
+            length += 1
+            j += 1
+        joined[length] = 32
+        length += 1
+    if words < n:
+        return False
+    bounds[words] = length
+    for k in range(out.shape[0]):
+        out[k] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    w = np.empty(80, np.int64)
+    for i in range(words - n + 1):
+        shingle = _sha1_first8(joined, bounds[i], bounds[i + n] - 1 - bounds[i], w) ^ key
+        _fold_minima(shingle, a, b, out)
+    return True
+
+
+@_kernel(numba.void(u64[::1], u64, u64[::1], u64[::1], u64[::1]))
+def shingle_signature(shingles, key, a, b, out):
+    """The minimum per permutation of `shingles` XORed with `key` (at least one shingle), into `out`."""
+    for k in range(out.shape[0]):
+        out[k] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    for i in range(shingles.shape[0]):
+        _fold_minima(shingles[i] ^ key, a, b, out)
+
+
+@_inline
+def _is_word(c):  # \w of an ASCII-mode pattern
+    return (97 <= c <= 122) or (65 <= c <= 90) or (48 <= c <= 57) or c == 95
+
+
+@_inline
+def _is_name_start(c):  # [A-Za-z_]
+    return (97 <= c <= 122) or (65 <= c <= 90) or c == 95
+
+
+@_inline
+def _word_end(text, j):
+    while j < text.shape[0] and _is_word(text[j]):
+        j += 1
+    return j
+
+
+@_kernel(i64[::1](numba.types.Array(u8, 1, "C", readonly=True)))
+def api_name_spans(text):
+    """Where `steps._API_NAME` in ASCII mode matches an ASCII text, as `findall` scans it: [start, end, start,
+    end, ...]. The pattern, alternative by alternative: `[^`\\n]++` between backticks; then at a word start
+    (\\b followed by a word character): a dotted name (an identifier, then one or more `.identifier`, each as
+    long as its word run), an identifier before `(`, a word with an underscore after a letter-or-digit run
+    (`[^\\W_]*+_\\w+`), a CamelCase word (`[A-Z][a-z0-9]++[A-Z]\\w*`); the last three end where the word run ends.
+    No match starts inside a word run (\\b), so the scan jumps over a run that matches nothing."""
+    size = text.shape[0]
+    spans = np.empty(2 * size + 2, np.int64)
+    found = 0
+    i = 0
+    while i < size:
+        c = text[i]
+        if c == 96:  # `[^`\n]++`: at least one character up to the next backtick, no newline between
+            j = i + 1
+            while j < size and text[j] != 96 and text[j] != 10:
+                j += 1
+            if j > i + 1 and j < size and text[j] == 96:
+                spans[found] = i
+                spans[found + 1] = j + 1
+                found += 2
+                i = j + 1
+            else:
+                i += 1
+            continue
+        if not _is_word(c) or (i > 0 and _is_word(text[i - 1])):
+            i += 1
+            continue
+        e = _word_end(text, i)
+        end = -1
+        if _is_name_start(c):
+            k = e  # (?:\.[A-Za-z_]\w*+)+, as many as there are
+            while k + 1 < size and text[k] == 46 and _is_name_start(text[k + 1]):
+                k = _word_end(text, k + 1)
+            if k > e:
+                end = k
+            elif e < size and text[e] == 40:  # (?=\()
+                end = e
+        if end < 0:
+            j = i  # [^\W_]*+ then _ then at least one word character
+            while j < e and text[j] != 95:
+                j += 1
+            if j + 1 < e:
+                end = e
+        if end < 0 and 65 <= c <= 90:  # [A-Z][a-z0-9]++[A-Z]\w*
+            j = i + 1
+            while j < e and ((97 <= text[j] <= 122) or (48 <= text[j] <= 57)):
+                j += 1
+            if j > i + 1 and j < e and 65 <= text[j] <= 90:
+                end = e
+        if end < 0:
+            i = e
+            continue
+        spans[found] = i
+        spans[found + 1] = end
+        found += 2
+        i = end
+    return spans[:found]
+
+
+# bits of a code point's class (fastfilters.CharClasses): \w, \s, not punctuation (what Gopher's strip leaves),
+# a letter ([^\W\d_])
+WORD, SPACE, KEPT, ALPHA = 1, 2, 4, 8
+
+
+@_kernel(numba.types.Tuple((u32[::1], i64[::1], i64[::1]))(numba.types.Array(u32, 1, "C", readonly=True), i64[::1],
+                                                           u8[::1]))
+def regex_words(codes, ends, classes):
+    """`RegexWords`' words (`\\w+(?:['’]\\w+)*|[^\\w\\s]+`, scanned as findall scans) of texts given as code
+    points, text d ending at ends[d]: a run of word characters, extended over each apostrophe followed by
+    another run, or a run of characters neither word nor space. Returns the words' code points concatenated,
+    each word's length and each text's number of words. `classes` holds every code point's class bits."""
+    words = np.empty(codes.shape[0], np.uint32)
+    lengths = np.empty(codes.shape[0], np.int64)
+    counts = np.zeros(ends.shape[0], np.int64)
+    found = 0
+    filled = 0
+    i = 0
+    for d in range(ends.shape[0]):
+        end = ends[d]
+        while i < end:
+            kind = classes[codes[i]] & (WORD | SPACE)
+            if kind == SPACE:
+                i += 1
+                continue
+            start = i
+            i += 1
+            if kind == WORD:
+                while i < end and classes[codes[i]] & WORD:
+                    i += 1
+                while i + 1 < end and (codes[i] == 39 or codes[i] == 0x2019) and classes[codes[i + 1]] & WORD:
+                    i += 2
+                    while i < end and classes[codes[i]] & WORD:
+                        i += 1
+            else:
+                while i < end and (classes[codes[i]] & (WORD | SPACE)) == 0:
+                    i += 1
+            for j in range(start, i):
+                words[filled] = codes[j]
+                filled += 1
+            lengths[found] = i - start
+            found += 1
+            counts[d] += 1
+    return words[:filled], lengths[:found], counts
+
+
+@_kernel(i64[::1](u32[::1], i64[::1], u8[::1]))
+def word_kinds(codes, offsets, classes):
+    """Per word (codes[offsets[i]:offsets[i + 1]]): 1 when a character is not punctuation (Gopher's strip
+    leaves something), plus 2 when one is a letter (`_WordKinds.KEPT`, `.ALPHA`)."""
+    out = np.empty(offsets.shape[0] - 1, np.int64)
+    for i in range(out.shape[0]):
+        bits = 0
+        for j in range(offsets[i], offsets[i + 1]):
+            bits |= classes[codes[j]]
+        out[i] = (1 if bits & KEPT else 0) | (2 if bits & ALPHA else 0)
+    return out

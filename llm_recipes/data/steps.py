@@ -183,6 +183,8 @@ class RegexWords(WordTokenizer):
     # ’ cannot occur; \s stays Unicode's (an ASCII-mode \s would leave out \x1c-\x1f)
     _ASCII_WORDS = re.compile(r"[A-Za-z0-9_]+(?:'[A-Za-z0-9_]+)*|[^A-Za-z0-9_\s]+")
     _SENTENCES = re.compile(r"(?<=[.!?])\s+")
+    # the fast filters split a batch's texts into these words with a compiled kernel (`kernels.regex_words`)
+    compiled_words = True
 
     def __init__(self):
         super().__init__()
@@ -621,8 +623,12 @@ _API_NAME_ASCII = re.compile(_API_NAME.pattern, re.ASCII)
 def api_names(text: str) -> set[str]:
     """The API names a documentation text mentions (`e.g` and `i.e` are not names)."""
     names = set()
-    pattern = _API_NAME_ASCII if text.isascii() else _API_NAME
-    for match in set(pattern.findall(text)):  # each distinct match once: names repeat in a docstring
+    if text.isascii() and (kernels := compiled.kernels()) is not None:  # the same matches, scanned compiled
+        spans = kernels.api_name_spans(np.frombuffer(text.encode("ascii"), np.uint8)).tolist()
+        matches = {text[spans[i]:spans[i + 1]] for i in range(0, len(spans), 2)}
+    else:
+        matches = set((_API_NAME_ASCII if text.isascii() else _API_NAME).findall(text))
+    for match in matches:  # each distinct match once: names repeat in a docstring
         name = match.strip("`").strip()
         if name and not ("." in name and max(map(len, name.split("."))) < 2):
             names.add(name)
@@ -674,7 +680,11 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
         per_band, bands = self.config.hashes_per_bucket, self.config.num_buckets
         with self.track_time():
             signatures, numbers, pending = [], [], []
-            for number, doc in enumerate(documents):
+            fused = (compiled.kernels() is not None and fastminhash.fast_path_applies(self)
+                     and isinstance(self.word_tokenizer, WhitespaceWords))
+            if fused:  # each document's words, shingles and minima in one compiled pass: the same signatures
+                signatures.append(self._compiled_signatures(documents, numbers))
+            for number, doc in enumerate(() if fused else documents):
                 self.stat_update(StatHints.total)
                 shingles = self.get_shingles(doc.text)
                 if shingles.size != 0:
@@ -697,6 +707,22 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
                 with self.output_folder.open(f"bucket_{band:03d}/{rank:05d}.minhash.sig", mode="wb") as out:
                     out.write(records.tobytes())
         return None  # as datatrove's step: it writes files and passes no documents on
+
+    def _compiled_signatures(self, documents, numbers: list) -> np.ndarray:
+        """The signature of each document that has shingles (their numbers appended to `numbers`), one row each,
+        computed by `fastminhash.signature_into` (the permutations applied per shingle as it is hashed)."""
+        a, b = (np.ascontiguousarray(p, dtype=np.uint64).reshape(-1) for p in self.parameters)
+        rows = np.empty((1024, a.size), np.uint64)
+        filled = 0
+        norm, n, signature_into = self.config.norm_config, self.config.n_grams, fastminhash.signature_into
+        for number, doc in enumerate(documents):
+            self.stat_update(StatHints.total)
+            if filled == len(rows):
+                rows = np.concatenate([rows, np.empty_like(rows)])
+            if signature_into(doc.text, norm, n, self._key, a, b, rows[filled]):
+                numbers.append(number)
+                filled += 1
+        return rows[:filled]
 
     def get_shingles(self, text: str) -> np.ndarray:
         if fastminhash.fast_path_applies(self):  # the same shingles with less Python per n-gram
