@@ -398,7 +398,7 @@ def create_app(engine: EngineClient, tokenizer, store: FeedbackStore, settings: 
         if body.model is not None:
             _check_model(body.model, settings)
         _check_token_ids(body.tokens, vocab_size, "tokens")
-        return {"prompt": await run_in_threadpool(tokenizer.decode, body.tokens)}
+        return {"prompt": await off_loop(tokenizer.decode, body.tokens)}  # the /tokenize limit: it holds the GIL too
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest):
