@@ -187,19 +187,6 @@ def test_kernels_are_optional(monkeypatch):
         compiled._loaded.cache_clear()
 
 
-def test_cache_directory_is_the_users(monkeypatch, tmp_path):
-    """numba's cache goes where NUMBA_CACHE_DIR says, otherwise under the user's cache directory (not next to
-    the package, which may be installed read-only)."""
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
-    assert compiled.cache_dir() == tmp_path / "mine"
-    monkeypatch.delenv("NUMBA_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert compiled.cache_dir() == tmp_path / "xdg" / "llm_recipes" / "numba"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert compiled.cache_dir() == tmp_path / "home" / ".cache" / "llm_recipes" / "numba"
-
-
 @needs_numba
 def test_loading_the_kernels_leaves_scipy_linalg_out():
     """numba would import scipy.linalg (~0.3 CPU s per clean run) to look for a BLAS the kernels do not use."""

@@ -39,7 +39,7 @@ import os
 import sys
 from functools import lru_cache
 
-from ..runtime.numba_cache import cache_dir, name_cache_dir  # noqa: F401  (cache_dir: where the kernels are)
+from ..runtime.numba_cache import name_cache_dir
 
 
 def enabled() -> bool:

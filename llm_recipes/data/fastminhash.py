@@ -172,7 +172,7 @@ def signature_into(text: str, config, n: int, key: int, a: np.ndarray, b: np.nda
     if text.isascii():
         return k.ascii_signature(np.frombuffer(_ascii_simplified(text, config), np.uint8), n, np.uint64(key), a, b,
                                  out)
-    shingles = sha1_shingles(simplified(text, config).split(), n)
+    shingles = sha1_shingles(simplified_words(text, config), n)
     if not len(shingles):
         return False
     k.shingle_signature(shingles.reshape(-1), np.uint64(key), a, b, out)

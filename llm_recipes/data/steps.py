@@ -684,15 +684,16 @@ class ApiAwareMinhashSignature(MinhashDedupSignature):
                      and isinstance(self.word_tokenizer, WhitespaceWords))
             if fused:  # each document's words, shingles and minima in one compiled pass: the same signatures
                 signatures.append(self._compiled_signatures(documents, numbers))
-            for number, doc in enumerate(() if fused else documents):
-                self.stat_update(StatHints.total)
-                shingles = self.get_shingles(doc.text)
-                if shingles.size != 0:
-                    pending.append(shingles)
-                    numbers.append(number)
-                    if len(pending) == 1024:  # the permutations of many documents at once, in blocks
-                        signatures.append(fastminhash.permuted_minima(pending, *self.parameters))
-                        pending = []
+            else:
+                for number, doc in enumerate(documents):
+                    self.stat_update(StatHints.total)
+                    shingles = self.get_shingles(doc.text)
+                    if shingles.size != 0:
+                        pending.append(shingles)
+                        numbers.append(number)
+                        if len(pending) == 1024:  # the permutations of many documents at once, in blocks
+                            signatures.append(fastminhash.permuted_minima(pending, *self.parameters))
+                            pending = []
             if pending:
                 signatures.append(fastminhash.permuted_minima(pending, *self.parameters))
             table = (np.concatenate(signatures) if signatures else np.zeros((0, bands * per_band), np.uint64)
